@@ -1,0 +1,7 @@
+"""comfyui-inference-scaling: inference-time search for diffusion models in ComfyUI.
+
+ComfyUI imports this folder as a package by its path; everything inside uses
+relative imports."""
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,18 @@
+"""ComfyUI node adapters. Node IDs carry the ``InfScale_`` prefix and never change."""
+from . import compat
+from .types import PREFIX
+from .search_loop import SearchLoop
+from .verifier_nodes import CLIPScoreVerifierLoader
+from .scores_nodes import ScoresToJSON
+
+compat.register_verifier_folder()
+
+_NODES = [
+    # (class, id suffix, display name)
+    (SearchLoop, "SearchLoop", "Search Loop (best of N)"),
+    (CLIPScoreVerifierLoader, "CLIPScoreVerifierLoader", "Load CLIPScore Verifier"),
+    (ScoresToJSON, "ScoresToJSON", "Scores to JSON"),
+]
+
+NODE_CLASS_MAPPINGS = {PREFIX + key: cls for cls, key, _ in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + key: name for _, key, name in _NODES}

@@ -1,0 +1,153 @@
+"""SearchLoop: search over starting noises with the model, sampler, VAE and
+verifier already in the graph, then re-render the winners exactly as the
+stock sampler would."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from . import compat
+from .engine import SamplingPlan, SearchInputError, decode, output_latent
+from .noise_objects import CandidateNoise
+from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
+from ..search import Candidate, random_search
+from ..search.noise import SEED_MAX, seeds_for
+from ..search.report import SearchReport
+
+SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
+                "'increment' after each run would re-score N-1 of them, so this defaults to 'randomize'. "
+                "The winner's seed (best_seed output) gives the same image in a stock KSampler.")
+
+
+class SearchLoop:
+    DESCRIPTION = ("Inference-time search (Ma et al. 2025): samples N candidate starting noises with your model "
+                   "and sampler, scores the decoded images with a verifier, and returns the best. The winners are "
+                   "re-rendered at batch 1 exactly as a stock KSampler would, so best_seed reproduces the image.")
+    CATEGORY = CATEGORY
+    FUNCTION = "search"
+    RETURN_TYPES = ("IMAGE", "LATENT", "IMAGE", SCORES, "LATENT", "INT", NOISE)
+    RETURN_NAMES = ("image", "latent", "top_k_images", "scores", "winner_noise", "best_seed", "noise")
+    OUTPUT_TOOLTIPS = (
+        "The winner, re-rendered at batch 1 through the stock sampler call.",
+        "The winner's latent (from that re-render).",
+        "The top-k candidates, best first (re-rendered).",
+        "Every candidate's identity, seed, score, rank and NFEs, plus the search trace; "
+        "convert it to JSON with 'Scores to JSON'.",
+        "The winner's starting noise as a LATENT.",
+        "The winner's seed (meaningful for random search): put it in a KSampler's seed to get the same image.",
+        "The winner's starting noise as a NOISE object, for SamplerCustomAdvanced (current ComfyUI).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (any patches applied by stock nodes are kept)."}),
+                "positive": ("CONDITIONING", {"tooltip": "Positive conditioning, as for KSampler."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning, as for KSampler."}),
+                "latent": ("LATENT", {"tooltip": "A batch-1 latent: an empty latent sets the size (text-to-image); "
+                                                 "an encoded image with denoise < 1 gives image-to-image; a noise "
+                                                 "mask (Set Latent Noise Mask) gives inpainting."}),
+                "vae": ("VAE", {"tooltip": "Decodes candidates for the verifier."}),
+                "verifier": (VERIFIER, {"tooltip": "What 'better' means: a verifier loader or an ensemble."}),
+                "prompt": ("STRING", {"multiline": True, "default": "",
+                                      "tooltip": "The text the verifier compares images with (usually your prompt)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": "randomize",
+                                 "tooltip": SEED_TOOLTIP}),
+                "candidates": ("INT", {"default": 8, "min": 1, "max": 4096,
+                                       "tooltip": "N: the search budget, N full generations' worth of NFEs. "
+                                                  "Random search samples N noises."}),
+                "top_k": ("INT", {"default": 1, "min": 1, "max": 4096,
+                                  "tooltip": "How many of the best candidates are re-rendered and returned."}),
+                "sampler_name": (compat.sampler_names(), {
+                    "tooltip": "As in KSampler. Ancestral and SDE samplers get a noise stream per candidate (its own "
+                               "seed), so results do not depend on the micro-batch; a sampler whose noise cannot be "
+                               "separated runs one candidate at a time."}),
+                "scheduler": (compat.scheduler_names(), {"tooltip": "As in KSampler."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "As in KSampler."}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "As in KSampler."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "As in KSampler: below 1 with an encoded image = image-to-image."}),
+            },
+            "optional": {
+                "sampler": ("SAMPLER", {"tooltip": "Overrides sampler_name (any SAMPLER, as SamplerCustom takes)."}),
+                "sigmas": ("SIGMAS", {"tooltip": "Overrides steps/scheduler/denoise (as SamplerCustom takes)."}),
+                "strategy": (STRATEGY, {"tooltip": "A search strategy node; absent = random search (best of N)."}),
+                "guider": ("GUIDER", {"tooltip": "Current ComfyUI: any GUIDER (CFGGuider, BasicGuider for FLUX...). "
+                                                 "Replaces model/positive/negative/cfg for sampling."}),
+                "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                        "tooltip": "Candidates sampled together. 0 = sized from free VRAM; halved "
+                                                   "automatically on out-of-memory."}),
+            },
+        }
+
+    def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
+               sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
+               guider=None, micro_batch=0):
+        n = int(candidates)
+        if n < 1:
+            raise SearchInputError(f"candidates must be at least 1, got {n}")
+        if not 1 <= top_k <= n:
+            raise SearchInputError(f"top_k ({top_k}) is larger than the number of candidates ({n}): "
+                                   "lower top_k or raise candidates")
+        if strategy is not None and getattr(strategy, "name", "random") != "random":
+            raise SearchInputError(f"strategy '{strategy.name}' is not available in this version of the pack")
+        plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
+                            sampler=sampler, sigmas=sigmas, guider=guider)
+        nfe_gen = plan.nfe_per_generation()
+        est = nfe_gen if nfe_gen is not None else max(1, plan.sigmas.numel() - 1)
+        progress = compat.Progress(total=(n + top_k) * est, model=plan.model)
+        batch = plan.micro_batch(n, micro_batch)
+
+        cands = [Candidate(index=i, seed=s) for i, s in enumerate(seeds_for(seed, 0, n))]
+
+        def evaluate(chunk):
+            seeds = [c.seed for c in chunk]
+            gen = plan.generate(plan.initial_noises(seeds), seeds, progress)
+            images = decode(vae, gen.latents)
+            scores = verifier.score(images, prompt)
+            payloads = [{"latent": gen.latents[j:j + 1].cpu(), "image": images[j:j + 1].cpu(), "batch": gen.batch}
+                        for j in range(len(chunk))]
+            return scores, gen.nfe, payloads
+
+        report, kept = random_search(cands, evaluate, top_k, batch, is_oom=compat.is_oom,
+                                     on_oom=lambda size, e: compat.free_memory_after_oom(),
+                                     verifier=verifier.name)
+        report.prompt = prompt
+        report.nfe_per_generation = nfe_gen
+        report.cfg_multiplier = plan.cfg_multiplier()
+        report.settings = {"seed": int(seed), "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
+                           "scheduler": scheduler if plan.mode == "ksampler" else None,
+                           "steps": int(plan.sigmas.numel() - 1), "cfg": float(cfg),
+                           "denoise": float(denoise) if plan.mode == "ksampler" else None,
+                           "micro_batch": batch, "per_candidate_noise": plan.separable}
+        progress.grow_total(report.nfe_total + top_k * est)
+
+        # --- re-render the top-k at batch 1, exactly as the stock node would
+        winners = report.ranked()[:top_k]
+        by_index = {c.index: c for c in cands}
+        images: List[torch.Tensor] = []
+        latents: List[torch.Tensor] = []
+        for res in winners:
+            p = kept[res.index]
+            cand = by_index[res.index]
+            needs = p["batch"] > 1 or not compat.SEEDED_DEFAULT_NOISE
+            if needs:
+                lat = plan.render_stock(cand.seed, None, progress, res.nfe)
+                img = decode(vae, lat)
+                res.final_score = float(verifier.score(img, prompt)[0])
+                report.rerender_nfe += res.nfe
+            else:
+                lat, img = p["latent"], p["image"]
+                res.final_score = res.score
+            latents.append(lat.cpu())
+            images.append(img.cpu())
+        progress.set(progress.total)
+
+        best = winners[0]
+        best_noise = plan.initial_noises([best.seed])
+        noise_obj = CandidateNoise(seeds=[best.seed], shape=tuple(plan.template.shape))
+        return (images[0], output_latent(latent, latents[0]), torch.cat(images), report,
+                {"samples": best_noise}, int(best.seed), noise_obj)

@@ -1,0 +1,9 @@
+"""Socket type names and shared UI constants (prefixed: they must not collide
+with another pack's types)."""
+PREFIX = "InfScale_"
+CATEGORY = "inference scaling"
+
+VERIFIER = "INFSCALE_VERIFIER"
+SCORES = "INFSCALE_SCORES"
+STRATEGY = "INFSCALE_STRATEGY"
+NOISE = "NOISE"  # ComfyUI's own type: our noise objects follow its protocol

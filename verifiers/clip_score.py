@@ -1,0 +1,138 @@
+"""CLIPScore with any open_clip architecture and a local weights file.
+
+Two score formulas (README, "Verifiers"):
+* ``cosine``: cos(E_img, E_txt), in [-1, 1];
+* ``clipscore`` (Hessel et al. 2021): w * max(cos, 0) with w = 2.5, in [0, 2.5].
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .base import Verifier
+from .loading import VerifierFileError, check_keys, load_state_dict, no_init
+from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
+
+PUBLISHED = {
+    "ViT-L-14": "https://huggingface.co/timm/vit_large_patch14_clip_224.openai "
+                "(open_clip_model.safetensors)",
+}
+GENERIC_SOURCE = ("the open_clip pretrained tag's Hugging Face repository "
+                  "(open_clip.list_pretrained() names them), file open_clip_model.safetensors")
+
+
+def config_beside(weights_path: str) -> Optional[str]:
+    """A custom architecture: an open_clip model config JSON next to the
+    weights, with the same stem (my_model.safetensors + my_model.json)."""
+    stem = os.path.splitext(weights_path)[0]
+    cfg = stem + ".json"
+    return cfg if os.path.isfile(cfg) else None
+
+
+def _register_config(cfg_path: str) -> str:
+    import open_clip
+    name = "its_custom__" + os.path.splitext(os.path.basename(cfg_path))[0]
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        raise VerifierFileError(f"'{cfg_path}' is not an open_clip model config (needs vision_cfg and text_cfg)")
+    from open_clip import factory
+    factory._MODEL_CONFIGS[name] = cfg  # open_clip's own registry (add_model_config keys by file stem)
+    return name
+
+
+def build_open_clip(arch: str, weights_path: Optional[str] = None):
+    """The open_clip model object for ``arch`` (or the JSON config beside the
+    weights), uninitialised, on the CPU in fp32; plus its tokenizer."""
+    import open_clip
+    cfg = config_beside(weights_path) if weights_path else None
+    name = _register_config(cfg) if cfg else arch
+    if name not in open_clip.list_models() and not cfg:
+        raise VerifierFileError(f"open_clip has no architecture '{arch}'; known: {', '.join(open_clip.list_models()[:8])}, ...")
+    with no_init():
+        model = open_clip.create_model(name, pretrained=None, device="cpu")
+    try:
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as e:  # HF tokenizers would try the network
+        raise VerifierFileError(
+            f"the tokenizer of open_clip architecture '{arch}' cannot be loaded offline ({e}); "
+            "pick an architecture with open_clip's built-in CLIP tokenizer") from e
+    return model, tokenizer
+
+
+def adapt_state_dict(model, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """open_clip's own conversions for older/3rd-party layouts of the same architecture."""
+    from open_clip.factory import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+    sd = convert_state_dict(model, sd)
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in sd:
+        sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+    sd.pop("text.transformer.embeddings.position_ids", None)
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    return sd
+
+
+def load_open_clip(arch: str, weights_path: str):
+    """Builds ``arch`` and loads the weights file into it, checking every key."""
+    model, tokenizer = build_open_clip(arch, weights_path)
+    sd = load_state_dict(weights_path, PUBLISHED.get(arch, GENERIC_SOURCE))
+    sd = adapt_state_dict(model, sd)
+    check_keys(model.state_dict(), sd, weights_path, f"open_clip '{arch}'")
+    model.load_state_dict(sd, strict=True)
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+class CLIPScoreVerifier(Verifier):
+    name = "clipscore"
+
+    def __init__(self, clip_model, tokenizer, mode: str = "clipscore", w: float = 2.5, batch_size: int = 32):
+        super().__init__(batch_size)
+        if mode not in ("clipscore", "cosine"):
+            raise ValueError("mode must be 'clipscore' or 'cosine'")
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.w = w
+        self.score_range = "[0, 2.5]" if mode == "clipscore" else "[-1, 1]"
+        from open_clip import get_model_preprocess_cfg
+        cfg = get_model_preprocess_cfg(clip_model)
+        size = cfg.get("size", 224)
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
+        self.std = tuple(cfg.get("std", OPENAI_STD))
+        self._text_cache: Dict[Tuple[str, str, torch.dtype], torch.Tensor] = {}
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(resize_center_crop(images, self.image_size), self.mean, self.std)
+        e = self.clip.encode_image(x.to(self.param_dtype()))
+        return torch.nn.functional.normalize(e.float(), dim=-1)
+
+    def text_embeddings(self, prompts: List[str]) -> torch.Tensor:
+        dev, dt = self.param_device(), self.param_dtype()
+        key_dev = str(dev)
+        todo = [p for p in dict.fromkeys(prompts) if (p, key_dev, dt) not in self._text_cache]
+        if todo:
+            tokens = self.tokenizer(todo).to(dev)
+            e = torch.nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+            for p, v in zip(todo, e):
+                self._text_cache[(p, key_dev, dt)] = v
+        return torch.stack([self._text_cache[(p, key_dev, dt)] for p in prompts])
+
+    def _apply(self, fn, *args, **kwargs):
+        self._text_cache.clear()  # device/dtype moves invalidate cached text embeddings
+        return super()._apply(fn, *args, **kwargs)
+
+    def _score(self, images, prompts):
+        cos = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)
+        if self.mode == "cosine":
+            return cos
+        return self.w * cos.clamp(min=0)
