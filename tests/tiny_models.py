@@ -9,18 +9,19 @@ detection, CLIP tokenize/encode, sampling, VAE encode/decode) is the real one.
 
 Kinds
 -----
-``sd15`` (works with old 2024-03 and current ComfyUI), ~280 MB fp16:
+``sd15`` (works with old 2024-03 and current ComfyUI), ~303 MB fp16:
     * ``model.diffusion_model.*``: openaimodel.UNetModel with model_channels
       320 / context_dim 768 / no linear proj / no adm, which is what
       model_detection classifies as ``SD15``; shrunk to one level
-      (channel_mult [1]), one res block, transformer depth 1.
+      (channel_mult [1]), one res block, transformer depth 1 (25.8 M params).
     * ``cond_stage_model.transformer.text_model.*``: the full-size CLIP-L text
-      encoder that ComfyUI builds for SD1 (comfy.sd1_clip.SDClipModel).
+      encoder that ComfyUI builds for SD1 (comfy.sd1_clip.SDClipModel,
+      123.7 M params, i.e. most of the file).
     * ``first_stage_model.taesd_{encoder,decoder}.*`` + ``vae_scale`` /
       ``vae_shift``: a TAESD, which comfy.sd.VAE recognises by the key
       ``taesd_decoder.1.weight``.
 
-``sd3`` (current ComfyUI only; the 2024-03 one has no SD3), ~255 MB fp16:
+``sd3`` (current ComfyUI only; the 2024-03 one has no SD3), ~265 MB fp16:
     * ``model.diffusion_model.*``: mmdit.MMDiT, 16 latent channels, depth 2
       (hidden size = 64 * depth, one head per depth unit), with ``pos_embed``
       (max size 192 as SD3-medium), ``context_embedder`` 4096 -> hidden,
@@ -40,7 +41,14 @@ clash with the pack's own, so ComfyUI must be sys.path[0])::
 
     python tests/tiny_models.py --comfyui <COMFYUI_DIR> --kind sd15 --out x.safetensors [--seed 0]
 
-prints one JSON line ``{"path": ..., "bytes": ..., "seconds": ...}``.
+prints one JSON line ``{"path": ..., "bytes": ..., "seconds": ...}`` on
+stdout (ComfyUI's own log lines go to stderr).  Same seed => same tensors.
+
+Loading them (as the stock nodes do) needs what ComfyUI's main.py sets up:
+``comfy.options.enable_args_parsing()`` before importing comfy with
+``sys.argv = [prog, "--cpu"]`` (cli_args ignores argv otherwise), and
+``torch.inference_mode()`` around loading/sampling as execution.py does (the
+2024-03 CLIP constructor copy_()s into a Parameter and fails with grad on).
 
 From tests::
 
@@ -320,8 +328,10 @@ def build_checkpoint(kind, out, seed=0):
 
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)
-    save_file(state, out, metadata={"format": "pt", "tiny_model": kind,
-                                   "tiny_model_version": str(VERSION), "seed": str(seed)})
+    # One metadata entry only: safetensors writes the metadata map in hash
+    # order, so several entries would make same-seed builds differ byte-wise.
+    info = json.dumps({"kind": kind, "version": VERSION, "seed": seed}, sort_keys=True)
+    save_file(state, out, metadata={"tiny_model": info})
     return os.path.getsize(out)
 
 

@@ -1,0 +1,195 @@
+"""Real-server tier: a real ComfyUI process with the pack in custom_nodes,
+driven over HTTP / websocket exactly as the editor drives it."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from graphs import PREFIX, ksampler_graph, search_graph, base_graph, verifier_node
+from comfy_server import execution_error
+
+NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON")]
+
+
+def report_of(entry) -> dict:
+    return json.loads(entry["outputs"]["8"]["text"][0])
+
+
+def image_of(comfy, entry, node="7", i=0) -> np.ndarray:
+    return np.asarray(Image.open(comfy.output_file(entry["outputs"][node]["images"][i])))
+
+
+def latent_file(comfy, entry, node="9") -> torch.Tensor:
+    item = entry["outputs"][node]["latents"][0]
+    return safetensors.torch.load_file(comfy.output_file(item))["latent_tensor"]
+
+
+def test_object_info_lists_every_node(comfy):
+    info = comfy.object_info()
+    for nid in NODE_IDS:
+        assert nid in info, f"{nid} missing from /object_info"
+        assert info[nid]["category"] == "inference scaling"
+    req = info[PREFIX + "SearchLoop"]["input"]["required"]
+    assert list(req) == ["model", "positive", "negative", "latent", "vae", "verifier", "prompt", "seed",
+                         "candidates", "top_k", "sampler_name", "scheduler", "steps", "cfg", "denoise"]
+    assert list(info[PREFIX + "SearchLoop"]["input"]["optional"]) == ["sampler", "sigmas", "strategy", "guider",
+                                                                       "micro_batch"]
+    assert info[PREFIX + "SearchLoop"]["output_name"] == ["image", "latent", "top_k_images", "scores",
+                                                          "winner_noise", "best_seed", "noise"]
+    weights = info[PREFIX + "CLIPScoreVerifierLoader"]["input"]["required"]["weights"][0]
+    assert "tiny-clip.safetensors" in weights
+
+
+def test_search_finishes_and_winner_reproduces_in_stock_ksampler(comfy):
+    entry = comfy.run_ok(search_graph(seed=1000, candidates=5, top_k=2, micro_batch=2, prefix="s1"))
+    rep = report_of(entry)
+    assert len(rep["candidates"]) == 5
+    seeds = sorted(c["seed"] for c in rep["candidates"])
+    assert seeds == list(range(1000, 1005))
+    scores = [c["score"] for c in rep["candidates"]]
+    assert scores == sorted(scores, reverse=True)  # ranked best first
+    assert len(set(round(s, 6) for s in scores)) > 1, "different candidates must get different scores"
+    assert all(c["nfe"] == 4 for c in rep["candidates"]) and rep["nfe_total"] == 20  # euler, 4 steps
+    assert rep["nfe_per_generation"] == 4 and rep["cfg_multiplier"] == 2
+    best = rep["best"]
+    assert len(entry["outputs"]["10"]["images"]) == 2  # top-k batch
+    # search-time score and the batch-1 re-render's score agree (batched CPU kernels differ ~1e-5)
+    for c in rep["candidates"][:2]:
+        assert c["final_score"] == pytest.approx(c["score"], abs=1e-3)
+
+    stock = comfy.run_ok(ksampler_graph(seed=best["seed"], prefix="k1"))
+    assert torch.equal(latent_file(comfy, stock), latent_file(comfy, entry)), \
+        "the winner's seed in a stock KSampler must give the same latent exactly"
+    assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde"])
+def test_stochastic_sampler_result_independent_of_micro_batch(comfy, sampler):
+    runs = {}
+    for mb in (1, 3):
+        entry = comfy.run_ok(search_graph(seed=7, candidates=3, top_k=1, sampler=sampler, micro_batch=mb,
+                                          prefix=f"mb{sampler}{mb}"))
+        runs[mb] = {c["seed"]: c["score"] for c in report_of(entry)["candidates"]}
+        runs[mb, "rep"] = report_of(entry)
+        runs[mb, "entry"] = entry
+    for s in runs[1]:
+        assert runs[1][s] == pytest.approx(runs[3][s], abs=1e-3), f"candidate seed {s} depends on the micro-batch"
+    assert runs[3, "rep"]["settings"]["per_candidate_noise"] is True
+    # and the winner still reproduces in a stock KSampler
+    best = runs[3, "rep"]["best"]
+    stock = comfy.run_ok(ksampler_graph(seed=best["seed"], sampler=sampler, prefix=f"k{sampler}"))
+    assert torch.equal(latent_file(comfy, stock), latent_file(comfy, runs[3, "entry"]))
+
+
+def test_heun_nfe_count_is_exact(comfy):
+    entry = comfy.run_ok(search_graph(seed=3, candidates=2, top_k=1, sampler="heun", steps=3, prefix="heun"))
+    rep = report_of(entry)
+    assert [c["nfe"] for c in rep["candidates"]] == [5, 5]  # 2 per step, 1 on the last
+    assert rep["nfe_total"] == 10
+
+
+def test_img2img_search(comfy):
+    g = search_graph(seed=11, candidates=2, top_k=1, denoise=0.5, prefix="i2i")
+    g["20"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}
+    g["21"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["20", 0], "vae": ["1", 2]}}
+    g["6"]["inputs"]["latent"] = ["21", 0]
+    rep = report_of(comfy.run_ok(g))
+    assert all(c["nfe"] == 4 for c in rep["candidates"])  # denoise 0.5 keeps `steps` steps
+
+
+def test_interrupt_stops_search_within_one_step(comfy):
+    ws = comfy.websocket()
+    try:
+        code, body = comfy.queue(search_graph(seed=5, candidates=64, top_k=1, steps=30, micro_batch=2,
+                                              prefix="intr"))
+        assert code == 200
+        pid = body["prompt_id"]
+        progress_after, interrupted, t_int = 0, False, None
+        ws.settimeout(120)
+        while True:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            m = json.loads(msg)
+            data = m.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if m["type"] == "progress":
+                if t_int is None:
+                    t_int = time.time()
+                    comfy.post("/interrupt", {})
+                else:
+                    progress_after += 1
+            elif m["type"] == "execution_interrupted":
+                interrupted = True
+                break
+            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+        assert interrupted, "the search was not interrupted"
+        # one model call of the micro-batch may finish; 64 x 30 NFEs would otherwise follow
+        assert progress_after <= 2, f"{progress_after} progress updates after the interrupt"
+        assert time.time() - t_int < 30
+    finally:
+        ws.close()
+    comfy.run_ok(search_graph(seed=6, candidates=2, top_k=1, prefix="afterintr"))
+
+
+def _load_latent_graph(name):
+    g = search_graph(seed=1, candidates=2, top_k=1, prefix="bad")
+    g["30"] = {"class_type": "LoadLatent", "inputs": {"latent": name}}
+    g["6"]["inputs"]["latent"] = ["30", 0]
+    return g
+
+
+def _write_latent(comfy, name, tensor):
+    safetensors.torch.save_file({"latent_tensor": tensor, "latent_format_version_0": torch.tensor([])},
+                                os.path.join(comfy.input_dir, name))
+
+
+BAD_CASES = {
+    "top_k_gt_n": (lambda c: search_graph(candidates=2, top_k=3), "top_k (3) is larger than the number of candidates"),
+    "channels": ("ch16.latent", "channels but this model works on 4-channel latents"),
+    "video": ("video.latent", "video latents (5-D"),
+    "batch2": ("batch2", "batch size 2"),
+    "broken_file": (lambda c: search_graph(weights="broken-clip.safetensors"), "truncated"),
+    "nan_scores": (lambda c: search_graph(weights="nan-clip.safetensors"), "non-finite score"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_a_clear_node_error_and_server_keeps_serving(comfy, case):
+    make, needle = BAD_CASES[case]
+    if case == "channels":
+        _write_latent(comfy, "ch16.latent", torch.randn(1, 16, 8, 8))
+        g = _load_latent_graph("ch16.latent")
+    elif case == "video":
+        _write_latent(comfy, "video.latent", torch.randn(1, 4, 3, 8, 8))
+        g = _load_latent_graph("video.latent")
+    elif case == "batch2":
+        g = search_graph()
+        g["4"]["inputs"]["batch_size"] = 2
+    else:
+        g = make(comfy)
+    entry = comfy.run(g)
+    err = execution_error(entry)
+    assert err is not None, f"{case}: expected an execution error"
+    assert needle in err["exception_message"], err["exception_message"]
+    assert err["node_type"] in (PREFIX + "SearchLoop", PREFIX + "CLIPScoreVerifierLoader")
+    comfy.run_ok(search_graph(seed=99, candidates=2, top_k=1, prefix="recover"))
+
+
+def test_validation_errors_name_the_input(comfy):
+    code, body = comfy.queue(search_graph(candidates=0))
+    assert code == 400 and "candidates" in json.dumps(body)
+    code, body = comfy.queue(search_graph(weights="missing.safetensors"))
+    assert code == 400
+    text = json.dumps(body)
+    assert "missing.safetensors" in text and "Searched" in text and "huggingface.co" in text
+    comfy.run_ok(search_graph(seed=98, candidates=2, top_k=1, prefix="recover2"))
