@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .base import Verifier
-from .loading import VerifierFileError, check_keys, load_state_dict, no_init
+from .loading import MismatchedWeightsError, VerifierFileError, check_keys, load_state_dict, no_init
 from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
 
 PUBLISHED = {
@@ -84,7 +84,12 @@ def load_open_clip(arch: str, weights_path: str):
     """Builds ``arch`` and loads the weights file into it, checking every key."""
     model, tokenizer = build_open_clip(arch, weights_path)
     sd = load_state_dict(weights_path, PUBLISHED.get(arch, GENERIC_SOURCE))
-    sd = adapt_state_dict(model, sd)
+    try:
+        sd = adapt_state_dict(model, sd)
+    except (AssertionError, RuntimeError, KeyError, ValueError) as e:
+        # open_clip's resize helpers assert on foreign shapes: report the mismatch itself
+        check_keys(model.state_dict(), sd, weights_path, f"open_clip '{arch}'")
+        raise MismatchedWeightsError(f"'{weights_path}' does not fit open_clip '{arch}': {e}") from e
     check_keys(model.state_dict(), sd, weights_path, f"open_clip '{arch}'")
     model.load_state_dict(sd, strict=True)
     model.eval().requires_grad_(False)

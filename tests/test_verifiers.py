@@ -1,0 +1,126 @@
+"""Verifier tier: real open_clip classes with random weights, loaded by the
+pack's own loading code (no ComfyUI needed)."""
+import os
+import socket
+
+import pytest
+import torch
+
+from tiny_verifiers import TINY_CLIP_CONFIG, build_tiny_clip
+from verifiers import (CLIPScoreVerifier, CorruptWeightsError, MismatchedWeightsError, MissingWeightsError,
+                       UnsafeCheckpointError, load_open_clip, load_state_dict)
+from verifiers.clip_score import build_open_clip
+from verifiers.loading import check_keys
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verifiers")
+    path = build_tiny_clip(str(folder), "tiny-clip", seed=0)
+    return path
+
+
+def images(n, seed=0, size=64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, size, size, 3, generator=g)
+
+
+def test_clipscore_equals_open_clip_arithmetic(tiny):
+    import open_clip
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    v = CLIPScoreVerifier(model, tok, mode="cosine")
+    imgs = images(3, size=224)  # already at the model's size: preprocessing is normalisation only
+    prompt = "a photo of a cat"
+    x = (imgs.permute(0, 3, 1, 2) - torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)) / \
+        torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ie = model.encode_image(x, normalize=True)
+        te = model.encode_text(open_clip.get_tokenizer("its_custom__tiny-clip")([prompt]), normalize=True)
+    expected = (ie @ te.T).squeeze(1)
+    got = v.score(imgs, prompt)
+    assert torch.allclose(got, expected, atol=1e-5)
+    hessel = CLIPScoreVerifier(model, tok, mode="clipscore").score(imgs, prompt)
+    assert torch.allclose(hessel, 2.5 * expected.clamp(min=0), atol=1e-5)
+
+
+def test_batched_equals_one_at_a_time_and_images_differ(tiny):
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    v = CLIPScoreVerifier(model, tok, mode="cosine", batch_size=4)
+    imgs = images(6, seed=3)
+    batched = v.score(imgs, "a red apple")
+    single = torch.cat([v.score(imgs[i:i + 1], "a red apple") for i in range(6)])
+    assert torch.allclose(batched, single, atol=1e-5)  # stated tolerance: 1e-5 in fp32 on CPU
+    assert len(set(batched.tolist())) == 6
+    per_prompt = v.score(imgs[:2], ["a red apple", "a blue car"])
+    assert per_prompt.shape == (2,)
+
+
+def test_full_size_vit_l14_keys_and_shapes_on_meta():
+    """The real ViT-L-14 (428M parameters) is built on the meta device; its
+    state dict is what the loader checks a published file against."""
+    import open_clip
+    with torch.device("meta"):
+        model = open_clip.create_model("ViT-L-14", pretrained=None, device="meta")
+    sd = model.state_dict()
+    assert sd["visual.conv1.weight"].shape == (1024, 3, 14, 14)
+    assert sd["token_embedding.weight"].shape == (49408, 768)
+    assert sd["visual.proj"].shape == (1024, 768) and sd["text_projection"].shape == (768, 768)
+    assert sum(1 for k in sd if k.startswith("visual.transformer.resblocks.")) == 24 * 12
+    check_keys(sd, sd, "meta", "ViT-L-14")  # identical: no error
+    bad = dict(sd)
+    bad["visual.proj"] = torch.empty(1024, 512, device="meta")
+    del bad["ln_final.weight"]
+    with pytest.raises(MismatchedWeightsError, match="1 missing keys.*1 shape mismatches"):
+        check_keys(sd, bad, "x.safetensors", "open_clip 'ViT-L-14'")
+
+
+def test_mismatched_architecture_is_refused(tiny, tmp_path):
+    # the tiny weights without their JSON config: loaded as full ViT-B-32 they do not fit
+    import shutil
+    p = tmp_path / "lonely.safetensors"
+    shutil.copy(tiny, p)
+    with pytest.raises(MismatchedWeightsError, match="does not match open_clip 'ViT-B-32'"):
+        load_open_clip("ViT-B-32", str(p))
+
+
+def test_missing_truncated_and_unsafe_files(tmp_path, tiny):
+    with pytest.raises(MissingWeightsError, match="not found"):
+        load_state_dict(str(tmp_path / "nope.safetensors"), "https://example.invalid/x")
+    data = open(tiny, "rb").read()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:1000])
+    with pytest.raises(CorruptWeightsError, match="truncated"):
+        load_state_dict(str(cut))
+    cut_pt = tmp_path / "cut.pt"
+    torch.save({"w": torch.ones(100)}, cut_pt)
+    cut_pt.write_bytes(cut_pt.read_bytes()[:200])
+    with pytest.raises(CorruptWeightsError):
+        load_state_dict(str(cut_pt))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2), "x": Evil()}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="arbitrary code"):
+        load_state_dict(str(evil))
+    ok = tmp_path / "ok.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, ok)
+    assert torch.equal(load_state_dict(str(ok))["w"], torch.ones(2))
+
+
+def test_loading_and_scoring_make_no_network_call(tiny, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    CLIPScoreVerifier(model, tok).score(images(2), "x")
+
+
+def test_build_without_weights_is_uninitialised_but_fast():
+    import time
+    t = time.time()
+    build_open_clip("ViT-B-32")
+    assert time.time() - t < 30
