@@ -4,6 +4,7 @@ from .types import PREFIX
 from .search_loop import SearchLoop
 from .verifier_nodes import CLIPScoreVerifierLoader
 from .scores_nodes import ScoresToJSON
+from .composable_nodes import BestPick, NoiseCandidateGenerator, VerifierScore
 
 compat.register_verifier_folder()
 
@@ -12,6 +13,9 @@ _NODES = [
     (SearchLoop, "SearchLoop", "Search Loop (best of N)"),
     (CLIPScoreVerifierLoader, "CLIPScoreVerifierLoader", "Load CLIPScore Verifier"),
     (ScoresToJSON, "ScoresToJSON", "Scores to JSON"),
+    (NoiseCandidateGenerator, "NoiseCandidateGenerator", "Noise Candidate Generator"),
+    (VerifierScore, "VerifierScore", "Verifier Score"),
+    (BestPick, "BestPick", "Best Pick"),
 ]
 
 NODE_CLASS_MAPPINGS = {PREFIX + key: cls for cls, key, _ in _NODES}

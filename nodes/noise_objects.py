@@ -13,8 +13,9 @@ class CandidateNoise:
     """The starting noises of candidates named by their seeds: row j is
     exactly ``comfy.sample.prepare_noise`` of a batch-1 latent for seeds[j]."""
 
-    def __init__(self, seeds: Sequence[int], shape: Optional[Tuple[int, ...]] = None):
+    def __init__(self, seeds: Sequence[int], shape: Optional[Tuple[int, ...]] = None, index_offset: int = 0):
         self.seeds = [int(s) for s in seeds]
+        self.index_offset = int(index_offset)
         self.seed = self.seeds[0]
         self.shape = shape
 

@@ -163,6 +163,7 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     ckpt_dir.mkdir()
     cached = ensure_checkpoint(comfy_path, "sd15", os.path.join(CACHE, "checkpoints"))
     os.symlink(cached, ckpt_dir / "tiny-sd15.safetensors")
+    (root / "loras").mkdir()
     ver = root / "verifiers"
     build_tiny_clip(str(ver), "tiny-clip", seed=0)
     build_tiny_clip(str(ver), "nan-clip", seed=0, poison_nan=True)
@@ -187,6 +188,7 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
         f"    base_path: {models_dir['root']}\n"
         "    checkpoints: checkpoints\n"
         "    verifiers: verifiers\n"
+        "    loras: loras\n"
         f"    custom_nodes: {custom}\n")
     port = free_port()
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),

@@ -1,0 +1,119 @@
+"""Composable search: candidates as a NOISE batch for any stock sampler, a
+scorer for any IMAGE batch, and a picker."""
+from __future__ import annotations
+
+import torch
+
+from .engine import SearchInputError
+from .noise_objects import CandidateNoise
+from .types import CATEGORY, NOISE, SCORES, VERIFIER
+from ..search.noise import SEED_MAX, Candidate, seeds_for
+from ..search.random_search import check_scores, top_k_indices
+from ..search.report import CandidateResult, SearchReport
+
+
+class NoiseCandidateGenerator:
+    DESCRIPTION = ("N search candidates as one NOISE batch for SamplerCustomAdvanced: candidate i has seed "
+                   "seed + offset + i, the same noise SearchLoop gives that candidate. The sampler runs the whole "
+                   "batch at once (VRAM grows with count): split a large search with offset/count over several "
+                   "samplers.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = (NOISE,)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("Connect to SamplerCustomAdvanced's noise; give it a batch-1 (or batch-count) latent.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": "randomize",
+                             "tooltip": "Base seed: candidates are seed+offset ... seed+offset+count-1."}),
+            "count": ("INT", {"default": 4, "min": 1, "max": 4096,
+                              "tooltip": "Candidates in this batch (the sampler holds them all in VRAM at once)."}),
+            "offset": ("INT", {"default": 0, "min": 0, "max": 1 << 30,
+                               "tooltip": "First candidate index, to split one search over several samplers "
+                                          "(0..15 with offset 0 and 16..31 with offset 16, ...)."}),
+        }}
+
+    def make(self, seed, count, offset):
+        return (CandidateNoise(seeds_for(seed, offset, count), index_offset=offset),)
+
+
+def identities(n: int, noise=None):
+    seeds = getattr(noise, "seeds", None)
+    if seeds is not None and len(seeds) != n:
+        raise SearchInputError(f"the NOISE names {len(seeds)} candidates but the image batch has {n}: connect "
+                               "the NOISE that made this batch")
+    off = getattr(noise, "index_offset", 0)
+    return [Candidate(index=off + i, seed=(seeds[i] if seeds else None),
+                      noise_id="" if seeds else f"image {i}") for i in range(n)]
+
+
+class VerifierScore:
+    DESCRIPTION = "Scores any IMAGE batch (e.g. a stock sampler's batch) with a verifier."
+    CATEGORY = CATEGORY
+    FUNCTION = "score"
+    RETURN_TYPES = (SCORES,)
+    RETURN_NAMES = ("scores",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The candidates' decoded images."}),
+            "verifier": (VERIFIER, {"tooltip": "A verifier loader or ensemble."}),
+            "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "The text the verifier compares with."}),
+        }, "optional": {
+            "noise": (NOISE, {"tooltip": "The NoiseCandidateGenerator that made the batch: scores then carry seeds."}),
+        }}
+
+    def score(self, images, verifier, prompt, noise=None):
+        cands = identities(images.shape[0], noise)
+        scores = verifier.score(images, prompt).float().cpu()
+        check_scores(scores, cands, verifier.name)
+        report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
+        report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=float(s), nfe=0)
+                             for c, s in zip(cands, scores.tolist())]
+        return (report.finalize(),)
+
+
+class BestPick:
+    DESCRIPTION = "Picks the best of a scored IMAGE batch (and its LATENT), ranks the top k, and names the winner."
+    CATEGORY = CATEGORY
+    FUNCTION = "pick"
+    RETURN_TYPES = ("IMAGE", "LATENT", "IMAGE", "INT", "INT")
+    RETURN_NAMES = ("best_image", "best_latent", "top_k_images", "best_index", "best_seed")
+    OUTPUT_TOOLTIPS = ("The best image.", "Its latent (only when a LATENT batch is connected).",
+                       "The top k, best first.", "The winner's position in the batch.",
+                       "The winner's seed when the scores carry seeds (NoiseCandidateGenerator), else 0.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The scored batch."}),
+            "scores": (SCORES, {"tooltip": "VerifierScore's output for this batch."}),
+            "top_k": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip": "How many to return, best first."}),
+        }, "optional": {
+            "latent": ("LATENT", {"tooltip": "The batch's latents, to output the winner's."}),
+            "noise": (NOISE, {"tooltip": "The NOISE that made the batch, to name the winner's seed."}),
+        }}
+
+    def pick(self, images, scores, top_k, latent=None, noise=None):
+        cands = sorted(scores.candidates, key=lambda c: c.index)
+        n = images.shape[0]
+        if len(cands) != n:
+            raise SearchInputError(f"{len(cands)} scores for {n} images: score this same batch")
+        if top_k > n:
+            raise SearchInputError(f"top_k ({top_k}) is larger than the batch ({n})")
+        order = top_k_indices([c.score for c in cands], top_k)
+        best = order[0]
+        seed = cands[best].seed
+        if seed is None and noise is not None and getattr(noise, "seeds", None):
+            seed = identities(n, noise)[best].seed
+        out_latent = None  # nothing to pick from: a node using it fails there, no placeholder is made up
+        if latent is not None:
+            s = latent["samples"]
+            if s.shape[0] != n:
+                raise SearchInputError(f"the LATENT batch has {s.shape[0]} items but the images {n}")
+            out_latent = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
+            out_latent["samples"] = s[best:best + 1]
+        return (images[best:best + 1], out_latent, images[order], int(best), int(seed) if seed is not None else 0)
