@@ -123,10 +123,10 @@ def test_lora_changes_searchloop_exactly_as_stock(comfy, models_dir):
     lora_dir = os.path.join(models_dir["root"], "loras")
     os.makedirs(lora_dir, exist_ok=True)
     torch.manual_seed(0)
-    # generic LoRA keys on the UNet's time embedding (Linear 320 -> 1280), rank 4
+    # kohya-format LoRA keys on the UNet's time embedding (Linear 320 -> 1280), rank 4
     safetensors.torch.save_file({
-        "diffusion_model.time_embed.0.lora_down.weight": torch.randn(4, 320) * 0.5,
-        "diffusion_model.time_embed.0.lora_up.weight": torch.randn(1280, 4) * 0.5,
+        "lora_unet_time_embed_0.lora_down.weight": torch.randn(4, 320) * 0.5,
+        "lora_unet_time_embed_0.lora_up.weight": torch.randn(1280, 4) * 0.5,
     }, os.path.join(lora_dir, "tiny-lora.safetensors"))
     info = comfy.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
     if "tiny-lora.safetensors" not in info:
