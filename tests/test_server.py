@@ -193,3 +193,37 @@ def test_validation_errors_name_the_input(comfy):
     text = json.dumps(body)
     assert "missing.safetensors" in text and "Searched" in text and "huggingface.co" in text
     comfy.run_ok(search_graph(seed=98, candidates=2, top_k=1, prefix="recover2"))
+
+
+def test_progress_is_one_bar_in_nfes_with_grid_previews(comfy):
+    import io
+    ws = comfy.websocket()
+    try:
+        code, body = comfy.queue(search_graph(seed=21, candidates=8, top_k=1, steps=3, micro_batch=2, prefix="prev"))
+        assert code == 200
+        pid = body["prompt_id"]
+        ws.settimeout(120)
+        progress, previews = [], []
+        while True:
+            msg = ws.recv()
+            if isinstance(msg, bytes):
+                if int.from_bytes(msg[:4], "big") == 1:  # PREVIEW_IMAGE: event, format, JPEG bytes
+                    previews.append(Image.open(io.BytesIO(msg[8:])).size)
+                continue
+            m = json.loads(msg)
+            data = m.get("data", {})
+            if m["type"] == "progress" and data.get("node") in (None, "6"):
+                progress.append((data["value"], data["max"]))
+            if m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+    finally:
+        ws.close()
+    # one bar for the whole search: total = (N + top_k) x 3 NFEs, values only grow
+    assert progress and all(mx == progress[0][1] for _, mx in progress)
+    assert progress[0][1] == (8 + 1) * 3
+    values = [v for v, _ in progress]
+    assert values == sorted(values) and values[-1] == progress[0][1]
+    # previews tile the micro-batch's x0-predictions: 2 candidates of 8x8 latents -> a 1x2 grid (16x8 latent),
+    # which the server scales to its preview size keeping the 2:1 aspect; the batch-1 re-render's are square
+    assert previews, "no preview images were sent"
+    assert any(w == 2 * h for w, h in previews), previews[:5]
