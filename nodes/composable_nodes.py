@@ -2,7 +2,6 @@
 scorer for any IMAGE batch, and a picker."""
 from __future__ import annotations
 
-import torch
 
 from .engine import SearchInputError
 from .noise_objects import CandidateNoise

@@ -4,12 +4,12 @@ only see ``evaluate(candidates) -> scores``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from . import compat
-from ..search import (Candidate, NFECounter, UnknownNFEError, candidate_noises, nfe_per_generation,
+from ..search import (NFECounter, UnknownNFEError, candidate_noises, nfe_per_generation,
                       plan_micro_batch)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-import torch
 
 from ..search.noise import candidate_noises
 

@@ -3,7 +3,7 @@ verifier already in the graph, then re-render the winners exactly as the
 stock sampler would."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import List
 
 import torch
 
@@ -13,7 +13,6 @@ from .noise_objects import CandidateNoise
 from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
 from ..search import Candidate, random_search
 from ..search.noise import SEED_MAX, seeds_for
-from ..search.report import SearchReport
 
 SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
                 "'increment' after each run would re-score N-1 of them, so this defaults to 'randomize'. "

@@ -1,6 +1,5 @@
 """Composable search and current-ComfyUI features (GUIDER, NOISE,
 SamplerCustomAdvanced, flow models). Tests needing them skip on the 2024 host."""
-import json
 import os
 
 import pytest

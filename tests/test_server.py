@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from graphs import PREFIX, ksampler_graph, search_graph, base_graph, verifier_node
+from graphs import PREFIX, ksampler_graph, search_graph
 from comfy_server import execution_error
 
 NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON")]

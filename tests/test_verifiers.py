@@ -6,7 +6,7 @@ import socket
 import pytest
 import torch
 
-from tiny_verifiers import TINY_CLIP_CONFIG, build_tiny_clip
+from tiny_verifiers import build_tiny_clip
 from verifiers import (CLIPScoreVerifier, CorruptWeightsError, MismatchedWeightsError, MissingWeightsError,
                        UnsafeCheckpointError, load_open_clip, load_state_dict)
 from verifiers.clip_score import build_open_clip

@@ -17,7 +17,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(REPO, "tests"), HERE, REPO]
 
-import pytest  # noqa: E402  (for the fixtures' skip helper only)
 from ui_to_api import ui_to_api  # noqa: E402
 import comfy_server  # noqa: E402
 

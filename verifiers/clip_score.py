@@ -33,7 +33,6 @@ def config_beside(weights_path: str) -> Optional[str]:
 
 
 def _register_config(cfg_path: str) -> str:
-    import open_clip
     name = "its_custom__" + os.path.splitext(os.path.basename(cfg_path))[0]
     with open(cfg_path) as f:
         cfg = json.load(f)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping
 
 import torch
 
