@@ -23,7 +23,6 @@ import latent_preview
 VERIFIER_FOLDER = "verifiers"
 VERIFIER_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
 
-HAS_GUIDERS = hasattr(comfy.samplers, "CFGGuider")
 # 2024 ComfyUI: ancestral samplers draw their noise from torch's global RNG;
 # current ComfyUI: from a generator seeded with extra_args["seed"].
 SEEDED_DEFAULT_NOISE = "seed" in inspect.signature(kds.default_noise_sampler).parameters
