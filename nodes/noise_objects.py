@@ -2,7 +2,7 @@
 usable by SamplerCustomAdvanced on current ComfyUI."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence
 
 
 from ..search.noise import candidate_noises
@@ -12,11 +12,10 @@ class CandidateNoise:
     """The starting noises of candidates named by their seeds: row j is
     exactly ``comfy.sample.prepare_noise`` of a batch-1 latent for seeds[j]."""
 
-    def __init__(self, seeds: Sequence[int], shape: Optional[Tuple[int, ...]] = None, index_offset: int = 0):
+    def __init__(self, seeds: Sequence[int], index_offset: int = 0):
         self.seeds = [int(s) for s in seeds]
         self.index_offset = int(index_offset)
         self.seed = self.seeds[0]
-        self.shape = shape
 
     def generate_noise(self, input_latent):
         latent = input_latent["samples"]

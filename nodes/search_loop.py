@@ -147,6 +147,6 @@ class SearchLoop:
 
         best = winners[0]
         best_noise = plan.initial_noises([best.seed])
-        noise_obj = CandidateNoise(seeds=[best.seed], shape=tuple(plan.template.shape))
+        noise_obj = CandidateNoise(seeds=[best.seed])
         return (images[0], output_latent(latent, latents[0]), torch.cat(images), report,
                 {"samples": best_noise}, int(best.seed), noise_obj)
