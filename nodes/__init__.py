@@ -2,7 +2,7 @@
 from . import compat
 from .types import PREFIX
 from .search_loop import SearchLoop
-from .verifier_nodes import CLIPScoreVerifierLoader
+from .verifier_nodes import AestheticVerifierLoader, CLIPScoreVerifierLoader, VerifierEnsemble
 from .scores_nodes import ScoresToJSON
 from .composable_nodes import BestPick, NoiseCandidateGenerator, VerifierScore
 
@@ -12,6 +12,8 @@ _NODES = [
     # (class, id suffix, display name)
     (SearchLoop, "SearchLoop", "Search Loop (best of N)"),
     (CLIPScoreVerifierLoader, "CLIPScoreVerifierLoader", "Load CLIPScore Verifier"),
+    (AestheticVerifierLoader, "AestheticVerifierLoader", "Load LAION Aesthetic Verifier"),
+    (VerifierEnsemble, "VerifierEnsemble", "Verifier Ensemble"),
     (ScoresToJSON, "ScoresToJSON", "Scores to JSON"),
     (NoiseCandidateGenerator, "NoiseCandidateGenerator", "Noise Candidate Generator"),
     (VerifierScore, "VerifierScore", "Verifier Score"),

@@ -6,6 +6,7 @@ ComfyUI means a change in this file only.  Supported: the 2024 host CI runs
 from __future__ import annotations
 
 import contextlib
+import math
 import inspect
 import os
 from typing import Callable, Iterator, List, Optional, Sequence
@@ -235,6 +236,57 @@ def sample_like_ksampler(model, noise, steps, cfg, sampler_name, scheduler, posi
                                seed=seed)
 
 
+def latent_out(model, x: torch.Tensor) -> torch.Tensor:
+    """A sampler-internal latent (a callback's x0) in LATENT space, as VAE Decode takes it."""
+    return model.model.process_latent_out(x.float())
+
+
+def noise_scaling_coefficients(model, sigma: float, max_denoise: bool) -> tuple:
+    """(a, b) with ComfyUI's ``noise_scaling(sigma, noise, latent, max_denoise) = a*noise + b*latent``,
+    read off the model's own function (EPS, v-prediction, flow/CONST, EDM alike)."""
+    ms = model_sampling(model)
+    s = torch.tensor([float(sigma)])
+    one, zero = torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)
+    a = ms.noise_scaling(s.view(1, 1, 1, 1), one.clone(), zero.clone(), max_denoise=max_denoise)
+    b = ms.noise_scaling(s.view(1, 1, 1, 1), zero.clone(), one.clone(), max_denoise=max_denoise)
+    return float(a.reshape(-1)[0]), float(b.reshape(-1)[0])
+
+
+def starts_at_max_denoise(model, sigma0: float) -> bool:
+    """KSAMPLER.max_denoise: does a run starting at ``sigma0`` start from pure noise?"""
+    max_sigma = float(model_sampling(model).sigma_max)
+    return math.isclose(max_sigma, float(sigma0), rel_tol=1e-05) or float(sigma0) > max_sigma
+
+
+def percent_to_sigma(model, percent: float) -> float:
+    return float(model_sampling(model).percent_to_sigma(float(percent)))
+
+
+def prepare_mask(noise_mask: torch.Tensor, shape, device) -> torch.Tensor:
+    """The noise mask at latent resolution, as the samplers use it."""
+    try:  # current ComfyUI
+        from comfy.sampler_helpers import prepare_mask as fn
+    except ImportError:  # the 2024 host
+        fn = comfy.sample.prepare_mask
+    return fn(noise_mask, shape, device)
+
+
+def output_directory() -> str:
+    return folder_paths.get_output_directory()
+
+
+def save_image_path(prefix: str, out_dir: str, width: int, height: int):
+    return folder_paths.get_save_image_path(prefix, out_dir, width, height)
+
+
+def metadata_disabled() -> bool:
+    try:
+        from comfy.cli_args import args
+        return bool(getattr(args, "disable_metadata", False))
+    except Exception:
+        return False
+
+
 def guider_model(guider):
     return guider.model_patcher
 
@@ -302,5 +354,17 @@ def make_patcher(module: torch.nn.Module, load_device, offload_device):
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device, size=size)
 
 
-def load_for_inference(patcher) -> None:
-    mm.load_models_gpu([patcher])
+def load_for_inference(patchers) -> None:
+    """Loads the patchers' models for scoring (ComfyUI may offload others)."""
+    mm.load_models_gpu(list(patchers) if isinstance(patchers, (list, tuple)) else [patchers])
+
+
+def byte_progress():
+    """A ComfyUI progress bar for a download: ``update(done, total)``."""
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = comfy.utils.ProgressBar(max(1, int(total)))
+        state["bar"].update_absolute(int(done), max(1, int(total)))
+    return update

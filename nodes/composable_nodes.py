@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .engine import SearchInputError
 from .noise_objects import CandidateNoise
+from .verifier_host import combiner, member_matrix
 from .types import CATEGORY, NOISE, SCORES, VERIFIER
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.random_search import check_scores, top_k_indices
@@ -67,11 +68,22 @@ class VerifierScore:
 
     def score(self, images, verifier, prompt, noise=None):
         cands = identities(images.shape[0], noise)
-        scores = verifier.score(images, prompt).float().cpu()
+        combine = combiner(verifier)
+        members = None
+        if combine is not None:  # an ensemble: ranks/z-scores over this batch, member scores kept
+            members = member_matrix(verifier, images, prompt).float().cpu()
+            for col in members.T:
+                check_scores(col, cands, verifier.name)
+            scores = combine(members).float()
+        else:
+            scores = verifier.score(images, prompt).float().cpu()
         check_scores(scores, cands, verifier.name)
         report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=float(s), nfe=0)
                              for c, s in zip(cands, scores.tolist())]
+        if members is not None:
+            for res, row in zip(report.candidates, members.tolist()):
+                res.verifier_scores = dict(zip(verifier.member_names, row))
         return (report.finalize(),)
 
 

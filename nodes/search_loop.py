@@ -10,6 +10,7 @@ import torch
 from . import compat
 from .engine import SamplingPlan, SearchInputError, decode, output_latent
 from .noise_objects import CandidateNoise
+from .verifier_host import combiner, member_matrix
 from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
 from ..search import Candidate, random_search
 from ..search.noise import SEED_MAX, seeds_for
@@ -91,29 +92,45 @@ class SearchLoop:
         if not 1 <= top_k <= n:
             raise SearchInputError(f"top_k ({top_k}) is larger than the number of candidates ({n}): "
                                    "lower top_k or raise candidates")
-        if strategy is not None and getattr(strategy, "name", "random") != "random":
-            raise SearchInputError(f"strategy '{strategy.name}' is not available in this version of the pack")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
         nfe_gen = plan.nfe_per_generation()
         est = nfe_gen if nfe_gen is not None else max(1, plan.sigmas.numel() - 1)
+        if strategy is not None and strategy.budget_nfe and strategy.name == "random" and not strategy.coarse_steps:
+            if nfe_gen is None:
+                raise SearchInputError(f"an NFE budget needs a sampler whose NFEs are known in advance; "
+                                       f"'{plan.sampler_label}' chooses its own step count: pick a fixed-step sampler")
+            n = max(1, strategy.budget_nfe // nfe_gen)  # random search: as many full generations as fit
+            if top_k > n:
+                raise SearchInputError(f"the budget of {strategy.budget_nfe} NFEs buys {n} candidates at {nfe_gen} "
+                                       f"NFEs each, fewer than top_k ({top_k}): raise the budget or lower top_k")
+        elif strategy is not None and (strategy.name != "random" or strategy.coarse_steps):
+            raise SearchInputError(f"strategy '{strategy.name}' is not available in this version of the pack")
         progress = compat.Progress(total=(n + top_k) * est, model=plan.model)
         batch = plan.micro_batch(n, micro_batch)
 
         cands = [Candidate(index=i, seed=s) for i, s in enumerate(seeds_for(seed, 0, n))]
 
+        combine = combiner(verifier)
+
         def evaluate(chunk):
             seeds = [c.seed for c in chunk]
             gen = plan.generate(plan.initial_noises(seeds), seeds, progress)
             images = decode(vae, gen.latents)
-            scores = verifier.score(images, prompt)
-            payloads = [{"latent": gen.latents[j:j + 1].cpu(), "image": images[j:j + 1].cpu(), "batch": gen.batch}
+            if combine is not None:  # relative verifier: raw member scores, recombined over all candidates
+                scores = member_matrix(verifier, images, prompt)
+            else:
+                scores = verifier.score(images, prompt)
+            # a relative search keeps every payload: the latent only (an image per candidate would be O(N) memory)
+            payloads = [{"latent": gen.latents[j:j + 1].cpu(), "batch": gen.batch,
+                         "image": images[j:j + 1].cpu() if combine is None else None}
                         for j in range(len(chunk))]
             return scores, gen.nfe, payloads
 
         report, kept = random_search(cands, evaluate, top_k, batch, is_oom=compat.is_oom,
                                      on_oom=lambda size, e: compat.free_memory_after_oom(),
-                                     verifier=verifier.name)
+                                     verifier=verifier.name, combine=combine,
+                                     member_names=getattr(verifier, "member_names", ()))
         report.prompt = prompt
         report.nfe_per_generation = nfe_gen
         report.cfg_multiplier = plan.cfg_multiplier()
@@ -136,15 +153,18 @@ class SearchLoop:
             if needs:
                 lat = plan.render_stock(cand.seed, None, progress, res.nfe)
                 img = decode(vae, lat)
-                res.final_score = float(verifier.score(img, prompt)[0])
+                # a relative verifier has no meaning for one image alone: keep its search score
+                res.final_score = res.score if combine is not None else float(verifier.score(img, prompt)[0])
                 report.rerender_nfe += res.nfe
             else:
-                lat, img = p["latent"], p["image"]
+                lat = p["latent"]
+                img = p["image"] if p["image"] is not None else decode(vae, lat)
                 res.final_score = res.score
             latents.append(lat.cpu())
             images.append(img.cpu())
         progress.set(progress.total)
 
+        report.settings["strategy"] = "random"
         best = winners[0]
         best_noise = plan.initial_noises([best.seed])
         noise_obj = CandidateNoise(seeds=[best.seed])

@@ -1,13 +1,18 @@
-"""Verifier loader nodes."""
+"""Verifier loader nodes and the ensemble node."""
 from __future__ import annotations
 
 import os
+from typing import List, Optional
 
 from . import compat
 from .types import CATEGORY, VERIFIER
-from .verifier_host import HostVerifier, cached
-from ..verifiers import clip_score
-from ..verifiers.loading import missing_weights
+from .verifier_host import HostVerifier, cached, shared_part
+from ..verifiers import aesthetic, clip_score, download
+from ..verifiers.ensemble import MODES, EnsembleVerifier
+
+DOWNLOAD_TOOLTIP = ("Off (default): never touches the network; a missing file is an error naming where to get it. "
+                    "On: a missing file with a known published source is downloaded from the Hugging Face Hub into "
+                    "the first verifiers folder (progress on this node), then loaded.")
 
 
 def _open_clip_archs():
@@ -19,16 +24,46 @@ def _open_clip_archs():
     return archs or ["ViT-L-14"]
 
 
-def resolve_weights(name: str, published: str) -> str:
-    path = compat.verifier_path(name) if name else None
-    if not path or not os.path.isfile(path):
-        raise missing_weights(name or "(none selected)", compat.verifier_folders(), published)
-    return path
+def file_choices(*suggested: str) -> List[str]:
+    """Files in the verifiers folders, plus the published names a download can fetch."""
+    have = compat.verifier_files()
+    return have + [s for s in suggested if s not in have]
+
+
+def resolve_weights(name: str, published: str, allow_download: bool = False) -> str:
+    """The local path of ``name``; downloads it first only when allowed (verifiers/download.py)."""
+    return download.resolve(name, compat.verifier_path, compat.verifier_folders(), published,
+                            allow_download=allow_download,
+                            progress=compat.byte_progress() if allow_download else None)
+
+
+def validate_file(name: str, published: str, allow_download: bool):
+    if compat.verifier_path(name) is None and not (allow_download and download.source_of(name)):
+        return str(download.missing_error(name, compat.verifier_folders(), published))
+    return True
 
 
 def file_key(path: str):
     st = os.stat(path)
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+_tokenizers = {}
+
+
+def clip_part(arch: str, path: str):
+    """The open_clip model + tokenizer for (arch, file), shared by every verifier using it."""
+    key = ("open_clip", arch) + file_key(path)
+
+    def build():
+        model, tokenizer = clip_score.load_open_clip(arch, path)
+        _tokenizers[key] = tokenizer
+        return model
+    model = shared_part(key, build)
+    return key, model, _tokenizers[key]
+
+
+CLIP_DEFAULT = "ViT-L-14-openai.safetensors"
 
 
 class CLIPScoreVerifierLoader:
@@ -38,7 +73,7 @@ class CLIPScoreVerifierLoader:
     FUNCTION = "load"
     RETURN_TYPES = (VERIFIER,)
     RETURN_NAMES = ("verifier",)
-    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore.",)
+    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore / Verifier Ensemble.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -47,26 +82,123 @@ class CLIPScoreVerifierLoader:
             "arch": (archs, {"default": "ViT-L-14" if "ViT-L-14" in archs else archs[0],
                              "tooltip": "open_clip architecture of the weights file. A JSON model config next to "
                                         "the weights (same name, .json) overrides it for custom architectures."}),
-            "weights": (compat.verifier_files(), {
+            "weights": (file_choices(CLIP_DEFAULT), {
                 "tooltip": "Weights in models/verifiers (safetensors, or a plain state dict): e.g. "
-                           "open_clip_model.safetensors from timm/vit_large_patch14_clip_224.openai."}),
+                           "open_clip_model.safetensors from timm/vit_large_patch14_clip_224.openai, saved as "
+                           f"{CLIP_DEFAULT}."}),
             "mode": (["clipscore", "cosine"], {"default": "clipscore",
                                                "tooltip": "clipscore: 2.5 * max(cos, 0), range [0, 2.5]; "
                                                           "cosine: raw cosine similarity, range [-1, 1]."}),
+        }, "optional": {
+            "download_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, weights):
-        if compat.verifier_path(weights) is None:
-            return str(missing_weights(weights, compat.verifier_folders(),
-                                       clip_score.PUBLISHED.get("ViT-L-14", clip_score.GENERIC_SOURCE)))
-        return True
+    def VALIDATE_INPUTS(cls, weights, download_missing=False):
+        return validate_file(weights, clip_score.PUBLISHED.get("ViT-L-14", clip_score.GENERIC_SOURCE),
+                             bool(download_missing))
 
-    def load(self, arch, weights, mode):
-        path = resolve_weights(weights, clip_score.PUBLISHED.get(arch, clip_score.GENERIC_SOURCE))
+    def load(self, arch, weights, mode, download_missing=False):
+        path = resolve_weights(weights, clip_score.PUBLISHED.get(arch, clip_score.GENERIC_SOURCE),
+                               bool(download_missing))
+        key, model, tokenizer = clip_part(arch, path)
 
         def build():
-            model, tokenizer = clip_score.load_open_clip(arch, path)
             return HostVerifier(clip_score.CLIPScoreVerifier(model, tokenizer, mode=mode),
-                                f"clipscore[{mode}]({arch}, {weights})")
-        return (cached(("clip", arch, mode) + file_key(path), build),)
+                                f"clipscore[{mode}]({arch}, {weights})", [key])
+        return (cached(("clip", mode) + key, build),)
+
+
+class AestheticVerifierLoader:
+    DESCRIPTION = ("LAION improved aesthetic predictor: an MLP on the L2-normalised CLIP ViT-L/14 image embedding "
+                   "(sac+logos+ava1-l14-linearMSE.pth). Scores about 1..10; ignores the prompt. Shares its CLIP "
+                   "model with a CLIPScore verifier loading the same CLIP file.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (VERIFIER,)
+    RETURN_NAMES = ("verifier",)
+    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore / Verifier Ensemble.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        archs = _open_clip_archs()
+        return {"required": {
+            "clip_arch": (archs, {"default": "ViT-L-14" if "ViT-L-14" in archs else archs[0],
+                                  "tooltip": "The CLIP the predictor was trained on: ViT-L-14 (OpenAI weights)."}),
+            "clip_weights": (file_choices(CLIP_DEFAULT), {
+                "tooltip": f"CLIP ViT-L/14 OpenAI weights in models/verifiers (e.g. {CLIP_DEFAULT} = "
+                           "open_clip_model.safetensors of timm/vit_large_patch14_clip_224.openai)."}),
+            "aesthetic_weights": (file_choices(aesthetic.DEFAULT_FILE), {
+                "tooltip": f"The predictor head, {aesthetic.DEFAULT_FILE} (a plain state dict, loaded with "
+                           "weights_only=True)."}),
+        }, "optional": {
+            "download_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_weights, aesthetic_weights, download_missing=False):
+        for name, published in ((clip_weights, clip_score.PUBLISHED["ViT-L-14"]),
+                                (aesthetic_weights, aesthetic.PUBLISHED)):
+            ok = validate_file(name, published, bool(download_missing))
+            if ok is not True:
+                return ok
+        return True
+
+    def load(self, clip_arch, clip_weights, aesthetic_weights, download_missing=False):
+        dl = bool(download_missing)
+        clip_path = resolve_weights(clip_weights, clip_score.PUBLISHED.get(clip_arch, clip_score.GENERIC_SOURCE), dl)
+        mlp_path = resolve_weights(aesthetic_weights, aesthetic.PUBLISHED, dl)
+        ckey, model, tokenizer = clip_part(clip_arch, clip_path)
+        hkey = ("aesthetic_mlp",) + file_key(mlp_path)
+        mlp = shared_part(hkey, lambda: aesthetic.load_aesthetic_mlp(mlp_path))
+
+        def build():
+            scorer = clip_score.CLIPScoreVerifier(model, tokenizer, mode="cosine")
+            return HostVerifier(aesthetic.AestheticVerifier(scorer, mlp),
+                                f"aesthetic({aesthetic_weights}; {clip_arch}, {clip_weights})", [ckey, hkey])
+        return (cached(("aesthetic",) + ckey + hkey, build),)
+
+
+MAX_MEMBERS = 6
+
+
+class VerifierEnsemble:
+    DESCRIPTION = ("Combines verifiers. mean_rank (the paper's ensemble): each verifier ranks the candidates, "
+                   "ties share the average rank, and the (weighted) mean rank is the score, range [1, N]. "
+                   "zscore: weighted mean of each verifier's standardised scores. Both are relative to the "
+                   "candidates of one search (SearchLoop recombines over all of them, whatever the micro-batch). "
+                   f"For more than {MAX_MEMBERS} verifiers, feed an ensemble into another of the same mode: it is "
+                   "flattened, so the result equals one big ensemble.")
+    CATEGORY = CATEGORY
+    FUNCTION = "combine"
+    RETURN_TYPES = (VERIFIER,)
+    RETURN_NAMES = ("verifier",)
+    OUTPUT_TOOLTIPS = ("An ensemble verifier for SearchLoop / VerifierScore.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        opt = {}
+        for i in range(2, MAX_MEMBERS + 1):
+            opt[f"verifier_{i}"] = (VERIFIER, {"tooltip": f"Verifier {i} (optional)."})
+            opt[f"weight_{i}"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                            "tooltip": f"Weight of verifier {i}."})
+        return {"required": {
+            "mode": (list(MODES), {"default": "mean_rank",
+                                   "tooltip": "mean_rank: the paper's rule (Ma et al. 2025); zscore: standardised "
+                                              "scores, keeps how much better a candidate is, not just its order."}),
+            "verifier_1": (VERIFIER, {"tooltip": "Verifier 1."}),
+            "weight_1": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                   "tooltip": "Weight of verifier 1 (weights are normalised to sum to 1)."}),
+        }, "optional": opt}
+
+    def combine(self, mode, verifier_1, weight_1, **kw):
+        members, weights = [verifier_1], [weight_1]
+        for i in range(2, MAX_MEMBERS + 1):
+            v: Optional[object] = kw.get(f"verifier_{i}")
+            if v is not None:
+                members.append(v)
+                weights.append(float(kw.get(f"weight_{i}", 1.0)))
+        try:
+            return (EnsembleVerifier(members, weights, mode),)
+        except ValueError as e:
+            raise ValueError(f"Verifier Ensemble: {e}") from e

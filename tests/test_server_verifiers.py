@@ -1,0 +1,104 @@
+"""Real-server tier for verifiers I: the aesthetic loader, the ensemble node and
+missing files, through a real ComfyUI process."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graphs import PREFIX, base_graph, search_graph
+
+
+def aesthetic_node(clip="tiny-clip-768.safetensors", mlp="tiny-aesthetic.pth"):
+    return {"class_type": PREFIX + "AestheticVerifierLoader",
+            "inputs": {"clip_arch": "ViT-L-14", "clip_weights": clip, "aesthetic_weights": mlp}}
+
+
+def batch_score_graph(verifier_nodes: dict, verifier_ref, batch=3, seed=5):
+    """A stock KSampler batch, decoded, scored by VerifierScore, reported as JSON (node 8)."""
+    g = base_graph()
+    g["4"]["inputs"]["batch_size"] = batch
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+        "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
+    g.update(verifier_nodes)
+    g["20"] = {"class_type": PREFIX + "VerifierScore",
+               "inputs": {"images": ["7", 0], "verifier": verifier_ref, "prompt": "a red apple"}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["20", 0]}}
+    return g
+
+
+def report(entry, node="8"):
+    return json.loads(entry["outputs"][node]["text"][0])
+
+
+def test_nodes_are_listed_with_their_files(comfy):
+    info = comfy.object_info()
+    a = info[PREFIX + "AestheticVerifierLoader"]["input"]
+    assert "tiny-aesthetic.pth" in a["required"]["aesthetic_weights"][0]
+    assert "sac+logos+ava1-l14-linearMSE.pth" in a["required"]["aesthetic_weights"][0]  # fetchable by download
+    assert a["optional"]["download_missing"][1]["default"] is False
+    e = info[PREFIX + "VerifierEnsemble"]["input"]
+    assert e["required"]["mode"][0] == ["mean_rank", "zscore"]
+    assert [k for k in e["optional"] if k.startswith("verifier_")] == [f"verifier_{i}" for i in range(2, 7)]
+
+
+def test_aesthetic_loader_scores_a_batch_on_the_server(comfy):
+    entry = comfy.run_ok(batch_score_graph({"30": aesthetic_node()}, ["30", 0]))
+    cands = report(entry)["candidates"]
+    assert len(cands) == 3
+    assert len({round(c["score"], 6) for c in cands}) == 3, "different images must get different scores"
+    assert "aesthetic(tiny-aesthetic.pth" in report(entry)["verifier"]
+
+
+def test_ensemble_node_mean_rank_on_the_server(comfy):
+    nodes = {"30": aesthetic_node(),
+             "31": {"class_type": PREFIX + "CLIPScoreVerifierLoader",
+                    "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip-768.safetensors", "mode": "cosine"}},
+             "32": {"class_type": PREFIX + "VerifierEnsemble",
+                    "inputs": {"mode": "mean_rank", "verifier_1": ["30", 0], "weight_1": 1.0,
+                               "verifier_2": ["31", 0], "weight_2": 1.0}}}
+    entry = comfy.run_ok(batch_score_graph(nodes, ["32", 0]))
+    rep = report(entry)
+    scores = sorted(c["score"] for c in rep["candidates"])
+    # each score is the mean of two ranks in 1..3: a multiple of 0.5, summing to 2 * (1 + 2 + 3) / 2
+    assert all(abs(s * 2 - round(s * 2)) < 1e-6 and 1 <= s <= 3 for s in scores)
+    assert sum(scores) == pytest.approx(6.0)
+    assert rep["verifier"].startswith("ensemble[mean_rank](")
+    # the member scores travel with each candidate
+    assert all(len(c["verifier_scores"]) == 2 for c in rep["candidates"])
+
+
+def test_search_with_an_ensemble_is_independent_of_micro_batch(comfy):
+    runs = []
+    for mb in (1, 4):
+        g = search_graph(seed=321, candidates=4, top_k=1, micro_batch=mb, prefix=f"ens{mb}")
+        g["30"] = aesthetic_node()
+        g["31"] = {"class_type": PREFIX + "VerifierEnsemble",
+                   "inputs": {"mode": "mean_rank", "verifier_1": ["30", 0], "weight_1": 1.0,
+                              "verifier_2": ["5", 0], "weight_2": 1.0}}
+        g["6"]["inputs"]["verifier"] = ["31", 0]
+        entry = comfy.run_ok(g)
+        rep = report(entry)
+        runs.append([(c["seed"], c["score"]) for c in rep["candidates"]])
+        assert {c["rank"] for c in rep["candidates"]} == {1, 2, 3, 4}
+    assert runs[0] == runs[1]
+
+
+def test_missing_aesthetic_file_is_a_validation_error_without_download(comfy):
+    g = batch_score_graph({"30": aesthetic_node(mlp="sac+logos+ava1-l14-linearMSE.pth")}, ["30", 0])
+    code, body = comfy.queue(g)
+    assert code == 400
+    text = json.dumps(body)
+    assert "sac+logos+ava1-l14-linearMSE.pth" in text and "Searched" in text
+    assert "camenduru/improved-aesthetic-predictor" in text and "download_missing" in text
+
+
+def test_mismatched_aesthetic_head_is_a_clear_node_error(comfy):
+    from comfy_server import execution_error
+    # the 768-d head on the 32-d tiny CLIP
+    entry = comfy.run(batch_score_graph({"30": aesthetic_node(clip="tiny-clip.safetensors")}, ["30", 0]))
+    err = execution_error(entry)
+    assert err is not None and "needs CLIP ViT-L-14" in err["exception_message"]
+    assert err["node_type"] == PREFIX + "AestheticVerifierLoader"

@@ -1,0 +1,121 @@
+"""Verifier ensembles.
+
+* ``mean_rank`` (the paper's rule, Ma et al. 2025): each member ranks the
+  candidates (1 = worst ... N = best, ties get the average of the ranks they
+  span); the ensemble score is the weighted mean rank, so higher is better and
+  the range is [1, N].
+* ``zscore``: each member's scores are standardised over the candidates
+  ((s - mean) / std, std 0 -> 0), then averaged with the weights.
+
+Both are *relative*: a candidate's score depends on the others scored with it.
+The search therefore keeps every member's raw scores and recombines them over
+all candidates seen so far (``combine``), so micro-batching never changes the
+result.  Ensembles nest: an ensemble member of the same mode is flattened into
+its members (weights multiplied), which is exactly the flat ensemble.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+MODES = ("mean_rank", "zscore")
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..N of a 1-D tensor (1 = smallest); ties get their average rank."""
+    x = x.double().reshape(-1)
+    n = x.numel()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty(n, dtype=torch.float64)
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def mean_rank(matrix: torch.Tensor, weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """matrix: N candidates x M members (higher is better) -> N scores."""
+    m = matrix.reshape(matrix.shape[0], -1)
+    w = _weights(weights, m.shape[1])
+    ranks = torch.stack([average_ranks(m[:, j]) for j in range(m.shape[1])], dim=1)
+    return (ranks * w).sum(1).float()
+
+
+def zscore(matrix: torch.Tensor, weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    m = matrix.reshape(matrix.shape[0], -1).double()
+    w = _weights(weights, m.shape[1])
+    mu = m.mean(0, keepdim=True)
+    sd = m.std(0, unbiased=False, keepdim=True)
+    z = torch.where(sd > 0, (m - mu) / sd.clamp(min=1e-300), torch.zeros_like(m))
+    return (z * w).sum(1).float()
+
+
+def _weights(weights: Optional[Sequence[float]], m: int) -> torch.Tensor:
+    w = torch.ones(m, dtype=torch.float64) if weights is None else torch.tensor(list(weights), dtype=torch.float64)
+    if w.numel() != m:
+        raise ValueError(f"{w.numel()} weights for {m} verifiers")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("ensemble weights must be >= 0 and not all 0")
+    return w / w.sum()
+
+
+class EnsembleVerifier:
+    """Combines member verifiers (anything with ``score(images, prompt)`` and ``name``)."""
+
+    relative = True
+
+    def __init__(self, members: Sequence, weights: Optional[Sequence[float]] = None, mode: str = "mean_rank"):
+        if mode not in MODES:
+            raise ValueError(f"ensemble mode must be one of {MODES}, got '{mode}'")
+        if not members:
+            raise ValueError("an ensemble needs at least one verifier")
+        weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(members):
+            raise ValueError(f"{len(weights)} weights for {len(members)} verifiers")
+        flat, flat_w = [], []
+        for v, w in zip(members, weights):
+            if isinstance(v, EnsembleVerifier) and v.mode == mode:
+                inner = _weights(v.weights, len(v.members))
+                flat.extend(v.members)
+                flat_w.extend((w * inner).tolist())
+            elif isinstance(v, EnsembleVerifier):
+                raise ValueError(f"cannot nest a '{v.mode}' ensemble in a '{mode}' ensemble: use one mode")
+            else:
+                flat.append(v)
+                flat_w.append(w)
+        _weights(flat_w, len(flat))  # validates
+        self.members: List = flat
+        self.weights: List[float] = flat_w
+        self.mode = mode
+
+    @property
+    def name(self) -> str:
+        parts = ", ".join(f"{w:g}*{getattr(v, 'name', 'verifier')}" for v, w in zip(self.members, self.weights))
+        return f"ensemble[{self.mode}]({parts})"
+
+    @property
+    def member_names(self) -> List[str]:
+        names, seen = [], {}
+        for v in self.members:
+            n = getattr(v, "name", "verifier")
+            seen[n] = seen.get(n, 0) + 1
+            names.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+        return names
+
+    def score_members(self, images: torch.Tensor, prompt) -> torch.Tensor:
+        """N x M raw member scores."""
+        cols = [v.score(images, prompt).float().cpu().reshape(-1) for v in self.members]
+        return torch.stack(cols, dim=1)
+
+    def combine(self, matrix: torch.Tensor) -> torch.Tensor:
+        return (mean_rank if self.mode == "mean_rank" else zscore)(matrix, self.weights)
+
+    def score(self, images: torch.Tensor, prompt) -> torch.Tensor:
+        """Scores relative to this batch (used where the whole population is scored at once)."""
+        return self.combine(self.score_members(images, prompt))
