@@ -73,15 +73,22 @@ class Diffusion:
 
     def __init__(self, net: EpsMLP, sched: VPDiscrete):
         self.net, self.sched = net, sched
+        self._t = {}  # sigma -> timestep (schedules repeat their sigmas)
 
     def denoise(self, x: torch.Tensor, sigma: float, y: torch.Tensor) -> torch.Tensor:
-        t = torch.full((x.shape[0],), self.sched.timestep(sigma))
+        t = self._t.get(sigma)
+        if t is None:
+            t = self._t[sigma] = self.sched.timestep(sigma)
+        t = torch.full((x.shape[0],), t)
         c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
         return x - sigma * self.net(x * c_in, t, y)
 
-    def denoiser(self, c: int):
+    def denoiser(self, c):
+        """D(x, σ) for class ``c``, or for one class per row when ``c`` is a tensor (then the host must
+        run all rows in one call: micro_batch 0)."""
         def d(x, sigma):
-            return self.denoise(x, sigma, torch.full((x.shape[0],), int(c), dtype=torch.long))
+            y = c if torch.is_tensor(c) else torch.full((x.shape[0],), int(c), dtype=torch.long)
+            return self.denoise(x, sigma, y)
         return d
 
 
@@ -162,15 +169,19 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((net(x).argmax(1) == y).float().mean())
 
 
-def class_scorer(verifier: nn.Module, c: int):
+def class_scorer(verifier: nn.Module, c):
     def score(latents: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(verifier(latents), dim=1)[:, int(c)]
+        lp = torch.log_softmax(verifier(latents), dim=1)
+        if torch.is_tensor(c):
+            return lp[torch.arange(len(c)), c]
+        return lp[:, int(c)]
     return score
 
 
-def digits_host(diffusion: Diffusion, verifier: nn.Module, c: int, *, steps: int, sampler: str = "euler",
+def digits_host(diffusion: Diffusion, verifier: nn.Module, c, *, steps: int, sampler: str = "euler",
                 micro_batch: int = 0) -> ToyHost:
-    """The SearchHost of one prompt (class c) over the trained model."""
+    """The SearchHost of one prompt (class c) over the trained model; a tensor ``c`` (one class per row)
+    gives a host that samples many prompts' single candidates at once (baselines)."""
     return ToyHost(diffusion.denoiser(c), class_scorer(verifier, c), shape=(1, 1, 8, 8), steps=steps,
                    sampler=sampler, prediction="eps", micro_batch=micro_batch, schedule=diffusion.sched)
 

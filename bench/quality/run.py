@@ -97,6 +97,9 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny run (< 60 s) that exercises every code path")
     ap.add_argument("--prompts", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--diffusion-steps", type=int, default=0,
+                    help="training steps of the diffusion model (default 2000; fewer = an undertrained model "
+                         "with more headroom for search)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -104,6 +107,7 @@ def main(argv=None):
     prompts = args.prompts or (20 if smoke else 500)
     budgets = [20, 80] if smoke else [20, 80, 320, 1280]
     diff_steps, clf_steps = (150, 150) if smoke else (2000, 800)
+    diff_steps = args.diffusion_steps or diff_steps
     log = print
 
     data = load_digits_data(seed=0)
@@ -166,26 +170,28 @@ def main(argv=None):
     summarise("real digits (reference)", 0, "held-out split", list(real.split(1)),
               [float(verifier(real)[i].log_softmax(0)[c]) for i, c in enumerate(classes.tolist())], [0])
 
+    def one_sample_each(steps: int, sampler: str):
+        """Each prompt's single sample (its seed) at ``steps`` steps, all prompts in one batch: the same
+        computation as a per-prompt run_strategy("random", N=1), checked here on the first prompts."""
+        h = digits_host(diffusion, verifier, classes, steps=steps, sampler=sampler)
+        st, _ = h.sample(h.start(h.initial_noise(seeds)), steps, seeds)
+        scores = h.score(st.latent).tolist()
+        for p in range(3):
+            hp = digits_host(diffusion, verifier, int(classes[p]), steps=steps, sampler=sampler)
+            r, f = run_strategy(Strategy("random", {}, hp.nfe(0, steps)), hp, candidates=1, top_k=1, seed=seeds[p])
+            torch.testing.assert_close(f[0]["latent"], st.latent[p:p + 1], rtol=1e-4, atol=1e-4)
+            assert abs(r.best.score - scores[p]) < 1e-3
+        return list(st.latent.split(1)), scores
+
     gen = BASE_STEPS
-    # baseline: one sample (seed), 10 Euler steps
     for sampler in ("euler", "euler_ancestral"):
-        win, vs = [], []
-        for p in range(prompts):
-            h = digits_host(diffusion, verifier, int(classes[p]), steps=gen, sampler=sampler)
-            r, f = run_strategy(Strategy("random", {}, gen), h, candidates=1, top_k=1, seed=seeds[p])
-            win.append(f[0]["latent"])
-            vs.append(r.best.score)
+        win, vs = one_sample_each(gen, sampler)
         summarise(f"baseline 1 sample ({sampler})", gen, f"{gen} steps", win, vs, [gen])
 
     for budget in budgets:
         for label, strat, sampler, note in methods(budget, gen):
             if label.startswith("more steps"):
-                win, vs = [], []
-                for p in range(prompts):
-                    h = digits_host(diffusion, verifier, int(classes[p]), steps=budget, sampler=sampler)
-                    r, f = run_strategy(Strategy("random", {}, budget), h, candidates=1, top_k=1, seed=seeds[p])
-                    win.append(f[0]["latent"])
-                    vs.append(r.best.score)
+                win, vs = one_sample_each(budget, sampler)
                 summarise(label, budget, note, win, vs, [budget])
                 continue
             if strat is None:
@@ -243,7 +249,8 @@ def markdown(meta, rows) -> str:
         se = r.get(k + "_se")
         return f"{r[k]:.{nd}f} ± {se:.{nd}f}" if se is not None else f"{r[k]:.{nd}f}"
     lines = [
-        f"Quality benchmark, {meta['prompts']} prompts (class = p mod 10, seed 1000+p), one generation = "
+        f"Quality benchmark, diffusion model trained {meta['diffusion_train_steps']} steps, "
+        f"{meta['prompts']} prompts (class = p mod 10, seed 1000+p), one generation = "
         f"{meta['base_steps']} Euler steps = {meta['base_steps']} NFEs. Mean ± standard error over prompts. "
         "Verifier = log p(class | x0) of the search's classifier; judge = separately trained CNN "
         "(other split, seed, architecture); FD = Fréchet distance of judge features to all real digits "
