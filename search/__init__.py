@@ -9,6 +9,13 @@ from .nfe import NFECounter, nfe_per_generation, UnknownNFEError
 from .batching import run_in_micro_batches, plan_micro_batch
 from .report import CandidateResult, SearchReport
 from .random_search import random_search, top_k_indices
+from .host import SearchHost, State, derive_seed, check_segmentable, check_stochastic, UnsupportedSamplerError
+from .zero_order import zero_order_search, neighbour
+from .paths import paths_search
+from .particles import particle_search, resample_indices, effective_sample_size
+from .evolution import evolution_search
+from .coarse_to_fine import coarse_to_fine
+from .strategies import Strategy, run_strategy, random_over_host, ALGORITHMS
 
 __all__ = [
     "candidate_noise", "candidate_noises", "Candidate",
@@ -16,4 +23,8 @@ __all__ = [
     "run_in_micro_batches", "plan_micro_batch",
     "CandidateResult", "SearchReport",
     "random_search", "top_k_indices",
+    "SearchHost", "State", "derive_seed", "check_segmentable", "check_stochastic", "UnsupportedSamplerError",
+    "zero_order_search", "neighbour", "paths_search", "particle_search", "resample_indices",
+    "effective_sample_size", "evolution_search", "coarse_to_fine",
+    "Strategy", "run_strategy", "random_over_host", "ALGORITHMS",
 ]

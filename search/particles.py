@@ -1,0 +1,160 @@
+"""Particle resampling: Feynman–Kac steering (Singhal et al. 2025).
+
+k particles start from the candidate noises of seeds base+i and run a
+*stochastic* sampler (copies of a particle must diverge afterwards).  At the
+resampling steps (every ``interval`` schedule steps, before the end) the
+x0-prediction of each particle is scored, r_t, and the particle's log-weight
+grows by the log-potential:
+
+* ``difference``: λ·(r_t − r_{t−1})   (r before the first step = 0, so the
+  product of potentials telescopes to exp(λ·r_t))
+* ``max``:        λ·max_{s≤t} r_s
+* ``sum``:        λ·Σ_{s≤t} r_s
+* ``current``:    λ·r_t
+
+If ``ess_threshold`` is 0 the particles are resampled at every resampling
+step; otherwise only when the effective sample size 1/Σw² of the normalised
+weights drops below ``ess_threshold``·k.  Resampling (multinomial or
+systematic, from a generator seeded per step) copies states, their reward
+history and lineage, and resets the weights to uniform.  Segment j of row i
+runs with the derived seed (base, segment, i), so copies diverge.  The final
+pick is by the score of the final samples.
+
+Cost: k × (NFEs per generation) — k = ``particles``, or as many as the budget
+holds when 0.  The decode + score at each resampling step costs no NFE (it is
+reported as ``settings["reward_evaluations"]``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from .common import TAG_PARTICLES, TopK, check_budget, checked_scores, generation_nfe, payload
+from .host import SearchHost, check_stochastic, derive_seed, final_latents
+from .noise import seeds_for, wrap_seed
+from .report import CandidateResult, SearchReport
+
+POTENTIALS = ("difference", "max", "sum", "current")
+RESAMPLING = ("multinomial", "systematic")
+
+
+def resample_indices(weights: torch.Tensor, n: int, generator: torch.Generator,
+                     method: str = "multinomial") -> List[int]:
+    """``n`` ancestor indices drawn with probabilities ``weights`` (normalised here)."""
+    w = weights.detach().double().reshape(-1)
+    if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError("resampling weights must be finite, non-negative and not all zero")
+    w = w / w.sum()
+    if method == "multinomial":
+        return torch.multinomial(w, n, replacement=True, generator=generator).tolist()
+    if method == "systematic":
+        u0 = torch.rand((), generator=generator, dtype=torch.float64)
+        positions = (u0 + torch.arange(n, dtype=torch.float64)) / n
+        cdf = torch.cumsum(w, 0)
+        cdf[-1] = 1.0
+        return torch.searchsorted(cdf, positions, right=True).clamp(max=len(w) - 1).tolist()
+    raise ValueError(f"unknown resampling method '{method}'; pick one of {', '.join(RESAMPLING)}")
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> float:
+    w = torch.softmax(log_weights.double(), 0)
+    return float(1.0 / (w * w).sum())
+
+
+def resampling_steps(steps: int, interval: int) -> List[int]:
+    if interval < 1:
+        raise ValueError(f"the resampling interval must be at least 1 step, got {interval}")
+    return list(range(interval, steps, interval))
+
+
+def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: int = 0, interval: int = 1,
+                    potential: str = "max", lam: float = 10.0, ess_threshold: float = 0.0,
+                    resampling: str = "multinomial", top_k: int = 1,
+                    verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
+    check_stochastic(host.sampler_name, "Particle resampling (FK steering)")
+    if potential not in POTENTIALS:
+        raise ValueError(f"unknown potential '{potential}'; pick one of {', '.join(POTENTIALS)}")
+    if resampling not in RESAMPLING:
+        raise ValueError(f"unknown resampling method '{resampling}'; pick one of {', '.join(RESAMPLING)}")
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"the ESS threshold is a fraction of the particle count in [0, 1], got {ess_threshold}")
+    gen, T = generation_nfe(host), int(host.steps)
+    k = int(particles) if particles else int(budget_nfe) // gen
+    check_budget(budget_nfe, max(k, 1) * gen, f"particle resampling with {max(k, 1)} particle(s)")
+    if not 1 <= top_k <= k:
+        raise ValueError(f"top_k must be between 1 and the number of particles ({k}), got {top_k}")
+    base = wrap_seed(seed)
+    stops = resampling_steps(T, int(interval)) + [T]
+    report = SearchReport(algorithm="particles", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
+                          settings={"particles": k, "interval": int(interval), "potential": potential,
+                                    "lambda": float(lam), "ess_threshold": float(ess_threshold),
+                                    "resampling": resampling, "budget_nfe": int(budget_nfe),
+                                    "resampling_steps": stops[:-1], "resampled_at": [], "ess": [],
+                                    "reward_evaluations": 0})
+    origin = seeds_for(base, 0, k)
+    state = host.start(host.initial_noise(origin))
+    lineage = list(range(k))
+    logw = torch.zeros(k, dtype=torch.float64)
+    prev = torch.zeros(k, dtype=torch.float64)
+    run_max = torch.full((k,), -math.inf, dtype=torch.float64)
+    run_sum = torch.zeros(k, dtype=torch.float64)
+    spent = 0
+    for seg, end in enumerate(stops):
+        start = state.index
+        state, x0 = host.sample(state, end, [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)])
+        spent += k * host.nfe(start, end)
+        if end == T:
+            break
+        labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
+        r = torch.tensor(checked_scores(host.score(x0), k, labels, verifier), dtype=torch.float64)
+        report.settings["reward_evaluations"] += k
+        run_max = torch.maximum(run_max, r)
+        run_sum = run_sum + r
+        if potential == "difference":
+            logw = logw + lam * (r - prev)
+        elif potential == "max":
+            logw = logw + lam * run_max
+        elif potential == "sum":
+            logw = logw + lam * run_sum
+        else:
+            logw = logw + lam * r
+        prev = r
+        ess = effective_sample_size(logw)
+        report.settings["ess"].append(ess)
+        report.trace.append({"round": seg + 1, "nfe": spent, "best": float(r.max()), "index": end})
+        if ess_threshold == 0.0 or ess < ess_threshold * k:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(derive_seed(base, TAG_PARTICLES, seg, 0xA5))
+            idx = resample_indices(torch.softmax(logw, 0), k, g, resampling)
+            state = state.select(idx)
+            lineage = [lineage[i] for i in idx]
+            sel = torch.as_tensor(idx, dtype=torch.long)
+            prev, run_max, run_sum = prev[sel], run_max[sel], run_sum[sel]
+            logw = torch.zeros(k, dtype=torch.float64)
+            report.settings["resampled_at"].append(end)
+
+    latents = final_latents(state)
+    labels = [f"fk particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
+    scores = checked_scores(host.score(latents), k, labels, verifier)
+    results: Dict[int, CandidateResult] = {}
+    for i in range(k):
+        results[i] = CandidateResult(index=i, seed=None, score=scores[i], nfe=gen, noise_id=labels[i])
+    # resampling copies particles, and a deterministic last step keeps copies identical: the finalists are
+    # the best *distinct* samples, padded with copies only when fewer than top_k distinct ones survive
+    order = sorted(range(k), key=lambda i: (-scores[i], i))
+    distinct: List[int] = []
+    for i in order:
+        if not any(torch.equal(latents[i], latents[j]) for j in distinct):
+            distinct.append(i)
+    chosen = (distinct + [i for i in order if i not in distinct])[:top_k]
+    report.settings["distinct_final_samples"] = len(distinct)
+    keep = TopK(top_k)
+    for rank, i in enumerate(chosen):
+        keep.offer(-rank, i, payload(latents[i:i + 1], None, None))
+    report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
+    report.candidates = [results[i] for i in range(k)]
+    report.nfe_total = spent
+    report.finalize()
+    return report, keep.finalists(results)

@@ -1,0 +1,314 @@
+"""The search algorithms over the SearchHost protocol, on the toy host (tests/toy_host.py)."""
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from search import (Strategy, UnsupportedSamplerError, effective_sample_size, evolution_search, neighbour,
+                    paths_search, resample_indices, run_strategy, zero_order_search)
+from search.host import State, derive_seed
+from search.noise import candidate_noise
+from search.random_search import top_k_indices
+from toy_host import GaussianToy, ToyHost, gaussian_host
+
+STRATEGIES = [
+    ("random", {}, "euler"),
+    ("zero_order", {"neighbours": 3, "cosine": 0.9}, "euler"),
+    ("paths", {"paths": 2, "noises_per_path": 3}, "euler"),
+    ("particles", {"interval": 3, "potential": "difference", "lam": 5.0}, "euler_ancestral"),
+    ("particles", {"potential": "max", "ess_threshold": 0.5, "resampling": "systematic"}, "euler_ancestral"),
+    ("evolution", {"population": 5, "elites": 2}, "euler"),
+    ("zero_order", {}, "euler_ancestral"),
+    ("evolution", {"population": 4, "elites": 1, "tournament": 3}, "euler_ancestral"),
+]
+
+
+def _run(name, params, sampler, micro_batch, coarse=0, budget=0, candidates=12, prediction="eps", top_k=2, seed=7):
+    host = gaussian_host(sampler=sampler, steps=12, micro_batch=micro_batch, prediction=prediction)
+    report, finalists = run_strategy(Strategy(name, params, budget_nfe=budget, coarse_steps=coarse), host,
+                                     candidates=candidates, top_k=top_k, seed=seed)
+    return host, report, finalists
+
+
+# --- zero-order ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [0.95, 0.5, 0.0, -0.3])
+def test_neighbour_has_exact_cosine_and_norm(t):
+    x = candidate_noise((1, 4, 16, 16), 3) * 1.7
+    y = neighbour(x, t, 11)
+    cos = torch.nn.functional.cosine_similarity(x.flatten().double(), y.flatten().double(), dim=0)
+    assert float(cos) == pytest.approx(t, abs=1e-5)
+    assert float(y.norm()) == pytest.approx(float(x.norm()), rel=1e-5)
+    assert torch.equal(y, neighbour(x, t, 11)) and not torch.equal(y, neighbour(x, t, 12))
+
+
+def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generation():
+    host = gaussian_host(steps=8)
+    report, finalists = zero_order_search(host, seed=3, budget_nfe=8 * 9, neighbours=2, cosine=0.9, top_k=1)
+    assert report.nfe_total == 72 == host.nfe_rows  # pivot (1) + 4 rounds of 2
+    assert report.settings["rounds"] == 4 and len(report.candidates) == 9
+    assert report.candidates[0].seed == 3 and report.candidates[0].noise_id == "zo pivot (seed 3)"
+    assert report.candidates[1].noise_id == "zo r1 n0 (pivot seed 3)" and report.candidates[1].seed is None
+    # the pivot is always the best candidate seen so far (it only moves to a better neighbour)
+    seen = [report.candidates[0].score]
+    for rnd, t in enumerate(report.trace[1:], start=1):
+        seen += [c.score for c in report.candidates[1 + 2 * (rnd - 1):1 + 2 * rnd]]
+        assert t["pivot"] == max(seen) == t["best"]
+    assert finalists[0]["result"].score == max(seen)
+
+
+def test_zero_order_last_round_is_cut_to_the_budget():
+    host = gaussian_host(steps=8)
+    report, _ = zero_order_search(host, seed=3, budget_nfe=8 * 4 + 5, neighbours=2)
+    assert report.nfe_total == 32 == host.nfe_rows and len(report.candidates) == 4  # pivot, 2, then 1
+
+
+# --- host semantics ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prediction,sampler", [("eps", "euler"), ("eps", "euler_ancestral"), ("flow", "euler")])
+def test_segmented_run_equals_unsegmented(prediction, sampler):
+    host = gaussian_host(prediction=prediction, sampler=sampler, steps=10)
+    seeds = [5, 6, 7]
+    start = host.start(host.initial_noise(seeds))
+    whole, x0_whole = host.sample(start, 10, seeds)
+    part, _ = host.sample(start, 3, seeds)
+    part, _ = host.sample(part, 7, seeds)
+    part, x0_part = host.sample(part, 10, seeds)
+    torch.testing.assert_close(part.latent, whole.latent, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0_part, x0_whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_renoise_gives_the_forward_process_marginal(prediction):
+    s, n = 0.5, 40000
+    host = ToyHost(GaussianToy(torch.zeros(1, 1, 1, 1), s, prediction), lambda z: z.flatten(1).mean(1),
+                   shape=(1, 1, 1, 1), steps=10, prediction=prediction)
+    i, j = 7, 2
+    si, sj = float(host.sigmas[i]), float(host.sigmas[j])
+    g = torch.Generator().manual_seed(0)
+    x0 = 1.0 + s * torch.randn(n, 1, 1, 1, generator=g)
+    eps = torch.randn(n, 1, 1, 1, generator=g)
+    if prediction == "eps":
+        xi, want_var, want_mean = x0 + si * eps, s * s + sj * sj, 1.0
+    else:
+        xi, want_var, want_mean = (1 - si) * x0 + si * eps, ((1 - sj) * s) ** 2 + sj * sj, 1 - sj
+    state = State(torch.zeros_like(xi), host.inverse_scale(si, xi), i)
+    out = host.renoise(state, j, torch.randn(n, 1, 1, 1, generator=g))
+    xj = host.x_of(out)
+    assert out.index == j
+    assert float(xj.var()) == pytest.approx(want_var, rel=0.03)
+    assert float(xj.mean()) == pytest.approx(want_mean, abs=0.03 * math.sqrt(want_var))
+
+
+def test_levels_and_coarser_schedules():
+    host = gaussian_host(steps=20)
+    assert host.level(0) == pytest.approx(1.0) and host.level(20) == 0.0
+    assert host.index_at_level(0.0) == 20 and host.index_at_level(1.0) == 0
+    assert all(host.level(i) > host.level(i + 1) for i in range(20))
+    coarse = host.with_steps(5)
+    assert coarse.steps == 5 and coarse.sigmas[0] == host.sigmas[0]
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_paths_keeps_exactly_the_top_n_and_spends_the_stated_nfes(prediction):
+    N, M, T = 3, 4, 20
+    host = gaussian_host(prediction=prediction, steps=T)
+    renoised = []
+    orig = host.renoise
+
+    def spy(state, index, noise):  # the parents of each round, as the search hands them to renoise
+        renoised.append(state)
+        return orig(state, index, noise)
+    host.renoise = spy
+    outputs = []
+    orig_sample = host.sample
+
+    def spy_sample(state, end, seeds):
+        out = orig_sample(state, end, seeds)
+        outputs.append(out[0])
+        return out
+    host.sample = spy_sample
+    report, finalists = paths_search(host, seed=1, budget_nfe=10**6, paths=N, noises_per_path=M, top_k=2)
+    rounds = report.settings["rounds"]
+    assert len(rounds) >= 2 and rounds[-1]["end_index"] == T
+    s_idx = report.settings["start_index"]
+    expected = N * host.nfe(0, s_idx) + sum(N * M * host.nfe(r["renoise_index"], r["end_index"]) for r in rounds)
+    assert report.nfe_total == expected == host.nfe_rows
+    for r, nxt in zip(rounds[:-1], renoised[1:]):
+        assert r["kept_rows"] == top_k_indices(r["scores"], N) and len(r["kept_rows"]) == N
+        out = outputs[r["round"]]  # outputs[0] is the initial denoise to the search start
+        torch.testing.assert_close(host.x_of(nxt)[::M], host.x_of(out.select(r["kept_rows"])))
+    # each round ends later in the schedule; levels follow start + k·(Δf − Δb)
+    ends = [r["end_index"] for r in rounds]
+    assert ends == sorted(set(ends)) and ends[0] > s_idx
+    last = rounds[-1]
+    assert [c.score for c in report.ranked()][:2] == [finalists[0]["result"].score, finalists[1]["result"].score]
+    assert finalists[0]["result"].score == max(last["scores"]) and finalists[0]["noise"] is None
+    assert len(report.candidates) == N * M
+
+
+def test_paths_small_budget_finishes_without_search_and_never_exceeds():
+    host = gaussian_host(steps=20)
+    report, finalists = paths_search(host, seed=1, budget_nfe=2 * 20 + 10, paths=2, noises_per_path=4)
+    assert report.nfe_total == 40 == host.nfe_rows and report.settings["rounds"] == []
+    assert len(report.candidates) == 2
+    with pytest.raises(ValueError, match="too small"):
+        paths_search(gaussian_host(steps=20), seed=1, budget_nfe=39, paths=2)
+
+
+# --- particles ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["multinomial", "systematic"])
+def test_resampling_frequencies_match_the_weights(method):
+    w = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
+    g = torch.Generator().manual_seed(derive_seed(99, 1))
+    counts = torch.zeros(5)
+    draws, n = 4000, 5
+    for _ in range(draws):
+        idx = resample_indices(w, n, g, method)
+        c = torch.bincount(torch.tensor(idx), minlength=5).float()
+        if method == "systematic":  # each index gets floor(n·w) or ceil(n·w) copies
+            assert torch.all(c >= torch.floor(n * w)) and torch.all(c <= torch.ceil(n * w))
+        counts += c
+    expected = (w * draws * n).tolist()
+    if method == "multinomial":
+        assert chisquare(counts.tolist(), expected).pvalue > 1e-3
+    else:
+        torch.testing.assert_close(counts / (draws * n), w, atol=0.01, rtol=0)
+    # unnormalised weights are the same distribution, and a seeded generator repeats itself
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert resample_indices(w * 7, 16, g1, method) == resample_indices(w, 16, g2, method)
+
+
+def test_ess():
+    assert effective_sample_size(torch.zeros(8)) == pytest.approx(8.0)
+    assert effective_sample_size(torch.tensor([0.0, -1e9, -1e9])) == pytest.approx(1.0)
+
+
+def test_particles_need_a_stochastic_sampler():
+    with pytest.raises(UnsupportedSamplerError, match="stochastic"):
+        _run("particles", {}, "euler", 0)
+
+
+def test_particles_resample_towards_the_reward():
+    # with a strong potential every particle at the end descends from few ancestors, and the final
+    # best beats the best of the same particles without resampling (random search at the same seeds)
+    host = gaussian_host(sampler="euler_ancestral", steps=12)
+    r, f = run_strategy(Strategy("particles", {"lam": 200.0, "interval": 2}), host, candidates=16, top_k=1, seed=2)
+    assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 16 * 5
+    assert r.nfe_total == 16 * 12 == host.nfe_rows
+    origins = {c.noise_id.split("from seed ")[1] for c in r.candidates}
+    assert len(origins) < 16
+    base, _ = run_strategy(Strategy("random"), gaussian_host(sampler="euler_ancestral", steps=12), candidates=16,
+                           top_k=1, seed=2)
+    assert r.best.score > base.best.score
+
+
+# --- evolution ----------------------------------------------------------------------------------
+
+def test_evolution_keeps_its_elites_and_mutates_with_unit_variance():
+    host = gaussian_host(steps=6)
+    P, E = 6, 2
+    report, finalists = evolution_search(host, seed=4, budget_nfe=6 * 22, population=P, elites=E, top_k=3)
+    gens = report.settings["generations"]
+    assert len(gens) == 1 + 4 and len(gens[-1]) == P  # 6 + 4 + 4 + 4 + 4 = 22 generations' worth
+    by = {c.index: c.score for c in report.candidates}
+    for prev, nxt in zip(gens, gens[1:]):
+        elites = sorted(prev, key=lambda i: (-by[i], i))[:E]
+        assert nxt[:E] == elites
+        assert all(i not in prev for i in nxt[E:])  # the rest are new children
+    assert report.nfe_total == 132 == host.nfe_rows and len(report.candidates) == 22
+    assert [f["result"].index for f in finalists] == [c.index for c in report.ranked()[:3]]
+    # a child's noise: √(1−β²)·parent + β·ε stays unit variance
+    child = finalists[0]["noise"]
+    assert 0.8 < float(child.std()) < 1.2
+
+
+# --- every algorithm --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params,sampler", STRATEGIES)
+def test_deterministic_independent_of_micro_batch_and_within_budget(name, params, sampler):
+    runs = [_run(name, params, sampler, mb) for mb in (0, 1, 5)]
+    host0, rep0, fin0 = runs[0]
+    assert rep0.nfe_total <= 12 * 12 and rep0.nfe_total == host0.nfe_rows
+    assert rep0.nfe_total >= 12 * 12 - 12 or name == "paths"
+    for host, rep, fin in runs[1:]:
+        assert rep.to_dict() == rep0.to_dict()
+        assert len(fin) == len(fin0) == 2
+        for a, b in zip(fin, fin0):
+            assert torch.equal(a["latent"], b["latent"]) and a["seed"] == b["seed"]
+            assert (a["noise"] is None and b["noise"] is None) or torch.equal(a["noise"], b["noise"])
+    other = _run(name, params, sampler, 0, seed=8)[1]
+    assert other.to_dict()["candidates"] != rep0.to_dict()["candidates"]
+
+
+@pytest.mark.parametrize("name,params,sampler", STRATEGIES)
+@pytest.mark.parametrize("budget", [12 * 3, 12 * 7 + 5, 12 * 30])
+def test_never_exceeds_the_budget(name, params, sampler, budget):
+    try:
+        host, rep, fin = _run(name, params, sampler, 0, budget=budget)
+    except ValueError as e:  # a budget below the algorithm's minimum is refused up front, spending nothing
+        assert "too small" in str(e)
+        return
+    assert rep.nfe_total == host.nfe_rows <= budget
+    assert rep.trace[-1]["nfe"] == rep.nfe_total and all(t["nfe"] <= budget for t in rep.trace)
+    assert [t["nfe"] for t in rep.trace] == sorted(t["nfe"] for t in rep.trace)
+
+
+@pytest.mark.parametrize("name,params,sampler", [s for s in STRATEGIES if s[0] in ("random", "zero_order", "evolution")])
+def test_finalists_replay_from_their_noise_and_seed(name, params, sampler):
+    host, rep, fin = _run(name, params, sampler, 0)
+    for f in fin:
+        state, _ = host.sample(host.start(f["noise"]), host.steps, [f["seed"]])
+        assert torch.equal(state.latent, f["latent"])
+        assert float(host.score(state.latent)[0]) == f["result"].score
+
+
+def test_random_strategy_is_best_of_n_with_seeds_base_plus_i():
+    host, rep, fin = _run("random", {}, "euler", 0, candidates=6, top_k=1)
+    assert [c.seed for c in rep.candidates] == [7 + i for i in range(6)]
+    assert rep.nfe_total == 6 * 12 and fin[0]["seed"] == rep.best.seed
+    assert torch.equal(fin[0]["noise"], candidate_noise((1, 4, 8, 8), rep.best.seed))
+
+
+# --- coarse to fine ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", [("random", {}), ("zero_order", {}), ("evolution", {"population": 4})])
+def test_coarse_to_fine_rerenders_at_full_steps(name, params):
+    host, rep, fin = _run(name, dict(params, rerender=3), "euler", 0, coarse=4, candidates=10)
+    assert rep.algorithm == f"coarse_to_fine({name})"
+    assert rep.settings["coarse_report"]["nfe_total"] == rep.settings["coarse_nfe"]
+    assert rep.nfe_total == rep.settings["coarse_nfe"] + 3 * 12 == host.nfe_rows <= 10 * 12
+    assert len(rep.candidates) == 3 and len(rep.settings["coarse_scores"]) == 3
+    full, _ = host.sample(host.start(fin[0]["noise"]), host.steps, [fin[0]["seed"]])
+    assert torch.equal(full.latent, fin[0]["latent"]) and fin[0]["result"].score == rep.best.score
+    # the coarse host really had fewer steps: its candidates each cost 4 NFEs
+    assert {c["nfe"] for c in rep.settings["coarse_report"]["candidates"]} == {4}
+
+
+@pytest.mark.parametrize("name,sampler", [("paths", "euler"), ("particles", "euler_ancestral")])
+def test_coarse_to_fine_refuses_path_algorithms(name, sampler):
+    with pytest.raises(ValueError, match="starting noise"):
+        _run(name, {}, sampler, 0, coarse=4)
+
+
+def test_strategy_refusals():
+    with pytest.raises(ValueError, match="unknown search algorithm"):
+        _run("beam", {}, "euler", 0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        _run("zero_order", {"lambda": 3}, "euler", 0)
+    host = ToyHost(GaussianToy(torch.zeros(1, 4, 8, 8), 0.5), lambda z: z.flatten(1).mean(1), sampler="euler")
+    host.sampler_name = "dpmpp_2m"
+    with pytest.raises(UnsupportedSamplerError, match="multistep"):
+        run_strategy(Strategy("paths"), host, candidates=8, top_k=1, seed=0)
+
+
+def test_search_finds_better_samples_than_no_search():
+    # on the toy objective every algorithm's winner beats the single sample of the base seed
+    base = _run("random", {}, "euler", 0, candidates=1, top_k=1)[1].best.score
+    for name, params, sampler in STRATEGIES:
+        if sampler == "euler":
+            assert _run(name, params, sampler, 0, candidates=24, top_k=1)[1].best.score > base, name
