@@ -1,5 +1,5 @@
 """ComfyUI node adapters. Node IDs carry the ``InfScale_`` prefix and never change."""
-from . import compat
+from . import compat, output_nodes, strategy_nodes
 from .types import PREFIX
 from .search_loop import SearchLoop
 from .verifier_nodes import AestheticVerifierLoader, CLIPScoreVerifierLoader, VerifierEnsemble
@@ -19,6 +19,8 @@ _NODES = [
     (VerifierScore, "VerifierScore", "Verifier Score"),
     (BestPick, "BestPick", "Best Pick"),
 ]
+
+_NODES += strategy_nodes.NODES + output_nodes.NODES
 
 NODE_CLASS_MAPPINGS = {PREFIX + key: cls for cls, key, _ in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + key: name for _, key, name in _NODES}

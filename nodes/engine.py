@@ -22,6 +22,7 @@ class Generated:
     latents: torch.Tensor        # B x C x H x W, final samples on the intermediate device
     nfe: int                     # model calls per candidate
     batch: int                   # micro-batch size it ran in
+    x0: Optional[torch.Tensor] = None  # the last step's x0-prediction (LATENT space), when asked for
 
 
 class SamplingPlan:
@@ -79,6 +80,10 @@ class SamplingPlan:
         return self.sampler_name if self.mode != "custom" or self.base_sampler is None else \
             compat.sampler_function_name(self.base_sampler)
 
+    def sampler_function(self) -> str:
+        """The sampler's name as the NFE and segment tables know it."""
+        return self.sampler_name if self.mode == "ksampler" else compat.sampler_function_name(self.base_sampler)
+
     def nfe_per_generation(self) -> Optional[int]:
         name = self.sampler_name if self.mode == "ksampler" else compat.sampler_function_name(self.base_sampler)
         try:
@@ -100,12 +105,19 @@ class SamplingPlan:
                                 cap=64 if self.model.load_device.type != "cpu" else 16)
 
     # ---------------------------------------------------------------- sampling
-    def generate(self, noises: torch.Tensor, seeds: Sequence[int], progress: "compat.Progress") -> Generated:
+    def generate(self, noises: torch.Tensor, seeds: Sequence[int], progress: "compat.Progress",
+                 sigmas: Optional[torch.Tensor] = None, latent_image: Optional[torch.Tensor] = None,
+                 want_x0: bool = False) -> Generated:
         """Samples a micro-batch from the given starting noises; row j's
-        in-sampler randomness is keyed by ``seeds[j]``."""
+        in-sampler randomness is keyed by ``seeds[j]``.  ``sigmas`` (a segment
+        of the schedule) and ``latent_image`` (B rows) default to the whole
+        schedule and the template latent; the sampler starts from
+        ``noise_scaling(sigmas[0], noise, latent_image)`` as ComfyUI defines it."""
         b = noises.shape[0]
-        latent_image = self.template.expand(b, *self.template.shape[1:]).clone()
-        box: Dict[str, int] = {}
+        if latent_image is None:
+            latent_image = self.template.expand(b, *self.template.shape[1:]).clone()
+        sigmas = self.sigmas if sigmas is None else sigmas
+        box: Dict[str, Any] = {}
 
         def on_call(counter):
             compat.throw_if_interrupted()
@@ -122,11 +134,18 @@ class SamplingPlan:
             return wrapped
 
         sampler = compat.wrap_sampler(self.base_sampler, wrap)
-        callback = lambda step, x0, x, total: progress.preview(x0)
-        out = compat.sample_with_sampler(self.model, noises.to(self.template.dtype), self.cfg, sampler, self.sigmas,
-                                         self.positive, self.negative, latent_image, self.noise_mask, callback,
-                                         int(seeds[0]), self.guider)
-        return Generated(latents=out, nfe=box.get("calls", 0), batch=b)
+
+        def callback(step, x0, x, total):
+            if want_x0:
+                box["x0"] = x0
+            progress.preview(x0)
+        out = compat.sample_with_sampler(self.model, noises.to(self.template.dtype), self.cfg, sampler, sigmas,
+                                         self.positive, self.negative, latent_image.to(self.template.dtype),
+                                         self.noise_mask, callback, int(seeds[0]), self.guider)
+        x0 = None
+        if want_x0 and box.get("x0") is not None:
+            x0 = compat.latent_out(self.model, box["x0"]).to(out.device, out.dtype)
+        return Generated(latents=out, nfe=box.get("calls", 0), batch=b, x0=x0)
 
     def render_stock(self, seed: Optional[int], noise: Optional[torch.Tensor], progress: "compat.Progress",
                      nfe_hint: int) -> torch.Tensor:

@@ -9,10 +9,13 @@ import torch
 
 from . import compat
 from .engine import SamplingPlan, SearchInputError, decode, output_latent
-from .noise_objects import CandidateNoise
+from .host import ComfyHost
+from .noise_objects import CandidateNoise, ExplicitNoise
 from .verifier_host import combiner, member_matrix
 from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
 from ..search import Candidate, random_search
+from ..search.host import UnsupportedSamplerError
+from ..search.strategies import run_strategy
 from ..search.noise import SEED_MAX, seeds_for
 
 SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
@@ -105,7 +108,11 @@ class SearchLoop:
                 raise SearchInputError(f"the budget of {strategy.budget_nfe} NFEs buys {n} candidates at {nfe_gen} "
                                        f"NFEs each, fewer than top_k ({top_k}): raise the budget or lower top_k")
         elif strategy is not None and (strategy.name != "random" or strategy.coarse_steps):
-            raise SearchInputError(f"strategy '{strategy.name}' is not available in this version of the pack")
+            if nfe_gen is None:
+                raise SearchInputError(f"strategy '{strategy.name}' counts its budget in NFEs, which sampler "
+                                       f"'{plan.sampler_label}' does not know in advance: pick a fixed-step sampler")
+            return self._search_strategy(plan, strategy, latent, vae, verifier, prompt, seed, n, top_k, nfe_gen,
+                                         micro_batch)
         progress = compat.Progress(total=(n + top_k) * est, model=plan.model)
         batch = plan.micro_batch(n, micro_batch)
 
@@ -170,3 +177,39 @@ class SearchLoop:
         noise_obj = CandidateNoise(seeds=[best.seed])
         return (images[0], output_latent(latent, latents[0]), torch.cat(images), report,
                 {"samples": best_noise}, int(best.seed), noise_obj)
+
+    def _search_strategy(self, plan, strategy, latent, vae, verifier, prompt, seed, n, top_k, nfe_gen, micro_batch):
+        """Any strategy other than plain random search, through the host seam."""
+        budget = strategy.budget_nfe or n * nfe_gen
+        progress = compat.Progress(total=budget + top_k * nfe_gen, model=plan.model)
+        batch = plan.micro_batch(n, micro_batch)
+        host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=int(seed))
+        try:
+            report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=int(seed))
+        except (UnsupportedSamplerError, ValueError) as e:
+            if isinstance(e, compat.InterruptProcessingException):
+                raise
+            raise SearchInputError(str(e)) from e
+        progress.set(progress.total)
+        report.prompt = prompt
+        report.nfe_per_generation = nfe_gen
+        report.cfg_multiplier = plan.cfg_multiplier()
+        report.settings.update({"seed": int(seed), "candidates": n, "sampler": plan.sampler_label,
+                                "mode": plan.mode, "steps": int(plan.sigmas.numel() - 1), "micro_batch": batch,
+                                "strategy": strategy.name, "strategy_params": dict(strategy.params),
+                                "budget_nfe": int(budget), "coarse_steps": int(strategy.coarse_steps)})
+        if not finalists:
+            raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
+                                   f"{budget} NFEs: raise the budget")
+        latents = torch.cat([f["latent"].cpu() for f in finalists])
+        images = decode(vae, latents).cpu()
+        best = finalists[0]
+        noise = best.get("noise")
+        best_seed = int(best["seed"]) if best.get("seed") is not None else 0
+        if noise is not None:
+            winner_noise, noise_obj = noise.cpu(), ExplicitNoise(noise, best_seed)
+        else:  # a path or particle: no single starting noise made it
+            winner_noise = torch.zeros_like(plan.template)
+            noise_obj = ExplicitNoise(winner_noise, best_seed)
+        return (images[:1], output_latent(latent, latents[:1]), images, report, {"samples": winner_noise},
+                best_seed, noise_obj)

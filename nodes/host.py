@@ -1,0 +1,188 @@
+"""ComfyUI's side of the search seam: a :class:`search.host.SearchHost` over the
+model, sampler, VAE and verifier in the graph.
+
+Segments.  ComfyUI samples a whole SIGMAS run in one call, starting from
+``noise_scaling(sigmas[0], noise, process_latent_in(latent))`` and returning
+``process_latent_out(inverse_noise_scaling(sigmas[-1], x))``.  A run stopped at
+sigma > 0 therefore returns a latent that, passed back as ``latent_image`` with
+zero noise over the rest of the schedule, gives the sampler exactly the x it
+stopped at: EPS / v-prediction (x unchanged) and flow models alike (CONST:
+the output is x / (1 - sigma), and the next run multiplies by (1 - sigma)).
+A :class:`State` holds that (noise, latent) pair.
+
+Re-noising follows the forward process q(x_b | x_a): x_b = (c_b / c_a) x_a +
+sqrt(n_b^2 - (c_b n_a / c_a)^2) eps, with c (signal) and n (noise) read off
+the model's own ``noise_scaling``; the result is written back as a
+(noise, latent) pair that ComfyUI's scaling at sigma_b turns into x_b.
+
+Inpainting: the unmasked area of every segment is re-composed from the
+original latent and one fixed noise, so ComfyUI's inpainting blend keeps it
+at the original image, noised to the current sigma, as in one stock run."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from . import compat
+from .engine import SamplingPlan, decode
+from .verifier_host import combiner, member_matrix
+from ..search import nfe_per_generation
+from ..search.batching import run_in_micro_batches
+from ..search.host import State
+from ..search.noise import candidate_noises
+from ..search.schedule import resample_sigmas
+
+
+class ComfyHost:
+    def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: "compat.Progress",
+                 micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0):
+        self.plan = plan
+        self.vae = vae
+        self.verifier = verifier
+        self.prompt = prompt
+        self.progress = progress
+        self.micro_batch = max(1, int(micro_batch))
+        self.sigmas = (plan.sigmas if sigmas is None else sigmas).detach().cpu().float()
+        self.sampler_name = plan.sampler_function()
+        self._levels: Optional[List[float]] = None
+        self._combine = combiner(verifier)
+        self._pool: List[torch.Tensor] = []  # raw member scores so far (relative verifiers)
+        self._mask = None
+        self._mask_noise = None
+        self._mask_seed = mask_seed
+        self.stats = {"decode_calls": 0, "scored": 0}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def steps(self) -> int:
+        return int(self.sigmas.numel() - 1)
+
+    @property
+    def template(self) -> torch.Tensor:
+        return self.plan.template
+
+    def nfe(self, start: int, end: int) -> int:
+        try:
+            return nfe_per_generation(self.sampler_name, self.sigmas[start:end + 1].tolist())
+        except Exception:
+            return max(0, end - start)
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        return candidate_noises(self.template.shape, seeds, dtype=self.template.dtype)
+
+    def start(self, noise: torch.Tensor) -> State:
+        lat = self.template.expand(noise.shape[0], *self.template.shape[1:]).clone()
+        return State(noise.to(self.template.dtype), lat, 0)
+
+    # ------------------------------------------------------------------ noise levels
+    def _level_of_sigma(self, sigma: float) -> float:
+        """1 - percent, inverting the model's percent_to_sigma by bisection."""
+        if sigma <= 0:
+            return 0.0
+        lo, hi = 0.0, 1.0  # percent: 0 -> sigma_max, 1 -> 0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if compat.percent_to_sigma(self.plan.model, mid) > sigma:
+                lo = mid
+            else:
+                hi = mid
+        return 1.0 - (lo + hi) / 2
+
+    def level(self, index: int) -> float:
+        if self._levels is None:
+            self._levels = [self._level_of_sigma(float(s)) for s in self.sigmas.tolist()]
+        return self._levels[int(index)]
+
+    def index_at_level(self, level: float) -> int:
+        lv = [self.level(i) for i in range(self.steps + 1)]
+        return min(range(len(lv)), key=lambda i: (abs(lv[i] - level), i))
+
+    # ------------------------------------------------------------------ sampling
+    def _inpaint(self, noise: torch.Tensor, latent: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.plan.noise_mask is None:
+            return noise, latent
+        if self._mask is None:
+            self._mask = compat.prepare_mask(self.plan.noise_mask, self.template.shape, torch.device("cpu"))[:1]
+            self._mask_noise = candidate_noises(self.template.shape, [self._mask_seed], dtype=self.template.dtype)
+        m = self._mask.to(latent.dtype)
+        return noise * m + self._mask_noise * (1 - m), latent * m + self.template * (1 - m)
+
+    def sample(self, state: State, end: int, seeds: Sequence[int]) -> Tuple[State, torch.Tensor]:
+        end = int(end)
+        if not state.index < end <= self.steps:
+            raise ValueError(f"cannot sample from step {state.index} to {end} of a {self.steps}-step schedule")
+        sig = self.sigmas[state.index:end + 1]
+        rows = list(range(len(state)))
+        seeds = [int(s) for s in seeds]
+
+        def run(chunk: Sequence[int]):
+            idx = torch.as_tensor(list(chunk), dtype=torch.long)
+            noise, latent = self._inpaint(state.noise[idx], state.latent[idx])
+            gen = self.plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sig,
+                                     latent_image=latent, want_x0=True)
+            return gen.latents.cpu(), gen.x0.cpu()
+
+        parts = run_in_micro_batches(rows, run, self.micro_batch, is_oom=compat.is_oom,
+                                     on_oom=lambda size, e: compat.free_memory_after_oom())
+        out = torch.cat([p[0] for p in parts])
+        x0 = torch.cat([p[1] for p in parts])
+        if end == self.steps:
+            x0 = out  # the final sample is the clean latent
+        return State(torch.zeros_like(out), out, end), x0
+
+    def _coefficients(self, index: int, as_start: bool) -> Tuple[float, float]:
+        sigma = float(self.sigmas[index])
+        md = as_start and compat.starts_at_max_denoise(self.plan.model, sigma)
+        return compat.noise_scaling_coefficients(self.plan.model, sigma, md)
+
+    def renoise(self, state: State, index: int, noise: torch.Tensor) -> State:
+        index = int(index)
+        if index > state.index:
+            raise ValueError("renoise goes back to a noisier (earlier) schedule position")
+        if index == state.index:
+            return state
+        n_a, c_a = self._coefficients(state.index, as_start=False)   # nominal noise std and signal coefficient
+        a_in, _ = self._coefficients(state.index, as_start=state.index == 0)  # what the state's noise is scaled by
+        n_b, c_b = self._coefficients(index, as_start=False)
+        a_b, _ = self._coefficients(index, as_start=True)              # what ComfyUI will scale the new noise by
+        ratio = c_b / c_a
+        extra = math.sqrt(max(n_b ** 2 - (ratio * n_a) ** 2, 0.0))
+        new_noise = (ratio * a_in * state.noise + extra * noise.to(state.noise.dtype)) / a_b
+        return State(new_noise, state.latent.clone(), index)
+
+    # ------------------------------------------------------------------ scoring
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, latents.shape[0], self.micro_batch):
+            outs.append(decode(self.vae, latents[i:i + self.micro_batch]).cpu())
+            self.stats["decode_calls"] += 1
+        return torch.cat(outs)
+
+    def score(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.decode(latents)
+        self.stats["scored"] += images.shape[0]
+        if self._combine is None:
+            return self.verifier.score(images, self.prompt).float().cpu()
+        # a relative verifier (ensemble): rank / standardise against every image scored in this search
+        raw = member_matrix(self.verifier, images, self.prompt).float().cpu()
+        self._pool.append(raw)
+        combined = self._combine(torch.cat(self._pool))
+        return combined[-raw.shape[0]:].float()
+
+    # ------------------------------------------------------------------ coarse-to-fine
+    def with_steps(self, steps: int) -> "ComfyHost":
+        steps = int(steps)
+        if steps < 1:
+            raise ValueError("coarse steps must be at least 1")
+        if self.plan.mode == "ksampler" and self.sigmas is self.plan.sigmas:
+            sig = compat.compute_sigmas(self.plan.model, steps, self.plan.sampler_name, self.plan.scheduler,
+                                        self.plan.denoise)
+        else:
+            sig = resample_sigmas(self.sigmas, steps)
+        host = ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
+                         sigmas=sig.float(), mask_seed=self._mask_seed)
+        host._pool = self._pool  # one population for relative verifiers
+        return host
+

@@ -1,0 +1,120 @@
+"""Real-server tier for the search strategies: every algorithm through
+SearchLoop's strategy input, with the tiny SD1.5-format checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from comfy_server import execution_error
+from graphs import PREFIX, search_graph
+
+STRATEGIES = {
+    "random": ("RandomSearchStrategy", {"budget_nfe": 12}),
+    "zero_order": ("ZeroOrderStrategy", {"neighbours": 2, "cosine": 0.9, "budget_nfe": 0}),
+    "paths": ("PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5,
+                                "backward": 0.7, "budget_nfe": 0}),
+    "particles": ("ParticleStrategy", {"particles": 3, "potential": "max", "lam": 10.0, "interval": 2,
+                                       "ess_threshold": 0.0, "budget_nfe": 0}),
+    "evolution": ("EvolutionStrategy", {"population": 3, "elites": 1, "tournament": 2, "mutation": 0.3,
+                                        "budget_nfe": 0}),
+}
+
+
+def with_strategy(g, name, inputs=None, coarse=None):
+    cls, defaults = STRATEGIES[name]
+    g["40"] = {"class_type": PREFIX + cls, "inputs": dict(defaults, **(inputs or {}))}
+    ref = ["40", 0]
+    if coarse is not None:
+        g["41"] = {"class_type": PREFIX + "CoarseToFine",
+                   "inputs": {"coarse_steps": coarse[0], "finalists": coarse[1], "strategy": ref}}
+        ref = ["41", 0]
+    g["6"]["inputs"]["strategy"] = ref
+    return g
+
+
+def report_of(entry):
+    return json.loads(entry["outputs"]["8"]["text"][0])
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_each_strategy_runs_within_its_budget(comfy, name):
+    sampler = "euler_ancestral" if name == "particles" else "euler"
+    g = with_strategy(search_graph(seed=7, candidates=6, top_k=1, steps=4, sampler=sampler, micro_batch=0,
+                                   prefix=f"strat_{name}"), name)
+    entry = comfy.run_ok(g)
+    rep = report_of(entry)
+    budget = 12 if name == "random" else 6 * 4
+    assert rep["algorithm"] == name
+    assert 0 < rep["nfe_total"] <= budget, rep["nfe_total"]
+    assert rep["settings"]["strategy"] == name
+    assert rep["trace"] and all(t["nfe"] <= budget for t in rep["trace"])
+    assert len(entry["outputs"]["7"]["images"]) == 1
+    if name == "random":
+        assert len(rep["candidates"]) == 3  # 12 NFEs / 4 per generation
+
+
+def test_strategy_results_do_not_depend_on_micro_batch(comfy):
+    runs = []
+    for mb in (1, 3):
+        g = with_strategy(search_graph(seed=11, candidates=4, top_k=1, steps=4, micro_batch=mb,
+                                       prefix=f"zo_mb{mb}"), "paths")
+        rep = report_of(comfy.run_ok(g))
+        runs.append(sorted((c["noise_id"], round(c["score"], 4)) for c in rep["candidates"]))
+    assert runs[0] == runs[1]
+
+
+def test_segmented_strategy_refuses_multistep_sampler(comfy):
+    g = with_strategy(search_graph(seed=1, candidates=4, steps=4, sampler="dpmpp_2m"), "paths")
+    err = execution_error(comfy.run(g))
+    assert err is not None and "dpmpp_2m" in err["exception_message"]
+    assert "Pick one of" in err["exception_message"]
+    g = with_strategy(search_graph(seed=1, candidates=4, steps=4, sampler="euler"), "particles")
+    err = execution_error(comfy.run(g))
+    assert err is not None and "stochastic sampler" in err["exception_message"]
+
+
+def test_coarse_to_fine_rerenders_finalists_at_full_steps(comfy):
+    g = with_strategy(search_graph(seed=3, candidates=6, top_k=1, steps=6, prefix="c2f"), "random",
+                      {"budget_nfe": 0}, coarse=(2, 2))
+    rep = report_of(comfy.run_ok(g))
+    assert rep["settings"]["coarse_steps"] == 2
+    assert rep["nfe_total"] <= 6 * 6
+    # the finalist was re-rendered at the full 6 steps: its NFEs say so
+    assert rep["best"]["nfe"] == 6
+
+
+def _latent_graph_inputs(comfy, name, tensor):
+    import os
+    path = os.path.join(comfy.input_dir, name)
+    # the version key tells LoadLatent not to rescale (files without it are pre-2023 latents)
+    safetensors.torch.save_file({"latent_tensor": tensor.contiguous(), "latent_format_version_0": torch.tensor([])},
+                                path)
+
+
+def test_img2img_and_inpainting_with_paths(comfy):
+    torch.manual_seed(0)
+    original = torch.randn(1, 4, 8, 8) * 0.5
+    _latent_graph_inputs(comfy, "orig.latent", original)
+    for denoise, masked in ((0.6, False), (1.0, True)):
+        g = search_graph(seed=5, candidates=2, top_k=1, steps=6, denoise=denoise, prefix=f"i2i_{masked}")
+        g["30"] = {"class_type": "LoadLatent", "inputs": {"latent": "orig.latent"}}
+        src = ["30", 0]
+        if masked:
+            g["31"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}}
+            g["32"] = {"class_type": "MaskComposite", "inputs": {
+                "destination": ["33", 0], "source": ["31", 0], "x": 0, "y": 0, "operation": "add"}}
+            g["33"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+            g["34"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": src, "mask": ["32", 0]}}
+            src = ["34", 0]
+        g["6"]["inputs"]["latent"] = src
+        g = with_strategy(g, "paths")
+        entry = comfy.run_ok(g)
+        item = entry["outputs"]["9"]["latents"][0]
+        out = safetensors.torch.load_file(comfy.output_file(item))["latent_tensor"]
+        assert out.shape == original.shape
+        if masked:  # the unmasked bottom half keeps the original latent
+            assert torch.allclose(out[..., 4:, :], original[..., 4:, :], atol=1e-3)
+            assert not torch.allclose(out[..., :4, :], original[..., :4, :], atol=1e-2)
