@@ -23,7 +23,8 @@ MLP class for width 64).  The tokenizer is the package's own BERT tokenizer
 (BertTokenizer + [DEC]/[ENC]) on the small vocab.txt written here; nothing
 touches the network.
 
-Outputs (all small): ImageReward.pt (the reference model's state_dict, saved
+Outputs (all small): full_size_keys.json (key -> shape of the full-size
+reference model, published med_config.json and ViT-L, built on the meta device), ImageReward.pt (the reference model's state_dict, saved
 exactly as the published checkpoint is: a plain dict of tensors),
 med_config.json, vision_config.json, vocab.txt, images/*.png and
 reference.json (scores from ``ImageReward.score(prompt, PIL image)``).
@@ -180,6 +181,27 @@ def main():
                                       drop_path_rate=0.1), VISION["width"]
     blip_pretrain.create_vit = create_vit
 
+    # full size, on the meta device: the key -> shape table of the published checkpoint's model
+    # (med_config.json of THUDM/ImageReward, ViT-L/16), for the loader's full-size check
+    full_cfg = os.path.join(out, "full_med_config.json")
+    with open(full_cfg, "w") as f:
+        json.dump(dict(MED, hidden_size=768, intermediate_size=3072, max_position_embeddings=512,
+                       num_attention_heads=12, num_hidden_layers=12, vocab_size=30524), f)
+    blip_pretrain.create_vit = blip.create_vit
+    linspace = torch.linspace
+    torch.linspace = lambda *a, **k: linspace(*a, **dict(k, device="cpu"))  # the ViT reads drop-path rates
+    try:
+        with torch.device("meta"):
+            full = ir.ImageReward(med_config=full_cfg, device="meta")
+    finally:
+        torch.linspace = linspace
+    os.remove(full_cfg)
+    with open(os.path.join(out, "full_size_keys.json"), "w") as f:
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {list(v.shape)}" for k, v in full.state_dict().items())
+                + "\n}\n")
+    del full
+
+    blip_pretrain.create_vit = create_vit
     model = ir.ImageReward(med_config=os.path.join(out, "med_config.json"), device="cpu")
     model.mlp = ir.MLP(med["hidden_size"])
     randomise(model, SEED)
