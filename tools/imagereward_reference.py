@@ -17,17 +17,20 @@ package, without those helpers.
 
 What is reduced (the real classes, smaller): the ViT (create_vit is called with
 width 64, depth 2, 4 heads instead of ViT-L's 1024/24/16), the med BERT
-(med_config with hidden 64, 2 layers, 4 heads, a 130-token vocabulary) and the
-MLP's input (ImageReward hard-codes MLP(768); it is rebuilt with the package's
-MLP class for width 64).  The tokenizer is the package's own BERT tokenizer
-(BertTokenizer + [DEC]/[ENC]) on the small vocab.txt written here; nothing
-touches the network.
+(med_config with hidden 64, 2 layers, 4 heads, an 87-word vocabulary + [DEC]/[ENC])
+and the MLP's input (ImageReward hard-codes MLP(768); it is rebuilt with the
+package's MLP class for width 64).  The tokenizer is the package's own BERT
+tokenizer (BertTokenizer + [DEC]/[ENC]) on the small vocab.txt written here;
+nothing touches the network.  The random weights are fp16 values (stored in
+fp16, loaded as fp32 on both sides), drawn from a fixed seed: rerunning the
+script reproduces ImageReward.pt byte for byte.
 
 Outputs (all small): full_size_keys.json (key -> shape of the full-size
-reference model, published med_config.json and ViT-L, built on the meta device), ImageReward.pt (the reference model's state_dict, saved
-exactly as the published checkpoint is: a plain dict of tensors),
-med_config.json, vision_config.json, vocab.txt, images/*.png and
-reference.json (scores from ``ImageReward.score(prompt, PIL image)``).
+reference model: the published med_config.json and ViT-L, built on the meta
+device), ImageReward.pt (the reduced reference model's state_dict, saved as the
+published checkpoint is: a plain dict of tensors), med_config.json,
+vision_config.json, vocab.txt, images/*.png and reference.json (scores from
+``ImageReward.score(prompt, PIL image)`` and its list form).
 """
 from __future__ import annotations
 
