@@ -3,6 +3,7 @@ from . import compat, output_nodes, strategy_nodes
 from .types import PREFIX
 from .search_loop import SearchLoop
 from .verifier_nodes import AestheticVerifierLoader, CLIPScoreVerifierLoader, VerifierEnsemble
+from .verifier_nodes_ii import HPSVerifierLoader, ImageRewardVerifierLoader, PickScoreVerifierLoader
 from .scores_nodes import ScoresToJSON
 from .composable_nodes import BestPick, NoiseCandidateGenerator, VerifierScore
 
@@ -18,6 +19,9 @@ _NODES = [
     (NoiseCandidateGenerator, "NoiseCandidateGenerator", "Noise Candidate Generator"),
     (VerifierScore, "VerifierScore", "Verifier Score"),
     (BestPick, "BestPick", "Best Pick"),
+    (ImageRewardVerifierLoader, "ImageRewardVerifierLoader", "Load ImageReward Verifier"),
+    (PickScoreVerifierLoader, "PickScoreVerifierLoader", "Load PickScore Verifier"),
+    (HPSVerifierLoader, "HPSVerifierLoader", "Load HPS v2 Verifier"),
 ]
 
 _NODES += strategy_nodes.NODES + output_nodes.NODES

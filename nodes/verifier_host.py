@@ -41,9 +41,15 @@ class HostVerifier:
 
     relative = False
 
-    def __init__(self, verifier, description: str, part_keys: Sequence[Tuple]):
+    def __init__(self, verifier, description: str, part_keys: Optional[Sequence[Tuple]] = None):
+        """``part_keys``: the shared parts (see :func:`shared_part`) that hold all
+        of the verifier's parameters; None = the whole verifier is one part."""
         self.verifier = verifier
         self.description = description
+        if part_keys is None:
+            key = ("verifier", description, id(verifier))
+            shared_part(key, lambda: verifier)
+            part_keys = [key]
         self.patchers = [_patcher_of(k) for k in part_keys]
         covered = {id(p) for k in part_keys for p in _parts[k][0].parameters()}
         stray = [n for n, p in verifier.named_parameters() if id(p) not in covered]

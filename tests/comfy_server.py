@@ -157,7 +157,7 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     """checkpoints/ (tiny SD1.5 of ComfyUI's own classes, cached) and
     verifiers/ (tiny open_clip files) for the server."""
     from tiny_models import ensure_checkpoint
-    from tiny_verifiers import build_aesthetic_mlp, build_tiny_clip, build_tiny_clip_768
+    from tiny_verifiers import build_aesthetic_mlp, build_tiny_clip, build_tiny_clip_768, build_tiny_verifiers_ii
     root = tmp_path_factory.mktemp("models")
     ckpt_dir = root / "checkpoints"
     ckpt_dir.mkdir()
@@ -173,6 +173,7 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     shutil.copy(ver / "tiny-clip.json", ver / "broken-clip.json")
     build_tiny_clip_768(str(ver), "tiny-clip-768", seed=1)
     build_aesthetic_mlp(str(ver), "tiny-aesthetic.pth", seed=2)
+    build_tiny_verifiers_ii(str(ver))  # tiny-imagereward/, tiny-pickscore/, tiny-hps.pt
     return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
 
 
