@@ -1,0 +1,305 @@
+"""GPU timing of the verifiers (issue #5): full-size architectures with random
+weights, fp16 on CUDA; time to score 64 images at 512x512 and 1024x1024
+(images B x H x W x 3 in [0, 1], preprocessing included, as SearchLoop hands
+them over: from the CPU, where ComfyUI's VAE leaves them; also from the GPU),
+and peak VRAM.  No ComfyUI needed.
+
+    python bench/gpu_verifiers.py --out $OUT/gpu_verifiers.json
+    python bench/gpu_verifiers.py --smoke --out /tmp/v.json       # CPU, tiny configs
+
+Verifiers:
+    clipscore_vit_l14   the pack's CLIPScoreVerifier, open_clip ViT-L-14
+    aesthetic_laion_v2  open_clip ViT-L-14 image tower + the LAION aesthetic MLP (768-1024-128-64-16-1), built here
+                        (the pack has no verifiers/aesthetic.py yet)
+    pickscore_vit_h14   transformers CLIPModel with PickScore's ViT-H-14 shapes, built here
+    hpsv2_vit_h14       the pack's CLIPScoreVerifier code on open_clip ViT-H-14 (HPSv2's architecture and formula)
+    image_reward        skipped unless the pack has verifiers/image_reward.py (not yet)
+plus peer_style_pil_preprocess: CPU time of the PIL + CLIPImageProcessor path the peer pack uses per image."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench_common as bc  # noqa: E402
+
+if bc.REPO not in sys.path:
+    sys.path.insert(0, bc.REPO)  # the pack's verifiers/ as a top-level package, as the tests import it
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+OPEN_CLIP_TINY = {"embed_dim": 32,
+                  "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 14},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+# PickScore (yuvalkirstain/PickScore_v1) = CLIP ViT-H-14 (laion2B) in transformers' layout
+HF_CLIP_H14 = dict(text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                    num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu"),
+                   vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                      num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu"),
+                   projection_dim=1024)
+HF_CLIP_TINY = dict(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                     max_position_embeddings=77),
+                    vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=224, patch_size=14),
+                    projection_dim=32)
+
+
+def open_clip_model(arch: str, smoke: bool, device, dtype):
+    import torch
+    from verifiers.clip_score import build_open_clip
+    if smoke:
+        from open_clip import factory
+        factory._MODEL_CONFIGS["bench_tiny_clip"] = OPEN_CLIP_TINY
+        model, tok = build_open_clip("bench_tiny_clip")
+    else:
+        model, tok = build_open_clip(arch)
+    model = model.to(device)
+    bc.fill_random_(model)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)
+    return model.to(dtype).eval().requires_grad_(False), tok
+
+
+def make_clipscore(arch, smoke, device, dtype, mode="clipscore"):
+    from verifiers import CLIPScoreVerifier
+    model, tok = open_clip_model(arch, smoke, device, dtype)
+    return CLIPScoreVerifier(model, tok, mode=mode)
+
+
+def make_aesthetic(smoke, device, dtype):
+    import torch
+    from verifiers.base import Verifier
+    from verifiers.preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
+    clip, _ = open_clip_model("ViT-L-14", smoke, device, dtype)
+    dim = clip.visual.output_dim
+
+    class Aesthetic(Verifier):
+        """LAION aesthetic predictor v2: MLP on the L2-normalised ViT-L/14 image embedding."""
+        name = "aesthetic"
+        needs_prompt = False
+
+        def __init__(self):
+            super().__init__()
+            self.clip = clip
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128),
+                                           torch.nn.Dropout(0.2), torch.nn.Linear(128, 64), torch.nn.Dropout(0.1),
+                                           torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
+
+        def _score(self, images, prompts):
+            x = normalize(resize_center_crop(images, 224), OPENAI_MEAN, OPENAI_STD)
+            e = torch.nn.functional.normalize(self.clip.encode_image(x.to(self.param_dtype())).float(), dim=-1)
+            return self.mlp(e.to(self.param_dtype())).float().reshape(-1)
+
+    v = Aesthetic()
+    v.mlp.to(device)
+    bc.fill_random_(v.mlp)
+    return v.to(dtype).eval().requires_grad_(False)
+
+
+def make_pickscore(smoke, device, dtype):
+    import torch
+    import open_clip
+    from transformers import CLIPConfig, CLIPModel
+    from verifiers.base import Verifier
+    from verifiers.preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
+    cfg = CLIPConfig(**(HF_CLIP_TINY if smoke else HF_CLIP_H14))
+    with torch.device(device):
+        model = CLIPModel(cfg)
+    model = model.to(dtype).eval().requires_grad_(False)
+    tok = open_clip.get_tokenizer("ViT-H-14")  # the same CLIP BPE, 77 tokens
+
+    class PickScore(Verifier):
+        """PickScore: logit_scale.exp() * cos(image, text) of a CLIP ViT-H-14 (transformers layout)."""
+        name = "pickscore"
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self._text = {}
+
+        def _text_emb(self, prompt):
+            if prompt not in self._text:
+                ids = tok([prompt]).to(self.param_device())
+                h = self.model.text_model(input_ids=ids).pooler_output
+                self._text[prompt] = torch.nn.functional.normalize(self.model.text_projection(h).float(), dim=-1)[0]
+            return self._text[prompt]
+
+        def _score(self, images, prompts):
+            x = normalize(resize_center_crop(images, 224), OPENAI_MEAN, OPENAI_STD).to(self.param_dtype())
+            h = self.model.vision_model(pixel_values=x).pooler_output
+            e = torch.nn.functional.normalize(self.model.visual_projection(h).float(), dim=-1)
+            t = torch.stack([self._text_emb(p) for p in prompts])
+            return self.model.logit_scale.exp().float() * (e * t).sum(-1)
+
+    return PickScore()
+
+
+def peer_style_preprocess(images, smoke):
+    """What the peer pack does per candidate before CLIP: tensor -> PIL ->
+    CLIPImageProcessor (resize 224 bicubic, crop, normalise) on the CPU."""
+    from torchvision.transforms import ToPILImage
+    from transformers import CLIPImageProcessor
+    ip = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    t0 = time.perf_counter()
+    for i in range(images.shape[0]):
+        pil = ToPILImage()(images[i].permute(2, 0, 1))
+        ip(images=pil, return_tensors="pt")
+    return time.perf_counter() - t0
+
+
+def full_size_check():
+    """Parameter counts of the full-size architectures, built on the meta
+    device (no memory): checks the configs used on the GPU, also in --smoke."""
+    import torch
+    import open_clip
+    from transformers import CLIPConfig, CLIPModel
+    out = {}
+    for arch in ("ViT-L-14", "ViT-H-14"):
+        try:
+            with torch.device("meta"):
+                m = open_clip.create_model(arch, pretrained=None, device="meta")
+            out["open_clip " + arch] = bc.param_count(m)
+        except Exception as e:  # noqa: BLE001
+            out["open_clip " + arch] = f"error: {type(e).__name__}: {e}"
+    try:
+        with torch.device("meta"):
+            m = CLIPModel(CLIPConfig(**HF_CLIP_H14))
+        out["transformers CLIP ViT-H-14 (PickScore)"] = bc.param_count(m)
+    except Exception as e:  # noqa: BLE001
+        out["transformers CLIP ViT-H-14 (PickScore)"] = f"error: {type(e).__name__}: {e}"
+    return out
+
+
+def time_verifier(v, name, sizes, n_images, device, clock, mem, reps):
+    import torch
+    rows = []
+    resident = mem.reset().get("resident_gib")
+    g = torch.Generator().manual_seed(0)
+    for res in sizes:
+        imgs_cpu = torch.rand(n_images, res, res, 3, generator=g)
+        places = [("cpu", imgs_cpu)]
+        if device.type == "cuda":
+            places.append(("cuda", imgs_cpu.to(device)))
+        for where, imgs in places:
+            with torch.inference_mode():
+                s = v.score(imgs, PROMPT)  # warm-up (also fills the text cache, as the first micro-batch of a search does)
+                mem.reset()
+                ts = []
+                for _ in range(reps):
+                    t0 = clock.now()
+                    s = v.score(imgs, PROMPT)
+                    ts.append(clock.now() - t0)
+            med = statistics.median(ts)
+            row = {"resolution": res, "input_on": where, "n_images": n_images, "median_s": round(med, 4),
+                   "all_s": [round(t, 4) for t in ts], "images_per_s": round(n_images / med, 2),
+                   "ms_per_image": round(1000 * med / n_images, 3), "finite": bool(torch.isfinite(s).all()),
+                   "score_example": float(s[0])}
+            row.update(mem.peak())
+            rows.append(row)
+            bc.log(f"  {name} {res}px from {where}: {row['median_s']} s / {n_images}")
+        del imgs_cpu, places
+    return {"resident_gib": resident, "batch_size": getattr(v, "batch_size", None), "timings": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=os.path.join(bc.REPO, "bench", "out", "gpu_verifiers.json"))
+    ap.add_argument("--only", default=None, help="comma-separated verifier names")
+    ap.add_argument("--budget-s", type=float, default=150.0)
+    ap.add_argument("--reps", type=int, default=None)
+    args = ap.parse_args(argv)
+    import torch
+    deadline = bc.Deadline(args.budget_s)
+    cpu = args.smoke or not torch.cuda.is_available()
+    if not args.smoke and cpu:
+        raise SystemExit("no CUDA device: use --smoke for the CPU test")
+    device = torch.device("cpu" if cpu else "cuda")
+    dtype = torch.float32 if cpu else torch.float16
+    sizes = [64, 128] if args.smoke else [512, 1024]
+    n_images = 4 if args.smoke else 64
+    reps = args.reps or (1 if args.smoke else 3)
+    clock, mem = bc.Clock(device), bc.Memory(device)
+    meta = bc.environment(device)
+    meta.update(smoke=args.smoke, dtype=str(dtype), sizes=sizes, n_images=n_images, reps=reps,
+                timing="median of reps after one warm-up; torch.cuda.synchronize around each call")
+    results = bc.Results(args.out, meta)
+    results.doc["models"]["full_size_on_meta"] = full_size_check()
+    results.write()
+
+    builders = {
+        "clipscore_vit_l14": lambda: make_clipscore("ViT-L-14", args.smoke, device, dtype),
+        "aesthetic_laion_v2": lambda: make_aesthetic(args.smoke, device, dtype),
+        "pickscore_vit_h14": lambda: make_pickscore(args.smoke, device, dtype),
+        "hpsv2_vit_h14": lambda: make_clipscore("ViT-H-14", args.smoke, device, dtype, mode="cosine"),
+    }
+    names = args.only.split(",") if args.only else list(builders) + ["image_reward", "peer_style_pil_preprocess"]
+    for name in names:
+        case = {"case": name}
+        if name == "image_reward":
+            if importlib.util.find_spec("verifiers.image_reward") is None:
+                case.update(status="skipped", reason="the pack has no verifiers/image_reward.py in this checkout "
+                                                     "(ImageReward = BLIP ViT-L + BERT-base; issue #5)")
+            else:
+                case.update(status="skipped", reason="verifiers/image_reward.py exists but this script predates it: "
+                                                     "add a builder")
+            results.add(case)
+            continue
+        if name == "peer_style_pil_preprocess":
+            rows = []
+            g = torch.Generator().manual_seed(0)
+            for res in sizes:
+                imgs = torch.rand(n_images, res, res, 3, generator=g)
+                t = peer_style_preprocess(imgs, args.smoke)
+                rows.append({"resolution": res, "n_images": n_images, "cpu_s": round(t, 4),
+                             "ms_per_image": round(1000 * t / n_images, 3)})
+            case.update(status="ok", timings=rows, note="CPU only, one thread of work per image, no model")
+            results.add(case)
+            continue
+        if name not in builders:
+            case.update(status="error", error=f"unknown verifier {name}")
+            results.add(case)
+            continue
+        if not args.smoke and deadline.left() < 25:
+            case.update(status="skipped", reason=f"time budget ({deadline.left():.0f} s left)")
+            results.add(case)
+            continue
+        bc.log(f"verifier {name} ...")
+        v = None
+        try:
+            t0 = time.perf_counter()
+            v = builders[name]()
+            build_s = time.perf_counter() - t0
+            params = bc.param_count(v)
+            case.update(params=params, weights_gib=round(v.memory_bytes() / 2 ** 30, 3), dtype=str(v.param_dtype()),
+                        build_s=round(build_s, 2))
+            case.update(time_verifier(v, name, sizes, n_images, device, clock, mem, reps))
+            case["status"] = "ok" if all(r["finite"] for r in case["timings"]) else "error"
+            if case["status"] == "error":
+                case["error"] = "non-finite scores"
+        except Exception as e:  # noqa: BLE001
+            case.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            bc.log(f"  error: {e}")
+        finally:
+            del v
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results.add(case)
+    results.doc["meta"]["wall_s"] = round(deadline.elapsed(), 1)
+    results.write()
+    print("\n%-26s %-8s %8s  %s" % ("verifier", "status", "params", "ms/image at (res, input): peak GiB"))
+    for c in results.doc["cases"]:
+        t = "; ".join(f"{r['resolution']}/{r.get('input_on', 'cpu')}: {r['ms_per_image']} ms"
+                      + (f" {r['peak_allocated_gib']}G" if "peak_allocated_gib" in r else "")
+                      for r in c.get("timings", []))
+        print("%-26s %-8s %8s  %s" % (c["case"], c.get("status"), c.get("params", ""), t or c.get("reason") or c.get("error")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
