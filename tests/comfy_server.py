@@ -104,8 +104,11 @@ class ComfyClient:
         return name in self.object_info()
 
     # -- prompts
-    def queue(self, prompt: dict) -> tuple[int, dict]:
-        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+    def queue(self, prompt: dict, extra_data: dict | None = None) -> tuple[int, dict]:
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        return self.post("/prompt", body)
 
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         t0 = time.time()
@@ -119,13 +122,13 @@ class ComfyClient:
             time.sleep(0.1)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
 
-    def run(self, prompt: dict, timeout: float = 600) -> dict:
-        code, body = self.queue(prompt)
+    def run(self, prompt: dict, timeout: float = 600, extra_data: dict | None = None) -> dict:
+        code, body = self.queue(prompt, extra_data)
         assert code == 200, f"prompt refused ({code}): {json.dumps(body)[:2000]}"
         return self.wait(body["prompt_id"], timeout)
 
-    def run_ok(self, prompt: dict, timeout: float = 600) -> dict:
-        entry = self.run(prompt, timeout)
+    def run_ok(self, prompt: dict, timeout: float = 600, extra_data: dict | None = None) -> dict:
+        entry = self.run(prompt, timeout, extra_data)
         err = execution_error(entry)
         assert err is None, f"execution failed: {err}"
         return entry
