@@ -146,9 +146,10 @@ class JudgeCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, noise: float = 0.1,
+def train_classifier(make_net, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, noise: float = 0.1,
                      batch: int = 128, lr: float = 2e-3) -> nn.Module:
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # before the weights are initialised; training only, the search never uses it
+    net = make_net()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):

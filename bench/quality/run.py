@@ -113,8 +113,8 @@ def main(argv=None):
     data = load_digits_data(seed=0)
     A, B = data.split_a, data.split_b
     log(f"training verifier/judge ({clf_steps} steps) and diffusion model ({diff_steps} steps)")
-    verifier = train_classifier(VerifierMLP(), data.x[A], data.y[A], clf_steps, seed=11)
-    judge = train_classifier(JudgeCNN(), data.x[B], data.y[B], clf_steps, seed=23)
+    verifier = train_classifier(VerifierMLP, data.x[A], data.y[A], clf_steps, seed=11)
+    judge = train_classifier(JudgeCNN, data.x[B], data.y[B], clf_steps, seed=23)
     diffusion = train_diffusion(data, diff_steps, seed=1, log=log)
     t_train = time.time() - t_start
     torch.set_grad_enabled(False)
