@@ -1,4 +1,4 @@
-"""Registry / Manager metadata: what ComfyUI-Manager and the Comfy Registry read."""
+"""Registry metadata: what the Comfy Registry reads (requirements: tests/test_install.py)."""
 import os
 import re
 import tomllib
@@ -16,13 +16,3 @@ def test_pyproject_tool_comfy_is_complete_and_versioned():
     assert comfy["Icon"].endswith("docs/icon.png") and os.path.isfile(os.path.join(REPO, "docs", "icon.png"))
     assert "includes" in comfy
 
-
-def test_requirements_never_list_torch_nor_upper_pins():
-    lines = [line.split("#")[0].strip() for line in open(os.path.join(REPO, "requirements.txt"))]
-    reqs = [line for line in lines if line]
-    names = [re.split(r"[<>=!~\[ ;]", r)[0].lower().replace("_", "-") for r in reqs]
-    assert not {"torch", "torchvision", "torchaudio"} & set(names)
-    assert not any("<" in r or "==" in r for r in reqs), "no upper or exact pins: they fight other packs"
-    data = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))
-    deps = [re.split(r"[<>=!~\[ ;]", d)[0].lower().replace("_", "-") for d in data["project"]["dependencies"]]
-    assert sorted(deps) == sorted(names), "pyproject dependencies and requirements.txt list the same packages"
