@@ -83,12 +83,18 @@ class SearchLoop:
                 "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
                                         "tooltip": "Candidates sampled together. 0 = sized from free VRAM; halved "
                                                    "automatically on out-of-memory."}),
+                "exact_winner": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "On: the top-k of random search are re-rendered at batch 1 through the stock sampler "
+                               "call, so best_seed in a stock KSampler gives the output bit for bit (costs top_k "
+                               "generations at batch 1). Off: the search's own batched samples are returned "
+                               "(the same image up to floating-point round-off of batched kernels), no extra cost."}),
             },
         }
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
-               guider=None, micro_batch=0):
+               guider=None, micro_batch=0, exact_winner=True):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -145,7 +151,8 @@ class SearchLoop:
                            "scheduler": scheduler if plan.mode == "ksampler" else None,
                            "steps": int(plan.sigmas.numel() - 1), "cfg": float(cfg),
                            "denoise": float(denoise) if plan.mode == "ksampler" else None,
-                           "micro_batch": batch, "per_candidate_noise": plan.separable}
+                           "micro_batch": batch, "per_candidate_noise": plan.separable,
+                           "exact_winner": bool(exact_winner)}
         progress.grow_total(report.nfe_total + top_k * est)
 
         # --- re-render the top-k at batch 1, exactly as the stock node would
@@ -156,7 +163,7 @@ class SearchLoop:
         for res in winners:
             p = kept[res.index]
             cand = by_index[res.index]
-            needs = p["batch"] > 1 or not compat.SEEDED_DEFAULT_NOISE
+            needs = bool(exact_winner) and (p["batch"] > 1 or not compat.SEEDED_DEFAULT_NOISE)
             if needs:
                 lat = plan.render_stock(cand.seed, None, progress, res.nfe)
                 img = decode(vae, lat)

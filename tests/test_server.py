@@ -40,7 +40,7 @@ def test_object_info_lists_every_node(comfy):
     assert list(req) == ["model", "positive", "negative", "latent", "vae", "verifier", "prompt", "seed",
                          "candidates", "top_k", "sampler_name", "scheduler", "steps", "cfg", "denoise"]
     assert list(info[PREFIX + "SearchLoop"]["input"]["optional"]) == ["sampler", "sigmas", "strategy", "guider",
-                                                                       "micro_batch"]
+                                                                       "micro_batch", "exact_winner"]
     assert info[PREFIX + "SearchLoop"]["output_name"] == ["image", "latent", "top_k_images", "scores",
                                                           "winner_noise", "best_seed", "noise"]
     weights = info[PREFIX + "CLIPScoreVerifierLoader"]["input"]["required"]["weights"][0]

@@ -118,3 +118,16 @@ def test_img2img_and_inpainting_with_paths(comfy):
         if masked:  # the unmasked bottom half keeps the original latent
             assert torch.allclose(out[..., 4:, :], original[..., 4:, :], atol=1e-3)
             assert not torch.allclose(out[..., :4, :], original[..., :4, :], atol=1e-2)
+
+
+def test_exact_winner_off_skips_the_batch_1_rerender(comfy):
+    g = search_graph(seed=21, candidates=4, top_k=2, micro_batch=4, prefix="noexact")
+    g["6"]["inputs"]["exact_winner"] = False
+    rep = report_of(comfy.run_ok(g))
+    assert rep["rerender_nfe"] == 0 and rep["settings"]["exact_winner"] is False
+    assert all(c["final_score"] == c["score"] for c in rep["candidates"][:2])
+    g["6"]["inputs"]["exact_winner"] = True
+    g["7"]["inputs"]["filename_prefix"] = "exact"
+    rep2 = report_of(comfy.run_ok(g))
+    assert rep2["rerender_nfe"] == 2 * 4  # two winners, 4 Euler steps each, at batch 1
+    assert [c["seed"] for c in rep2["candidates"]] == [c["seed"] for c in rep["candidates"]]
