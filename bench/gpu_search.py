@@ -11,6 +11,9 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
     sdxl.limit sdxl.ours sdxl.serial sdxl.peer      SDXL UNet fp16, 1024x1024, 20 Euler steps, CFG 7
     caps                                            SearchLoop under a 12 / 24 GB cap (subprocess each)
     n256                                            SearchLoop N=256 at SD1.5-512
+    strategies                                      SD1.5-512, N=16 through SearchLoop's strategy input: zero-order,
+                                                    paths, coarse-to-fine random (equal NFEs; equal candidates)
+                                                    and plain random as the baseline
     flux.limit flux.ours flux.peer                  FLUX-size DiT (11.9B) bf16, 512x512, 20 Euler steps, CFG 1
 Every measurement is one timed run after a warm-up, with torch.cuda.synchronize
 around each timed region; candidates/s counts every candidate's full
@@ -120,6 +123,10 @@ class Plan:
             self.n256 = 256
             self.caps_gb = [12, 24]
             self.cap_n = 16
+        # strategies case (SD1.5): N, coarse-to-fine's coarse steps (of self.steps) and finalists re-rendered
+        self.strat_n = 4 if smoke else 16
+        self.coarse_steps = 1 if smoke else 8
+        self.rerender = 2 if smoke else 4
         self.cfg = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}
         self.scheduler = {"sd15": "normal", "sdxl": "normal", "flux": "simple"}
         # seconds per candidate before anything is measured (H100 guesses), for the time budget
@@ -340,11 +347,13 @@ class Phases:
     def __init__(self, clock: bc.Clock):
         self.clock = clock
         self.t: Dict[str, float] = {}
+        self.calls: Dict[str, int] = {}
         self.marks: Dict[str, float] = {}
         self.in_rerender = False
 
     def add(self, name: str, dt: float) -> None:
         self.t[name] = self.t.get(name, 0.0) + dt
+        self.calls[name] = self.calls.get(name, 0) + 1
 
     def wrap(self, fn, name, rerender_name=None):
         def wrapped(*a, **k):
@@ -362,8 +371,12 @@ class TimedVerifier:
     def __init__(self, inner, phases: Phases):
         self.inner, self.phases = inner, phases
         self.name = inner.name
+        self.calls = 0
+        self.images = 0
 
     def score(self, images, prompt):
+        self.calls += 1
+        self.images += int(images.shape[0])
         return self.phases.wrap(self.inner.score, "verify", "rerender_verify")(images, prompt)
 
 
@@ -397,6 +410,92 @@ def instrument_ours(pack, phases: Phases):
         st.enter_context(bc.patched(sl, "random_search", random_search))
         st.enter_context(bc.patched(compat, "free_memory_after_oom", free_memory_after_oom))
         yield ooms
+
+
+@contextlib.contextmanager
+def instrument_strategy(pack, phases: Phases):
+    """SearchLoop's strategy path: the ComfyHost (nodes/host.py) samples through
+    SamplingPlan.generate and decodes through nodes.host.decode; SearchLoop then
+    decodes the finalists once more (nodes.search_loop.decode).  Every ComfyHost
+    made during the search (coarse-to-fine makes a second one) is collected, so
+    its ``stats`` ({"decode_calls", "scored"}) can be read afterwards."""
+    eng = sys.modules[pack.__name__ + ".nodes.engine"]
+    sl = sys.modules[pack.__name__ + ".nodes.search_loop"]
+    hm = sys.modules[pack.__name__ + ".nodes.host"]
+    compat = sys.modules[pack.__name__ + ".nodes.compat"]
+    hosts: List[Any] = []
+    counts = {"generate_calls": 0, "generate_rows": 0, "host_decode_calls": 0, "final_decode_calls": 0,
+              "oom_backoffs": 0}
+    orig_init = hm.ComfyHost.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        hosts.append(self)
+
+    timed_generate = phases.wrap(eng.SamplingPlan.generate, "denoise")
+
+    def generate(self, noises, *a, **k):
+        counts["generate_calls"] += 1
+        counts["generate_rows"] += int(noises.shape[0])
+        return timed_generate(self, noises, *a, **k)
+
+    def counted(fn, key):
+        def f(*a, **k):
+            counts[key] += 1
+            return fn(*a, **k)
+        return f
+
+    orig_oom = compat.free_memory_after_oom
+
+    def free_memory_after_oom():
+        counts["oom_backoffs"] += 1
+        return orig_oom()
+
+    with contextlib.ExitStack() as st:
+        st.enter_context(bc.patched(eng.SamplingPlan, "generate", generate))
+        st.enter_context(bc.patched(hm, "decode", counted(phases.wrap(hm.decode, "decode"), "host_decode_calls")))
+        st.enter_context(bc.patched(sl, "decode", counted(phases.wrap(sl.decode, "final_decode"),
+                                                          "final_decode_calls")))
+        st.enter_context(bc.patched(hm.ComfyHost, "__init__", init))
+        st.enter_context(bc.patched(compat, "free_memory_after_oom", free_memory_after_oom))
+        yield hosts, counts
+
+
+def make_strategies(pack, plan: "Plan") -> Dict[str, Any]:
+    """The strategies, made by the pack's strategy nodes exactly as a graph would
+    (widget defaults read from INPUT_TYPES), each checked against the
+    search.strategies.Strategy built directly."""
+    m = pack.NODE_CLASS_MAPPINGS
+    St = sys.modules[pack.__name__ + ".search.strategies"].Strategy
+
+    def defaults(node_id):
+        req = m[node_id].INPUT_TYPES()["required"]
+        return {k: v[1]["default"] for k, v in req.items() if len(v) > 1 and "default" in v[1]}
+
+    n, full = plan.strat_n, plan.steps
+    zo = m["InfScale_ZeroOrderStrategy"]().make(neighbours=2, cosine=0.95, budget_nfe=0)[0]
+    pd = defaults("InfScale_PathsStrategy")
+    paths = m["InfScale_PathsStrategy"]().make(paths=2, noises_per_path=2, start_level=pd["start_level"],
+                                               forward=pd["forward"], backward=pd["backward"], budget_nfe=0)[0]
+    c2f = m["InfScale_CoarseToFine"]().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender)[0]
+    # equal candidate count: a budget of N coarse generations + the finalists' full ones (Euler: 1 NFE a step)
+    eq_budget = n * plan.coarse_steps + plan.rerender * full
+    inner = m["InfScale_RandomSearchStrategy"]().make(budget_nfe=eq_budget)[0]
+    c2f_eq = m["InfScale_CoarseToFine"]().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender,
+                                               strategy=inner)[0]
+    direct = {
+        "zero_order": St("zero_order", {"neighbours": 2, "cosine": 0.95}),
+        "paths": St("paths", {"paths": 2, "noises_per_path": 2, "start_level": pd["start_level"],
+                              "forward": pd["forward"], "backward": pd["backward"]}),
+        "c2f_random": St("random", {"rerender": plan.rerender}, coarse_steps=plan.coarse_steps),
+        "c2f_random_eqcand": St("random", {"rerender": plan.rerender}, budget_nfe=eq_budget,
+                                coarse_steps=plan.coarse_steps),
+    }
+    made = {"zero_order": zo, "paths": paths, "c2f_random": c2f, "c2f_random_eqcand": c2f_eq}
+    for k, v in made.items():
+        if v != direct[k]:
+            raise RuntimeError(f"strategy node output {v!r} differs from {direct[k]!r}")
+    return made
 
 
 # ---------------------------------------------------------------------------- cases
@@ -527,7 +626,9 @@ class Runner:
                "total_s": round(total, 4), "candidates_per_s": round(n / total, 4),
                "search_phase_candidates_per_s": round(n / max(1e-9, search_s), 4),
                "split": split, "rerender_detail": detail, "nfe_total": report.nfe_total,
-               "rerender_nfe": report.rerender_nfe, "best_seed": int(out[5]),
+               "rerender_nfe": report.rerender_nfe,
+               "nfe_per_s": round((report.nfe_total + report.rerender_nfe) / total, 2),
+               "calls": dict(phases.calls), "verifier_images": verifier.images, "best_seed": int(out[5]),
                "best_score": max(scores) if scores else None,
                "final_score": report.ranked()[0].final_score if scores else None,
                "all_scores_finite": all(math.isfinite(s) for s in scores)}
@@ -535,6 +636,64 @@ class Runner:
         res.update(self.mem.peak())
         if micro_batch == 1:
             self.per_cand_serial[kind] = total / n
+        return res
+
+    # -------------------------------------------------------------- strategies
+    def strategy_run(self, b: Bundle, strategy, n: int, top_k: int = 1, seed: int = 1000,
+                     micro_batch: int = 0) -> Dict[str, Any]:
+        """SearchLoop.search with strategy=... (the strategy nodes' output), in-process."""
+        SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
+        phases = Phases(self.clock)
+        verifier = TimedVerifier(b.verifier, phases)
+        kind = b.kind
+        mem0 = self.mem.reset()
+        with instrument_strategy(self.pack, phases) as (hosts, counts):
+            t0 = self.clock.now()
+            out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, verifier,
+                                      PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
+                                      self.plan.cfg[kind], 1.0, strategy=strategy, micro_batch=micro_batch)
+            t1 = self.clock.now()
+        total = t1 - t0
+        report = out[3]
+        st = report.settings
+        p = phases.t
+        split = {"denoise_s": p.get("denoise", 0.0), "decode_s": p.get("decode", 0.0),
+                 "verify_s": p.get("verify", 0.0), "final_decode_s": p.get("final_decode", 0.0)}
+        split["other_s"] = total - sum(split.values())
+        host_stats = [dict(h.stats, steps=h.steps) for h in hosts]
+        scored = sum(h["scored"] for h in host_stats)
+        gen_nfe = report.nfe_per_generation or self.plan.steps
+        scores = [c.score for c in report.candidates]
+        keep = {k: st[k] for k in ("budget_nfe", "coarse_steps", "micro_batch", "pivot_moves", "start_index",
+                                   "finished_without_search_from_index", "coarse_nfe", "rerender") if k in st}
+        if isinstance(st.get("rounds"), (int, list)):
+            keep["rounds"] = st["rounds"] if isinstance(st["rounds"], int) else len(st["rounds"])
+        if isinstance(st.get("coarse_report"), dict):
+            keep["coarse_candidates"] = (st["coarse_report"].get("settings") or {}).get("candidates")
+        res = {"n": n, "top_k": top_k, "strategy": {"name": strategy.name, "params": dict(strategy.params),
+                                                    "budget_nfe": strategy.budget_nfe,
+                                                    "coarse_steps": strategy.coarse_steps},
+               "algorithm": report.algorithm, "micro_batch_used": st.get("micro_batch"),
+               "oom_backoffs": counts["oom_backoffs"], "total_s": round(total, 4),
+               # N full generations' worth of NFEs per second, comparable with *.ours.nN
+               "candidates_per_s": round(n / total, 4),
+               "nfe_total": report.nfe_total, "nfe_per_s": round(report.nfe_total / total, 2),
+               "generation_equivalents": round(report.nfe_total / gen_nfe, 2),
+               "extra_costs": {"host_decode_calls": sum(h["decode_calls"] for h in host_stats),
+                               "images_scored": scored,
+                               "images_scored_per_generation_equivalent": round(
+                                   scored / max(1e-9, report.nfe_total / gen_nfe), 3),
+                               "final_decode_calls": counts["final_decode_calls"],
+                               "verifier_calls": verifier.calls, "verifier_images": verifier.images,
+                               "sampler_calls": counts["generate_calls"], "sampler_rows": counts["generate_rows"],
+                               "hosts": host_stats},
+               "split": {k: round(v, 4) for k, v in split.items()}, "settings": keep,
+               "best_score": max(scores) if scores else None,
+               "all_scores_finite": all(math.isfinite(x) for x in scores) and bool(scores)}
+        res.update(mem0)
+        res.update(self.mem.peak())
+        if not res["all_scores_finite"]:
+            res.update(status="error", error="non-finite or no scores")
         return res
 
     # -------------------------------------------------------------- peer
@@ -772,7 +931,7 @@ def run_caps(args, plan: Plan, results: bc.Results, deadline: bc.Deadline) -> No
 # ---------------------------------------------------------------------------- main
 def parse_cases(spec: str) -> List[str]:
     allc = ["sd15.limit", "sd15.ours", "sd15.serial", "sd15.peer", "sdxl.limit", "sdxl.ours", "sdxl.serial",
-            "sdxl.peer", "caps", "n256", "flux.limit", "flux.ours", "flux.peer"]
+            "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer"]
     out = []
     for tok in [t.strip() for t in spec.split(",") if t.strip()]:
         if tok == "all":
@@ -803,6 +962,27 @@ def summarize(results: bc.Results) -> None:
             s[f"{kind}_n{n}_ours_over_limit"] = round(ours / lim, 3)
         if ours and ser:
             s[f"{kind}_n{n}_ours_over_serial"] = round(ours / ser, 3)
+    strat = {k[len("sd15.strat."):]: c for k, c in cases.items()
+             if k.startswith("sd15.strat.") and c.get("status") == "ok"}
+    if strat:
+        st: Dict[str, Any] = {}
+        for k, c in strat.items():
+            ex = c.get("extra_costs") or {}
+            calls = c.get("calls") or {}
+            st[k] = {"total_s": c.get("total_s"), "candidates_per_s": c.get("candidates_per_s"),
+                     "nfe_total": c.get("nfe_total", 0) + c.get("rerender_nfe", 0), "nfe_per_s": c.get("nfe_per_s"),
+                     "images_scored": ex.get("images_scored", c.get("verifier_images")),
+                     "decode_calls": ex.get("host_decode_calls", 0) + ex.get("final_decode_calls", 0)
+                     if ex else calls.get("decode", 0) + calls.get("rerender_decode", 0)}
+        rnd = next((c for k, c in strat.items() if k.startswith("random.")), None)
+        eq = next((c for k, c in strat.items() if k.startswith("c2f_random_eqcand.")), None)
+        if rnd and eq:
+            st["c2f_vs_random_equal_candidates"] = {
+                "random_s": rnd["total_s"], "c2f_s": eq["total_s"],
+                "saved_s": round(rnd["total_s"] - eq["total_s"], 4),
+                "c2f_over_random_time": round(eq["total_s"] / rnd["total_s"], 3),
+                "coarse_candidates": (eq.get("settings") or {}).get("coarse_candidates")}
+        s["sd15_strategies"] = st
     s["targets"] = {"sd15_n16_ours_over_peer": ">= 5", "sdxl_n8_ours_over_peer": ">= 1.4"}
     results.doc["summary"] = s
     results.write()
@@ -812,7 +992,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny configs, 2 steps (a test of every code path)")
     ap.add_argument("--cases", default=None,
-                    help="default: sd15,sdxl,caps,n256,flux (GPU); sd15,sdxl,n256,flux (--smoke: the caps "
+                    help="default: sd15,sdxl,caps,n256,strategies,flux (GPU); sd15,sdxl,n256,strategies,flux (--smoke: the caps "
                          "subprocess re-imports ComfyUI, so it is its own smoke run: --smoke --cases caps)")
     ap.add_argument("--out", default=os.path.join(bc.REPO, "bench", "out", "gpu_search.json"))
     ap.add_argument("--comfyui", default=None, help="ComfyUI source folder (default: $COMFYUI_PATH, then ./comfyui)")
@@ -833,7 +1013,8 @@ def main(argv=None) -> int:
     cpu = args.smoke or not torch.cuda.is_available()
     if not args.smoke and cpu:
         raise SystemExit("no CUDA device: use --smoke for the CPU test")
-    cases = parse_cases(args.cases or ("sd15,sdxl,n256,flux" if args.smoke else "sd15,sdxl,caps,n256,flux"))
+    cases = parse_cases(args.cases or ("sd15,sdxl,n256,strategies,flux" if args.smoke
+                                       else "sd15,sdxl,caps,n256,strategies,flux"))
     bc.setup_comfyui(args.comfyui, cpu, args.workdir)
     import comfy.model_management as mm
     pack = bc.import_pack()
@@ -866,7 +1047,7 @@ def main(argv=None) -> int:
 
     for kind in ("sd15", "sdxl"):
         sub = [c for c in cases if c.startswith(kind + ".")]
-        if not sub:
+        if not sub and not (kind == "sd15" and ("n256" in cases or "strategies" in cases)):
             continue
         b = None
         try:
@@ -879,6 +1060,8 @@ def main(argv=None) -> int:
                 case = {"case": "sd15.ours.n%d" % plan.n256, "model": "sd15", "mode": "ours", "group": "n256"}
                 if runner.fits(case, plan.n256 * runner.per_cand_batched["sd15"] * 1.3 + 10):
                     runner.run_case(case, runner.ours, b, plan.n256)
+            if kind == "sd15" and "strategies" in cases:
+                run_strategy_cases(runner, b)
         except Exception as e:  # noqa: BLE001
             results.add({"case": kind + ".build", "status": "error", "error": f"{type(e).__name__}: {e}",
                          "traceback": traceback.format_exc()[-3000:]})
@@ -950,17 +1133,61 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
                 runner.run_case(case, runner.peer_run, b, n)
 
 
+def run_strategy_cases(runner: Runner, b: Bundle) -> None:
+    """SD1.5, N = plan.strat_n: plain random (no strategy input: the baseline), then
+    zero-order, paths and coarse-to-fine random through SearchLoop's strategy input."""
+    import torch
+    plan = runner.plan
+    n = plan.strat_n
+    try:
+        strategies = make_strategies(runner.pack, plan)
+    except Exception as e:  # noqa: BLE001
+        runner.results.add({"case": "sd15.strat", "status": "error", "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc()[-3000:]})
+        return
+    batched, serial = runner.per_cand_batched["sd15"], runner.per_cand_serial["sd15"]
+    frac = plan.coarse_steps / plan.steps
+    # (case suffix, strategy or None, seconds guessed for the time budget)
+    todo = [("random", None, n * batched * 1.5 + serial + 3),
+            ("zero_order", strategies["zero_order"], n / 2 * serial * 1.3 + 5),
+            ("paths", strategies["paths"], n / 4 * serial * 1.5 + 5),
+            ("c2f_random", strategies["c2f_random"], 2 * n * frac * batched * 1.5 + plan.rerender * serial + 5),
+            ("c2f_random_eqcand", strategies["c2f_random_eqcand"],
+             n * frac * batched * 1.5 + plan.rerender * serial + 5)]
+    # untimed warm-up of the strategy path (host, partial schedules, x0 capture): the smallest zero-order search
+    if runner.fits({"case": "sd15.strat.warmup"}, 2 * serial + 3):
+        try:
+            with torch.inference_mode():
+                runner.strategy_run(b, strategies["zero_order"], 2)
+        except Exception as e:  # noqa: BLE001 - the cases below record their own errors
+            bc.log(f"  strategy warm-up failed: {type(e).__name__}: {e}")
+            runner._recover()
+    for suffix, strat, est in todo:
+        case = {"case": f"sd15.strat.{suffix}.n{n}", "model": "sd15", "mode": "strategy", "group": "strategies"}
+        if not runner.fits(case, est):
+            continue
+        if strat is None:
+            case["strategy"] = "none (SearchLoop's own random search, batch-1 re-render of the winner)"
+            runner.run_case(case, runner.ours, b, n)
+        else:
+            runner.run_case(case, runner.strategy_run, b, strat, n)
+
+
 def print_table(results: bc.Results) -> None:
-    print("\n%-22s %-8s %10s %8s %8s %9s  %s" % ("case", "status", "cand/s", "total_s", "mb", "peak_GiB", "split / note"))
+    print("\n%-34s %-8s %10s %8s %8s %9s  %s" % ("case", "status", "cand/s", "total_s", "mb", "peak_GiB", "split / note"))
     for c in results.doc["cases"]:
         note = c.get("split") or c.get("reason") or c.get("error") or ""
         if c.get("mode") == "limit" and c.get("batches"):
             note = "batches: " + ", ".join(f"{r['batch']}:{r.get('candidates_per_s', r.get('status'))}" for r in c["batches"])
+        if c.get("mode") == "strategy" and c.get("extra_costs"):
+            ex = c["extra_costs"]
+            note = (f"nfe {c.get('nfe_total')} @ {c.get('nfe_per_s')}/s; scored {ex.get('images_scored')} "
+                    f"decodes {ex.get('host_decode_calls')}+{ex.get('final_decode_calls')}; {c.get('split')}")
         if c["case"].startswith("caps") and c.get("runs"):
             note = "; ".join(f"mb{r.get('micro_batch_requested')}->{r.get('micro_batch_used')} "
                              f"{r.get('candidates_per_s')}/s oom{r.get('oom_backoffs')} peak {r.get('peak_allocated_gib')}"
                              for r in c["runs"])
-        print("%-22s %-8s %10s %8s %8s %9s  %s" % (c["case"], c.get("status"), c.get("candidates_per_s", ""),
+        print("%-34s %-8s %10s %8s %8s %9s  %s" % (c["case"], c.get("status"), c.get("candidates_per_s", ""),
                                                  c.get("total_s", ""), c.get("micro_batch_used", ""),
                                                  c.get("peak_allocated_gib", ""), str(note)[:160]))
     print("summary:", json.dumps(results.doc.get("summary", {})))

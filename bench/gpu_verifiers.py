@@ -7,18 +7,17 @@ and peak VRAM.  No ComfyUI needed.
     python bench/gpu_verifiers.py --out $OUT/gpu_verifiers.json
     python bench/gpu_verifiers.py --smoke --out /tmp/v.json       # CPU, tiny configs
 
-Verifiers:
-    clipscore_vit_l14   the pack's CLIPScoreVerifier, open_clip ViT-L-14
-    aesthetic_laion_v2  open_clip ViT-L-14 image tower + the LAION aesthetic MLP (768-1024-128-64-16-1), built here
-                        (the pack has no verifiers/aesthetic.py yet)
-    pickscore_vit_h14   transformers CLIPModel with PickScore's ViT-H-14 shapes, built here
-    hpsv2_vit_h14       the pack's CLIPScoreVerifier code on open_clip ViT-H-14 (HPSv2's architecture and formula)
-    image_reward        skipped unless the pack has verifiers/image_reward.py (not yet)
+Verifiers (all the pack's own classes, random weights):
+    clipscore_vit_l14   CLIPScoreVerifier, open_clip ViT-L-14
+    aesthetic_laion_v2  AestheticVerifier: a CLIPScoreVerifier (open_clip ViT-L-14) + AestheticMLP (768-1024-128-64-16-1)
+    pickscore_vit_h14   PickScoreVerifier: transformers CLIPModel with PickScore's ViT-H-14 shapes
+    hpsv2_vit_h14       HPSVerifier: open_clip ViT-H-14 (HPSv2's architecture, preprocessing and formula)
+    image_reward        ImageRewardVerifier: BLIP ViT-L/16 + BERT-base "med" config with cross-attention + MLP
 plus peer_style_pil_preprocess: CPU time of the PIL + CLIPImageProcessor path the peer pack uses per image."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import tempfile
 import os
 import statistics
 import sys
@@ -71,72 +70,102 @@ def make_clipscore(arch, smoke, device, dtype, mode="clipscore"):
     return CLIPScoreVerifier(model, tok, mode=mode)
 
 
+# ViT-L-14's output width (768) with tiny towers: --smoke runs the full-size aesthetic MLP on it
+OPEN_CLIP_TINY_768 = dict(OPEN_CLIP_TINY, embed_dim=768)
+# ImageReward's med_config.json (huggingface.co/THUDM/ImageReward): BERT-base with cross-attention
+IR_MED_FULL = {"hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 512, "num_attention_heads": 12,
+               "num_hidden_layers": 12, "vocab_size": 30524, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+               "pad_token_id": 0}
+IR_MED_TINY = dict(IR_MED_FULL, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
+IR_VISION_TINY = {"width": 64, "depth": 2, "heads": 4, "patch_size": 16, "image_size": 224}
+# the WordPiece vocabulary of the tests' reduced ImageReward (tracked, travels to the device): tokenisation runs
+# the real BertTokenizer code on it; a 90-token vocabulary does not change the model's cost
+IR_VOCAB_DIR = os.path.join(bc.REPO, "tests", "fixtures", "imagereward")
+
+
 def make_aesthetic(smoke, device, dtype):
+    """The pack's AestheticVerifier over a CLIPScoreVerifier on open_clip ViT-L-14, with the full-size MLP."""
+    from verifiers import CLIPScoreVerifier
+    from verifiers.aesthetic import AestheticMLP, AestheticVerifier
+    if smoke:
+        model, tok = _tiny_open_clip("bench_tiny_clip_768", OPEN_CLIP_TINY_768)
+        model = model.to(device)
+        bc.fill_random_(model)
+        model = model.to(dtype).eval().requires_grad_(False)
+    else:
+        model, tok = open_clip_model("ViT-L-14", smoke, device, dtype)
+    clip = CLIPScoreVerifier(model, tok, mode="cosine")
+    mlp = AestheticMLP(int(model.visual.output_dim)).to(device)
+    bc.fill_random_(mlp, seed=1)
+    v = AestheticVerifier(clip, mlp.to(dtype).eval().requires_grad_(False))
+    return v.eval().requires_grad_(False)
+
+
+def _tiny_open_clip(name, cfg):
+    from open_clip import factory
+    from verifiers.clip_score import build_open_clip
+    factory._MODEL_CONFIGS[name] = cfg
+    return build_open_clip(name)
+
+
+def clip_bpe_tokenizer(folder):
+    """transformers' CLIPTokenizer with the real CLIP BPE (49408 tokens), written from open_clip's
+    bundled vocabulary (no download): what PickScore's processor folder holds."""
+    import json
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+    os.makedirs(folder, exist_ok=True)
+    t = SimpleTokenizer()
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # open_clip's names -> HF's
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump({rename.get(k, k): v for k, v in t.encoder.items()}, f)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for (a, b), _ in sorted(t.bpe_ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{a} {b}\n")
+    tok = CLIPTokenizer.from_pretrained(folder)
+    ids = tok([PROMPT])["input_ids"][0]
+    if ids[0] != 49406 or ids[-1] != 49407 or max(ids) >= 49408:
+        raise RuntimeError(f"the CLIP BPE tokenizer written from open_clip gives unexpected ids {ids}")
+    return tok
+
+
+def make_pickscore(smoke, device, dtype, workdir):
+    """The pack's PickScoreVerifier on a transformers CLIPModel of PickScore's ViT-H-14 shapes."""
     import torch
-    from verifiers.base import Verifier
-    from verifiers.preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
-    clip, _ = open_clip_model("ViT-L-14", smoke, device, dtype)
-    dim = clip.visual.output_dim
-
-    class Aesthetic(Verifier):
-        """LAION aesthetic predictor v2: MLP on the L2-normalised ViT-L/14 image embedding."""
-        name = "aesthetic"
-        needs_prompt = False
-
-        def __init__(self):
-            super().__init__()
-            self.clip = clip
-            self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128),
-                                           torch.nn.Dropout(0.2), torch.nn.Linear(128, 64), torch.nn.Dropout(0.1),
-                                           torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
-
-        def _score(self, images, prompts):
-            x = normalize(resize_center_crop(images, 224), OPENAI_MEAN, OPENAI_STD)
-            e = torch.nn.functional.normalize(self.clip.encode_image(x.to(self.param_dtype())).float(), dim=-1)
-            return self.mlp(e.to(self.param_dtype())).float().reshape(-1)
-
-    v = Aesthetic()
-    v.mlp.to(device)
-    bc.fill_random_(v.mlp)
-    return v.to(dtype).eval().requires_grad_(False)
-
-
-def make_pickscore(smoke, device, dtype):
-    import torch
-    import open_clip
     from transformers import CLIPConfig, CLIPModel
-    from verifiers.base import Verifier
-    from verifiers.preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
+    from verifiers.pick_score import PickScoreVerifier
+    from verifiers.preprocess import OPENAI_MEAN, OPENAI_STD
     cfg = CLIPConfig(**(HF_CLIP_TINY if smoke else HF_CLIP_H14))
     with torch.device(device):
         model = CLIPModel(cfg)
+    bc.fill_random_(model)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)  # exp = 100, as published
     model = model.to(dtype).eval().requires_grad_(False)
-    tok = open_clip.get_tokenizer("ViT-H-14")  # the same CLIP BPE, 77 tokens
+    tok = clip_bpe_tokenizer(os.path.join(workdir, "clip_bpe_tokenizer"))
+    return PickScoreVerifier(model, tok, (224, OPENAI_MEAN, OPENAI_STD))
 
-    class PickScore(Verifier):
-        """PickScore: logit_scale.exp() * cos(image, text) of a CLIP ViT-H-14 (transformers layout)."""
-        name = "pickscore"
 
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self._text = {}
+def make_hps(smoke, device, dtype):
+    """The pack's HPSVerifier on open_clip ViT-H-14."""
+    from verifiers.hps import HPSVerifier
+    model, tok = open_clip_model("ViT-H-14", smoke, device, dtype)
+    return HPSVerifier(model, tok, version="v2.1")
 
-        def _text_emb(self, prompt):
-            if prompt not in self._text:
-                ids = tok([prompt]).to(self.param_device())
-                h = self.model.text_model(input_ids=ids).pooler_output
-                self._text[prompt] = torch.nn.functional.normalize(self.model.text_projection(h).float(), dim=-1)[0]
-            return self._text[prompt]
 
-        def _score(self, images, prompts):
-            x = normalize(resize_center_crop(images, 224), OPENAI_MEAN, OPENAI_STD).to(self.param_dtype())
-            h = self.model.vision_model(pixel_values=x).pooler_output
-            e = torch.nn.functional.normalize(self.model.visual_projection(h).float(), dim=-1)
-            t = torch.stack([self._text_emb(p) for p in prompts])
-            return self.model.logit_scale.exp().float() * (e * t).sum(-1)
-
-    return PickScore()
+def make_image_reward(smoke, device, dtype):
+    """The pack's ImageRewardVerifier: ImageRewardModel for the published med_config.json and BLIP ViT-L/16
+    (image_reward.VIT_L), random weights; tokenizer through image_reward.load_tokenizer."""
+    import torch
+    from verifiers import image_reward as ir
+    med = dict(IR_MED_TINY if smoke else IR_MED_FULL)
+    with torch.device(device):
+        model = ir.ImageRewardModel(med, IR_VISION_TINY if smoke else None)
+    bc.fill_random_(model)
+    model = model.to(dtype).eval().requires_grad_(False)
+    tok = ir.load_tokenizer(IR_VOCAB_DIR)
+    return ir.ImageRewardVerifier(model, tok)
 
 
 def peer_style_preprocess(images, smoke):
@@ -172,6 +201,18 @@ def full_size_check():
         out["transformers CLIP ViT-H-14 (PickScore)"] = bc.param_count(m)
     except Exception as e:  # noqa: BLE001
         out["transformers CLIP ViT-H-14 (PickScore)"] = f"error: {type(e).__name__}: {e}"
+    try:
+        from verifiers import image_reward as ir
+        out["ImageReward (BLIP ViT-L/16 + med BERT + MLP)"] = sum(
+            int(torch.Size(s).numel()) for s in ir.expected_keys(dict(IR_MED_FULL)).values())
+    except Exception as e:  # noqa: BLE001
+        out["ImageReward (BLIP ViT-L/16 + med BERT + MLP)"] = f"error: {type(e).__name__}: {e}"
+    try:
+        from verifiers.aesthetic import AestheticMLP
+        with torch.device("meta"):
+            out["LAION aesthetic MLP"] = bc.param_count(AestheticMLP(768))
+    except Exception as e:  # noqa: BLE001
+        out["LAION aesthetic MLP"] = f"error: {type(e).__name__}: {e}"
     return out
 
 
@@ -229,27 +270,23 @@ def main(argv=None) -> int:
     meta.update(smoke=args.smoke, dtype=str(dtype), sizes=sizes, n_images=n_images, reps=reps,
                 timing="median of reps after one warm-up; torch.cuda.synchronize around each call")
     results = bc.Results(args.out, meta)
+    workdir = tempfile.mkdtemp(prefix="infscale_vbench_")
     results.doc["models"]["full_size_on_meta"] = full_size_check()
     results.write()
 
     builders = {
         "clipscore_vit_l14": lambda: make_clipscore("ViT-L-14", args.smoke, device, dtype),
         "aesthetic_laion_v2": lambda: make_aesthetic(args.smoke, device, dtype),
-        "pickscore_vit_h14": lambda: make_pickscore(args.smoke, device, dtype),
-        "hpsv2_vit_h14": lambda: make_clipscore("ViT-H-14", args.smoke, device, dtype, mode="cosine"),
+        "pickscore_vit_h14": lambda: make_pickscore(args.smoke, device, dtype, workdir),
+        "hpsv2_vit_h14": lambda: make_hps(args.smoke, device, dtype),
+        "image_reward": lambda: make_image_reward(args.smoke, device, dtype),
     }
-    names = args.only.split(",") if args.only else list(builders) + ["image_reward", "peer_style_pil_preprocess"]
+    classes = {"clipscore_vit_l14": "CLIPScoreVerifier", "aesthetic_laion_v2": "AestheticVerifier",
+               "pickscore_vit_h14": "PickScoreVerifier", "hpsv2_vit_h14": "HPSVerifier",
+               "image_reward": "ImageRewardVerifier"}
+    names = args.only.split(",") if args.only else list(builders) + ["peer_style_pil_preprocess"]
     for name in names:
         case = {"case": name}
-        if name == "image_reward":
-            if importlib.util.find_spec("verifiers.image_reward") is None:
-                case.update(status="skipped", reason="the pack has no verifiers/image_reward.py in this checkout "
-                                                     "(ImageReward = BLIP ViT-L + BERT-base; issue #5)")
-            else:
-                case.update(status="skipped", reason="verifiers/image_reward.py exists but this script predates it: "
-                                                     "add a builder")
-            results.add(case)
-            continue
         if name == "peer_style_pil_preprocess":
             rows = []
             g = torch.Generator().manual_seed(0)
@@ -276,8 +313,11 @@ def main(argv=None) -> int:
             v = builders[name]()
             build_s = time.perf_counter() - t0
             params = bc.param_count(v)
-            case.update(params=params, weights_gib=round(v.memory_bytes() / 2 ** 30, 3), dtype=str(v.param_dtype()),
+            case.update(verifier_class=type(v).__name__, params=params,
+                        weights_gib=round(v.memory_bytes() / 2 ** 30, 3), dtype=str(v.param_dtype()),
                         build_s=round(build_s, 2))
+            if type(v).__name__ != classes[name]:
+                raise RuntimeError(f"{name}: built {type(v).__name__}, expected the pack's {classes[name]}")
             case.update(time_verifier(v, name, sizes, n_images, device, clock, mem, reps))
             case["status"] = "ok" if all(r["finite"] for r in case["timings"]) else "error"
             if case["status"] == "error":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one device command (bench/README.md): installs the carried wheels, then
 # runs the SearchLoop benchmark and the verifier benchmark, JSON + logs to $OUT.
-#   bash bench/run_gpu.sh [search cases, default sd15,sdxl,caps,n256,flux] [verifiers: all|none]
+#   bash bench/run_gpu.sh [search cases, default sd15,sdxl,caps,n256,strategies,flux] [verifiers: all|none]
 set -u
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -12,11 +12,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/nvidia_smi.csv" 2>&1
-CASES=${1:-sd15,sdxl,caps,n256,flux}
+CASES=${1:-sd15,sdxl,caps,n256,strategies,flux}
 VERIFIERS=${2:-all}
 python3 bench/gpu_search.py --cases "$CASES" --budget-s "${SEARCH_BUDGET:-400}" --out "$OUT/gpu_search.json" \
   >"$OUT/gpu_search.log" 2>&1
-echo "gpu_search exit $?"; grep -A40 '^case  ' "$OUT/gpu_search.log" || tail -40 "$OUT/gpu_search.log"
+echo "gpu_search exit $?"; grep -A50 '^case  ' "$OUT/gpu_search.log" || tail -40 "$OUT/gpu_search.log"
 if [ "$VERIFIERS" != none ]; then
   python3 bench/gpu_verifiers.py --budget-s "${VERIFIER_BUDGET:-100}" --out "$OUT/gpu_verifiers.json" \
     >"$OUT/gpu_verifiers.log" 2>&1

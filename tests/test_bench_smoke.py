@@ -25,7 +25,7 @@ def test_gpu_search_smoke(tmp_path):
     comfy = comfyui_dir()
     current = os.path.isdir(os.path.join(comfy, "comfy", "ldm", "flux"))
     # the peer pack is not vendored (bench/README.md puts it in .peer/); the 2024 host has no FLUX
-    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "sdxl.ours"]
+    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sdxl.ours"]
     if os.path.isfile(os.path.join(PEER, "__init__.py")):
         cases.append("sd15.peer")
     if current:
@@ -51,6 +51,24 @@ def test_gpu_search_smoke(tmp_path):
             assert peer["status"] == "ok" and peer["all_scores_finite"], peer
     if current:
         assert by["flux.ours.n2"]["status"] == "ok", by["flux.ours.n2"]
+    # strategies through SearchLoop's strategy input (N=4, 2 steps, coarse 1 step, 2 finalists)
+    for name in ("random", "zero_order", "paths", "c2f_random", "c2f_random_eqcand"):
+        c = by[f"sd15.strat.{name}.n4"]
+        assert c["status"] == "ok", c
+        assert c["nfe_per_s"] > 0 and c["total_s"] > 0
+    zo = by["sd15.strat.zero_order.n4"]
+    assert zo["strategy"] == {"name": "zero_order", "params": {"neighbours": 2, "cosine": 0.95}, "budget_nfe": 0,
+                              "coarse_steps": 0}
+    assert zo["nfe_total"] == 4 * 2 and zo["extra_costs"]["images_scored"] == 4
+    assert set(zo["split"]) == {"denoise_s", "decode_s", "verify_s", "final_decode_s", "other_s"}
+    assert by["sd15.strat.paths.n4"]["strategy"]["params"]["noises_per_path"] == 2
+    c2f = by["sd15.strat.c2f_random.n4"]
+    assert c2f["algorithm"] == "coarse_to_fine(random)" and c2f["strategy"]["coarse_steps"] == 1
+    assert c2f["settings"]["rerender"] == 2 and len(c2f["extra_costs"]["hosts"]) == 2  # full host + coarse host
+    eq = by["sd15.strat.c2f_random_eqcand.n4"]
+    assert eq["settings"]["coarse_candidates"] == 4 and eq["strategy"]["budget_nfe"] == 4 * 1 + 2 * 2
+    saved = doc["summary"]["sd15_strategies"]["c2f_vs_random_equal_candidates"]
+    assert saved["coarse_candidates"] == 4 and "saved_s" in saved
 
 
 def test_gpu_verifiers_smoke(tmp_path):
@@ -63,6 +81,13 @@ def test_gpu_verifiers_smoke(tmp_path):
     for name in ("clipscore_vit_l14", "aesthetic_laion_v2", "pickscore_vit_h14", "hpsv2_vit_h14",
                  "peer_style_pil_preprocess"):
         assert by[name]["status"] == "ok", by[name]
-    assert by["image_reward"]["status"] == "skipped"
+    for name, cls in (("clipscore_vit_l14", "CLIPScoreVerifier"), ("aesthetic_laion_v2", "AestheticVerifier"),
+                      ("pickscore_vit_h14", "PickScoreVerifier"), ("hpsv2_vit_h14", "HPSVerifier"),
+                      ("image_reward", "ImageRewardVerifier")):
+        assert by[name]["status"] == "ok", by[name]
+        assert by[name]["verifier_class"] == cls
     full = doc["models"]["full_size_on_meta"]
     assert full["open_clip ViT-L-14"] == 427616513 and full["open_clip ViT-H-14"] == 986109441
+    assert full["transformers CLIP ViT-H-14 (PickScore)"] == 986109441
+    assert 440e6 < full["ImageReward (BLIP ViT-L/16 + med BERT + MLP)"] < 460e6
+    assert full["LAION aesthetic MLP"] == 927969
