@@ -45,7 +45,8 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
     gen = generation_nfe(host)
     check_budget(budget_nfe, N * gen, f"search over paths with {N} paths (one generation per path)")
     base = wrap_seed(seed)
-    s_idx = min(max(int(host.index_at_level(float(start_level))), 0), T)
+    # at least one step is left to search over (a start level of 0 would be the end of the schedule)
+    s_idx = min(max(int(host.index_at_level(float(start_level))), 0), T - 1)
     report = SearchReport(algorithm="paths", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
                           settings={"paths": N, "noises_per_path": M, "start_level": float(start_level),
                                     "forward": float(forward), "backward": float(backward),

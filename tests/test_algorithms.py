@@ -159,6 +159,13 @@ def test_paths_small_budget_finishes_without_search_and_never_exceeds():
         paths_search(gaussian_host(steps=20), seed=1, budget_nfe=39, paths=2)
 
 
+def test_paths_with_start_level_zero_still_searches_the_last_step():
+    host = gaussian_host(steps=20)
+    report, finalists = paths_search(host, seed=1, budget_nfe=200, paths=2, noises_per_path=2, start_level=0.0)
+    assert report.settings["start_index"] == 19 and len(finalists) == 1
+    assert report.nfe_total <= 200 and report.settings["rounds"]
+
+
 # --- particles ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["multinomial", "systematic"])
