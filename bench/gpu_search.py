@@ -598,7 +598,8 @@ class Runner:
                 "image_shape": list(images.shape)}
 
     # -------------------------------------------------------------- ours
-    def ours(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000) -> Dict[str, Any]:
+    def ours(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
+             exact_winner: bool = True) -> Dict[str, Any]:
         SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
         phases = Phases(self.clock)
         verifier = TimedVerifier(b.verifier, phases)
@@ -608,7 +609,8 @@ class Runner:
             t0 = self.clock.now()
             out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, verifier,
                                       PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
-                                      self.plan.cfg[kind], 1.0, micro_batch=micro_batch)
+                                      self.plan.cfg[kind], 1.0, micro_batch=micro_batch,
+                                      exact_winner=exact_winner)
             t1 = self.clock.now()
         total = t1 - t0
         report = out[3]
@@ -962,6 +964,16 @@ def summarize(results: bc.Results) -> None:
             s[f"{kind}_n{n}_ours_over_limit"] = round(ours / lim, 3)
         if ours and ser:
             s[f"{kind}_n{n}_ours_over_serial"] = round(ours / ser, 3)
+        noex = cps(f"{kind}.ours_noexact.n{n}")
+        if noex and peer:
+            s[f"{kind}_n{n}_ours_noexact_over_peer"] = round(noex / peer, 3)
+        if noex and lim:
+            s[f"{kind}_n{n}_ours_noexact_over_limit"] = round(noex / lim, 3)
+        lc = cases.get(f"{kind}.limit") or {}
+        at_n = [r for r in (lc.get("batches") or []) if r.get("batch") == n and r.get("candidates_per_s")]
+        if at_n and peer:
+            # the ceiling: raw batched sampling + decode + verify at batch n, over the peer
+            s[f"{kind}_n{n}_limit_at_batch_n_over_peer"] = round(at_n[0]["candidates_per_s"] / peer, 3)
     strat = {k[len("sd15.strat."):]: c for k, c in cases.items()
              if k.startswith("sd15.strat.") and c.get("status") == "ok"}
     if strat:
@@ -1116,6 +1128,10 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
             case = {"case": f"{kind}.ours.n{n}", "model": kind, "mode": "ours"}
             if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + runner.per_cand_serial[kind] + 3):
                 runner.run_case(case, runner.ours, b, n)
+            # the same search without the batch-1 re-render of the winner (exact_winner off)
+            case = {"case": f"{kind}.ours_noexact.n{n}", "model": kind, "mode": "ours, exact_winner off"}
+            if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + 3):
+                runner.run_case(case, runner.ours, b, n, 0, 1, 1000, False)
     if kind + ".serial" in sub:
         n = plan.serial_n[kind]
         case = {"case": f"{kind}.serial.n{n}", "model": kind, "mode": "serial (micro_batch=1)"}
