@@ -86,7 +86,8 @@ def environment(device) -> Dict[str, Any]:
     import torch
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": str(device), "pack_commit": git_commit(REPO) or os.environ.get("PACK_COMMIT")}
+           # the device copy's .git is stale: the caller passes PACK_COMMIT
+           "device": str(device), "pack_commit": os.environ.get("PACK_COMMIT") or git_commit(REPO)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2 ** 30, 2), sm_count=p.multi_processor_count,

@@ -179,7 +179,7 @@ def detect_check(kind: str, config: Dict[str, Any]) -> Dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def build_diffusion(kind: str, config: Dict[str, Any], device, dtype, seed: int = 0):
+def build_diffusion(kind: str, config: Dict[str, Any], device, dtype, seed: int = 0, build_device=None):
     """The diffusion model as comfy.sd.load_checkpoint_guess_config builds it
     (supported-model config -> model_base on the initial load device -> ModelPatcher),
     with random weights instead of a state dict."""
@@ -190,11 +190,11 @@ def build_diffusion(kind: str, config: Dict[str, Any], device, dtype, seed: int 
     manual_cast = mm.unet_manual_cast(dtype, device, mc.supported_inference_dtypes)
     mc.set_inference_dtype(dtype, manual_cast)
     t0 = time.perf_counter()
-    model = mc.get_model({}, "", device=device)
+    model = mc.get_model({}, "", device=build_device or device)
     n = bc.fill_random_(model.diffusion_model, seed, OUTPUT_GAINS)
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
-    if device.type != "cpu":
+    if device.type != "cpu" and build_device is None:
         try:
             mm.load_models_gpu([patcher], force_full_load=True)
         except TypeError:  # 2024 host: no force_full_load
@@ -303,7 +303,9 @@ class Bundle:
         return torch.zeros([batch] + list(self.latent_shape[1:]))
 
 
-def build_bundle(kind: str, plan: Plan, device, verifier, seed: int = 0) -> Bundle:
+def build_bundle(kind: str, plan: Plan, device, verifier, seed: int = 0, offload: bool = False) -> Bundle:
+    """``offload``: build the weights on the CPU and let ComfyUI's model management
+    load what fits (a model larger than the card, --lowvram)."""
     import torch
     _, full, tiny = MODELS[kind]
     cfg = tiny if plan.smoke else full
@@ -311,7 +313,8 @@ def build_bundle(kind: str, plan: Plan, device, verifier, seed: int = 0) -> Bund
         dtype = torch.float32
     else:
         dtype = torch.bfloat16 if kind == "flux" else torch.float16
-    patcher, minfo = build_diffusion(kind, cfg, device, dtype, seed)
+    import torch as _t
+    patcher, minfo = build_diffusion(kind, cfg, device, dtype, seed, build_device=_t.device("cpu") if offload else None)
     ch = 16 if kind == "flux" else 4
     if plan.smoke and kind == "sdxl":  # same AutoencoderKL path as sd15: not built again on a slow CPU
         vae, vinfo = None, {"latent_channels": ch, "full_size": "not built in --smoke (same path as sd15)"}
@@ -847,7 +850,7 @@ def emulate_card(cap_gb: float) -> Dict[str, Any]:
     (set_per_process_memory_fraction) and the same size reported by
     torch.cuda.mem_get_info, which ComfyUI and the pack read to size batches."""
     import torch
-    dev = torch.device("cuda")
+    dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory
     cap = int(cap_gb * 2 ** 30)
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), dev)
@@ -869,7 +872,8 @@ def caps_child(args) -> None:
         out["emulation"] = emulate_card(args.cap_child)
     else:
         out["emulation"] = "not applicable on CPU (plumbing test only)"
-    bc.setup_comfyui(args.comfyui, cpu, args.workdir)
+    flux = args.cap_model == "flux"
+    bc.setup_comfyui(args.comfyui, cpu, args.workdir, extra_args=["--lowvram"] if flux and not cpu else ())
     import comfy.model_management as mm
     pack = bc.import_pack()
     device = mm.get_torch_device()
@@ -877,6 +881,25 @@ def caps_child(args) -> None:
     out["comfy_vram_state"] = str(getattr(mm, "vram_state", "?"))
     out["comfy_total_vram_mb"] = getattr(mm, "total_vram", None)
     hv, _ = build_our_verifier(pack, device, args.smoke)
+    if flux:  # a FLUX-size DiT larger than the capped card, partly loaded beside the verifier (--lowvram)
+        t0 = time.perf_counter()
+        b = build_bundle("flux", plan, device, hv, offload=not cpu)
+        out["build_s"] = round(time.perf_counter() - t0, 1)
+        out["model"] = b.info
+        runs = []
+        with torch.inference_mode():
+            for n in ((2,) if args.smoke else (4,)):
+                try:
+                    r = runner_for(args, plan, device, pack).ours(b, n, micro_batch=0)
+                    r["status"] = "ok"
+                except Exception as e:  # noqa: BLE001
+                    r = {"n": n, "status": "error", "error": f"{type(e).__name__}: {e}",
+                         "traceback": traceback.format_exc()[-2000:]}
+                runs.append(r)
+        out["runs"] = runs
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1, default=bc._json_default)
+        return
     b = build_bundle("sd15", plan, device, hv)
     runner = Runner(args, plan, device, bc.Results(os.path.join(args.workdir, "cap_scratch.json"), {}),
                     bc.Deadline(1e9), pack)
@@ -896,22 +919,33 @@ def caps_child(args) -> None:
         json.dump(out, f, indent=1, default=bc._json_default)
 
 
+def runner_for(args, plan, device, pack):
+    return Runner(args, plan, device, bc.Results(os.path.join(args.workdir, "cap_scratch.json"), {}),
+                  bc.Deadline(1e9), pack)
+
+
 def run_caps(args, plan: Plan, results: bc.Results, deadline: bc.Deadline) -> None:
-    for gb in plan.caps_gb:
-        case = {"case": f"caps.{gb}gb", "model": "sd15", "n": plan.cap_n}
-        need = 60
+    # the FLUX-size --lowvram run needs a GPU to mean anything (its CPU plumbing: --cap-child 24 --cap-model flux --smoke)
+    variants = [(gb, "sd15") for gb in plan.caps_gb] + ([] if plan.smoke else [(24, "flux")])
+    for gb, model in variants:
+        case = {"case": f"caps.{gb}gb" + (".lowvram_flux" if model == "flux" else ""), "model": model,
+                "n": 4 if model == "flux" else plan.cap_n}
+        need = 240 if model == "flux" else 60
         if not plan.smoke and not args.no_budget and deadline.left() < need:
             case.update(status="skipped", reason=f"time budget: needs ~{need} s, {deadline.left():.0f} s left")
             results.add(case)
             continue
         bc.log(f"case {case['case']} (subprocess) ...")
         child_out = os.path.join(args.workdir, f"cap_{gb}.json")
+        child_out = os.path.join(args.workdir, f"cap_{gb}_{model}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--cap-child", str(gb), "--out", child_out,
-               "--comfyui", args.comfyui, "--workdir", os.path.join(args.workdir, f"cap{gb}")]
+               "--comfyui", args.comfyui, "--workdir", os.path.join(args.workdir, f"cap{gb}{model}"),
+               "--cap-model", model]
         if args.smoke:
             cmd.append("--smoke")
         t0 = time.perf_counter()
-        timeout = 600 if (plan.smoke or args.no_budget) else max(30, min(240, deadline.left() - 10))
+        timeout = 600 if (plan.smoke or args.no_budget) else max(30, min(400 if model == "flux" else 240,
+                                                                          deadline.left() - 10))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             case["returncode"] = proc.returncode
@@ -1013,6 +1047,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cases after this many seconds")
     ap.add_argument("--no-budget", action="store_true")
     ap.add_argument("--cap-child", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cap-model", default="sd15", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.comfyui = bc.find_comfyui(args.comfyui)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="infscale_bench_")

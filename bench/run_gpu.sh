@@ -14,6 +14,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/nvidia_smi.csv" 2>&1
 CASES=${1:-sd15,sdxl,caps,n256,strategies,flux}
 VERIFIERS=${2:-all}
+export PACK_COMMIT=${PACK_COMMIT:-unknown}
 python3 bench/gpu_search.py --cases "$CASES" --budget-s "${SEARCH_BUDGET:-400}" --out "$OUT/gpu_search.json" \
   >"$OUT/gpu_search.log" 2>&1
 echo "gpu_search exit $?"; grep -A50 '^case  ' "$OUT/gpu_search.log" || tail -40 "$OUT/gpu_search.log"
