@@ -400,7 +400,7 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
     search = search_loop(g, prompt, candidates=candidates, top_k=1, sampler=sampler, steps=steps)
     vae = None
     if reroute_vae:
-        rr = g.node("Reroute", (X[2] - 90, 520), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
+        rr = g.node("Reroute", (X[2] - 30, 560), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
         g.nodes[rr - 1]["properties"] = {"showOutputText": False, "horizontal": False}
         g.link((ckpt, "VAE"), rr, "")
         vae = (rr, 0)
