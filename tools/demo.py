@@ -37,7 +37,7 @@ def main(out_dir: str) -> int:
         wf = json.load(open(os.path.join(REPO, "workflows", "sd15_random_search.json")))
         api = ui_to_api(wf, client.object_info(), rename={
             "v1-5-pruned-emaonly.safetensors": "tiny-sd15.safetensors",
-            "open_clip_model.safetensors": "tiny-clip.safetensors"})
+            "ViT-L-14-openai.safetensors": "tiny-clip.safetensors"})
         for n in api.values():  # small and quick on a CPU
             if n["class_type"] == "EmptyLatentImage":
                 n["inputs"].update(width=64, height=64)

@@ -1,8 +1,13 @@
-"""Writes the example workflows in workflows/ (ComfyUI's UI format).
+"""Writes the example workflows in workflows/ (ComfyUI's UI / LiteGraph format).
 
 Run after changing a node's inputs: `python tools/make_workflows.py`.  Each
-workflow is a list of nodes with their links; the test suite converts and
-executes every file on a real server."""
+workflow is a list of nodes with their links; widgets_values follow each
+node's INPUT_TYPES order (required, then optional), with the extra "control
+after generate" value after seed widgets.  The test suite validates every file
+against the live /object_info, converts it and executes it on a real server.
+
+Model names are the published files (the tests map them to tiny checkpoints of
+the same architecture)."""
 from __future__ import annotations
 
 import json
@@ -11,81 +16,475 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(HERE), "workflows")
 
+P = "InfScale_"
+CLIP_L14 = "ViT-L-14-openai.safetensors"      # open_clip_model.safetensors of timm/vit_large_patch14_clip_224.openai
+AESTHETIC = "sac+logos+ava1-l14-linearMSE.pth"  # LAION improved aesthetic predictor head
+IMAGEREWARD = "ImageReward"                     # folder: ImageReward.pt, med_config.json, vocab.txt
+SD15 = "v1-5-pruned-emaonly.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+SD35M = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"  # Comfy-Org's single-file SD3.5 medium
+
+# column x positions, so every workflow reads left to right
+X = [0, 380, 760, 1180, 1600]
+
+SEARCH_OUTPUTS = [("image", "IMAGE"), ("latent", "LATENT"), ("top_k_images", "IMAGE"),
+                  ("scores", "INFSCALE_SCORES"), ("winner_noise", "LATENT"), ("best_seed", "INT"),
+                  ("noise", "NOISE")]
+SEARCH_INPUTS = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                 ("latent", "LATENT"), ("vae", "VAE"), ("verifier", "INFSCALE_VERIFIER"),
+                 ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("strategy", "INFSCALE_STRATEGY"),
+                 ("guider", "GUIDER")]
+
 
 class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
 
-    def node(self, type_, pos, widgets=(), inputs=(), outputs=(), size=(320, 120)):
+    def node(self, type_, pos, widgets=(), inputs=(), outputs=(), size=(320, 120), title=None):
         nid = len(self.nodes) + 1
-        self.nodes.append({"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
-                           "order": nid - 1, "mode": 0,
-                           "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
-                           "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
-                                       for i, (n, t) in enumerate(outputs)],
-                           "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)})
+        n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
+             "order": nid - 1, "mode": 0,
+             "inputs": [{"name": i[0], "type": i[1], "link": None} for i in inputs],
+             "outputs": [{"name": o, "type": t, "links": [], "slot_index": i} for i, (o, t) in enumerate(outputs)],
+             "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title:
+            n["title"] = title
+        if type_ in ("Note", "MarkdownNote"):
+            n["properties"] = {}
+            n["color"], n["bgcolor"] = "#432", "#653"
+        self.nodes.append(n)
         return nid
 
-    def link(self, src, src_slot, dst, dst_input):
+    def out(self, nid, name):
+        outs = self.nodes[nid - 1]["outputs"]
+        return nid, [o["name"] for o in outs].index(name)
+
+    def link(self, src, dst, dst_input):
+        """src: (node id, output slot) or (node id, output name)."""
+        nid, slot = src
+        if isinstance(slot, str):
+            nid, slot = self.out(nid, slot)
         lid = len(self.links) + 1
-        s, d = self.nodes[src - 1], self.nodes[dst - 1]
-        slot = [i["name"] for i in d["inputs"]].index(dst_input)
-        typ = s["outputs"][src_slot]["type"]
-        d["inputs"][slot]["link"] = lid
-        s["outputs"][src_slot]["links"].append(lid)
-        self.links.append([lid, src, src_slot, dst, slot, typ])
+        s, d = self.nodes[nid - 1], self.nodes[dst - 1]
+        names = [i["name"] for i in d["inputs"]]
+        dslot = names.index(dst_input)
+        typ = s["outputs"][slot]["type"]
+        d["inputs"][dslot]["link"] = lid
+        s["outputs"][slot]["links"].append(lid)
+        self.links.append([lid, nid, slot, dst, dslot, typ])
+
+    def widget_input(self, nid, name, typ):
+        """Turn widget ``name`` of node ``nid`` into an input (to connect a PrimitiveNode to it)."""
+        self.nodes[nid - 1]["inputs"].append({"name": name, "type": typ, "link": None, "widget": {"name": name}})
+
+    def note(self, pos, text, size=(360, 300), markdown=False):
+        return self.node("MarkdownNote" if markdown else "Note", pos, [text], size=size, title="Read me")
 
     def dump(self, name):
         wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-              "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+              "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}},
+              "version": 0.4}
         os.makedirs(OUT, exist_ok=True)
         with open(os.path.join(OUT, name), "w") as f:
             json.dump(wf, f, indent=1)
             f.write("\n")
 
 
+# --------------------------------------------------------------------------- building blocks
+def checkpoint(g, name, pos=(X[0], 0)):
+    return g.node("CheckpointLoaderSimple", pos, [name], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                  size=(340, 100))
+
+
+def text_encoders(g, ckpt, positive, negative, x=X[1]):
+    pos = g.node("CLIPTextEncode", (x, 0), [positive], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(340, 140), title="Positive prompt")
+    neg = g.node("CLIPTextEncode", (x, 180), [negative], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(340, 110), title="Negative prompt")
+    g.link((ckpt, "CLIP"), pos, "clip")
+    g.link((ckpt, "CLIP"), neg, "clip")
+    return pos, neg
+
+
+def empty_latent(g, size, pos=(X[1], 330), batch=1, sd3=False):
+    return g.node("EmptySD3LatentImage" if sd3 else "EmptyLatentImage", pos, [size, size, batch],
+                  outputs=[("LATENT", "LATENT")], size=(340, 110))
+
+
+def clipscore(g, pos=(X[1], 480)):
+    return g.node(P + "CLIPScoreVerifierLoader", pos, ["ViT-L-14", CLIP_L14, "clipscore", False],
+                  outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 130))
+
+
+def search_loop(g, prompt, seed=0, candidates=16, top_k=4, sampler="euler", scheduler="normal", steps=20, cfg=7.0,
+                denoise=1.0, pos=(X[2], 0), title=None):
+    return g.node(P + "SearchLoop", pos,
+                  [prompt, seed, "randomize", candidates, top_k, sampler, scheduler, steps, cfg, denoise, 0],
+                  inputs=SEARCH_INPUTS, outputs=SEARCH_OUTPUTS, size=(380, 470), title=title)
+
+
+def wire_search(g, search, ckpt, pos, neg, latent, verifier, vae=None):
+    g.link((ckpt, "MODEL"), search, "model")
+    g.link((pos, 0), search, "positive")
+    g.link((neg, 0), search, "negative")
+    g.link((latent, 0), search, "latent")
+    g.link(vae or (ckpt, "VAE"), search, "vae")
+    g.link((verifier, 0), search, "verifier")
+
+
+def save_with_report(g, search, prefix, pos=(X[3], 0)):
+    n = g.node(P + "SaveSearchImage", pos, [prefix], inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES")],
+               size=(380, 400))
+    g.link((search, "image"), n, "images")
+    g.link((search, "scores"), n, "scores")
+    return n
+
+
+def ranked_grid(g, search, pos=(X[3], 440), columns=4):
+    grid = g.node(P + "RankedGrid", pos, [columns], inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES")],
+                  outputs=[("grid", "IMAGE")], size=(300, 80))
+    prev = g.node("PreviewImage", (pos[0], pos[1] + 120), [], inputs=[("images", "IMAGE")], size=(380, 320),
+                  title="Top k, ranked")
+    g.link((search, "top_k_images"), grid, "images")
+    g.link((search, "scores"), grid, "scores")
+    g.link((grid, 0), prev, "images")
+    return grid
+
+
+def score_plot(g, scores_src, pos=(X[4], 0)):
+    plot = g.node(P + "ScorePlot", pos, [640, 400], inputs=[("scores", "INFSCALE_SCORES"),
+                                                           ("scores_2", "INFSCALE_SCORES"),
+                                                           ("scores_3", "INFSCALE_SCORES")],
+                  outputs=[("plot", "IMAGE")], size=(300, 130))
+    prev = g.node("PreviewImage", (pos[0], pos[1] + 170), [], inputs=[("images", "IMAGE")], size=(380, 300),
+                  title="Best score vs NFEs")
+    g.link(scores_src, plot, "scores")
+    g.link((plot, 0), prev, "images")
+    return plot
+
+
+SEED_NOTE = ("The seed widget is set to *randomize*: with *increment* the next run would re-score N - 1 of this "
+             "run's candidates. Candidate i has seed `seed + i`; `best_seed` in a stock KSampler with the same "
+             "settings gives the winner's image.")
+CLIP_NOTE = (f"Verifier files go in `models/verifiers`: `{CLIP_L14}` (open_clip_model.safetensors of "
+             "timm/vit_large_patch14_clip_224.openai, renamed). The loader's `download_missing` fetches "
+             "published files when switched on (off by default).")
+
+
+# --------------------------------------------------------------------------- workflows
 def sd15_random_search():
     g = Graph()
-    ckpt = g.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"],
-                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
     prompt = "a photo of a red fox in the snow, golden hour"
-    pos = g.node("CLIPTextEncode", (360, 0), [prompt], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")])
-    neg = g.node("CLIPTextEncode", (360, 180), ["blurry, low quality"], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")])
-    lat = g.node("EmptyLatentImage", (360, 360), [512, 512, 1], outputs=[("LATENT", "LATENT")])
-    ver = g.node("InfScale_CLIPScoreVerifierLoader", (360, 520),
-                 ["ViT-L-14", "open_clip_model.safetensors", "clipscore"], outputs=[("verifier", "INFSCALE_VERIFIER")])
-    search = g.node("InfScale_SearchLoop", (740, 0),
-                    [prompt, 0, "randomize", 16, 4, "euler", "normal", 20, 7.0, 1.0, 0],
-                    inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                            ("latent", "LATENT"), ("vae", "VAE"), ("verifier", "INFSCALE_VERIFIER"),
-                            ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("strategy", "INFSCALE_STRATEGY"),
-                            ("guider", "GUIDER")],
-                    outputs=[("image", "IMAGE"), ("latent", "LATENT"), ("top_k_images", "IMAGE"),
-                             ("scores", "INFSCALE_SCORES"), ("winner_noise", "LATENT"), ("best_seed", "INT"),
-                             ("noise", "NOISE")], size=(360, 420))
-    save = g.node("SaveImage", (1140, 0), ["infscale_winner"], inputs=[("images", "IMAGE")], size=(320, 320))
-    topk = g.node("PreviewImage", (1140, 360), [], inputs=[("images", "IMAGE")], size=(320, 320))
-    js = g.node("InfScale_ScoresToJSON", (1140, 720), [], inputs=[("scores", "INFSCALE_SCORES")],
-                outputs=[("json", "STRING")])
-    g.node("Note", (0, 300), [
-        "Random search (best of N), Ma et al. 2025: SearchLoop samples `candidates` starting noises "
-        "(seeds seed ... seed+N-1) with this model and sampler, scores each decoded image with the verifier "
-        "against `prompt`, and re-renders the top_k at batch 1 exactly as a stock KSampler would: best_seed in "
-        "a KSampler gives the winner's image. N is the budget (N generations' worth of NFEs); the paper's "
-        "text-to-image runs use N up to 2880 NFEs / 30 steps = 96. The seed widget defaults to randomize: "
-        "'increment' would re-score N-1 old candidates. Put CLIP ViT-L/14 weights "
-        "(open_clip_model.safetensors from timm/vit_large_patch14_clip_224.openai) in models/verifiers."],
-        size=(320, 220))
-    for s, ss, d, di in [(ckpt, 1, pos, "clip"), (ckpt, 1, neg, "clip"), (ckpt, 0, search, "model"),
-                         (pos, 0, search, "positive"), (neg, 0, search, "negative"), (lat, 0, search, "latent"),
-                         (ckpt, 2, search, "vae"), (ver, 0, search, "verifier"), (search, 0, save, "images"),
-                         (search, 2, topk, "images"), (search, 3, js, "scores")]:
-        g.link(s, ss, d, di)
+    ckpt = checkpoint(g, SD15)
+    pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
+    lat = empty_latent(g, 512)
+    ver = clipscore(g)
+    search = search_loop(g, prompt, candidates=16, top_k=4)
+    wire_search(g, search, ckpt, pos, neg, lat, ver)
+    save = g.node("SaveImage", (X[3], 0), ["infscale_winner"], inputs=[("images", "IMAGE")], size=(380, 400))
+    g.link((search, "image"), save, "images")
+    ranked_grid(g, search)
+    js = g.node(P + "ScoresToJSON", (X[2], 520), [], inputs=[("scores", "INFSCALE_SCORES")],
+                outputs=[("json", "STRING")], size=(300, 60))
+    g.link((search, "scores"), js, "scores")
+    g.note((X[0], 160), "\n\n".join([
+        "RANDOM SEARCH (best of N), Ma et al. 2025, with Search Loop.",
+        "Search Loop samples `candidates` (N) starting noises with this model and sampler, decodes each, scores it "
+        "with the verifier against `prompt` and keeps the best; `top_k` re-renders the best k at batch 1 exactly "
+        "as a stock KSampler would. The budget is N full generations (N x steps NFEs).",
+        "Knobs: candidates = N (paper: up to 2880 NFEs, i.e. N = 96 at 30 steps; 16 here); top_k = how many "
+        "winners come back; sampler/scheduler/steps/cfg/denoise as in KSampler; micro_batch 0 = sized from "
+        "free VRAM. The prompt widget is what the verifier compares with (normally your prompt).",
+        "Verifier: CLIPScore (mode clipscore = 2.5 x max(cos, 0), Hessel et al. 2021), one of the paper's "
+        "verifiers. " + CLIP_NOTE, SEED_NOTE]), size=(340, 560))
     g.dump("sd15_random_search.json")
 
 
+def sdxl_ensemble_search():
+    g = Graph()
+    prompt = "an isometric illustration of a cosy library inside a tree, warm light"
+    ckpt = checkpoint(g, SDXL)
+    pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality, watermark")
+    lat = empty_latent(g, 1024)
+    clip = clipscore(g, (X[1], 480))
+    aes = g.node(P + "AestheticVerifierLoader", (X[1], 650), ["ViT-L-14", CLIP_L14, AESTHETIC, False],
+                 outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 150))
+    ir = g.node(P + "ImageRewardVerifierLoader", (X[1], 840), [IMAGEREWARD],
+                outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 80))
+    ens_inputs = [("verifier_1", "INFSCALE_VERIFIER")] + [(f"verifier_{i}", "INFSCALE_VERIFIER") for i in range(2, 7)]
+    ens = g.node(P + "VerifierEnsemble", (X[2], 560), ["mean_rank", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                 inputs=ens_inputs, outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 330))
+    g.link((clip, 0), ens, "verifier_1")
+    g.link((aes, 0), ens, "verifier_2")
+    g.link((ir, 0), ens, "verifier_3")
+    search = search_loop(g, prompt, candidates=16, top_k=4, sampler="dpmpp_2m", scheduler="karras", steps=30,
+                         cfg=6.0)
+    wire_search(g, search, ckpt, pos, neg, lat, ens)
+    save_with_report(g, search, "sdxl_ensemble")
+    ranked_grid(g, search)
+    g.note((X[0], 160), "\n\n".join([
+        "SDXL + VERIFIER ENSEMBLE (random search).",
+        "The ensemble is the paper's: each verifier ranks the N candidates (1 = worst ... N = best, ties share "
+        "the average rank) and the score is the weighted mean rank. Ma et al. 2025 found the ensemble the most "
+        "robust choice across benchmarks: single verifiers are 'hacked' by the search (e.g. aesthetic alone "
+        "drifts towards pretty but off-prompt images).",
+        "Knobs: Verifier Ensemble mode = mean_rank (the paper's) or zscore (keeps how much better, not just the "
+        "order); weight_i = each member's share (normalised); up to 6 members, chain ensembles for more. "
+        "Search Loop: candidates N (16 here; the paper goes to 2880 NFEs), top_k, and the usual KSampler "
+        "settings (SDXL base: ~30 steps, cfg 5-7, 1024 x 1024).",
+        "Files in models/verifiers: " + CLIP_L14 + " (CLIP ViT-L/14 OpenAI, shared by CLIPScore and the "
+        "aesthetic head), " + AESTHETIC + " (LAION improved aesthetic predictor), and a folder ImageReward/ "
+        "with ImageReward.pt + med_config.json (THUDM/ImageReward) + vocab.txt (bert-base-uncased).",
+        "Save Image with Search Metadata stores the whole report (seeds, every member's scores, NFEs) in the "
+        "PNG. " + SEED_NOTE]), size=(340, 660))
+    g.dump("sdxl_ensemble_search.json")
+
+
+def sd3_guider_search():
+    g = Graph()
+    prompt = "a glass teapot full of blooming flowers on a windowsill, morning light"
+    ckpt = checkpoint(g, SD35M)
+    pos, neg = text_encoders(g, ckpt, prompt, "")
+    lat = empty_latent(g, 1024, sd3=True)
+    ver = clipscore(g)
+    guider = g.node("CFGGuider", (X[1], 650), [4.5], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
+                                                              ("negative", "CONDITIONING")],
+                    outputs=[("GUIDER", "GUIDER")], size=(340, 100))
+    g.link((ckpt, "MODEL"), guider, "model")
+    g.link((pos, 0), guider, "positive")
+    g.link((neg, 0), guider, "negative")
+    sampler = g.node("KSamplerSelect", (X[1], 790), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
+    sched = g.node("BasicScheduler", (X[1], 890), ["sgm_uniform", 28, 1.0], inputs=[("model", "MODEL")],
+                   outputs=[("SIGMAS", "SIGMAS")], size=(340, 110))
+    g.link((ckpt, "MODEL"), sched, "model")
+    search = search_loop(g, prompt, candidates=8, top_k=2, steps=28, cfg=4.5, scheduler="sgm_uniform")
+    wire_search(g, search, ckpt, pos, neg, lat, ver)
+    g.link((guider, 0), search, "guider")
+    g.link((sampler, 0), search, "sampler")
+    g.link((sched, 0), search, "sigmas")
+    save_with_report(g, search, "sd3_guider")
+    ranked_grid(g, search)
+    g.note((X[0], 160), "\n\n".join([
+        "## SD3.5 with a GUIDER, SAMPLER and SIGMAS (current ComfyUI)",
+        "Search Loop accepts the custom-sampling trio: a **GUIDER** (here CFGGuider; BasicGuider + FluxGuidance "
+        "for FLUX), any **SAMPLER** and any **SIGMAS**. When connected they replace the KSampler widgets: the "
+        "guider replaces model/positive/negative/cfg, the SIGMAS replace steps/scheduler/denoise, the SAMPLER "
+        "replaces sampler_name. Flow models (SD3, FLUX) work like any other.",
+        "Knobs: candidates N (8 here; the paper's FLUX.1-dev runs used up to 2880 NFEs), top_k, the guider's cfg "
+        "(SD3.5 medium: ~4.5), the scheduler's steps (~28, sgm_uniform). The `noise` output replays the winner "
+        "exactly in a stock SamplerCustomAdvanced.",
+        "Model: " + SD35M + " (Comfy-Org's single file with CLIP-L/G and T5). " + CLIP_NOTE,
+        SEED_NOTE]), size=(340, 640), markdown=True)
+    g.dump("sd3_guider_search.json")
+
+
+def composable_random_search():
+    g = Graph()
+    prompt = "a watercolor painting of a lighthouse in a storm"
+    ckpt = checkpoint(g, SD15)
+    pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
+    count = 8
+    lat = empty_latent(g, 512, batch=count)
+    ver = clipscore(g, (X[3], 560))
+    noise = g.node(P + "NoiseCandidateGenerator", (X[1], 480), [0, "randomize", count, 0],
+                   outputs=[("noise", "NOISE")], size=(340, 130))
+    guider = g.node("CFGGuider", (X[2], 0), [7.0], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
+                                                            ("negative", "CONDITIONING")],
+                    outputs=[("GUIDER", "GUIDER")], size=(320, 100))
+    g.link((ckpt, "MODEL"), guider, "model")
+    g.link((pos, 0), guider, "positive")
+    g.link((neg, 0), guider, "negative")
+    sampler = g.node("KSamplerSelect", (X[2], 140), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(320, 60))
+    sched = g.node("BasicScheduler", (X[2], 240), ["normal", 20, 1.0], inputs=[("model", "MODEL")],
+                   outputs=[("SIGMAS", "SIGMAS")], size=(320, 110))
+    g.link((ckpt, "MODEL"), sched, "model")
+    sca = g.node("SamplerCustomAdvanced", (X[2], 390),
+                 inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                         ("latent_image", "LATENT")],
+                 outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], size=(320, 130))
+    for src, name in ((noise, "noise"), (guider, "guider"), (sampler, "sampler"), (sched, "sigmas"),
+                      (lat, "latent_image")):
+        g.link((src, 0), sca, name)
+    dec = g.node("VAEDecode", (X[3], 0), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")], size=(240, 50))
+    g.link((sca, "output"), dec, "samples")
+    g.link((ckpt, "VAE"), dec, "vae")
+    score = g.node(P + "VerifierScore", (X[3], 100), [prompt],
+                   inputs=[("images", "IMAGE"), ("verifier", "INFSCALE_VERIFIER"), ("noise", "NOISE")],
+                   outputs=[("scores", "INFSCALE_SCORES")], size=(340, 150))
+    g.link((dec, 0), score, "images")
+    g.link((ver, 0), score, "verifier")
+    g.link((noise, 0), score, "noise")
+    pick = g.node(P + "BestPick", (X[3], 300), [2],
+                  inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES"), ("latent", "LATENT"),
+                          ("noise", "NOISE")],
+                  outputs=[("best_image", "IMAGE"), ("best_latent", "LATENT"), ("top_k_images", "IMAGE"),
+                           ("best_index", "INT"), ("best_seed", "INT")], size=(340, 190))
+    g.link((dec, 0), pick, "images")
+    g.link((score, 0), pick, "scores")
+    g.link((sca, "output"), pick, "latent")
+    g.link((noise, 0), pick, "noise")
+    save = g.node(P + "SaveSearchImage", (X[4], 0), ["composable_winner"],
+                  inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES")], size=(380, 380))
+    g.link((pick, "best_image"), save, "images")
+    g.link((score, 0), save, "scores")
+    grid = g.node(P + "RankedGrid", (X[4], 420), [4], inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES")],
+                  outputs=[("grid", "IMAGE")], size=(300, 80))
+    g.link((dec, 0), grid, "images")
+    g.link((score, 0), grid, "scores")
+    prev = g.node("PreviewImage", (X[4], 540), [], inputs=[("images", "IMAGE")], size=(380, 320),
+                  title="All candidates, ranked")
+    g.link((grid, 0), prev, "images")
+    g.note((X[0], 160), "\n\n".join([
+        "## Composable random search (current ComfyUI)",
+        "Random search built from stock nodes: **Noise Candidate Generator** -> SamplerCustomAdvanced -> VAE "
+        "Decode -> **Verifier Score** -> **Best Pick**. It picks the same winner as Search Loop with the same "
+        "seed (tested).",
+        "Knobs: `count` = N candidates, sampled as ONE batch (VRAM grows with N) - the Empty Latent's batch_size "
+        "must be 1 or equal `count`; `offset` splits one search over several samplers (offset 0 and 8 with "
+        "count 8 = candidates 0-15). Best Pick `top_k` (<= count) returns the best k. Candidate i has seed "
+        "seed + offset + i, the same starting noise Search Loop and a batch-1 KSampler use, so `best_seed` in a "
+        "RandomNoise replays the winner at batch 1.",
+        "Paper default: random search is the paper's simplest and, on FLUX, strongest algorithm; budgets up "
+        "to 2880 NFEs. " + CLIP_NOTE]), size=(340, 600), markdown=True)
+    g.dump("composable_random_search.json")
+
+
+def img2img_search():
+    g = Graph()
+    prompt = "a detailed oil painting of a harbour town at dusk"
+    ckpt = checkpoint(g, SD15)
+    pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
+    img = g.node("LoadImage", (X[0], 820), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                 size=(340, 320))
+    enc = g.node("VAEEncode", (X[1], 330), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+                 outputs=[("LATENT", "LATENT")], size=(240, 50))
+    g.link((img, "IMAGE"), enc, "pixels")
+    g.link((ckpt, "VAE"), enc, "vae")
+    ver = clipscore(g)
+    search = search_loop(g, prompt, candidates=12, top_k=3, steps=25, denoise=0.6)
+    wire_search(g, search, ckpt, pos, neg, enc, ver)
+    save_with_report(g, search, "img2img_search")
+    ranked_grid(g, search, columns=3)
+    g.note((X[0], 160), "\n\n".join([
+        "IMAGE-TO-IMAGE SEARCH.",
+        "Load an image, encode it with the checkpoint's VAE and give Search Loop `denoise` < 1: each candidate "
+        "is a different noise added to the same image, denoised from part-way down the schedule, then scored. "
+        "Set Latent Noise Mask on the encoded latent turns it into inpainting search (the unmasked area stays "
+        "unchanged). Every strategy works with img2img.",
+        "Knobs: denoise (0.6 here: lower = closer to the input image, less room for the search to help); "
+        "candidates N (12 here); top_k; steps counts the full schedule, so a candidate costs about "
+        "steps x denoise NFEs. The input image's size sets the output size (multiples of 8).",
+        "Paper: Ma et al. 2025 search text-to-image; img2img is the same random search over the noise added to "
+        "the image. " + CLIP_NOTE, SEED_NOTE]), size=(340, 620))
+    g.dump("img2img_search.json")
+
+
+def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler="euler", candidates=8, steps=20,
+                      coarse=None, primitive_prompt=False, reroute_vae=False):
+    g = Graph()
+    prompt = "a macro photo of a dew-covered spider web at sunrise"
+    ckpt = checkpoint(g, SD15)
+    pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
+    lat = empty_latent(g, 512)
+    ver = clipscore(g)
+    strat = g.node(P + strategy_type, (X[1], 650), widgets, outputs=[("strategy", "INFSCALE_STRATEGY")],
+                   size=inputs_sizes)
+    last = strat
+    if coarse is not None:
+        c2f = g.node(P + "CoarseToFine", (X[1], 650 + inputs_sizes[1] + 40), list(coarse),
+                     inputs=[("strategy", "INFSCALE_STRATEGY")], outputs=[("strategy", "INFSCALE_STRATEGY")],
+                     size=(340, 110))
+        g.link((strat, 0), c2f, "strategy")
+        last = c2f
+    search = search_loop(g, prompt, candidates=candidates, top_k=1, sampler=sampler, steps=steps)
+    vae = None
+    if reroute_vae:
+        rr = g.node("Reroute", (X[2] - 30, 560), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
+        g.nodes[rr - 1]["properties"] = {"showOutputText": False, "horizontal": False}
+        g.link((ckpt, "VAE"), rr, "")
+        vae = (rr, 0)
+    wire_search(g, search, ckpt, pos, neg, lat, ver, vae=vae)
+    g.link((last, 0), search, "strategy")
+    if primitive_prompt:  # one prompt for the text encoder and the verifier
+        prim = g.node("PrimitiveNode", (X[0], -200), [prompt], outputs=[("STRING", "STRING")], size=(340, 140),
+                      title="Prompt")
+        g.nodes[prim - 1]["outputs"][0]["widget"] = {"name": "text"}
+        g.nodes[prim - 1]["properties"] = {"Run widget replace on values": False}
+        g.widget_input(pos, "text", "STRING")
+        g.widget_input(search, "prompt", "STRING")
+        g.link((prim, 0), pos, "text")
+        g.link((prim, 0), search, "prompt")
+    save_with_report(g, search, name)
+    score_plot(g, (search, "scores"))
+    g.note((X[0], 160), note, size=(340, 620))
+    g.dump(name + ".json")
+
+
+def zero_order_search():
+    strategy_workflow("zero_order_search", "ZeroOrderStrategy", [2, 0.95, 0], (340, 130), "\n\n".join([
+        "ZERO-ORDER SEARCH (ZO-N), Ma et al. 2025.",
+        "A pivot noise and N neighbours on the sphere around it (same norm, cosine t to the pivot). Each round "
+        "scores the neighbours; the best becomes the new pivot only if it beats the current one, otherwise the "
+        "pivot stays and fresh neighbours are drawn. Rounds continue until the NFE budget is spent.",
+        "Knobs: neighbours N (paper: 2 for text-to-image); cosine t (0.95 as in the authors' tt-scale-flux; "
+        "LARGER t = SMALLER step, smaller t = closer to random search); budget_nfe 0 = Search Loop's "
+        "candidates x steps (here 8 x 20 = 160 NFEs, the cost of random search over 8 noises).",
+        "Score vs NFE Plot draws the best score so far against NFEs spent: connect a second search's scores to "
+        "scores_2 to compare strategies at equal budget. Zero-order winners are noises, not seeds: feed the "
+        "`noise` output to SamplerCustomAdvanced to replay one.", CLIP_NOTE]))
+
+
+def paths_search():
+    strategy_workflow("paths_search", "PathsStrategy", [2, 2, 0.11, 0.78, 0.81, 0], (340, 210), "\n\n".join([
+        "SEARCH OVER PATHS (Paths-N), Ma et al. 2025.",
+        "N noises are denoised to the start level; then, repeatedly, each path is re-noised M times forward by "
+        "delta_f and denoised back by delta_b (> delta_f, so every round makes progress), the x0-predictions are "
+        "scored and the best N paths kept, until the schedule ends.",
+        "Knobs and the paper's defaults: paths N = 2, noises_per_path M = 2, start_level 0.11, forward 0.78, "
+        "backward 0.81. Levels are fractions of the model's own noise timeline (1 = pure noise, 0 = clean) "
+        "mapped onto your schedule, so they work with any scheduler. budget_nfe 0 = candidates x steps.",
+        "Needs a single-step sampler (euler, euler_ancestral, heun, dpm_2, dpmpp_sde, ddim, lcm ...): multistep "
+        "samplers (dpmpp_2m, uni_pc ...) are refused, since a restart would drop their history.", CLIP_NOTE]),
+        sampler="euler", reroute_vae=True)
+
+
+def particle_search():
+    strategy_workflow("particle_search", "ParticleStrategy", [4, "max", 10.0, 5, 0.5, 0], (340, 210),
+                      "\n\n".join([
+        "PARTICLE RESAMPLING (FK steering, Singhal et al. 2025).",
+        "k particles are sampled together with a stochastic sampler; every `interval` steps their "
+        "x0-predictions are scored and the particles resampled by their potentials, so compute moves to "
+        "promising ones.",
+        "Knobs: particles k (4 here); potential max / difference / sum / current (FK steering's 'max' by "
+        "default); lam = temperature lambda (10; 0 = no selection, larger = greedier); interval (5 steps); "
+        "ess_threshold (0.5 = resample only when the effective sample size falls below k/2; 0 = every time); "
+        "budget_nfe 0 = candidates x steps.",
+        "Needs a stochastic sampler (euler_ancestral here, or dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, "
+        "lcm, ddpm): copies of one particle must diverge.", CLIP_NOTE]),
+        sampler="euler_ancestral", candidates=4)
+
+
+def coarse_to_fine_search():
+    strategy_workflow("coarse_to_fine_search", "ZeroOrderStrategy", [2, 0.95, 0], (340, 130), "\n\n".join([
+        "COARSE TO FINE (zero-order search at few steps, finalists at full steps).",
+        "Coarse to Fine wraps a noise-level strategy (random, zero-order or evolution; none connected = random "
+        "search): the search runs at `coarse_steps` per candidate, then the best `finalists` are re-rendered at "
+        "Search Loop's full step count, scored again and ranked. Fewer NFEs per candidate is the main lever "
+        "where batching buys nothing (FLUX-size models).",
+        "Knobs: coarse_steps (8) and finalists (4), the pack's defaults; the inner Zero-Order node keeps the "
+        "paper's N = 2 neighbours and cosine 0.95. The budget (budget_nfe 0 = candidates x full steps) "
+        "covers both the coarse search and the re-renders.",
+        "The Prompt node (a primitive) feeds both the text encoder and Search Loop's verifier prompt, so they "
+        "cannot drift apart.", CLIP_NOTE]),
+        candidates=16, coarse=(8, 4), primitive_prompt=True)
+
+
+ALL = [sd15_random_search, sdxl_ensemble_search, sd3_guider_search, composable_random_search, img2img_search,
+       zero_order_search, paths_search, particle_search, coarse_to_fine_search]
+
+
 if __name__ == "__main__":
-    sd15_random_search()
-    print("wrote", OUT)
+    for make in ALL:
+        make()
+    print("wrote", len(ALL), "workflows to", OUT)
