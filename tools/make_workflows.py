@@ -119,7 +119,7 @@ def clipscore(g, pos=(X[1], 480)):
 def search_loop(g, prompt, seed=0, candidates=16, top_k=4, sampler="euler", scheduler="normal", steps=20, cfg=7.0,
                 denoise=1.0, pos=(X[2], 0), title=None):
     return g.node(P + "SearchLoop", pos,
-                  [prompt, seed, "randomize", candidates, top_k, sampler, scheduler, steps, cfg, denoise, 0],
+                  [prompt, seed, "randomize", candidates, top_k, sampler, scheduler, steps, cfg, denoise, 0, True],
                   inputs=SEARCH_INPUTS, outputs=SEARCH_OUTPUTS, size=(380, 470), title=title)
 
 
