@@ -18,7 +18,8 @@ def _font(size: int):
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    a = (image.detach().cpu().float().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    # exactly as ComfyUI's Save Image converts (scale, clip, truncate), so pixels match its files
+    a = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
     return Image.fromarray(a)
 
 

@@ -94,30 +94,50 @@ def _latent_graph_inputs(comfy, name, tensor):
                                 path)
 
 
-def test_img2img_and_inpainting_with_paths(comfy):
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_img2img_inpainting_with_every_strategy(comfy, name):
+    """denoise 0.8 on an encoded latent with a noise mask over the top half:
+    image-to-image and inpainting at once; the unmasked half must come out unchanged."""
     torch.manual_seed(0)
     original = torch.randn(1, 4, 8, 8) * 0.5
     _latent_graph_inputs(comfy, "orig.latent", original)
-    for denoise, masked in ((0.6, False), (1.0, True)):
-        g = search_graph(seed=5, candidates=2, top_k=1, steps=6, denoise=denoise, prefix=f"i2i_{masked}")
-        g["30"] = {"class_type": "LoadLatent", "inputs": {"latent": "orig.latent"}}
-        src = ["30", 0]
-        if masked:
-            g["31"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}}
-            g["32"] = {"class_type": "MaskComposite", "inputs": {
-                "destination": ["33", 0], "source": ["31", 0], "x": 0, "y": 0, "operation": "add"}}
-            g["33"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
-            g["34"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": src, "mask": ["32", 0]}}
-            src = ["34", 0]
-        g["6"]["inputs"]["latent"] = src
-        g = with_strategy(g, "paths")
-        entry = comfy.run_ok(g)
-        item = entry["outputs"]["9"]["latents"][0]
-        out = safetensors.torch.load_file(comfy.output_file(item))["latent_tensor"]
-        assert out.shape == original.shape
-        if masked:  # the unmasked bottom half keeps the original latent
-            assert torch.allclose(out[..., 4:, :], original[..., 4:, :], atol=1e-3)
-            assert not torch.allclose(out[..., :4, :], original[..., :4, :], atol=1e-2)
+    sampler = "euler_ancestral" if name == "particles" else "euler"
+    g = search_graph(seed=5, candidates=3, top_k=1, steps=6, denoise=0.8, sampler=sampler, prefix=f"inpaint_{name}")
+    g["30"] = {"class_type": "LoadLatent", "inputs": {"latent": "orig.latent"}}
+    g["31"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}}
+    g["33"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    g["32"] = {"class_type": "MaskComposite", "inputs": {
+        "destination": ["33", 0], "source": ["31", 0], "x": 0, "y": 0, "operation": "add"}}
+    g["34"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["30", 0], "mask": ["32", 0]}}
+    g["6"]["inputs"]["latent"] = ["34", 0]
+    g = with_strategy(g, name, {"budget_nfe": 0} if name == "random" else None)
+    entry = comfy.run_ok(g)
+    out = safetensors.torch.load_file(comfy.output_file(entry["outputs"]["9"]["latents"][0]))["latent_tensor"]
+    assert out.shape == original.shape
+    assert torch.allclose(out[..., 4:, :], original[..., 4:, :], atol=1e-3)  # kept
+    assert not torch.allclose(out[..., :4, :], original[..., :4, :], atol=1e-2)  # repainted
+    rep = report_of(entry)
+    assert rep["algorithm"] == name and rep["nfe_total"] <= 3 * 5  # 6 steps at denoise 0.8 = 5 steps
+
+
+def test_strategy_with_guider_and_custom_sigmas(comfy):
+    if not (comfy.has_node("CFGGuider") and comfy.has_node("KSamplerSelect")):
+        pytest.skip(f"this ComfyUI ({comfy.version}) lacks CFGGuider (GUIDER arrived after the 2024 host); "
+                    "runs on current ComfyUI")
+    for name in ("paths", "zero_order"):
+        g = search_graph(seed=8, candidates=4, top_k=1, steps=4, prefix=f"guided_{name}")
+        g["40"] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0],
+                                                        "negative": ["3", 0], "cfg": 5.0}}
+        g["41"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        g["42"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 5,
+                                                              "denoise": 1.0}}
+        g["6"]["inputs"].update(guider=["40", 0], sampler=["41", 0], sigmas=["42", 0])
+        cls, params = STRATEGIES[name]
+        g["43"] = {"class_type": PREFIX + cls, "inputs": dict(params)}
+        g["6"]["inputs"]["strategy"] = ["43", 0]
+        rep = report_of(comfy.run_ok(g))
+        assert rep["settings"]["mode"] == "guider" and rep["settings"]["steps"] == 5
+        assert 0 < rep["nfe_total"] <= 4 * 5
 
 
 def test_exact_winner_off_skips_the_batch_1_rerender(comfy):
