@@ -6,10 +6,13 @@ ComfyUI's comfyui-frontend-package), and through the app's own code
 - loads every workflow in workflows/ with ``app.loadGraphData`` and sees no
   missing node types (the app's own list, passed to extensions'
   ``afterConfigureGraph``), no dialog or toast (missing nodes, missing models,
-  schema validation, link fixes), no node drawn in error;
-- queues it with ``app.queuePrompt`` (the editor's own graph→prompt
-  conversion, tiny models and sizes) and sees the server accept it with no
-  validation error and run it without an execution error.
+  schema validation, link fixes), no node drawn in error, no node drawn over
+  another once the editor has sized them; the editor's own graph→prompt
+  conversion equals tools/ui_to_api.py's;
+- presses Run (``app.queuePrompt``): the prompt the editor sends, model names
+  mapped to tiny files and sizes shrunk on the way (a Playwright route), is
+  accepted by the server with no validation error and runs without an
+  execution error.
 
 Needs Chromium at $INFSCALE_CHROMIUM (default /usr/bin/chromium; Debian
 package `chromium`) and the `playwright` pip package (no browser download: it
@@ -24,6 +27,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -36,12 +40,24 @@ SCREENSHOTS = os.environ.get("INFSCALE_SCREENSHOTS")
 # probes) on a closed machine; headless needs no GPU nor sandbox in a container.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-TINY = {"v1-5-pruned-emaonly.safetensors": "tiny-sd15.safetensors",
-        "open_clip_model.safetensors": "tiny-clip.safetensors"}
 # widget values that keep a queued workflow cheap on CPU (as test_workflows does)
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64},
          "InfScale_SearchLoop": {"candidates": 3, "top_k": 1, "steps": 3}}
 UI_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from comfy_server import execution_error  # noqa: E402
+from test_workflows import TINY  # noqa: E402  (published file names -> tiny test files)
+from ui_to_api import ui_to_api  # noqa: E402
+
+try:  # test_workflows' own sizes for queued workflows, where it has them
+    from test_workflows import shrink  # noqa: E402
+except ImportError:
+    shrink = None
+try:  # and its fixture that puts the tiny SDXL / SD3 checkpoints on the server
+    from test_workflows import server  # noqa: E402,F401
+except ImportError:
+    server = None
 
 if not os.path.isfile(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set INFSCALE_CHROMIUM)",
@@ -77,30 +93,14 @@ LOAD_JS = """async (wf) => {
     await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
     const nodes = app.graph.nodes || app.graph._nodes;
     return {missing: window.__infscale.missing,
-            nodes: nodes.map(n => ({id: n.id, type: n.type, has_errors: !!n.has_errors}))};
-}"""
-
-SET_WIDGETS_JS = """(small) => {
-    for (const n of (app.graph.nodes || app.graph._nodes)) {
-        for (const [name, value] of Object.entries(small[n.type] || {})) {
-            const w = (n.widgets || []).find(w => w.name === name);
-            if (w) w.value = value;
-        }
-    }
+            nodes: nodes.map(n => ({id: n.id, type: n.type, has_errors: !!n.has_errors, title: n.title,
+                                    box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT,
+                                          n.size[0], n.size[1] + LiteGraph.NODE_TITLE_HEIGHT]}))};
 }"""
 
 CLOSE_JS = """() => {
     if (app.ui && app.ui.dialog && app.ui.dialog.close) app.ui.dialog.close();
 }"""
-
-
-def _rename(wf: dict) -> dict:
-    wf = json.loads(json.dumps(wf))
-    for n in wf["nodes"]:
-        vals = n.get("widgets_values")
-        if isinstance(vals, list):
-            n["widgets_values"] = [TINY.get(v, v) if isinstance(v, str) else v for v in vals]
-    return wf
 
 
 class Editor:
@@ -188,38 +188,128 @@ def _close_dialogs(editor):
         editor.page.wait_for_timeout(300)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
-def test_workflow_loads_and_queues_in_editor(comfy, editor, path):
-    wf = json.load(open(path))
-    types = {n["type"] for n in wf["nodes"]}
-    lacking = sorted(t for t in types - UI_ONLY if not comfy.has_node(t))
-    if any(not t.startswith("InfScale_") for t in lacking):
+def _skip_if_host_lacks(comfy, wf):
+    lacking = sorted({n["type"] for n in wf["nodes"]} - UI_ONLY - set(comfy.object_info()))
+    if lacking and not any(t.startswith("InfScale_") for t in lacking):
         pytest.skip(f"this ComfyUI ({comfy.version}) lacks stock nodes {lacking}")
-    editor.errors.clear()
 
-    # 1. load as shipped: what a user who opens the file sees
+
+def _overlaps(nodes: list) -> list:
+    """Pairs of nodes whose boxes (title bar included), as the editor laid them
+    out, intersect: the editor grows a node to fit its widgets, so a saved size
+    that is too small puts it over its neighbour."""
+    out = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["box"], b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                out.append(f"{a['title']} #{a['id']} / {b['title']} #{b['id']}")
+    return out
+
+
+def _with_defaults(prompt: dict, info: dict) -> dict:
+    """class_type and inputs per node as the server reads them: an optional widget
+    left out filled with its default (the editor sends it, the converter may not),
+    inputs the node does not declare dropped (the 2024 editor sends LoadImage's
+    upload button as `upload: "image"`; the server ignores it)."""
+    out = {}
+    for nid, node in prompt.items():
+        spec_in = info[node["class_type"]]["input"]
+        declared = {**spec_in.get("required", {}), **spec_in.get("optional", {})}
+        inputs = {k: v for k, v in node["inputs"].items() if k in declared}
+        for name, spec in spec_in.get("optional", {}).items():
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if name not in inputs and "default" in opts:
+                inputs[name] = opts["default"]
+        out[nid] = (node["class_type"], inputs)
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflow_loads_in_editor(comfy, editor, path):
+    """Loaded as shipped, what a user who opens the file sees; and the editor's
+    own graph->prompt conversion equals tools/ui_to_api.py's, whose output
+    test_workflows.py validates and runs."""
+    wf = json.load(open(path))
+    _skip_if_host_lacks(comfy, wf)
+    editor.errors.clear()
     got = editor.evaluate(LOAD_JS, wf)
     shown = editor.evaluate(VISIBLE_JS)
     assert got["missing"] == [], f"missing node types: {got['missing']}; on screen: {shown}"
     assert not shown, f"dialogs/toasts after loading {os.path.basename(path)}: {shown}"
     assert sorted(n["id"] for n in got["nodes"]) == sorted(n["id"] for n in wf["nodes"])
     assert not [n for n in got["nodes"] if n["has_errors"]], got["nodes"]
+    overlaps = _overlaps(got["nodes"])
+    assert not overlaps, f"nodes drawn over each other once the editor sized them: {overlaps}"
+    info = comfy.object_info()
+    editors = _with_defaults(editor.evaluate("async () => (await app.graphToPrompt()).output"), info)
+    ours = _with_defaults(ui_to_api(wf, info), info)
+    assert editors == ours
+    assert not editor.errors, editor.errors
     if SCREENSHOTS and editor.current_frontend and os.path.basename(path) == "sd15_random_search.json":
         _workflow_screenshot(editor, wf, "sd15_random_search")
         _tooltip_screenshot(editor)
 
-    # 2. queue through the editor (tiny models, small sizes): the server validates its prompt
-    got = editor.evaluate(LOAD_JS, _rename(wf))
-    assert got["missing"] == []
-    editor.evaluate(SET_WIDGETS_JS, SMALL)
-    with editor.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
-                                timeout=60_000) as resp:
-        editor.evaluate("() => { app.queuePrompt(0, 1); }")
-    body = resp.value.json()
-    assert resp.value.status == 200, f"prompt refused: {json.dumps(body)[:3000]}"
-    assert not body.get("node_errors"), f"validation errors: {json.dumps(body['node_errors'])[:3000]}"
+
+def _cheap(prompt: dict) -> dict:
+    """The editor's prompt with tiny model files and small sizes: only values change."""
+    for node in prompt.values():
+        for k, v in node["inputs"].items():
+            if isinstance(v, str) and v in TINY:
+                node["inputs"][k] = TINY[v]
+    if shrink is not None:
+        return shrink(prompt)
+    for node in prompt.values():
+        for k, v in SMALL.get(node["class_type"], {}).items():
+            if k in node["inputs"]:
+                node["inputs"][k] = v
+    return prompt
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflow_queued_from_editor(comfy, editor, path, request):
+    """Run pressed in the editor: the server finds no validation error in the
+    prompt the editor sends (model names mapped to tiny files, sizes shrunk on
+    the way) and runs it."""
+    wf = json.load(open(path))
+    _skip_if_host_lacks(comfy, wf)
+    if server is not None:
+        request.getfixturevalue("server")
+    for n in wf["nodes"]:  # img2img: the input image the workflow names
+        if n["type"] == "LoadImage" and n.get("mode", 0) == 0:
+            img = os.path.join(comfy.input_dir, n["widgets_values"][0])
+            if not os.path.exists(img):
+                from PIL import Image
+                Image.new("RGB", (64, 64), (200, 120, 40)).save(img)
+    info = comfy.get("/object_info")  # file lists may have grown since
+    for node in ui_to_api(wf, info).values():
+        for name, v in node["inputs"].items():
+            if isinstance(v, str) and v in TINY:
+                spec = {**info[node["class_type"]]["input"].get("required", {}),
+                        **info[node["class_type"]]["input"].get("optional", {})}.get(name)
+                choices = spec[0] if spec and isinstance(spec[0], list) else \
+                    (spec[1].get("options", []) if spec and len(spec) > 1 and isinstance(spec[1], dict) else [])
+                if TINY[v] not in choices:
+                    pytest.skip(f"no tiny stand-in {TINY[v]} for {v} on this server (test_workflows.py builds it)")
+    editor.errors.clear()
+    editor.evaluate(LOAD_JS, wf)
+
+    def rewrite(route):
+        body = json.loads(route.request.post_data)
+        body["prompt"] = _cheap(body["prompt"])
+        route.continue_(post_data=json.dumps(body))
+
+    editor.page.route("**/prompt", rewrite)
+    try:
+        with editor.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
+                                         timeout=60_000) as resp:
+            editor.evaluate("() => { app.queuePrompt(0, 1); }")
+        body = resp.value.json()
+    finally:
+        editor.page.unroute("**/prompt", rewrite)
+    assert resp.value.status == 200 and not body.get("node_errors"), \
+        f"validation errors: {json.dumps(body)[:3000]}"
     entry = comfy.wait(body["prompt_id"], timeout=600)
-    from comfy_server import execution_error
     assert execution_error(entry) is None, execution_error(entry)
     shown = editor.evaluate(VISIBLE_JS)
     assert not [s for s in shown if "rror" in s], shown
@@ -247,6 +337,8 @@ TIDY_JS = """async (name) => {
     await app.loadGraphData(window.__infscale.wf, true, true, name);
     const ws = ext.workflow;
     for (const w of [...ws.openWorkflows]) if (w !== ws.activeWorkflow) await ws.closeWorkflow(w);
+    // the whole graph, whatever view the file saved
+    if (ext.command && ext.command.execute) await ext.command.execute("Comfy.Canvas.FitView");
     return true;
 }"""
 
