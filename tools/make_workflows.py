@@ -120,7 +120,7 @@ def search_loop(g, prompt, seed=0, candidates=16, top_k=4, sampler="euler", sche
                 denoise=1.0, pos=(X[2], 0), title=None):
     return g.node(P + "SearchLoop", pos,
                   [prompt, seed, "randomize", candidates, top_k, sampler, scheduler, steps, cfg, denoise, 0, True],
-                  inputs=SEARCH_INPUTS, outputs=SEARCH_OUTPUTS, size=(380, 470), title=title)
+                  inputs=SEARCH_INPUTS, outputs=SEARCH_OUTPUTS, size=(380, 600), title=title)
 
 
 def wire_search(g, search, ckpt, pos, neg, latent, verifier, vae=None):
@@ -184,7 +184,7 @@ def sd15_random_search():
     save = g.node("SaveImage", (X[3], 0), ["infscale_winner"], inputs=[("images", "IMAGE")], size=(380, 400))
     g.link((search, "image"), save, "images")
     ranked_grid(g, search)
-    js = g.node(P + "ScoresToJSON", (X[2], 520), [], inputs=[("scores", "INFSCALE_SCORES")],
+    js = g.node(P + "ScoresToJSON", (X[2], 660), [], inputs=[("scores", "INFSCALE_SCORES")],
                 outputs=[("json", "STRING")], size=(300, 60))
     g.link((search, "scores"), js, "scores")
     g.note((X[0], 160), "\n\n".join([
@@ -212,7 +212,7 @@ def sdxl_ensemble_search():
     ir = g.node(P + "ImageRewardVerifierLoader", (X[1], 840), [IMAGEREWARD],
                 outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 80))
     ens_inputs = [("verifier_1", "INFSCALE_VERIFIER")] + [(f"verifier_{i}", "INFSCALE_VERIFIER") for i in range(2, 7)]
-    ens = g.node(P + "VerifierEnsemble", (X[2], 560), ["mean_rank", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ens = g.node(P + "VerifierEnsemble", (X[2], 660), ["mean_rank", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
                  inputs=ens_inputs, outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 330))
     g.link((clip, 0), ens, "verifier_1")
     g.link((aes, 0), ens, "verifier_2")
@@ -400,7 +400,7 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
     search = search_loop(g, prompt, candidates=candidates, top_k=1, sampler=sampler, steps=steps)
     vae = None
     if reroute_vae:
-        rr = g.node("Reroute", (X[2] - 30, 560), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
+        rr = g.node("Reroute", (X[2] - 30, 640), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
         g.nodes[rr - 1]["properties"] = {"showOutputText": False, "horizontal": False}
         g.link((ckpt, "VAE"), rr, "")
         vae = (rr, 0)
