@@ -100,12 +100,16 @@ def main(argv=None):
     ap.add_argument("--diffusion-steps", type=int, default=0,
                     help="training steps of the diffusion model (default 2000; fewer = an undertrained model "
                          "with more headroom for search)")
+    ap.add_argument("--budgets", default="",
+                    help="comma-separated NFE budgets (default 20,80,320,1280; smoke 20,80)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
     smoke = args.smoke
     prompts = args.prompts or (20 if smoke else 500)
     budgets = [20, 80] if smoke else [20, 80, 320, 1280]
+    if args.budgets:
+        budgets = [int(b) for b in args.budgets.split(",")]
     diff_steps, clf_steps = (150, 150) if smoke else (2000, 800)
     diff_steps = args.diffusion_steps or diff_steps
     log = print
