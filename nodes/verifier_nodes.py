@@ -66,14 +66,18 @@ def clip_part(arch: str, path: str):
 CLIP_DEFAULT = "ViT-L-14-openai.safetensors"
 
 
-class CLIPScoreVerifierLoader:
-    DESCRIPTION = ("CLIPScore verifier: cosine similarity of open_clip image and text embeddings, or CLIPScore "
-                   "(Hessel et al. 2021) = 2.5 * max(cos, 0). Weights come from models/verifiers.")
+class VerifierLoader:
+    """What every verifier loader node shares: one VERIFIER output, ``load``."""
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (VERIFIER,)
     RETURN_NAMES = ("verifier",)
     OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore / Verifier Ensemble.",)
+
+
+class CLIPScoreVerifierLoader(VerifierLoader):
+    DESCRIPTION = ("CLIPScore verifier: cosine similarity of open_clip image and text embeddings, or CLIPScore "
+                   "(Hessel et al. 2021) = 2.5 * max(cos, 0). Weights come from models/verifiers.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -109,15 +113,10 @@ class CLIPScoreVerifierLoader:
         return (cached(("clip", mode) + key, build),)
 
 
-class AestheticVerifierLoader:
+class AestheticVerifierLoader(VerifierLoader):
     DESCRIPTION = ("LAION improved aesthetic predictor: an MLP on the L2-normalised CLIP ViT-L/14 image embedding "
                    "(sac+logos+ava1-l14-linearMSE.pth). Scores about 1..10; ignores the prompt. Shares its CLIP "
                    "model with a CLIPScore verifier loading the same CLIP file.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (VERIFIER,)
-    RETURN_NAMES = ("verifier",)
-    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore / Verifier Ensemble.",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -5,9 +5,8 @@ import os
 from typing import Iterable, List, Optional
 
 from . import compat
-from .types import CATEGORY, VERIFIER
 from .verifier_host import HostVerifier, cached
-from .verifier_nodes import file_key, resolve_weights
+from .verifier_nodes import VerifierLoader, file_key, resolve_weights
 from ..verifiers import hps, image_reward, pick_score
 from ..verifiers.loading import missing_weights
 
@@ -58,17 +57,29 @@ def _folder_choices(markers, default):
 
 
 # --------------------------------------------------------------------------- nodes
-class ImageRewardVerifierLoader:
+class FolderVerifierLoader(VerifierLoader):
+    """A verifier read from a folder in models/verifiers: subclasses set KIND and
+    PUBLISHED and build the HostVerifier from the folder's path in ``build``."""
+    KIND = ""
+    PUBLISHED = ""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder):
+        if subfolder_path(folder) is None:
+            return str(missing_weights(f"{folder}/ (a folder)", compat.verifier_folders(), cls.PUBLISHED))
+        return True
+
+    def load(self, folder):
+        path = resolve_folder(folder, self.PUBLISHED)
+        return (cached((self.KIND,) + folder_key(path), lambda: self.build(path, folder)),)
+
+
+class ImageRewardVerifierLoader(FolderVerifierLoader):
     DESCRIPTION = ("ImageReward verifier (Xu et al. 2023): BLIP image-text model + MLP, trained on human preference "
                    "rankings. Score = standardised reward (reward - 0.1672) / 1.0333: about N(0, 1) on typical "
                    "generations, usually within [-2.5, 2.5], unbounded; higher is better. Reads a folder in "
                    "models/verifiers with ImageReward.pt, med_config.json (THUDM/ImageReward) and vocab.txt "
                    "(google-bert/bert-base-uncased).")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (VERIFIER,)
-    RETURN_NAMES = ("verifier",)
-    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -79,31 +90,18 @@ class ImageRewardVerifierLoader:
                 "huggingface.co/THUDM/ImageReward) and vocab.txt (from google-bert/bert-base-uncased)."))),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder):
-        if subfolder_path(folder) is None:
-            return str(missing_weights(f"{folder}/ (a folder)", compat.verifier_folders(), image_reward.PUBLISHED))
-        return True
+    KIND, PUBLISHED = "imagereward", image_reward.PUBLISHED
 
-    def load(self, folder):
-        path = resolve_folder(folder, image_reward.PUBLISHED)
-
-        def build():
-            model, tokenizer = image_reward.load_image_reward(path)
-            return HostVerifier(image_reward.ImageRewardVerifier(model, tokenizer), f"imagereward({folder})")
-        return (cached(("imagereward",) + folder_key(path), build),)
+    def build(self, path, folder):
+        model, tokenizer = image_reward.load_image_reward(path)
+        return HostVerifier(image_reward.ImageRewardVerifier(model, tokenizer), f"imagereward({folder})")
 
 
-class PickScoreVerifierLoader:
+class PickScoreVerifierLoader(FolderVerifierLoader):
     DESCRIPTION = ("PickScore verifier (Kirstain et al. 2023): CLIP-H/14 fine-tuned on Pick-a-Pic preferences. "
                    "Score = logit_scale.exp() * cos(image, text) = 100 * cosine for the published model, so in "
                    "[-100, 100], typically 18-24; higher is better. Reads a folder in models/verifiers with "
                    "yuvalkirstain/PickScore_v1 and the processor files of laion/CLIP-ViT-H-14-laion2B-s32B-b79K.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (VERIFIER,)
-    RETURN_NAMES = ("verifier",)
-    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -115,31 +113,18 @@ class PickScoreVerifierLoader:
                 "laion/CLIP-ViT-H-14-laion2B-s32B-b79K."))),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder):
-        if subfolder_path(folder) is None:
-            return str(missing_weights(f"{folder}/ (a folder)", compat.verifier_folders(), pick_score.PUBLISHED))
-        return True
+    KIND, PUBLISHED = "pickscore", pick_score.PUBLISHED
 
-    def load(self, folder):
-        path = resolve_folder(folder, pick_score.PUBLISHED)
-
-        def build():
-            model, tokenizer, settings = pick_score.load_pick_score(path)
-            return HostVerifier(pick_score.PickScoreVerifier(model, tokenizer, settings), f"pickscore({folder})")
-        return (cached(("pickscore",) + folder_key(path), build),)
+    def build(self, path, folder):
+        model, tokenizer, settings = pick_score.load_pick_score(path)
+        return HostVerifier(pick_score.PickScoreVerifier(model, tokenizer, settings), f"pickscore({folder})")
 
 
-class HPSVerifierLoader:
+class HPSVerifierLoader(VerifierLoader):
     DESCRIPTION = ("HPS v2 / v2.1 verifier (Human Preference Score, Wu et al. 2023): open_clip ViT-H-14 fine-tuned "
                    "on human preferences. Score = cos(image, text) of the normalised embeddings, in [-1, 1], "
                    "typically 0.2-0.35; higher is better. Weights: HPS_v2_compressed.pt or HPS_v2.1_compressed.pt "
                    "from xswu/HPSv2 in models/verifiers.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (VERIFIER,)
-    RETURN_NAMES = ("verifier",)
-    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore.",)
 
     @classmethod
     def INPUT_TYPES(cls):

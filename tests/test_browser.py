@@ -82,7 +82,8 @@ HOOK_JS = """() => {
 VISIBLE_JS = """() => {
     const sel = ".comfy-missing-nodes, .comfy-modal, .p-dialog, .p-toast-message, [role=dialog], [role=alert]";
     return Array.from(document.querySelectorAll(sel))
-        .filter(e => e.offsetParent !== null || getComputedStyle(e).position === "fixed" && getComputedStyle(e).display !== "none")
+        .filter(e => e.offsetParent !== null
+                     || getComputedStyle(e).position === "fixed" && getComputedStyle(e).display !== "none")
         .filter(e => e.innerText.trim())
         .map(e => e.className + ": " + e.innerText.trim().slice(0, 500));
 }"""
