@@ -147,9 +147,11 @@ class EvolutionStrategy(_StrategyNode):
 
 
 class CoarseToFine(_StrategyNode):
-    DESCRIPTION = ("Coarse-to-fine for any noise-level strategy (random, zero-order, evolution): search with fewer "
-                   "steps, then re-render the top-k finalists at the full step count, score them again and pick. "
-                   "Fewer NFEs per candidate is the main lever where batching buys nothing (FLUX-size models).")
+    DESCRIPTION = ("Coarse-to-fine for any strategy: search with fewer steps, then re-render the best finalists at "
+                   "the full step count, score them again and pick. Random, zero-order and evolution finalists are "
+                   "re-rendered from their starting noise; paths and particles replay their lineage (the same seed, "
+                   "re-noisings and sampler seeds at the same noise levels) on the full schedule. Fewer NFEs per "
+                   "candidate is the main lever where batching buys nothing (FLUX-size models).")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -18,22 +18,73 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from .common import TopK, check_budget, checked_scores, generation_nfe, payload, render
-from .host import SearchHost
+from .common import TopK, check_budget, checked_scores, derived_noise, generation_nfe, payload, render
+from .host import SearchHost, final_latents
 from .report import CandidateResult, SearchReport
 
 # inner(host, budget_nfe, top_k) -> (report, finalists)
 Inner = Callable[[SearchHost, int, int], Tuple[SearchReport, List[Dict[str, Any]]]]
 
 REPLAYABLE = ("random", "zero_order", "evolution")
+# algorithms whose finalists are replayed from their recipe (starting seed + the sampling / re-noising
+# steps of their lineage, as noise levels) on the full schedule
+RECIPE_REPLAYABLE = ("paths", "particles")
+
+
+def _replay_plan(host: SearchHost, recipe: Dict[str, Any]) -> List[Tuple[str, int, int]]:
+    """The recipe's operations as positions of ``host``'s schedule."""
+    plan, index = [], 0
+    for op, level, s in recipe["ops"]:
+        if op == "renoise":
+            target = min(int(host.index_at_level(float(level))), index)
+        else:
+            target = int(host.steps) if float(level) <= 0.0 else int(host.index_at_level(float(level)))
+            target = min(max(target, index + 1), int(host.steps))
+        plan.append((op, target, int(s)))
+        index = target
+    if index < int(host.steps):  # a recipe always ends clean; on a coarser/finer grid make sure
+        plan.append(("sample", int(host.steps), int(recipe["ops"][-1][2]) if recipe["ops"] else int(recipe["seed"])))
+    return plan
+
+
+def replay_cost(host: SearchHost, recipe: Dict[str, Any]) -> int:
+    cost, index = 0, 0
+    for op, target, _ in _replay_plan(host, recipe):
+        if op == "sample":
+            cost += int(host.nfe(index, target))
+        index = target
+    return cost
+
+
+def replay(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[torch.Tensor, int]:
+    """Re-makes a path/particle sample on ``host``'s schedule: the same starting
+    noise, re-noisings and sampler seeds, at the positions of the same noise levels."""
+    state = host.start(host.initial_noise([int(recipe["seed"])]))
+    nfe = 0
+    for op, target, s in _replay_plan(host, recipe):
+        if op == "renoise":
+            if target < state.index:
+                state = host.renoise(state, target, derived_noise(state.noise[0:1], [s]))
+        elif target > state.index:
+            start = state.index
+            state, _ = host.sample(state, target, [s])
+            nfe += int(host.nfe(start, target))
+    return final_latents(state), nfe
 
 
 def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_steps: int, budget_nfe: int,
-                   rerender: int = 0, top_k: int = 1, verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
+                   rerender: int = 0, top_k: int = 1, verifier: str = "verifier",
+                   replay_factor: float = 1.0) -> Tuple[SearchReport, List[Dict[str, Any]]]:
+    """``replay_factor``: a path/particle finalist's replay costs about this many
+    full generations (paths re-walk their re-noised stretches); the budget keeps
+    that much per finalist for the full-step stage."""
+    if algorithm in RECIPE_REPLAYABLE:
+        return _coarse_to_fine_recipes(host, inner, algorithm=algorithm, coarse_steps=coarse_steps,
+                                       budget_nfe=budget_nfe, rerender=rerender, top_k=top_k, verifier=verifier,
+                                       replay_factor=replay_factor)
     if algorithm not in REPLAYABLE:
-        raise ValueError(f"coarse-to-fine re-renders finalists from their starting noise, which '{algorithm}' does "
-                         f"not have (its samples are built along a path of re-noised or resampled states); use it "
-                         f"with one of: {', '.join(REPLAYABLE)}, or set coarse_steps to 0")
+        raise ValueError(f"coarse-to-fine does not know how to re-render '{algorithm}' finalists; use it with one "
+                         f"of: {', '.join(REPLAYABLE + RECIPE_REPLAYABLE)}, or set coarse_steps to 0")
     if not 1 <= coarse_steps < host.steps:
         raise ValueError(f"coarse_steps must be between 1 and the full step count minus one ({host.steps - 1}), "
                          f"got {coarse_steps}")
@@ -73,5 +124,62 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
     report.nfe_total = inner_report.nfe_total + nfe
     report.trace.append({"round": len(report.trace), "nfe": report.nfe_total, "best": max(scores), "full_steps": True})
     report.candidates = [results[i] for i in range(rerender)]
+    report.finalize()
+    return report, keep.finalists(results)
+
+
+def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, coarse_steps: int, budget_nfe: int,
+                            rerender: int, top_k: int, verifier: str, replay_factor: float):
+    if not 1 <= coarse_steps < host.steps:
+        raise ValueError(f"coarse_steps must be between 1 and the full step count minus one ({host.steps - 1}), "
+                         f"got {coarse_steps}")
+    full_gen = generation_nfe(host)
+    coarse = host.with_steps(int(coarse_steps))
+    per_replay = max(full_gen, int(round(full_gen * max(1.0, float(replay_factor)))))
+    if not rerender:
+        rerender = max(top_k, 2)
+    if not 1 <= top_k <= rerender:
+        raise ValueError(f"top_k must be between 1 and the number re-rendered at full steps ({rerender}), got {top_k}")
+    reserve = rerender * per_replay
+    coarse_budget = int(budget_nfe) - reserve
+    if coarse_budget <= 0:
+        raise ValueError(f"an NFE budget of {budget_nfe} is too small for coarse-to-fine {algorithm}: re-rendering "
+                         f"{rerender} finalist(s) at full steps needs about {reserve} NFEs before any coarse search; "
+                         "raise the budget or lower the number of finalists")
+    inner_report, inner_final = inner(coarse, coarse_budget, rerender)
+    if any("recipe" not in f for f in inner_final):
+        raise ValueError(f"coarse-to-fine: '{algorithm}' returned a finalist without its recipe")
+    spent = inner_report.nfe_total
+    latents, labels, costs, chosen = [], [], [], []
+    for i, f in enumerate(inner_final):
+        cost = replay_cost(host, f["recipe"])
+        if spent + cost > int(budget_nfe):
+            break
+        lat, nfe = replay(host, f["recipe"])
+        spent += nfe
+        latents.append(lat)
+        costs.append(nfe)
+        chosen.append(f)
+        labels.append(f"{f['result'].noise_id} (coarse rank {i + 1}, replayed at full steps)")
+    if len(chosen) < top_k:
+        raise ValueError(f"coarse-to-fine {algorithm}: the budget of {budget_nfe} NFEs left room to replay only "
+                         f"{len(chosen)} finalist(s) at full steps, fewer than top_k ({top_k}); raise the budget")
+    lat = torch.cat(latents)
+    scores = checked_scores(host.score(lat), len(chosen), labels, verifier)
+    report = SearchReport(algorithm=f"coarse_to_fine({algorithm})", top_k=top_k, verifier=verifier,
+                          nfe_per_generation=full_gen, rerender_nfe=sum(costs),
+                          settings={"coarse_steps": int(coarse_steps), "rerender": len(chosen),
+                                    "budget_nfe": int(budget_nfe), "coarse_nfe": inner_report.nfe_total,
+                                    "coarse_scores": [f["result"].score for f in chosen],
+                                    "coarse_report": inner_report.to_dict()})
+    keep = TopK(top_k)
+    results: Dict[int, CandidateResult] = {}
+    for i, f in enumerate(chosen):
+        results[i] = CandidateResult(index=i, seed=None, score=scores[i], nfe=costs[i], noise_id=labels[i])
+        keep.offer(scores[i], i, payload(lat[i:i + 1], None, None, f["recipe"]))
+    report.trace = [dict(t) for t in inner_report.trace]
+    report.nfe_total = spent
+    report.trace.append({"round": len(report.trace), "nfe": spent, "best": max(scores), "full_steps": True})
+    report.candidates = [results[i] for i in range(len(chosen))]
     report.finalize()
     return report, keep.finalists(results)

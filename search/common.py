@@ -7,6 +7,9 @@ A *finalist* is what every algorithm hands back, best first::
                single starting noise (paths, particles),
      "seed":   int keying the sampler's in-sampler randomness when re-rendered
                from ``noise`` (None with no noise),
+     "recipe": (paths, particles) how the sample was made, replayable on
+               another schedule: {"seed": starting seed, "ops": [("sample",
+               level, run seed) | ("renoise", level, noise seed), ...]},
      "result": its CandidateResult}
 
 ``CandidateResult.seed`` is set only when the starting noise is exactly
@@ -84,9 +87,18 @@ class TopK:
         return out
 
 
-def payload(latent: torch.Tensor, noise: Optional[torch.Tensor], seed: Optional[int]) -> Dict[str, Any]:
-    return {"latent": latent.detach().clone(), "noise": None if noise is None else noise.detach().clone(),
-            "seed": None if seed is None else int(seed)}
+def payload(latent: torch.Tensor, noise: Optional[torch.Tensor], seed: Optional[int],
+            recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    out = {"latent": latent.detach().clone(), "noise": None if noise is None else noise.detach().clone(),
+           "seed": None if seed is None else int(seed)}
+    if recipe is not None:
+        out["recipe"] = {"seed": int(recipe["seed"]), "ops": [tuple(op) for op in recipe["ops"]]}
+    return out
+
+
+def end_level(host: SearchHost, index: int) -> float:
+    """A schedule position as a noise level for a recipe: the end of the schedule is 0 exactly."""
+    return 0.0 if int(index) >= int(host.steps) else float(host.level(int(index)))
 
 
 def render(host: SearchHost, noises: torch.Tensor, seeds: Sequence[int]):

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .common import TAG_PARTICLES, TopK, check_budget, checked_scores, generation_nfe, payload
+from .common import TAG_PARTICLES, TopK, check_budget, checked_scores, end_level, generation_nfe, payload
 from .host import SearchHost, check_stochastic, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .report import CandidateResult, SearchReport
@@ -96,6 +96,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: 
     origin = seeds_for(base, 0, k)
     state = host.start(host.initial_noise(origin))
     lineage = list(range(k))
+    recipes = [{"seed": s, "ops": []} for s in origin]  # replayable on another schedule (coarse-to-fine)
     logw = torch.zeros(k, dtype=torch.float64)
     prev = torch.zeros(k, dtype=torch.float64)
     run_max = torch.full((k,), -math.inf, dtype=torch.float64)
@@ -103,7 +104,10 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: 
     spent = 0
     for seg, end in enumerate(stops):
         start = state.index
-        state, x0 = host.sample(state, end, [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)])
+        run_seeds = [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)]
+        state, x0 = host.sample(state, end, run_seeds)
+        recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", end_level(host, end), rs)]}
+                   for r, rs in zip(recipes, run_seeds)]
         spent += k * host.nfe(start, end)
         if end == T:
             break
@@ -130,6 +134,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: 
             idx = resample_indices(torch.softmax(logw, 0), k, g, resampling)
             state = state.select(idx)
             lineage = [lineage[i] for i in idx]
+            recipes = [recipes[i] for i in idx]
             sel = torch.as_tensor(idx, dtype=torch.long)
             prev, run_max, run_sum = prev[sel], run_max[sel], run_sum[sel]
             logw = torch.zeros(k, dtype=torch.float64)
@@ -152,7 +157,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: 
     report.settings["distinct_final_samples"] = len(distinct)
     keep = TopK(top_k)
     for rank, i in enumerate(chosen):
-        keep.offer(-rank, i, payload(latents[i:i + 1], None, None))
+        keep.offer(-rank, i, payload(latents[i:i + 1], None, None, recipes[i]))
     report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent

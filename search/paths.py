@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from .common import TAG_PATHS, TopK, check_budget, checked_scores, derived_noise, generation_nfe, payload
+from .common import (TAG_PATHS, TopK, check_budget, checked_scores, derived_noise, end_level, generation_nfe,
+                     payload)
 from .host import SearchHost, check_segmentable, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .random_search import top_k_indices
@@ -59,6 +60,8 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
         spent += N * host.nfe(0, s_idx)
     labels = [f"paths p{i} (seed {s})" for i, s in enumerate(seeds)]
     lineage_nfe = [host.nfe(0, s_idx)] * N
+    # how each row was made, replayable on another schedule (coarse-to-fine)
+    recipes = [{"seed": s, "ops": [("sample", end_level(host, s_idx), s)] if s_idx > 0 else []} for s in seeds]
     level, rnd = float(start_level), 0
     final_rows = None  # (latents, labels, lineage nfe) of rows that reached the end
     final_scores: List[float] = []
@@ -73,12 +76,14 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
         if spent + round_cost + N * host.nfe(b_idx, T) > budget_nfe:
             # no room for another round: finish the N survivors without search
             from_idx, finish = state.index, host.nfe(state.index, T)
-            state, _ = host.sample(state, T, [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(N)])
+            fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(N)]
+            state, _ = host.sample(state, T, fin_seeds)
+            recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]} for r, fs in zip(recipes, fin_seeds)]
             spent += N * finish
             lineage_nfe = [n + finish for n in lineage_nfe]
             latents = final_latents(state)
             final_scores = checked_scores(host.score(latents), N, labels, verifier)
-            final_rows = (latents, labels, lineage_nfe)
+            final_rows = (latents, labels, lineage_nfe, recipes)
             report.settings["finished_without_search_from_index"] = from_idx
             break
         rnd += 1
@@ -95,24 +100,29 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
         scores = checked_scores(host.score(cand), N * M, row_labels, verifier)
         keep = top_k_indices(scores, N)
         row_nfe = [lineage_nfe[p] + host.nfe(f_idx, b_idx) for p in range(N) for _ in range(M)]
+        row_recipes = [{"seed": recipes[p]["seed"],
+                        "ops": recipes[p]["ops"] + [("renoise", float(host.level(f_idx)), noise_seeds[j]),
+                                                    ("sample", end_level(host, b_idx), run_seeds[j])]}
+                       for j, p in enumerate(rows)]
         report.settings["rounds"].append({"round": rnd, "renoise_index": f_idx, "end_index": b_idx,
                                           "kept_rows": keep, "scores": scores})
         report.trace.append({"round": rnd, "nfe": spent, "best": scores[keep[0]], "level": target,
                              "index": b_idx})
         if at_end:
-            final_rows = (cand, row_labels, row_nfe)
+            final_rows = (cand, row_labels, row_nfe, row_recipes)
             final_scores = scores
         state = new_state.select(keep)
         labels = [row_labels[i] for i in keep]
         lineage_nfe = [row_nfe[i] for i in keep]
+        recipes = [row_recipes[i] for i in keep]
         level = target
 
-    latents, row_labels, row_nfe = final_rows
+    latents, row_labels, row_nfe, row_recipes = final_rows
     results: Dict[int, CandidateResult] = {}
     keeper = TopK(top_k)
     for i, (lab, sc) in enumerate(zip(row_labels, final_scores)):
         results[i] = CandidateResult(index=i, seed=None, score=sc, nfe=row_nfe[i], noise_id=lab)
-        keeper.offer(sc, i, payload(latents[i:i + 1], None, None))
+        keeper.offer(sc, i, payload(latents[i:i + 1], None, None, row_recipes[i]))
     if not report.trace or report.trace[-1]["nfe"] != spent:
         report.trace.append({"round": rnd + 1, "nfe": spent, "best": max(final_scores), "level": 0.0, "index": T})
     report.candidates = [results[i] for i in sorted(results)]

@@ -19,6 +19,7 @@ Parameters (``params``), with defaults:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -113,9 +114,20 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, candidates: int, top_k
     params = dict(strategy.params or {})
     run = _runner(name, params, seed, verifier)
     if strategy.coarse_steps:
+        rerender, factor = int(params.get("rerender", 0)), 1.0
+        if name == "paths":  # a path's lineage re-walks its re-noised stretches: it costs more than one generation
+            n = int(params.get("paths", 2))
+            st, fw, bw = (float(params.get(k, d)) for k, d in (("start_level", 0.11), ("forward", 0.78),
+                                                                ("backward", 0.81)))
+            rounds = math.ceil(st / (bw - fw)) if st > 0 and bw > fw else 0
+            factor = (1.0 - st) + rounds * min(1.0, bw)
+            rerender = min(rerender or n, n)
+        elif name == "particles":
+            k = int(params.get("particles", 0)) or int(candidates)
+            rerender = min(rerender or 2, k)
         report, finalists = coarse_to_fine(host, run, algorithm=name, coarse_steps=int(strategy.coarse_steps),
-                                           budget_nfe=budget, rerender=int(params.get("rerender", 0)), top_k=top_k,
-                                           verifier=verifier)
+                                           budget_nfe=budget, rerender=rerender, top_k=top_k,
+                                           verifier=verifier, replay_factor=factor)
     else:
         report, finalists = run(host, budget, top_k)
     report.settings.setdefault("budget_nfe", budget)

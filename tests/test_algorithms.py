@@ -296,10 +296,34 @@ def test_coarse_to_fine_rerenders_at_full_steps(name, params):
     assert {c["nfe"] for c in rep.settings["coarse_report"]["candidates"]} == {4}
 
 
-@pytest.mark.parametrize("name,sampler", [("paths", "euler"), ("particles", "euler_ancestral")])
-def test_coarse_to_fine_refuses_path_algorithms(name, sampler):
-    with pytest.raises(ValueError, match="starting noise"):
-        _run(name, {}, sampler, 0, coarse=4)
+@pytest.mark.parametrize("name,params,sampler", [
+    ("paths", {"paths": 2, "noises_per_path": 2, "start_level": 0.4, "forward": 0.5, "backward": 0.7}, "euler"),
+    ("particles", {"particles": 4, "interval": 3}, "euler_ancestral")])
+def test_recipes_replay_path_algorithms_exactly(name, params, sampler):
+    """A path/particle finalist's recipe re-makes it bit for bit on the same
+    schedule (so on a finer one it is the same lineage at full steps)."""
+    from search.coarse_to_fine import replay, replay_cost
+    host, rep, fin = _run(name, params, sampler, 0, candidates=8, top_k=2)
+    for f in fin:
+        again = gaussian_host(sampler=sampler, steps=12)
+        lat, nfe = replay(again, f["recipe"])
+        assert torch.equal(lat, f["latent"])
+        assert nfe == replay_cost(again, f["recipe"]) == again.nfe_rows
+
+
+@pytest.mark.parametrize("name,params,sampler", [
+    ("paths", {"paths": 2, "noises_per_path": 2, "start_level": 0.4, "forward": 0.5, "backward": 0.7}, "euler"),
+    ("particles", {"particles": 4, "interval": 2}, "euler_ancestral")])
+def test_coarse_to_fine_replays_path_algorithms_at_full_steps(name, params, sampler):
+    host, rep, fin = _run(name, params, sampler, 0, coarse=4, candidates=12, top_k=1)
+    assert rep.algorithm == f"coarse_to_fine({name})"
+    assert rep.nfe_total == host.nfe_rows <= 12 * 12  # never over the budget
+    assert {c["nfe"] for c in rep.settings["coarse_report"]["candidates"]} <= set(range(1, 4 * 3 + 1))
+    full = gaussian_host(sampler=sampler, steps=12)
+    from search.coarse_to_fine import replay
+    lat, _ = replay(full, fin[0]["recipe"])  # the finalist is its lineage at the full 12 steps
+    assert torch.equal(lat, fin[0]["latent"])
+    assert rep.settings["rerender"] >= 1 and fin[0]["result"].score == rep.best.score
 
 
 def test_strategy_refusals():

@@ -84,6 +84,12 @@ def test_coarse_to_fine_rerenders_finalists_at_full_steps(comfy):
     assert rep["nfe_total"] <= 6 * 6
     # the finalist was re-rendered at the full 6 steps: its NFEs say so
     assert rep["best"]["nfe"] == 6
+    # paths: the finalists' lineages are replayed on the full schedule
+    g = with_strategy(search_graph(seed=3, candidates=8, top_k=1, steps=6, prefix="c2f_paths"), "paths",
+                      coarse=(3, 2))
+    rep = report_of(comfy.run_ok(g))
+    assert rep["algorithm"] == "coarse_to_fine(paths)" and rep["nfe_total"] <= 8 * 6
+    assert "replayed at full steps" in rep["best"]["noise_id"]
 
 
 def _latent_graph_inputs(comfy, name, tensor):
