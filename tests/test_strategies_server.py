@@ -74,6 +74,10 @@ def test_segmented_strategy_refuses_multistep_sampler(comfy):
     g = with_strategy(search_graph(seed=1, candidates=4, steps=4, sampler="euler"), "particles")
     err = execution_error(comfy.run(g))
     assert err is not None and "stochastic sampler" in err["exception_message"]
+    # an adaptive sampler's NFEs are not known in advance: no budget can be kept
+    g = with_strategy(search_graph(seed=1, candidates=4, steps=4, sampler="dpm_adaptive"), "zero_order")
+    err = execution_error(comfy.run(g))
+    assert err is not None and "pick a fixed-step sampler" in err["exception_message"]
 
 
 def test_coarse_to_fine_rerenders_finalists_at_full_steps(comfy):
