@@ -3,13 +3,13 @@ scorer for any IMAGE batch, and a picker."""
 from __future__ import annotations
 
 
-from .engine import SearchInputError
-from .noise_objects import CandidateNoise
-from .verifier_host import combiner, member_matrix
+from .noise import CandidateNoise
+from .sampling import SearchInputError
 from .types import CATEGORY, NOISE, SCORES, VERIFIER
+from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
-from ..search.random_search import check_scores, top_k_indices
 from ..search.report import CandidateResult, SearchReport
+from ..verifiers.protocol import ScoreBook
 
 
 class NoiseCandidateGenerator:
@@ -67,23 +67,19 @@ class VerifierScore:
         }}
 
     def score(self, images, verifier, prompt, noise=None):
+        if images.shape[0] == 0:
+            raise SearchInputError("Verifier Score got an empty IMAGE batch (0 images): connect the decoded "
+                                   "candidates (VAE Decode of the sampler's output)")
         cands = identities(images.shape[0], noise)
-        combine = combiner(verifier)
-        members = None
-        if combine is not None:  # an ensemble: ranks/z-scores over this batch, member scores kept
-            members = member_matrix(verifier, images, prompt).float().cpu()
-            for col in members.T:
-                check_scores(col, cands, verifier.name)
-            scores = combine(members).float()
-        else:
-            scores = verifier.score(images, prompt).float().cpu()
-        check_scores(scores, cands, verifier.name)
+        book = ScoreBook(verifier, prompt)  # an ensemble ranks / standardises over this batch
+        labels = [c.label() for c in cands]
+        scores = checked_scores(book.add(images), len(cands), labels, verifier.name)
+        for name, col in zip(book.member_names, book.matrix().T):
+            checked_scores(col, len(cands), labels, name)
         report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
-        report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=float(s), nfe=0)
-                             for c, s in zip(cands, scores.tolist())]
-        if members is not None:
-            for res, row in zip(report.candidates, members.tolist()):
-                res.verifier_scores = dict(zip(verifier.member_names, row))
+        report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
+                                             verifier_scores=book.members(i))
+                             for i, (c, s) in enumerate(zip(cands, scores))]
         return (report.finalize(),)
 
 
@@ -111,6 +107,8 @@ class BestPick:
     def pick(self, images, scores, top_k, latent=None, noise=None):
         cands = sorted(scores.candidates, key=lambda c: c.index)
         n = images.shape[0]
+        if n == 0:
+            raise SearchInputError("Best Pick got an empty IMAGE batch (0 images): connect the scored candidates")
         if len(cands) != n:
             raise SearchInputError(f"{len(cands)} scores for {n} images: score this same batch")
         if top_k > n:
@@ -128,3 +126,10 @@ class BestPick:
             out_latent = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
             out_latent["samples"] = s[best:best + 1]
         return (images[best:best + 1], out_latent, images[order], int(best), int(seed) if seed is not None else 0)
+
+
+NODES = [
+    (NoiseCandidateGenerator, "NoiseCandidateGenerator", "Noise Candidate Generator"),
+    (VerifierScore, "VerifierScore", "Verifier Score"),
+    (BestPick, "BestPick", "Best Pick"),
+]

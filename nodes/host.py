@@ -21,24 +21,32 @@ at the original image, noised to the current sigma, as in one stock run."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import compat
-from .engine import SamplingPlan, decode
-from .verifier_host import combiner, member_matrix
+import comfy.samplers
+
+from . import compat, memory
+from .progress import Progress
+from .sampling import (SamplingPlan, compute_sigmas, decode, noise_scaling_coefficients, percent_to_sigma,
+                       starts_at_max_denoise)
 from ..search import nfe_per_generation
 from ..search.batching import run_in_micro_batches
 from ..search.host import State
 from ..search.noise import candidate_noises
 from ..search.schedule import resample_sigmas
+from ..verifiers.protocol import ScoreBook
 
 
 class ComfyHost:
-    def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: "compat.Progress",
-                 micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0):
+    nfe_predict = 1  # an x0 probe is one Euler step
+
+    def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: Progress,
+                 micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0,
+                 book: Optional[ScoreBook] = None):
         self.plan = plan
+        self.clock = plan.clock
         self.vae = vae
         self.verifier = verifier
         self.prompt = prompt
@@ -47,12 +55,10 @@ class ComfyHost:
         self.sigmas = (plan.sigmas if sigmas is None else sigmas).detach().cpu().float()
         self.sampler_name = plan.sampler_function()
         self._levels: Optional[List[float]] = None
-        self._combine = combiner(verifier)
-        self._pool: List[torch.Tensor] = []  # raw member scores so far (relative verifiers)
+        self.book = book if book is not None else ScoreBook(verifier, prompt)  # one per search
         self._mask = None
         self._mask_noise = None
         self._mask_seed = mask_seed
-        self.stats = {"decode_calls": 0, "scored": 0}
 
     # ------------------------------------------------------------------ facts
     @property
@@ -84,7 +90,7 @@ class ComfyHost:
         lo, hi = 0.0, 1.0  # percent: 0 -> sigma_max, 1 -> 0
         for _ in range(50):
             mid = (lo + hi) / 2
-            if compat.percent_to_sigma(self.plan.model, mid) > sigma:
+            if percent_to_sigma(self.plan.model, mid) > sigma:
                 lo = mid
             else:
                 hi = mid
@@ -109,33 +115,54 @@ class ComfyHost:
         m = self._mask.to(latent.dtype)
         return noise * m + self._mask_noise * (1 - m), latent * m + self.template * (1 - m)
 
+    def _fresh(self, state: State) -> bool:
+        """A fresh start (unit noise over the template at index 0): sampled exactly as a stock node would."""
+        return state.index == 0 and bool(torch.equal(state.latent, self.template.expand_as(state.latent)))
+
+    def _on_oom(self, size: int, e: BaseException) -> None:
+        self.micro_batch = max(1, int(size))  # later calls start at the size that fit
+        memory.free_memory_after_oom()
+
+    def _run(self, state: State, sigmas: torch.Tensor, seeds: Sequence[int], sampler=None):
+        """(latents, x0, micro-batch per row) of a sampler run over ``sigmas`` from ``state``."""
+        rows = list(range(len(state)))
+        seeds = [int(s) for s in seeds]
+        stock = self._fresh(state) and sigmas.numel() == self.sigmas.numel()
+
+        def run(chunk: Sequence[int]):
+            idx = torch.as_tensor(list(chunk), dtype=torch.long)
+            noise, latent = state.noise[idx], state.latent[idx]
+            if not stock:  # a whole run from a fresh start keeps the stock node's inpainting noise
+                noise, latent = self._inpaint(noise, latent)
+            gen = self.plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sigmas,
+                                     latent_image=latent, want_x0=True, sampler=sampler)
+            return gen.latents.cpu(), gen.x0.cpu(), [len(chunk)] * len(chunk)
+
+        parts = run_in_micro_batches(rows, run, self.micro_batch, is_oom=memory.is_oom, on_oom=self._on_oom)
+        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                [b for p in parts for b in p[2]])
+
     def sample(self, state: State, end: int, seeds: Sequence[int]) -> Tuple[State, torch.Tensor]:
         end = int(end)
         if not state.index < end <= self.steps:
             raise ValueError(f"cannot sample from step {state.index} to {end} of a {self.steps}-step schedule")
-        sig = self.sigmas[state.index:end + 1]
-        rows = list(range(len(state)))
-        seeds = [int(s) for s in seeds]
-
-        def run(chunk: Sequence[int]):
-            idx = torch.as_tensor(list(chunk), dtype=torch.long)
-            noise, latent = self._inpaint(state.noise[idx], state.latent[idx])
-            gen = self.plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sig,
-                                     latent_image=latent, want_x0=True)
-            return gen.latents.cpu(), gen.x0.cpu()
-
-        parts = run_in_micro_batches(rows, run, self.micro_batch, is_oom=compat.is_oom,
-                                     on_oom=lambda size, e: compat.free_memory_after_oom())
-        out = torch.cat([p[0] for p in parts])
-        x0 = torch.cat([p[1] for p in parts])
+        out, x0, batch = self._run(state, self.sigmas[state.index:end + 1], seeds)
         if end == self.steps:
             x0 = out  # the final sample is the clean latent
-        return State(torch.zeros_like(out), out, end), x0
+        return State(torch.zeros_like(out), out, end, batch), x0
+
+    def predict_x0(self, state: State, seeds: Sequence[int]) -> torch.Tensor:
+        """The model's x0-prediction at the state: one Euler step from it, its callback's x0 kept."""
+        if state.index >= self.steps:
+            return state.latent
+        sig = self.sigmas[state.index:state.index + 2]
+        _, x0, _ = self._run(state, sig, seeds, sampler=comfy.samplers.sampler_object("euler"))
+        return x0
 
     def _coefficients(self, index: int, as_start: bool) -> Tuple[float, float]:
         sigma = float(self.sigmas[index])
-        md = as_start and compat.starts_at_max_denoise(self.plan.model, sigma)
-        return compat.noise_scaling_coefficients(self.plan.model, sigma, md)
+        md = as_start and starts_at_max_denoise(self.plan.model, sigma)
+        return noise_scaling_coefficients(self.plan.model, sigma, md)
 
     def renoise(self, state: State, index: int, noise: torch.Tensor) -> State:
         index = int(index)
@@ -156,20 +183,28 @@ class ComfyHost:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         outs = []
         for i in range(0, latents.shape[0], self.micro_batch):
-            outs.append(decode(self.vae, latents[i:i + self.micro_batch]).cpu())
-            self.stats["decode_calls"] += 1
+            with self.clock.phase("decode"):
+                outs.append(decode(self.vae, latents[i:i + self.micro_batch]).cpu())
         return torch.cat(outs)
+
+    @property
+    def relative(self) -> bool:
+        return self.book.relative
+
+    @property
+    def scored_rows(self) -> int:
+        return self.book.count
 
     def score(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.decode(latents)
-        self.stats["scored"] += images.shape[0]
-        if self._combine is None:
-            return self.verifier.score(images, self.prompt).float().cpu()
-        # a relative verifier (ensemble): rank / standardise against every image scored in this search
-        raw = member_matrix(self.verifier, images, self.prompt).float().cpu()
-        self._pool.append(raw)
-        combined = self._combine(torch.cat(self._pool))
-        return combined[-raw.shape[0]:].float()
+        with self.clock.phase("verify"):
+            return self.book.add(images)
+
+    def rescore(self) -> torch.Tensor:
+        return self.book.all()
+
+    def member_scores(self, row: int) -> Dict[str, float]:
+        return self.book.members(row)
 
     # ------------------------------------------------------------------ coarse-to-fine
     def with_steps(self, steps: int) -> "ComfyHost":
@@ -177,12 +212,11 @@ class ComfyHost:
         if steps < 1:
             raise ValueError("coarse steps must be at least 1")
         if self.plan.mode == "ksampler" and self.sigmas is self.plan.sigmas:
-            sig = compat.compute_sigmas(self.plan.model, steps, self.plan.sampler_name, self.plan.scheduler,
-                                        self.plan.denoise)
+            sig = compute_sigmas(self.plan.model, steps, self.plan.sampler_name, self.plan.scheduler,
+                                 self.plan.denoise)
         else:
             sig = resample_sigmas(self.sigmas, steps)
-        host = ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
-                         sigmas=sig.float(), mask_seed=self._mask_seed)
-        host._pool = self._pool  # one population for relative verifiers
-        return host
+        # one score book: a relative verifier ranks the coarse and the full candidates together
+        return ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
+                         sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book)
 

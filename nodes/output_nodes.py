@@ -1,5 +1,6 @@
-"""Output nodes: a ranked grid, a score-vs-NFE plot, and the winner saved
-with the search's metadata next to ComfyUI's own workflow metadata."""
+"""Output nodes: the report as JSON, a ranked grid, a score-vs-NFE plot, and
+the winner saved with the search's metadata next to ComfyUI's own workflow
+metadata."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import os
 
 import torch
 
-from . import compat
-from .render import caption, ranked_grid, score_plot
+from . import files
+from .drawing import caption, ranked_grid, score_plot
 from .types import CATEGORY, SCORES
 
 # the PNG text chunk holding the search report (JSON), beside ComfyUI's "prompt" and "workflow"
@@ -27,6 +28,23 @@ def _ordered(images: torch.Tensor, scores):
         return images[idx], ranked
     n = min(images.shape[0], len(ranked))
     return images[:n], ranked[:n]
+
+
+class ScoresToJSON:
+    DESCRIPTION = "The search report as JSON text: every candidate's identity, seed, score, rank and NFEs."
+    CATEGORY = CATEGORY
+    FUNCTION = "convert"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("json",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"scores": (SCORES, {"tooltip": "A SearchLoop's (or VerifierScore's) scores."})}}
+
+    def convert(self, scores):
+        text = scores.to_json()
+        return {"ui": {"text": [text]}, "result": (text,)}
 
 
 class RankedGrid:
@@ -99,15 +117,15 @@ class SaveSearchImage:
 
     def save(self, images, scores, filename_prefix="search", prompt=None, extra_pnginfo=None):
         from PIL.PngImagePlugin import PngInfo
-        from .render import to_pil
-        out_dir = compat.output_directory()
-        folder, filename, counter, subfolder, _ = compat.save_image_path(filename_prefix, out_dir,
+        from .drawing import to_pil
+        out_dir = files.output_directory()
+        folder, filename, counter, subfolder, _ = files.save_image_path(filename_prefix, out_dir,
                                                                           images.shape[2], images.shape[1])
         report = scores.to_json(indent=None)
         results = []
         for b, image in enumerate(images):
             meta = PngInfo()
-            if not compat.metadata_disabled():
+            if not files.metadata_disabled():
                 if prompt is not None:
                     meta.add_text("prompt", json.dumps(prompt))
                 for k, v in (extra_pnginfo or {}).items():
@@ -121,6 +139,7 @@ class SaveSearchImage:
 
 
 NODES = [
+    (ScoresToJSON, "ScoresToJSON", "Scores to JSON"),
     (RankedGrid, "RankedGrid", "Ranked Grid"),
     (ScorePlot, "ScorePlot", "Score vs NFE Plot"),
     (SaveSearchImage, "SaveSearchImage", "Save Image with Search Metadata"),

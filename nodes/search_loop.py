@@ -1,22 +1,13 @@
 """SearchLoop: search over starting noises with the model, sampler, VAE and
 verifier already in the graph, then re-render the winners exactly as the
-stock sampler would."""
+stock sampler would.  The node only reads its inputs: the search is
+``nodes/pipeline.py``."""
 from __future__ import annotations
 
-from typing import List
-
-import torch
-
-from . import compat
-from .engine import SamplingPlan, SearchInputError, decode, output_latent
-from .host import ComfyHost
-from .noise_objects import CandidateNoise, ExplicitNoise
-from .verifier_host import combiner, member_matrix
+from .pipeline import run_search
+from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
 from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
-from ..search import Candidate, random_search
-from ..search.host import UnsupportedSamplerError
-from ..search.strategies import run_strategy
-from ..search.noise import SEED_MAX, seeds_for
+from ..search.noise import SEED_MAX
 
 SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
                 "'increment' after each run would re-score N-1 of them, so this defaults to 'randomize'. "
@@ -63,11 +54,11 @@ class SearchLoop:
                                                   "Random search samples N noises."}),
                 "top_k": ("INT", {"default": 1, "min": 1, "max": 4096,
                                   "tooltip": "How many of the best candidates are re-rendered and returned."}),
-                "sampler_name": (compat.sampler_names(), {
+                "sampler_name": (sampler_names(), {
                     "tooltip": "As in KSampler. Ancestral and SDE samplers get a noise stream per candidate (its own "
                                "seed), so results do not depend on the micro-batch; a sampler whose noise cannot be "
                                "separated runs one candidate at a time."}),
-                "scheduler": (compat.scheduler_names(), {"tooltip": "As in KSampler."}),
+                "scheduler": (scheduler_names(), {"tooltip": "As in KSampler."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "As in KSampler."}),
                 "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "As in KSampler."}),
@@ -85,10 +76,12 @@ class SearchLoop:
                                                    "automatically on out-of-memory."}),
                 "exact_winner": ("BOOLEAN", {
                     "default": True,
-                    "tooltip": "On: the top-k of random search are re-rendered at batch 1 through the stock sampler "
-                               "call, so best_seed in a stock KSampler gives the output bit for bit (costs top_k "
-                               "generations at batch 1). Off: the search's own batched samples are returned "
-                               "(the same image up to floating-point round-off of batched kernels), no extra cost."}),
+                    "tooltip": "On: every top-k finalist a stock node can replay is re-rendered at batch 1 through "
+                               "that node's call: a seed through KSampler (best_seed gives the output bit for bit), "
+                               "a zero-order / evolved noise through SamplerCustomAdvanced with the noise output. "
+                               "Costs top_k generations at batch 1. Off: the search's own batched samples are "
+                               "returned (the same images up to floating-point round-off), no extra cost. Paths and "
+                               "particles are always the search's own samples."}),
             },
         }
 
@@ -103,120 +96,10 @@ class SearchLoop:
                                    "lower top_k or raise candidates")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
-        nfe_gen = plan.nfe_per_generation()
-        est = nfe_gen if nfe_gen is not None else max(1, plan.sigmas.numel() - 1)
-        if strategy is not None and strategy.budget_nfe and strategy.name == "random" and not strategy.coarse_steps:
-            if nfe_gen is None:
-                raise SearchInputError(f"an NFE budget needs a sampler whose NFEs are known in advance; "
-                                       f"'{plan.sampler_label}' chooses its own step count: pick a fixed-step sampler")
-            n = max(1, strategy.budget_nfe // nfe_gen)  # random search: as many full generations as fit
-            if top_k > n:
-                raise SearchInputError(f"the budget of {strategy.budget_nfe} NFEs buys {n} candidates at {nfe_gen} "
-                                       f"NFEs each, fewer than top_k ({top_k}): raise the budget or lower top_k")
-        elif strategy is not None and (strategy.name != "random" or strategy.coarse_steps):
-            if nfe_gen is None:
-                raise SearchInputError(f"strategy '{strategy.name}' counts its budget in NFEs, which sampler "
-                                       f"'{plan.sampler_label}' does not know in advance: pick a fixed-step sampler")
-            return self._search_strategy(plan, strategy, latent, vae, verifier, prompt, seed, n, top_k, nfe_gen,
-                                         micro_batch)
-        progress = compat.Progress(total=(n + top_k) * est, model=plan.model)
-        batch = plan.micro_batch(n, micro_batch)
+        settings = {"scheduler": scheduler if plan.mode == "ksampler" else None, "cfg": float(cfg),
+                    "denoise": float(denoise) if plan.mode == "ksampler" else None}
+        return run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
+                          bool(exact_winner), settings)
 
-        cands = [Candidate(index=i, seed=s) for i, s in enumerate(seeds_for(seed, 0, n))]
 
-        combine = combiner(verifier)
-
-        def evaluate(chunk):
-            seeds = [c.seed for c in chunk]
-            gen = plan.generate(plan.initial_noises(seeds), seeds, progress)
-            images = decode(vae, gen.latents)
-            if combine is not None:  # relative verifier: raw member scores, recombined over all candidates
-                scores = member_matrix(verifier, images, prompt)
-            else:
-                scores = verifier.score(images, prompt)
-            # a relative search keeps every payload: the latent only (an image per candidate would be O(N) memory)
-            payloads = [{"latent": gen.latents[j:j + 1].cpu(), "batch": gen.batch,
-                         "image": images[j:j + 1].cpu() if combine is None else None}
-                        for j in range(len(chunk))]
-            return scores, gen.nfe, payloads
-
-        report, kept = random_search(cands, evaluate, top_k, batch, is_oom=compat.is_oom,
-                                     on_oom=lambda size, e: compat.free_memory_after_oom(),
-                                     verifier=verifier.name, combine=combine,
-                                     member_names=getattr(verifier, "member_names", ()))
-        report.prompt = prompt
-        report.nfe_per_generation = nfe_gen
-        report.cfg_multiplier = plan.cfg_multiplier()
-        report.settings = {"seed": int(seed), "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
-                           "scheduler": scheduler if plan.mode == "ksampler" else None,
-                           "steps": int(plan.sigmas.numel() - 1), "cfg": float(cfg),
-                           "denoise": float(denoise) if plan.mode == "ksampler" else None,
-                           "micro_batch": batch, "per_candidate_noise": plan.separable,
-                           "exact_winner": bool(exact_winner)}
-        progress.grow_total(report.nfe_total + top_k * est)
-
-        # --- re-render the top-k at batch 1, exactly as the stock node would
-        winners = report.ranked()[:top_k]
-        by_index = {c.index: c for c in cands}
-        images: List[torch.Tensor] = []
-        latents: List[torch.Tensor] = []
-        for res in winners:
-            p = kept[res.index]
-            cand = by_index[res.index]
-            needs = bool(exact_winner) and (p["batch"] > 1 or not compat.SEEDED_DEFAULT_NOISE)
-            if needs:
-                lat = plan.render_stock(cand.seed, None, progress, res.nfe)
-                img = decode(vae, lat)
-                # a relative verifier has no meaning for one image alone: keep its search score
-                res.final_score = res.score if combine is not None else float(verifier.score(img, prompt)[0])
-                report.rerender_nfe += res.nfe
-            else:
-                lat = p["latent"]
-                img = p["image"] if p["image"] is not None else decode(vae, lat)
-                res.final_score = res.score
-            latents.append(lat.cpu())
-            images.append(img.cpu())
-        progress.set(progress.total)
-
-        report.settings["strategy"] = "random"
-        best = winners[0]
-        best_noise = plan.initial_noises([best.seed])
-        noise_obj = CandidateNoise(seeds=[best.seed])
-        return (images[0], output_latent(latent, latents[0]), torch.cat(images), report,
-                {"samples": best_noise}, int(best.seed), noise_obj)
-
-    def _search_strategy(self, plan, strategy, latent, vae, verifier, prompt, seed, n, top_k, nfe_gen, micro_batch):
-        """Any strategy other than plain random search, through the host seam."""
-        budget = strategy.budget_nfe or n * nfe_gen
-        progress = compat.Progress(total=budget + top_k * nfe_gen, model=plan.model)
-        batch = plan.micro_batch(n, micro_batch)
-        host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=int(seed))
-        try:
-            report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=int(seed))
-        except (UnsupportedSamplerError, ValueError) as e:
-            if isinstance(e, compat.InterruptProcessingException):
-                raise
-            raise SearchInputError(str(e)) from e
-        progress.set(progress.total)
-        report.prompt = prompt
-        report.nfe_per_generation = nfe_gen
-        report.cfg_multiplier = plan.cfg_multiplier()
-        report.settings.update({"seed": int(seed), "candidates": n, "sampler": plan.sampler_label,
-                                "mode": plan.mode, "steps": int(plan.sigmas.numel() - 1), "micro_batch": batch,
-                                "strategy": strategy.name, "strategy_params": dict(strategy.params),
-                                "budget_nfe": int(budget), "coarse_steps": int(strategy.coarse_steps)})
-        if not finalists:
-            raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
-                                   f"{budget} NFEs: raise the budget")
-        latents = torch.cat([f["latent"].cpu() for f in finalists])
-        images = decode(vae, latents).cpu()
-        best = finalists[0]
-        noise = best.get("noise")
-        best_seed = int(best["seed"]) if best.get("seed") is not None else 0
-        if noise is not None:
-            winner_noise, noise_obj = noise.cpu(), ExplicitNoise(noise, best_seed)
-        else:  # a path or particle: no single starting noise made it
-            winner_noise = torch.zeros_like(plan.template)
-            noise_obj = ExplicitNoise(winner_noise, best_seed)
-        return (images[:1], output_latent(latent, latents[:1]), images, report, {"samples": winner_noise},
-                best_seed, noise_obj)
+NODES = [(SearchLoop, "SearchLoop", "Search Loop (best of N)")]

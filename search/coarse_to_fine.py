@@ -1,12 +1,13 @@
 """Coarse-to-fine: search cheaply on a coarser schedule, re-render the best at full steps.
 
-Any algorithm whose finalists carry a starting noise (random, zero-order,
-evolution) runs on ``host.with_steps(coarse_steps)`` with the budget minus the
-re-render cost; its top ``rerender`` finalists are then generated again on the
-full host from the same noises (and sampler seeds), scored, and the best
-``top_k`` of those are the finalists (``rerender`` 0: max(top_k, 4), fewer if
-the budget cannot hold that many coarse and full generations).  Path algorithms (paths, particles) have
-no single starting noise to replay, so they are refused.
+Any algorithm whose finalists carry a starting noise (registry ``replay="noise"``:
+random, zero-order, evolution) runs on ``host.with_steps(coarse_steps)`` with the
+budget minus the re-render cost; its top ``rerender`` finalists are then
+generated again on the full host from the same noises (and sampler seeds),
+scored, and the best ``top_k`` of those are the finalists (``rerender`` 0:
+max(top_k, 4), fewer if the budget cannot hold that many coarse and full
+generations).  Algorithms whose finalists carry a recipe (paths, particles)
+replay each finalist's lineage on the full schedule instead.
 
 The report's candidates are the re-rendered ones with their full-step scores;
 ``settings["coarse_scores"]`` holds their coarse scores in the same order and
@@ -18,17 +19,13 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from .common import TopK, check_budget, checked_scores, derived_noise, generation_nfe, payload, render
+from .common import TopK, check_budget, checked_scores, derived_noise, finalist, generation_nfe, render
 from .host import SearchHost, final_latents
-from .report import CandidateResult, SearchReport
+from .registry import get
+from .report import CandidateResult, Finalist, SearchReport
 
 # inner(host, budget_nfe, top_k) -> (report, finalists)
-Inner = Callable[[SearchHost, int, int], Tuple[SearchReport, List[Dict[str, Any]]]]
-
-REPLAYABLE = ("random", "zero_order", "evolution")
-# algorithms whose finalists are replayed from their recipe (starting seed + the sampling / re-noising
-# steps of their lineage, as noise levels) on the full schedule
-RECIPE_REPLAYABLE = ("paths", "particles")
+Inner = Callable[[SearchHost, int, int], Tuple[SearchReport, List[Finalist]]]
 
 
 def _replay_plan(host: SearchHost, recipe: Dict[str, Any]) -> List[Tuple[str, int, int]]:
@@ -78,13 +75,10 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
     """``replay_factor``: a path/particle finalist's replay costs about this many
     full generations (paths re-walk their re-noised stretches); the budget keeps
     that much per finalist for the full-step stage."""
-    if algorithm in RECIPE_REPLAYABLE:
+    if get(algorithm).replay == "recipe":
         return _coarse_to_fine_recipes(host, inner, algorithm=algorithm, coarse_steps=coarse_steps,
                                        budget_nfe=budget_nfe, rerender=rerender, top_k=top_k, verifier=verifier,
                                        replay_factor=replay_factor)
-    if algorithm not in REPLAYABLE:
-        raise ValueError(f"coarse-to-fine does not know how to re-render '{algorithm}' finalists; use it with one "
-                         f"of: {', '.join(REPLAYABLE + RECIPE_REPLAYABLE)}, or set coarse_steps to 0")
     if not 1 <= coarse_steps < host.steps:
         raise ValueError(f"coarse_steps must be between 1 and the full step count minus one ({host.steps - 1}), "
                          f"got {coarse_steps}")
@@ -101,25 +95,25 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
     inner_report, inner_final = inner(coarse, coarse_budget, rerender)
     if len(inner_final) < rerender:
         raise ValueError(f"the coarse search returned {len(inner_final)} finalists, fewer than the {rerender} to re-render")
-    if any(f["noise"] is None for f in inner_final):
+    if any(f.noise is None for f in inner_final):
         raise ValueError(f"coarse-to-fine: '{algorithm}' returned a finalist without a starting noise")
-    noises = torch.cat([f["noise"] for f in inner_final])
-    seeds = [f["seed"] for f in inner_final]
-    latents, nfe = render(host, noises, seeds)
-    labels = [f"{f['result'].noise_id} (coarse rank {i + 1})" for i, f in enumerate(inner_final)]
+    noises = torch.cat([f.noise for f in inner_final])
+    seeds = [f.seed for f in inner_final]
+    latents, nfe, batch = render(host, noises, seeds)
+    labels = [f"{f.result.noise_id or f.result.seed} (coarse rank {i + 1})" for i, f in enumerate(inner_final)]
     scores = checked_scores(host.score(latents), rerender, labels, verifier)
     report = SearchReport(algorithm=f"coarse_to_fine({algorithm})", top_k=top_k, verifier=verifier,
                           nfe_per_generation=full_gen, rerender_nfe=nfe,
                           settings={"coarse_steps": int(coarse_steps), "rerender": int(rerender),
                                     "budget_nfe": int(budget_nfe), "coarse_nfe": inner_report.nfe_total,
-                                    "coarse_scores": [f["result"].score for f in inner_final],
+                                    "coarse_scores": [f.result.score for f in inner_final],
                                     "coarse_report": inner_report.to_dict()})
     keep = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     for i, f in enumerate(inner_final):
-        res = f["result"]
+        res = f.result
         results[i] = CandidateResult(index=i, seed=res.seed, score=scores[i], nfe=full_gen, noise_id=labels[i])
-        keep.offer(scores[i], i, payload(latents[i:i + 1], noises[i:i + 1], seeds[i]))
+        keep.offer(scores[i], i, finalist(latents[i:i + 1], noises[i:i + 1], seeds[i], batch=batch[i]))
     report.trace = [dict(t) for t in inner_report.trace]
     report.nfe_total = inner_report.nfe_total + nfe
     report.trace.append({"round": len(report.trace), "nfe": report.nfe_total, "best": max(scores), "full_steps": True})
@@ -147,20 +141,20 @@ def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, c
                          f"{rerender} finalist(s) at full steps needs about {reserve} NFEs before any coarse search; "
                          "raise the budget or lower the number of finalists")
     inner_report, inner_final = inner(coarse, coarse_budget, rerender)
-    if any("recipe" not in f for f in inner_final):
+    if any(f.recipe is None for f in inner_final):
         raise ValueError(f"coarse-to-fine: '{algorithm}' returned a finalist without its recipe")
     spent = inner_report.nfe_total
     latents, labels, costs, chosen = [], [], [], []
     for i, f in enumerate(inner_final):
-        cost = replay_cost(host, f["recipe"])
+        cost = replay_cost(host, f.recipe)
         if spent + cost > int(budget_nfe):
             break
-        lat, nfe = replay(host, f["recipe"])
+        lat, nfe = replay(host, f.recipe)
         spent += nfe
         latents.append(lat)
         costs.append(nfe)
         chosen.append(f)
-        labels.append(f"{f['result'].noise_id} (coarse rank {i + 1}, replayed at full steps)")
+        labels.append(f"{f.result.noise_id} (coarse rank {i + 1}, replayed at full steps)")
     if len(chosen) < top_k:
         raise ValueError(f"coarse-to-fine {algorithm}: the budget of {budget_nfe} NFEs left room to replay only "
                          f"{len(chosen)} finalist(s) at full steps, fewer than top_k ({top_k}); raise the budget")
@@ -170,13 +164,13 @@ def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, c
                           nfe_per_generation=full_gen, rerender_nfe=sum(costs),
                           settings={"coarse_steps": int(coarse_steps), "rerender": len(chosen),
                                     "budget_nfe": int(budget_nfe), "coarse_nfe": inner_report.nfe_total,
-                                    "coarse_scores": [f["result"].score for f in chosen],
+                                    "coarse_scores": [f.result.score for f in chosen],
                                     "coarse_report": inner_report.to_dict()})
     keep = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     for i, f in enumerate(chosen):
         results[i] = CandidateResult(index=i, seed=None, score=scores[i], nfe=costs[i], noise_id=labels[i])
-        keep.offer(scores[i], i, payload(lat[i:i + 1], None, None, f["recipe"]))
+        keep.offer(scores[i], i, finalist(lat[i:i + 1], recipe=f.recipe))
     report.trace = [dict(t) for t in inner_report.trace]
     report.nfe_total = spent
     report.trace.append({"round": len(report.trace), "nfe": spent, "best": max(scores), "full_steps": True})

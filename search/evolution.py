@@ -17,29 +17,25 @@ scheduled steps (the paper's full method) is not implemented here.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple  # noqa: F401
 
 import torch
 
-from .common import TAG_EVOLUTION, TopK, check_budget, checked_scores, derived_noise, generation_nfe, payload, render
+from .common import (TAG_EVOLUTION, TopK, check_budget, check_top_k, checked_scores, derived_noise, finalist,
+                     generation_nfe, render)
 from .host import SearchHost, derive_seed
 from .noise import seeds_for, wrap_seed
-from .report import CandidateResult, SearchReport
+from .registry import Algorithm, Param
+from .report import CandidateResult, Finalist, SearchReport
 
 
-def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, population: int = 8, elites: int = 2,
-                     tournament: int = 2, mutation: float = 0.2, top_k: int = 1,
-                     verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
+def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
+                     **params) -> Tuple[SearchReport, List[Finalist]]:
+    p = ALGORITHM.resolve(params)
     gen = generation_nfe(host)
-    P, E, K = int(population), int(elites), int(tournament)
-    if P < 1 or not 0 <= E < P or K < 1:
-        raise ValueError(f"evolution needs population ≥ 1, 0 ≤ elites < population and tournament ≥ 1; "
-                         f"got population {P}, elites {E}, tournament {K}")
-    if not 0.0 < mutation <= 1.0:
-        raise ValueError(f"the mutation strength β must lie in (0, 1], got {mutation}")
+    P, E, K, mutation = p["population"], p["elites"], p["tournament"], p["mutation"]
     check_budget(budget_nfe, P * gen, f"evolution with a population of {P} (generation 0)")
-    if not 1 <= top_k <= int(budget_nfe) // gen:
-        raise ValueError(f"top_k must be between 1 and the {int(budget_nfe) // gen} generations the budget allows")
+    check_top_k(top_k, int(budget_nfe) // gen, f"the {int(budget_nfe) // gen} generations the budget allows")
     base = wrap_seed(seed)
     report = SearchReport(algorithm="evolution", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
                           settings={"population": P, "elites": E, "tournament": K, "mutation": float(mutation),
@@ -50,14 +46,14 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, population
 
     def evaluate(noises, run_seeds, labels, plain_seeds):
         nonlocal spent
-        latents, nfe = render(host, noises, run_seeds)
+        latents, nfe, batch = render(host, noises, run_seeds)
         spent += nfe
         scores = checked_scores(host.score(latents), len(labels), labels, verifier)
         idx = []
         for j, (lab, sc) in enumerate(zip(labels, scores)):
             i = len(results)
             results[i] = CandidateResult(index=i, seed=plain_seeds[j], score=sc, nfe=gen, noise_id=lab)
-            keep.offer(sc, i, payload(latents[j:j + 1], noises[j:j + 1], run_seeds[j]))
+            keep.offer(sc, i, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j], batch=batch[j]))
             idx.append(i)
         return idx
 
@@ -97,3 +93,22 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, population
     report.nfe_total = spent
     report.finalize()
     return report, keep.finalists(results)
+
+
+def _check(p: Dict[str, Any]) -> None:
+    if p["elites"] >= p["population"]:
+        raise ValueError(f"evolution: elites ({p['elites']}) must be fewer than the population ({p['population']})")
+
+
+ALGORITHM = Algorithm(
+    name="evolution", run=evolution_search, title="Evolutionary Search", node="EvolutionStrategy",
+    description=("Evolutionary search (EvoSearch, He et al. 2025): a population of noises; each generation keeps "
+                 "the elites, picks parents by tournament and mutates them: child = sqrt(1 - beta^2) * parent + "
+                 "beta * fresh noise. Any sampler."),
+    params=(
+        Param("population", 8, "Candidates per generation.", min=2, max=1024),
+        Param("elites", 2, "Best kept unchanged.", min=0, max=1024),
+        Param("tournament", 3, "Tournament size for parents.", min=1, max=64),
+        Param("mutation", 0.2, "beta: 0 = copy the parent, 1 = a fresh random noise.", min=0.01, max=1.0, step=0.01),
+    ),
+    samplers="any", replay="noise", check=_check)

@@ -30,49 +30,11 @@ advances the progress bar itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
-# Samplers that keep no state between steps, so running a schedule in
-# segments (stop, act on the state, continue) is the same computation as one
-# run.  Multistep samplers (dpmpp_2m, lms, uni_pc, ipndm, deis, ...) would lose
-# their history at each segment boundary, and adaptive ones have no steps.
-SEGMENTABLE_SAMPLERS = frozenset({
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "euler_ancestral_RF",
-    "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpm_2_ancestral_RF",
-    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2s_ancestral_RF",
-    "dpmpp_sde", "dpmpp_sde_gpu", "ddim", "lcm", "ddpm",
-})
-# Samplers that add fresh noise at every step (needed by particle resampling,
-# whose particles must diverge after being copied).
-STOCHASTIC_SAMPLERS = frozenset({
-    "euler_ancestral", "euler_ancestral_cfg_pp", "euler_ancestral_RF", "dpm_2_ancestral",
-    "dpm_2_ancestral_RF", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2s_ancestral_RF",
-    "dpmpp_sde", "dpmpp_sde_gpu", "lcm", "ddpm",
-})
-
-
-class UnsupportedSamplerError(ValueError):
-    """The sampler cannot do what the algorithm needs; the message says why and what to pick."""
-
-
-def check_segmentable(sampler: str, algorithm: str) -> None:
-    name = (sampler or "").removeprefix("sample_")
-    if name not in SEGMENTABLE_SAMPLERS:
-        raise UnsupportedSamplerError(
-            f"{algorithm} stops and restarts the sampler part-way through the schedule, which sampler "
-            f"'{name}' does not allow (a multistep or adaptive sampler loses its history at each restart, so "
-            f"the result would silently change). Pick one of: {', '.join(sorted(SEGMENTABLE_SAMPLERS))}")
-
-
-def check_stochastic(sampler: str, algorithm: str) -> None:
-    check_segmentable(sampler, algorithm)
-    name = (sampler or "").removeprefix("sample_")
-    if name not in STOCHASTIC_SAMPLERS:
-        raise UnsupportedSamplerError(
-            f"{algorithm} copies particles and needs them to diverge afterwards, so it needs a stochastic "
-            f"sampler; '{name}' is deterministic. Pick one of: {', '.join(sorted(STOCHASTIC_SAMPLERS))}")
+from .registry import UnsupportedSamplerError  # noqa: F401  (re-exported: hosts and nodes catch it here)
 
 
 @dataclass
@@ -80,24 +42,34 @@ class State:
     noise: torch.Tensor    # B x C x H x W
     latent: torch.Tensor   # B x C x H x W
     index: int             # schedule position the batch is at
+    # per row, the micro-batch size of the host call that made it (None: unknown or not host-sampled)
+    batch: Optional[List[int]] = None
 
     def __len__(self) -> int:
         return int(self.noise.shape[0])
 
     def select(self, rows: Sequence[int]) -> "State":
-        idx = torch.as_tensor(list(rows), dtype=torch.long)
-        return State(self.noise[idx], self.latent[idx], self.index)
+        rows = list(rows)
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        batch = None if self.batch is None else [self.batch[i] for i in rows]
+        return State(self.noise[idx], self.latent[idx], self.index, batch)
 
     @staticmethod
     def cat(states: Sequence["State"]) -> "State":
         if len({s.index for s in states}) != 1:
             raise ValueError("cannot concatenate states at different schedule positions")
-        return State(torch.cat([s.noise for s in states]), torch.cat([s.latent for s in states]), states[0].index)
+        batch = None if any(s.batch is None for s in states) else [b for s in states for b in s.batch]
+        return State(torch.cat([s.noise for s in states]), torch.cat([s.latent for s in states]), states[0].index,
+                     batch)
 
 
 class SearchHost(Protocol):
     sigmas: torch.Tensor          # CPU float, T+1 values
-    sampler_name: str             # for check_segmentable / check_stochastic
+    sampler_name: str             # for the registry's sampler check (search/samplers.py)
+    micro_batch: int              # rows the host runs at once (0 = all); algorithms that can pipeline
+                                  # (random search) hand it that many rows per call
+    relative: bool                # scores are relative to the rows scored so far (ensembles)
+    nfe_predict: int              # NFEs per row of predict_x0
 
     @property
     def steps(self) -> int: ...   # T
@@ -123,7 +95,21 @@ class SearchHost(Protocol):
         model's forward process would (EPS/v-prediction and flow models)."""
 
     def score(self, latents: torch.Tensor) -> torch.Tensor:
-        """Verifier scores (B,) of clean latents: final samples or x0-predictions."""
+        """Verifier scores (B,) of clean latents: final samples or x0-predictions.
+        Rows are numbered in the order they are scored (``scored_rows`` before the call
+        is the first new row's number).  With a relative verifier the scores are
+        relative to every row scored so far; :meth:`rescore` recombines them all."""
+
+    @property
+    def scored_rows(self) -> int: ...  # rows scored so far
+
+    def rescore(self) -> torch.Tensor:
+        """Every row scored so far, recombined over all of them (equal to the
+        scores already returned for an absolute verifier)."""
+
+    def predict_x0(self, state: State, seeds: Sequence[int]) -> torch.Tensor:
+        """The model's x0-prediction at the state itself (``nfe_predict`` NFEs
+        per row); the state is not advanced."""
 
     def level(self, index: int) -> float:
         """Noise level of a schedule position, in [0, 1] (1 = pure noise)."""

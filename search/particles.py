@@ -27,14 +27,15 @@ reported as ``settings["reward_evaluations"]``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple  # noqa: F401
 
 import torch
 
-from .common import TAG_PARTICLES, TopK, check_budget, checked_scores, end_level, generation_nfe, payload
-from .host import SearchHost, check_stochastic, derive_seed, final_latents
+from .common import TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, finalist, generation_nfe
+from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
-from .report import CandidateResult, SearchReport
+from .registry import Algorithm, Param
+from .report import CandidateResult, Finalist, SearchReport
 
 POTENTIALS = ("difference", "max", "sum", "current")
 RESAMPLING = ("multinomial", "systematic")
@@ -69,22 +70,16 @@ def resampling_steps(steps: int, interval: int) -> List[int]:
     return list(range(interval, steps, interval))
 
 
-def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: int = 0, interval: int = 1,
-                    potential: str = "max", lam: float = 10.0, ess_threshold: float = 0.0,
-                    resampling: str = "multinomial", top_k: int = 1,
-                    verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
-    check_stochastic(host.sampler_name, "Particle resampling (FK steering)")
-    if potential not in POTENTIALS:
-        raise ValueError(f"unknown potential '{potential}'; pick one of {', '.join(POTENTIALS)}")
-    if resampling not in RESAMPLING:
-        raise ValueError(f"unknown resampling method '{resampling}'; pick one of {', '.join(RESAMPLING)}")
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"the ESS threshold is a fraction of the particle count in [0, 1], got {ess_threshold}")
+def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
+                    **params) -> Tuple[SearchReport, List[Finalist]]:
+    p = ALGORITHM.resolve(params)
+    ALGORITHM.check_sampler(host.sampler_name)
+    particles, interval, potential, lam = p["particles"], p["interval"], p["potential"], p["lam"]
+    ess_threshold, resampling = p["ess_threshold"], p["resampling"]
     gen, T = generation_nfe(host), int(host.steps)
     k = int(particles) if particles else int(budget_nfe) // gen
     check_budget(budget_nfe, max(k, 1) * gen, f"particle resampling with {max(k, 1)} particle(s)")
-    if not 1 <= top_k <= k:
-        raise ValueError(f"top_k must be between 1 and the number of particles ({k}), got {top_k}")
+    check_top_k(top_k, k, "the number of particles")
     base = wrap_seed(seed)
     stops = resampling_steps(T, int(interval)) + [T]
     report = SearchReport(algorithm="particles", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
@@ -157,9 +152,36 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, particles: 
     report.settings["distinct_final_samples"] = len(distinct)
     keep = TopK(top_k)
     for rank, i in enumerate(chosen):
-        keep.offer(-rank, i, payload(latents[i:i + 1], None, None, recipes[i]))
+        keep.offer(-rank, i, finalist(latents[i:i + 1], recipe=recipes[i]))
     report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent
     report.finalize()
     return report, keep.finalists(results)
+
+
+def _coarse(p: Dict[str, Any], candidates: int) -> Tuple[int, int, float]:
+    """Coarse-to-fine: a particle search offers its k particles, 2 replayed by default, each one generation."""
+    k = int(p["particles"]) or int(candidates)
+    return k, min(2, k), 1.0
+
+
+ALGORITHM = Algorithm(
+    name="particles", run=particle_search, title="Particle Resampling (FK)", node="ParticleStrategy",
+    description=("Particle resampling (FK steering, Singhal et al. 2025): k particles sampled together with a "
+                 "stochastic sampler; every few steps their x0-predictions are scored and the particles resampled "
+                 "by potentials, so compute goes to promising ones. Needs an ancestral/SDE sampler."),
+    params=(
+        Param("particles", 0, "k particles; 0 = as many as the budget holds (SearchLoop's candidates by default).",
+              min=0, max=4096),
+        Param("potential", "max", "max: exp(lambda * best reward so far); difference: exp(lambda * (r_t - r_prev)); "
+                                  "sum: exp(lambda * sum of rewards); current: exp(lambda * r_t).", choices=POTENTIALS),
+        Param("lam", 10.0, "lambda: 0 = no selection, larger = greedier.", min=0.0, max=1000.0, step=0.5),
+        Param("interval", 5, "Score and resample every this many steps.", min=1, max=1000),
+        Param("ess_threshold", 0.5, "0 = resample at every scoring step; otherwise only when the effective sample "
+                                    "size falls below this fraction of k (FK steering uses 0.5).",
+              min=0.0, max=1.0, step=0.05),
+        Param("resampling", "multinomial", "How ancestors are drawn from the weights: multinomial or systematic "
+                                           "(lower variance).", choices=RESAMPLING, optional=True),
+    ),
+    samplers="stochastic", replay="recipe", coarse=_coarse)

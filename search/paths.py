@@ -21,28 +21,24 @@ was spent.  Paths have no single starting noise, so finalists have
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Tuple
 
-from .common import (TAG_PATHS, TopK, check_budget, checked_scores, derived_noise, end_level, generation_nfe,
-                     payload)
-from .host import SearchHost, check_segmentable, derive_seed, final_latents
+from .common import (TAG_PATHS, TopK, check_budget, check_top_k, checked_scores, derived_noise, end_level, finalist,
+                     generation_nfe, top_k_indices)
+from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
-from .random_search import top_k_indices
-from .report import CandidateResult, SearchReport
+from .registry import Algorithm, Param
+from .report import CandidateResult, Finalist, SearchReport
 
 
-def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2, noises_per_path: int = 4,
-                 start_level: float = 0.11, forward: float = 0.78, backward: float = 0.81, top_k: int = 1,
-                 verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
-    check_segmentable(host.sampler_name, "Search over paths")
-    N, M, T = int(paths), int(noises_per_path), int(host.steps)
-    if N < 1 or M < 1:
-        raise ValueError(f"search over paths needs at least 1 path and 1 noise per path, got {N} and {M}")
-    if not 1 <= top_k <= N:
-        raise ValueError(f"top_k must be between 1 and the number of paths ({N}), got {top_k}")
-    if backward <= forward:
-        raise ValueError(f"the backward interval Δb ({backward}) must exceed the forward one Δf ({forward}), "
-                         "or the search never reaches the end of the schedule")
+def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
+                 **params) -> Tuple[SearchReport, List[Finalist]]:
+    p = ALGORITHM.resolve(params)
+    ALGORITHM.check_sampler(host.sampler_name)
+    N, M, T = p["paths"], p["noises_per_path"], int(host.steps)
+    start_level, forward, backward = p["start_level"], p["forward"], p["backward"]
+    check_top_k(top_k, N, "the number of paths")
     gen = generation_nfe(host)
     check_budget(budget_nfe, N * gen, f"search over paths with {N} paths (one generation per path)")
     base = wrap_seed(seed)
@@ -122,7 +118,7 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
     keeper = TopK(top_k)
     for i, (lab, sc) in enumerate(zip(row_labels, final_scores)):
         results[i] = CandidateResult(index=i, seed=None, score=sc, nfe=row_nfe[i], noise_id=lab)
-        keeper.offer(sc, i, payload(latents[i:i + 1], None, None, row_recipes[i]))
+        keeper.offer(sc, i, finalist(latents[i:i + 1], recipe=row_recipes[i]))
     if not report.trace or report.trace[-1]["nfe"] != spent:
         report.trace.append({"round": rnd + 1, "nfe": spent, "best": max(final_scores), "level": 0.0, "index": T})
     report.candidates = [results[i] for i in sorted(results)]
@@ -130,3 +126,36 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, paths: int = 2
     report.finalize()
     return report, keeper.finalists(results)
 
+
+
+def _check(p: Dict[str, Any]) -> None:
+    if p["backward"] <= p["forward"]:
+        raise ValueError(f"paths: backward ({p['backward']}) must be larger than forward ({p['forward']}), or the "
+                         "search never reaches the end of the schedule")
+
+
+def _coarse(p: Dict[str, Any], candidates: int) -> Tuple[int, int, float]:
+    """Coarse-to-fine: a paths search offers its N paths (all replayed by default); replaying one lineage on
+    the full schedule costs this many full generations (it re-walks its re-noised stretches)."""
+    st, fw, bw = p["start_level"], p["forward"], p["backward"]
+    rounds = math.ceil(st / (bw - fw)) if st > 0 and bw > fw else 0
+    return p["paths"], p["paths"], (1.0 - st) + rounds * min(1.0, bw)
+
+
+ALGORITHM = Algorithm(
+    name="paths", run=paths_search, title="Search over Paths", node="PathsStrategy",
+    description=("Search over paths (Paths-N, Ma et al. 2025): N noises denoised to the search start; then "
+                 "repeatedly each is re-noised M times forward by delta_f and denoised back by delta_b, the "
+                 "x0-predictions are scored and the best N kept, until the schedule ends. Levels are fractions "
+                 "of the model's own noise timeline (1 = pure noise, 0 = clean), mapped onto your schedule. "
+                 "Needs a single-step sampler (see the README's sampler table)."),
+    params=(
+        Param("paths", 2, "N paths kept each round.", min=1, max=256),
+        Param("noises_per_path", 2, "M re-noisings of each path per round.", min=1, max=64),
+        Param("start_level", 0.11, "Noise level where the search starts (paper: 0.11).", min=0.0, max=1.0, step=0.01),
+        Param("forward", 0.78, "Forward re-noising interval in noise level (paper: 0.78).", min=0.0, max=1.0,
+              step=0.01),
+        Param("backward", 0.81, "Backward denoising interval (paper: 0.81); must exceed forward so each round makes "
+                                "progress.", min=0.01, max=1.0, step=0.01),
+    ),
+    samplers="segmentable", replay="recipe", check=_check, coarse=_coarse)

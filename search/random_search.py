@@ -1,99 +1,81 @@
-"""Random search (best-of-N): N independent starting noises, denoise fully,
-score, keep the best k.  Cost: N generations' worth of NFEs."""
+"""Random search (best-of-N): N independent starting noises (seeds base+i),
+denoised fully, scored, the best k kept.  Cost: N generations' worth of NFEs,
+N = budget // (NFEs per generation).
+
+The candidates go to the host ``host.micro_batch`` at a time (sample, then
+score, then the next micro-batch), so memory holds one micro-batch and the k
+best latents.  Candidate i's starting noise is exactly ComfyUI's
+``prepare_noise`` for seed base+i and its in-sampler randomness is keyed by
+that seed, so a stock KSampler with the winner's seed makes the winner.
+With a relative verifier (an ensemble) every candidate's latent is kept and
+the scores are recombined over all N at the end (``host.rescore``), so the
+result never depends on the micro-batch.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
-import torch
-
-from .batching import run_in_micro_batches
-from .noise import Candidate
-from .report import CandidateResult, SearchReport
-
-# evaluate(candidates) -> (scores [B], nfe per candidate, payloads: one per candidate)
-Evaluate = Callable[[Sequence[Candidate]], Tuple[torch.Tensor, int, List[Any]]]
+from .common import TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, render
+from .host import SearchHost
+from .noise import seeds_for, wrap_seed
+from .registry import Algorithm
+from .report import CandidateResult, Finalist, SearchReport
 
 
-class NonFiniteScoreError(ValueError):
-    pass
-
-
-def top_k_indices(scores: Sequence[float], k: int) -> List[int]:
-    """Indices of the k highest scores, best first; ties go to the lower index."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    return order[:max(0, k)]
-
-
-def check_scores(scores: torch.Tensor, candidates: Sequence[Candidate], verifier: str = "verifier") -> None:
-    bad = [c for c, s in zip(candidates, scores.tolist()) if not math.isfinite(s)]
-    if bad:
-        raise NonFiniteScoreError(
-            f"the {verifier} returned a non-finite score (NaN or inf) for {len(bad)} candidate(s), "
-            f"first: {bad[0].label()}. The verifier's weights or the decoded images are broken "
-            "(e.g. a VAE overflowing in fp16): check the verifier file, or run the VAE in fp32 (--fp32-vae).")
-
-
-def random_search(candidates: Sequence[Candidate], evaluate: Evaluate, top_k: int, micro_batch: int,
-                  is_oom: Callable[[BaseException], bool] = lambda e: False,
-                  on_oom: Optional[Callable[[int, BaseException], None]] = None,
-                  verifier: str = "verifier",
-                  combine: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                  member_names: Sequence[str] = ()) -> Tuple[SearchReport, dict]:
-    """Runs the search; returns the report and ``{index: payload}`` for the top-k.
-
-    With ``combine`` (a relative verifier such as a mean-rank ensemble),
-    ``evaluate`` returns B x M member scores and the candidates' scores are
-    ``combine`` of the matrix of *all* candidates so far, recomputed after each
-    micro-batch (so they never depend on the micro-batch); every payload is
-    kept, because a relative score can still change rank later."""
-    if len(candidates) < 1:
-        raise ValueError("random search needs at least one candidate")
-    if not 1 <= top_k <= len(candidates):
-        raise ValueError(f"top_k must be between 1 and the number of candidates ({len(candidates)}), got {top_k}")
-    report = SearchReport(algorithm="random", top_k=top_k, verifier=verifier)
-    kept: dict = {}
-    state = {"nfe": 0, "best": -math.inf}
-
-    raw: List[torch.Tensor] = []
-
-    def step(chunk: Sequence[Candidate]):
-        scores, nfe, payloads = evaluate(chunk)
-        scores = scores.detach().float().cpu()
-        scores = scores.reshape(len(chunk), -1) if combine is not None else scores.reshape(-1)
-        if scores.shape[0] != len(chunk) or (combine is None and scores.numel() != len(chunk)):
-            raise ValueError(f"the {verifier} returned {scores.numel()} scores for {len(chunk)} images")
-        for col in (scores.T if combine is not None else scores.reshape(1, -1)):
-            check_scores(col, chunk, verifier)
-        if combine is not None:
-            raw.append(scores)
-        for j, (c, p) in enumerate(zip(chunk, payloads)):
-            res = CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id,
-                                  score=float(scores[j]) if combine is None else 0.0, nfe=int(nfe))
-            if combine is not None:
-                names = list(member_names) or [f"verifier_{m + 1}" for m in range(scores.shape[1])]
-                res.verifier_scores = {n: float(v) for n, v in zip(names, scores[j].tolist())}
-            report.candidates.append(res)
-            kept[c.index] = p
-        state["nfe"] += int(nfe) * len(chunk)
-        if combine is not None:
-            combined = combine(torch.cat(raw)).float().reshape(-1)
-            for res, v in zip(report.candidates, combined.tolist()):
-                res.score = float(v)
-            state["best"] = float(combined.max())
-        else:
-            state["best"] = max(state["best"], float(scores.max()))
-        report.trace.append({"nfe": state["nfe"], "best": state["best"]})
-        if combine is not None:
-            return
-        # keep only the current top-k payloads: memory stays O(k)
-        keep = {report.candidates[i].index for i in
-                top_k_indices([c.score for c in report.candidates], top_k)}
-        for idx in list(kept):
-            if idx not in keep:
-                del kept[idx]
-
-    run_in_micro_batches(list(candidates), step, micro_batch, is_oom=is_oom, on_oom=on_oom)
-    report.nfe_total = state["nfe"]
+def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
+                  **params) -> Tuple[SearchReport, List[Finalist]]:
+    ALGORITHM.resolve(params)
+    gen = generation_nfe(host)
+    check_budget(budget_nfe, gen, "random search (one full generation)")
+    n = int(budget_nfe) // gen
+    check_top_k(top_k, n, f"the {n} candidates the budget buys")
+    seeds = seeds_for(wrap_seed(seed), 0, n)
+    relative = bool(getattr(host, "relative", False))
+    report = SearchReport(algorithm="random", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
+                          settings={"candidates": n, "budget_nfe": int(budget_nfe)})
+    keep = TopK(n if relative else top_k)
+    results = {}
+    rows = {}  # candidate index -> the host's score row (relative verifiers)
+    spent, i = 0, 0
+    while i < n:
+        size = int(getattr(host, "micro_batch", 0) or n)
+        chunk = list(range(i, min(n, i + max(1, size))))
+        cs = [seeds[j] for j in chunk]
+        noise = host.initial_noise(cs)
+        latents, nfe, batch = render(host, noise, cs)
+        spent += nfe
+        first = int(getattr(host, "scored_rows", 0))
+        scores = checked_scores(host.score(latents), len(chunk), [f"seed {s}" for s in cs], verifier)
+        for r, j in enumerate(chunk):
+            results[j] = CandidateResult(index=j, seed=cs[r], score=scores[r], nfe=gen)
+            rows[j] = first + r
+            keep.offer(scores[r], j, finalist(latents[r:r + 1], noise[r:r + 1], cs[r], batch=batch[r]))
+        i += len(chunk)
+    if relative:  # recombined over all N: ranks never depend on the micro-batch
+        combined = host.rescore().reshape(-1).tolist()
+        members = getattr(host, "member_scores", None)  # each member's raw score, for the report
+        for j, res in results.items():
+            res.score = float(combined[rows[j]])
+            if members is not None:
+                res.verifier_scores = members(rows[j])
+        items = [(results[j].score, j, f) for _, j, f in keep.items]
+        keep = TopK(top_k)
+        for sc, j, f in items:
+            keep.offer(sc, j, f)
+    report.candidates = [results[j] for j in range(n)]
+    best = -math.inf
+    for j, res in enumerate(report.candidates):  # best score against NFEs, candidate by candidate
+        best = max(best, res.score)
+        report.trace.append({"nfe": (j + 1) * gen, "best": best})
+    report.nfe_total = spent
     report.finalize()
-    return report, kept
+    return report, keep.finalists(results)
+
+
+ALGORITHM = Algorithm(
+    name="random", run=random_search, params=(), title="Random Search", node="RandomSearchStrategy",
+    description=("Random search (best of N), the paper's strongest algorithm on FLUX: N independent noises, full "
+                 "generations, keep the best. The same as SearchLoop without a strategy, plus an explicit NFE "
+                 "budget. Any sampler."),
+    samplers="any", replay="noise")

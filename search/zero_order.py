@@ -17,14 +17,15 @@ budget is used the same way as random search's.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
-from .common import TAG_ZO, TopK, check_budget, checked_scores, derived_noise, generation_nfe, payload, render
+from .common import TAG_ZO, TopK, check_budget, check_top_k, checked_scores, derived_noise, finalist, generation_nfe, render
 from .host import SearchHost, derive_seed
 from .noise import wrap_seed
-from .report import CandidateResult, SearchReport
+from .registry import Algorithm, Param
+from .report import CandidateResult, Finalist, SearchReport
 
 
 def neighbour(pivot: torch.Tensor, cosine: float, direction_seed: int) -> torch.Tensor:
@@ -43,16 +44,14 @@ def neighbour(pivot: torch.Tensor, cosine: float, direction_seed: int) -> torch.
     return y.reshape(pivot.shape).to(pivot.dtype)
 
 
-def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, neighbours: int = 2, cosine: float = 0.95,
-                      top_k: int = 1, verifier: str = "verifier") -> Tuple[SearchReport, List[Dict[str, Any]]]:
+def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
+                      **params) -> Tuple[SearchReport, List[Finalist]]:
+    p = ALGORITHM.resolve(params)
+    neighbours, cosine = p["neighbours"], p["cosine"]
     gen = generation_nfe(host)
-    neighbours = int(neighbours)
-    if neighbours < 1:
-        raise ValueError(f"zero-order search needs at least 1 neighbour per round, got {neighbours}")
     check_budget(budget_nfe, gen, "zero-order search (the pivot's own generation)")
     max_evals = int(budget_nfe) // gen
-    if not 1 <= top_k <= max_evals:
-        raise ValueError(f"top_k must be between 1 and the {max_evals} generations the budget allows, got {top_k}")
+    check_top_k(top_k, max_evals, f"the {max_evals} generations the budget allows")
 
     base = wrap_seed(seed)
     report = SearchReport(algorithm="zero_order", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
@@ -63,12 +62,12 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, neighbour
     spent = 0
 
     pivot = host.initial_noise([base])
-    latents, nfe = render(host, pivot, [base])
+    latents, nfe, batch = render(host, pivot, [base])
     spent += nfe
     label = f"zo pivot (seed {base})"
     pivot_score = checked_scores(host.score(latents), 1, [label], verifier)[0]
     results[0] = CandidateResult(index=0, seed=base, score=pivot_score, nfe=gen, noise_id=label)
-    keep.offer(pivot_score, 0, payload(latents[0:1], pivot, base))
+    keep.offer(pivot_score, 0, finalist(latents[0:1], pivot, base, batch=batch[0]))
     report.trace.append({"round": 0, "nfe": spent, "best": pivot_score, "pivot": pivot_score})
     next_index, rnd = 1, 0
 
@@ -78,14 +77,15 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, neighbour
         dir_seeds = [derive_seed(base, TAG_ZO, rnd, j, 0) for j in range(n)]
         run_seeds = [derive_seed(base, TAG_ZO, rnd, j, 1) for j in range(n)]
         noises = torch.cat([neighbour(pivot, cosine, s) for s in dir_seeds])
-        latents, nfe = render(host, noises, run_seeds)
+        latents, nfe, batch = render(host, noises, run_seeds)
         spent += nfe
         labels = [f"zo r{rnd} n{j} (pivot seed {base})" for j in range(n)]
         scores = checked_scores(host.score(latents), n, labels, verifier)
         for j in range(n):
             results[next_index] = CandidateResult(index=next_index, seed=None, score=scores[j], nfe=gen,
                                                   noise_id=labels[j])
-            keep.offer(scores[j], next_index, payload(latents[j:j + 1], noises[j:j + 1], run_seeds[j]))
+            keep.offer(scores[j], next_index, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j],
+                                                       batch=batch[j]))
             next_index += 1
         j_best = max(range(n), key=lambda j: (scores[j], -j))
         if scores[j_best] > pivot_score:
@@ -99,3 +99,17 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, neighbour
     report.settings["rounds"] = rnd
     report.finalize()
     return report, keep.finalists(results)
+
+
+ALGORITHM = Algorithm(
+    name="zero_order", run=zero_order_search, title="Zero-Order Search", node="ZeroOrderStrategy",
+    description=("Zero-order search (ZO-N, Ma et al. 2025): a pivot noise and N neighbours on the sphere around it; "
+                 "the best neighbour becomes the pivot if it beats it, otherwise the pivot stays and fresh "
+                 "neighbours are drawn; rounds until the budget is spent. Any sampler."),
+    params=(
+        Param("neighbours", 2, "N neighbours per round (the paper: 2 for text-to-image).", min=1, max=256),
+        Param("cosine", 0.95, "Cosine similarity of each neighbour to the pivot (norm kept). LARGER = a SMALLER "
+                              "step (1.0 would be the pivot itself); smaller = bigger jumps, closer to random search.",
+              min=0.0, max=0.9999, step=0.005),
+    ),
+    samplers="any", replay="noise")

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from tiny_verifiers import build_aesthetic_mlp, build_tiny_clip, build_tiny_clip_768
-from search import Candidate, random_search
+from search import State, random_search
 from verifiers import CLIPScoreVerifier, load_open_clip
 from verifiers.aesthetic import AestheticMLP, AestheticVerifier, load_aesthetic_mlp
 from verifiers.download import DownloadError, resolve
 from verifiers.ensemble import EnsembleVerifier, average_ranks, mean_rank, zscore
+from verifiers.protocol import ScoreBook, recombine
 from verifiers.loading import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 
 
@@ -142,28 +143,69 @@ def test_nested_ensemble_equals_flat_and_modes_do_not_mix():
         EnsembleVerifier([a, b], [0, 0])
 
 
+class BookHost:
+    """A SearchHost whose candidate i's decoded "image" is the constant i, scored through a ScoreBook (the one
+    recombination of relative scores that SearchLoop's host uses)."""
+
+    def __init__(self, verifier, micro_batch):
+        self.micro_batch, self.book = micro_batch, ScoreBook(verifier, "")
+        self.sigmas, self.sampler_name, self.steps = torch.tensor([1.0, 0.0]), "euler", 1
+
+    relative = property(lambda self: self.book.relative)
+    scored_rows = property(lambda self: self.book.count)
+
+    def nfe(self, start, end):
+        return 5 * (end - start)
+
+    def initial_noise(self, seeds):
+        return torch.tensor([float(s - 100) for s in seeds]).view(-1, 1, 1, 1)
+
+    def start(self, noise):
+        return State(noise, torch.zeros_like(noise), 0)
+
+    def sample(self, state, end, seeds):
+        return State(torch.zeros_like(state.noise), state.noise.clone(), end), state.noise
+
+    def score(self, latents):
+        return self.book.add(latents.view(-1, 1, 1, 1).expand(-1, 2, 2, 3))
+
+    def rescore(self):
+        return self.book.all()
+
+    def member_scores(self, row):
+        return self.book.members(row)
+
+
 def test_relative_scores_in_random_search_do_not_depend_on_micro_batch():
     rng = torch.Generator().manual_seed(0)
     table = torch.randn(9, 3, generator=rng)
     table[4, 0] = table[2, 0]  # a tie
     ens = EnsembleVerifier([Fixed("x", table[:, 0].tolist()), Fixed("y", table[:, 1].tolist()),
                             Fixed("z", table[:, 2].tolist())])
-    cands = [Candidate(i, 100 + i) for i in range(9)]
-
-    def evaluate(chunk):
-        imgs = torch.tensor([float(c.index) for c in chunk]).view(-1, 1, 1, 1).expand(-1, 2, 2, 3)
-        return ens.score_members(imgs, ""), 5, [c.index for c in chunk]
-
     results = []
     for mb in (1, 2, 4, 9):
-        report, kept = random_search(cands, evaluate, top_k=3, micro_batch=mb, combine=ens.combine,
-                                     member_names=ens.member_names)
+        report, finalists = random_search(BookHost(ens, mb), seed=100, budget_nfe=45, top_k=3)
         results.append([(c.index, c.score) for c in report.ranked()])
-        assert len(kept) == 9  # relative: every payload kept until the end
+        assert [f.result.index for f in finalists] == [c.index for c in report.ranked()[:3]]
     assert all(r == results[0] for r in results)
     expected = mean_rank(table)
     assert [s for _, s in sorted(results[0])] == pytest.approx(expected.tolist())
     assert report.candidates[0].verifier_scores.keys() == {"x", "y", "z"}
+    assert report.candidates[0].verifier_scores["y"] == pytest.approx(float(table[0, 1]))
+
+
+def test_score_book_recombines_over_every_row():
+    a, b = Fixed("a", [1.0, 3.0, 2.0, 0.0]), Fixed("b", [0.5, 0.1, 0.9, 0.2])
+    imgs = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 2, 3).contiguous()
+    ens = EnsembleVerifier([a, b])
+    book = ScoreBook(ens, "")
+    first = book.add(imgs[:2])  # ranks among the first two only
+    assert first.tolist() == pytest.approx(mean_rank(torch.tensor([[1.0, 0.5], [3.0, 0.1]])).tolist())
+    book.add(imgs[2:])
+    assert book.all().tolist() == pytest.approx(ens.score(imgs, "").tolist())  # over all four
+    assert recombine(ens, book.matrix()).tolist() == pytest.approx(book.all().tolist())
+    single = ScoreBook(a, "")
+    assert single.add(imgs).tolist() == [1.0, 3.0, 2.0, 0.0] and not single.relative and single.members(0) == {}
 
 
 # ------------------------------------------------------------------ download

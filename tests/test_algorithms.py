@@ -9,7 +9,7 @@ from search import (Strategy, UnsupportedSamplerError, effective_sample_size, ev
                     paths_search, resample_indices, run_strategy, zero_order_search)
 from search.host import State, derive_seed
 from search.noise import candidate_noise
-from search.random_search import top_k_indices
+from search.common import top_k_indices
 from toy_host import GaussianToy, ToyHost, gaussian_host
 
 STRATEGIES = [
@@ -24,10 +24,11 @@ STRATEGIES = [
 ]
 
 
-def _run(name, params, sampler, micro_batch, coarse=0, budget=0, candidates=12, prediction="eps", top_k=2, seed=7):
+def _run(name, params, sampler, micro_batch, coarse=0, budget=0, candidates=12, prediction="eps", top_k=2, seed=7,
+         rerender=0):
     host = gaussian_host(sampler=sampler, steps=12, micro_batch=micro_batch, prediction=prediction)
-    report, finalists = run_strategy(Strategy(name, params, budget_nfe=budget, coarse_steps=coarse), host,
-                                     candidates=candidates, top_k=top_k, seed=seed)
+    report, finalists = run_strategy(Strategy(name, params, budget_nfe=budget, coarse_steps=coarse, rerender=rerender),
+                                     host, candidates=candidates, top_k=top_k, seed=seed)
     return host, report, finalists
 
 
@@ -55,7 +56,7 @@ def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generatio
     for rnd, t in enumerate(report.trace[1:], start=1):
         seen += [c.score for c in report.candidates[1 + 2 * (rnd - 1):1 + 2 * rnd]]
         assert t["pivot"] == max(seen) == t["best"]
-    assert finalists[0]["result"].score == max(seen)
+    assert finalists[0].result.score == max(seen)
 
 
 def test_zero_order_last_round_is_cut_to_the_budget():
@@ -145,8 +146,8 @@ def test_paths_keeps_exactly_the_top_n_and_spends_the_stated_nfes(prediction):
     ends = [r["end_index"] for r in rounds]
     assert ends == sorted(set(ends)) and ends[0] > s_idx
     last = rounds[-1]
-    assert [c.score for c in report.ranked()][:2] == [finalists[0]["result"].score, finalists[1]["result"].score]
-    assert finalists[0]["result"].score == max(last["scores"]) and finalists[0]["noise"] is None
+    assert [c.score for c in report.ranked()][:2] == [finalists[0].result.score, finalists[1].result.score]
+    assert finalists[0].result.score == max(last["scores"]) and finalists[0].noise is None
     assert len(report.candidates) == N * M
 
 
@@ -204,7 +205,7 @@ def test_particles_resample_towards_the_reward():
     # with a strong potential every particle at the end descends from few ancestors, and the final
     # best beats the best of the same particles without resampling (random search at the same seeds)
     host = gaussian_host(sampler="euler_ancestral", steps=12)
-    r, f = run_strategy(Strategy("particles", {"lam": 200.0, "interval": 2}), host, candidates=16, top_k=1, seed=2)
+    r, f = run_strategy(Strategy("particles", {"lam": 200.0, "interval": 2, "ess_threshold": 0.0}), host, candidates=16, top_k=1, seed=2)
     assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 16 * 5
     assert r.nfe_total == 16 * 12 == host.nfe_rows
     origins = {c.noise_id.split("from seed ")[1] for c in r.candidates}
@@ -228,9 +229,9 @@ def test_evolution_keeps_its_elites_and_mutates_with_unit_variance():
         assert nxt[:E] == elites
         assert all(i not in prev for i in nxt[E:])  # the rest are new children
     assert report.nfe_total == 132 == host.nfe_rows and len(report.candidates) == 22
-    assert [f["result"].index for f in finalists] == [c.index for c in report.ranked()[:3]]
+    assert [f.result.index for f in finalists] == [c.index for c in report.ranked()[:3]]
     # a child's noise: √(1−β²)·parent + β·ε stays unit variance
-    child = finalists[0]["noise"]
+    child = finalists[0].noise
     assert 0.8 < float(child.std()) < 1.2
 
 
@@ -246,8 +247,8 @@ def test_deterministic_independent_of_micro_batch_and_within_budget(name, params
         assert rep.to_dict() == rep0.to_dict()
         assert len(fin) == len(fin0) == 2
         for a, b in zip(fin, fin0):
-            assert torch.equal(a["latent"], b["latent"]) and a["seed"] == b["seed"]
-            assert (a["noise"] is None and b["noise"] is None) or torch.equal(a["noise"], b["noise"])
+            assert torch.equal(a.latent, b.latent) and a.seed == b.seed
+            assert (a.noise is None and b.noise is None) or torch.equal(a.noise, b.noise)
     other = _run(name, params, sampler, 0, seed=8)[1]
     assert other.to_dict()["candidates"] != rep0.to_dict()["candidates"]
 
@@ -269,29 +270,29 @@ def test_never_exceeds_the_budget(name, params, sampler, budget):
 def test_finalists_replay_from_their_noise_and_seed(name, params, sampler):
     host, rep, fin = _run(name, params, sampler, 0)
     for f in fin:
-        state, _ = host.sample(host.start(f["noise"]), host.steps, [f["seed"]])
-        assert torch.equal(state.latent, f["latent"])
-        assert float(host.score(state.latent)[0]) == f["result"].score
+        state, _ = host.sample(host.start(f.noise), host.steps, [f.seed])
+        assert torch.equal(state.latent, f.latent)
+        assert float(host.score(state.latent)[0]) == f.result.score
 
 
 def test_random_strategy_is_best_of_n_with_seeds_base_plus_i():
     host, rep, fin = _run("random", {}, "euler", 0, candidates=6, top_k=1)
     assert [c.seed for c in rep.candidates] == [7 + i for i in range(6)]
-    assert rep.nfe_total == 6 * 12 and fin[0]["seed"] == rep.best.seed
-    assert torch.equal(fin[0]["noise"], candidate_noise((1, 4, 8, 8), rep.best.seed))
+    assert rep.nfe_total == 6 * 12 and fin[0].seed == rep.best.seed
+    assert torch.equal(fin[0].noise, candidate_noise((1, 4, 8, 8), rep.best.seed))
 
 
 # --- coarse to fine ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,params", [("random", {}), ("zero_order", {}), ("evolution", {"population": 4})])
 def test_coarse_to_fine_rerenders_at_full_steps(name, params):
-    host, rep, fin = _run(name, dict(params, rerender=3), "euler", 0, coarse=4, candidates=10)
+    host, rep, fin = _run(name, params, "euler", 0, coarse=4, candidates=10, rerender=3)
     assert rep.algorithm == f"coarse_to_fine({name})"
     assert rep.settings["coarse_report"]["nfe_total"] == rep.settings["coarse_nfe"]
     assert rep.nfe_total == rep.settings["coarse_nfe"] + 3 * 12 == host.nfe_rows <= 10 * 12
     assert len(rep.candidates) == 3 and len(rep.settings["coarse_scores"]) == 3
-    full, _ = host.sample(host.start(fin[0]["noise"]), host.steps, [fin[0]["seed"]])
-    assert torch.equal(full.latent, fin[0]["latent"]) and fin[0]["result"].score == rep.best.score
+    full, _ = host.sample(host.start(fin[0].noise), host.steps, [fin[0].seed])
+    assert torch.equal(full.latent, fin[0].latent) and fin[0].result.score == rep.best.score
     # the coarse host really had fewer steps: its candidates each cost 4 NFEs
     assert {c["nfe"] for c in rep.settings["coarse_report"]["candidates"]} == {4}
 
@@ -306,9 +307,9 @@ def test_recipes_replay_path_algorithms_exactly(name, params, sampler):
     host, rep, fin = _run(name, params, sampler, 0, candidates=8, top_k=2)
     for f in fin:
         again = gaussian_host(sampler=sampler, steps=12)
-        lat, nfe = replay(again, f["recipe"])
-        assert torch.equal(lat, f["latent"])
-        assert nfe == replay_cost(again, f["recipe"]) == again.nfe_rows
+        lat, nfe = replay(again, f.recipe)
+        assert torch.equal(lat, f.latent)
+        assert nfe == replay_cost(again, f.recipe) == again.nfe_rows
 
 
 @pytest.mark.parametrize("name,params,sampler", [
@@ -321,9 +322,9 @@ def test_coarse_to_fine_replays_path_algorithms_at_full_steps(name, params, samp
     assert {c["nfe"] for c in rep.settings["coarse_report"]["candidates"]} <= set(range(1, 4 * 3 + 1))
     full = gaussian_host(sampler=sampler, steps=12)
     from search.coarse_to_fine import replay
-    lat, _ = replay(full, fin[0]["recipe"])  # the finalist is its lineage at the full 12 steps
-    assert torch.equal(lat, fin[0]["latent"])
-    assert rep.settings["rerender"] >= 1 and fin[0]["result"].score == rep.best.score
+    lat, _ = replay(full, fin[0].recipe)  # the finalist is its lineage at the full 12 steps
+    assert torch.equal(lat, fin[0].latent)
+    assert rep.settings["rerender"] >= 1 and fin[0].result.score == rep.best.score
 
 
 def test_strategy_refusals():

@@ -4,48 +4,78 @@ import math
 import pytest
 import torch
 
-from search import (Candidate, NFECounter, UnknownNFEError, candidate_noise, candidate_noises,
+from search import (NFECounter, NonFiniteScoreError, State, UnknownNFEError, candidate_noise, candidate_noises,
                     nfe_per_generation, plan_micro_batch, random_search, run_in_micro_batches, top_k_indices)
 from search.noise import seeds_for, wrap_seed
-from search.random_search import NonFiniteScoreError
 
 
-def toy_evaluate(score_of):
-    calls = []
+class TableHost:
+    """A SearchHost whose candidate with seed s scores ``table[s - base]``: one 10-NFE step per generation."""
 
-    def evaluate(chunk):
-        calls.append([c.index for c in chunk])
-        return torch.tensor([score_of(c) for c in chunk]), 10, [c.seed for c in chunk]
-    return evaluate, calls
+    def __init__(self, table, base=100, micro_batch=3):
+        self.table, self.base, self.micro_batch = list(table), base, micro_batch
+        self.sigmas, self.sampler_name, self.relative, self.steps = torch.tensor([1.0, 0.0]), "euler", False, 1
+        self.calls, self.scored = [], []
+
+    def nfe(self, start, end):
+        return 10 * (end - start)
+
+    def initial_noise(self, seeds):
+        return torch.tensor([float(s) for s in seeds]).view(-1, 1, 1, 1)
+
+    def start(self, noise):
+        return State(noise, torch.zeros_like(noise), 0)
+
+    def sample(self, state, end, seeds):
+        self.calls.append([int(s) - self.base for s in seeds])
+        return State(torch.zeros_like(state.noise), state.noise.clone(), end, [len(seeds)] * len(seeds)), state.noise
+
+    @property
+    def scored_rows(self):
+        return len(self.scored)
+
+    def score(self, latents):
+        s = torch.tensor([self.table[int(v) - self.base] for v in latents.reshape(-1).tolist()])
+        self.scored += s.tolist()
+        return s
+
+    def rescore(self):
+        return torch.tensor(self.scored)
 
 
 def test_random_search_returns_argmax_and_top_k():
-    scores = [0.3, 0.9, -1.0, 0.9, 0.5, 0.1, 2.0]
-    cands = [Candidate(i, 100 + i) for i in range(len(scores))]
-    ev, calls = toy_evaluate(lambda c: scores[c.index])
-    report, kept = random_search(cands, ev, top_k=3, micro_batch=3)
+    host = TableHost([0.3, 0.9, -1.0, 0.9, 0.5, 0.1, 2.0], micro_batch=3)
+    report, finalists = random_search(host, seed=100, budget_nfe=70, top_k=3)
     ranked = report.ranked()
     assert [c.index for c in ranked[:3]] == [6, 1, 3]  # tie 0.9/0.9 goes to the lower index
     assert report.best.seed == 106 and report.best.rank == 1
-    assert sorted(kept) == [1, 3, 6] and kept[6] == 106  # only the top-k payloads are kept
-    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [f.result.index for f in finalists] == [6, 1, 3]  # only the top-k are kept, best first
+    assert finalists[0].replay == "ksampler" and finalists[0].seed == 106 and finalists[0].batch == 1
+    assert host.calls == [[0, 1, 2], [3, 4, 5], [6]]  # one micro-batch at a time
     assert report.nfe_total == 70 and all(c.nfe == 10 for c in report.candidates)
-    assert [t["nfe"] for t in report.trace] == [30, 60, 70]
-    assert [t["best"] for t in report.trace] == pytest.approx([0.9, 0.9, 2.0])
+    assert [t["nfe"] for t in report.trace] == [10, 20, 30, 40, 50, 60, 70]  # per candidate: no micro-batch
+    assert [t["best"] for t in report.trace] == pytest.approx([0.3, 0.9, 0.9, 0.9, 0.9, 0.9, 2.0])
     assert sorted(c.rank for c in report.candidates) == list(range(1, 8))
 
 
 def test_top_k_indices_ties_and_bounds():
     assert top_k_indices([1, 3, 3, 2], 2) == [1, 2]
     assert top_k_indices([5.0], 1) == [0]
-    with pytest.raises(ValueError):
-        random_search([Candidate(0, 0)], toy_evaluate(lambda c: 0.0)[0], top_k=2, micro_batch=1)
+    with pytest.raises(ValueError, match="top_k"):
+        random_search(TableHost([0.0]), seed=100, budget_nfe=10, top_k=2)
+
+
+def test_random_search_refuses_a_budget_below_one_generation():
+    # a budget of 1 or 3 NFEs buys no 10-NFE generation: refused, never silently overspent
+    for budget in (1, 3, 9):
+        with pytest.raises(ValueError, match="too small"):
+            random_search(TableHost([0.0] * 4), seed=100, budget_nfe=budget)
 
 
 def test_nan_score_is_a_clear_error():
-    ev, _ = toy_evaluate(lambda c: math.nan if c.index == 2 else 1.0)
-    with pytest.raises(NonFiniteScoreError, match="non-finite score.*seed 2"):
-        random_search([Candidate(i, i) for i in range(4)], ev, top_k=1, micro_batch=4)
+    host = TableHost([1.0, 1.0, math.nan, 1.0], micro_batch=4)
+    with pytest.raises(NonFiniteScoreError, match="non-finite score.*seed 102"):
+        random_search(host, seed=100, budget_nfe=40)
 
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
@@ -163,8 +193,64 @@ def test_plan_micro_batch():
 
 def test_report_json_roundtrip():
     import json
-    ev, _ = toy_evaluate(lambda c: float(c.index))
-    report, _ = random_search([Candidate(i, 10 + i) for i in range(3)], ev, top_k=1, micro_batch=2)
+    report, _ = random_search(TableHost([0.0, 1.0, 2.0], base=10, micro_batch=2), seed=10, budget_nfe=30)
     d = json.loads(report.to_json())
     assert d["best"]["seed"] == 12 and d["candidates"][0]["rank"] == 1
     assert d["algorithm"] == "random" and d["nfe_total"] == 30
+
+
+def test_phase_clock_splits_time_and_counts_calls():
+    import time
+    from search import PhaseClock
+    clock = PhaseClock()
+    with clock.phase("denoise"):
+        time.sleep(0.02)
+        with clock.phase("decode"):  # nested: belongs to the outer phase
+            pass
+    with clock.phase("verify"):
+        pass
+    d = clock.to_dict(total_seconds=0.1)
+    assert d["denoise"]["calls"] == 1 and d["decode"]["calls"] == 0 and d["verify"]["calls"] == 1
+    assert d["denoise"]["seconds"] >= 0.02 and d["other"]["seconds"] == pytest.approx(
+        0.1 - d["denoise"]["seconds"] - d["verify"]["seconds"], abs=1e-5)
+    assert set(d) == {"denoise", "decode", "verify", "rerender", "other"}
+
+
+def test_sampler_table_drives_nfe_and_requirements():
+    from search import SAMPLERS, get_algorithm
+    from search.registry import UnsupportedSamplerError
+    # every sampler ComfyUI's k-diffusion offers that the old tables knew keeps its NFE count
+    assert nfe_per_generation("dpmpp_2m", [3, 2, 1, 0]) == 3 and nfe_per_generation("dpmpp_sde", [3, 2, 1, 0]) == 5
+    assert all(f.calls in (1, 2, None) for f in SAMPLERS.values())
+    assert all(not f.stochastic or f.calls is not None for f in SAMPLERS.values())
+    paths, particles = get_algorithm("paths"), get_algorithm("particles")
+    paths.check_sampler("euler")
+    with pytest.raises(UnsupportedSamplerError, match="dpmpp_2m"):
+        paths.check_sampler("dpmpp_2m")
+    with pytest.raises(UnsupportedSamplerError, match="heunpp2"):  # changes its last step at a segment end
+        paths.check_sampler("heunpp2")
+    with pytest.raises(UnsupportedSamplerError, match="deterministic"):
+        particles.check_sampler("euler")
+    particles.check_sampler("sample_euler_ancestral")
+    get_algorithm("random").check_sampler("dpm_adaptive")  # whole-schedule runs: any sampler
+
+
+def test_registry_resolves_defaults_and_refuses_bad_values():
+    from search import algorithms
+    for alg in algorithms().values():
+        assert alg.resolve({}) == alg.defaults()  # the defaults themselves are valid
+        assert alg.node.endswith("Strategy") and alg.title and alg.description
+    zo = algorithms()["zero_order"]
+    assert zo.resolve({"neighbours": 4})["neighbours"] == 4
+    with pytest.raises(ValueError, match="unknown parameter.*nieghbours"):
+        zo.resolve({"nieghbours": 4})
+    with pytest.raises(ValueError, match="'cosine' must lie in"):
+        zo.resolve({"cosine": 1.5})
+    with pytest.raises(ValueError, match="whole number"):
+        zo.resolve({"neighbours": 2.5})
+    with pytest.raises(ValueError, match="backward .* must be larger than forward"):
+        algorithms()["paths"].resolve({"forward": 0.9, "backward": 0.5})
+    with pytest.raises(ValueError, match="elites"):
+        algorithms()["evolution"].resolve({"population": 4, "elites": 4})
+    with pytest.raises(ValueError, match="one of"):
+        algorithms()["particles"].resolve({"potential": "best"})

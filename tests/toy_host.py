@@ -98,7 +98,9 @@ class ToyHost:
         self.sched = schedule or (VPDiscrete() if prediction == "eps" else FlowSchedule())
         self.sigmas = self.sched.schedule(steps)
         # shared with the hosts made by with_steps, so a coarse-to-fine run is counted whole
-        self.counter = counter if counter is not None else {"nfe": 0, "score": 0, "calls": []}
+        self.counter = counter if counter is not None else {"nfe": 0, "score": 0, "calls": [], "scores": []}
+        self.relative = False
+        self.nfe_predict = 1
 
     @property
     def nfe_rows(self) -> int:
@@ -137,7 +139,15 @@ class ToyHost:
             outs.append(xc)
             x0s.append(x0c)
         x, x0 = torch.cat(outs), torch.cat(x0s)
-        return State(torch.zeros_like(x), self.inverse_scale(float(self.sigmas[end]), x), end), x0
+        return State(torch.zeros_like(x), self.inverse_scale(float(self.sigmas[end]), x), end,
+                     [min(mb, len(state) - c) for c in range(0, len(state), mb) for _ in range(min(mb, len(state) - c))]), x0
+
+    def predict_x0(self, state: State, seeds: Sequence[int]) -> torch.Tensor:
+        if state.index >= self.steps:
+            return state.latent
+        x = self.x_of(state)
+        self.counter["nfe"] += x.shape[0]
+        return self.denoiser(x, float(self.sigmas[state.index]))
 
     def nfe(self, start: int, end: int) -> int:
         return max(0, int(end) - int(start))
@@ -158,7 +168,16 @@ class ToyHost:
 
     def score(self, latents: torch.Tensor) -> torch.Tensor:
         self.counter["score"] += latents.shape[0]
-        return self.scorer(latents)
+        s = self.scorer(latents)
+        self.counter["scores"].append(s.detach().float().reshape(-1))
+        return s
+
+    @property
+    def scored_rows(self) -> int:
+        return self.counter["score"]
+
+    def rescore(self) -> torch.Tensor:
+        return torch.cat(self.counter["scores"]) if self.counter["scores"] else torch.zeros(0)
 
     def level(self, index: int) -> float:
         return self.sched.level(float(self.sigmas[index]))

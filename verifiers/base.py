@@ -5,6 +5,8 @@ from typing import List, Sequence, Union
 
 import torch
 
+from .protocol import SingleVerifier
+
 Prompts = Union[str, Sequence[str]]
 
 
@@ -20,8 +22,9 @@ def as_prompt_list(prompts: Prompts, n: int) -> List[str]:
     return prompts
 
 
-class Verifier(torch.nn.Module):
-    """Base class. Subclasses implement ``_score(images, prompts)`` on a chunk.
+class Verifier(SingleVerifier, torch.nn.Module):
+    """Base class of the model verifiers (``verifiers/protocol.py`` is the protocol every VERIFIER
+    follows). Subclasses implement ``_score(images, prompts)`` on a chunk.
 
     * ``images``: float tensor B x H x W x 3 in [0, 1] (ComfyUI's IMAGE layout);
     * ``prompts``: one string or one per image;

@@ -66,7 +66,8 @@ def _weights(weights: Optional[Sequence[float]], m: int) -> torch.Tensor:
 
 
 class EnsembleVerifier:
-    """Combines member verifiers (anything with ``score(images, prompt)`` and ``name``)."""
+    """Combines member verifiers (anything with ``score(images, prompt)`` and ``name``): a relative
+    verifier of the protocol in ``verifiers/protocol.py`` (its scores are recombined there)."""
 
     relative = True
 

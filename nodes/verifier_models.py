@@ -7,12 +7,15 @@ use one CLIP model and one patcher, so it is loaded and offloaded once."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import compat
-from ..verifiers.ensemble import EnsembleVerifier
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from .progress import throw_if_interrupted
+from ..verifiers.protocol import SingleVerifier
 
 _lock = threading.RLock()
 _parts: Dict[Tuple, Tuple[torch.nn.Module, object]] = {}  # key -> (module, patcher)
@@ -24,11 +27,14 @@ def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Mo
     with _lock:
         if key not in _parts:
             module = build()
-            load_device, offload_device = compat.verifier_devices()
-            if compat.use_fp16_for_verifier(load_device):
+            load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+            if load_device.type == "cuda" and mm.should_use_fp16(load_device):
                 module.half()
             module.eval().requires_grad_(False)
-            _parts[key] = (module, compat.make_patcher(module, load_device, offload_device))
+            size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+            patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device,
+                                                       size=size)
+            _parts[key] = (module, patcher)
         return _parts[key][0]
 
 
@@ -36,10 +42,9 @@ def _patcher_of(key: Tuple):
     return _parts[key][1]
 
 
-class HostVerifier:
-    """The object on a VERIFIER socket: ``score(images, prompt) -> B scores``."""
-
-    relative = False
+class HostVerifier(SingleVerifier):
+    """The object on a VERIFIER socket (``verifiers/protocol.py``): ``score(images, prompt) -> B scores``,
+    with the verifier's models loaded for scoring by ComfyUI's model management."""
 
     def __init__(self, verifier, description: str, part_keys: Optional[Sequence[Tuple]] = None):
         """``part_keys``: the shared parts (see :func:`shared_part`) that hold all
@@ -61,20 +66,10 @@ class HostVerifier:
     def name(self) -> str:
         return self.description
 
-    @property
-    def member_names(self) -> List[str]:
-        return [self.description]
-
     def score(self, images: torch.Tensor, prompt: Union[str, Sequence[str]]) -> torch.Tensor:
-        compat.throw_if_interrupted()
-        compat.load_for_inference(self.patchers)
+        throw_if_interrupted()
+        mm.load_models_gpu(list(self.patchers))  # ComfyUI may offload other models to make room
         return self.verifier.score(images, prompt)
-
-    def score_members(self, images: torch.Tensor, prompt) -> torch.Tensor:
-        return self.score(images, prompt).reshape(-1, 1)
-
-    def combine(self, matrix: torch.Tensor) -> torch.Tensor:
-        return matrix.reshape(-1)
 
 
 def cached(key: Tuple, build: Callable[[], HostVerifier]) -> HostVerifier:
@@ -88,16 +83,4 @@ def cached(key: Tuple, build: Callable[[], HostVerifier]) -> HostVerifier:
         return hv
 
 
-def member_matrix(verifier, images: torch.Tensor, prompt) -> torch.Tensor:
-    """N x M raw scores of any VERIFIER (M = 1 for a single verifier)."""
-    if hasattr(verifier, "score_members"):
-        return verifier.score_members(images, prompt)
-    return verifier.score(images, prompt).reshape(-1, 1)
-
-
-def combiner(verifier) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """The recombination rule of a relative verifier (an ensemble), else None."""
-    return verifier.combine if getattr(verifier, "relative", False) else None
-
-
-__all__ = ["HostVerifier", "EnsembleVerifier", "shared_part", "cached", "member_matrix", "combiner"]
+__all__ = ["HostVerifier", "shared_part", "cached"]

@@ -1,0 +1,120 @@
+"""The one search pipeline: plan -> host -> strategy -> finalist step -> outputs.
+
+SearchLoop (with or without a strategy node) runs through here; so does every
+strategy, random search included.  The finalist step re-renders each finalist
+that a stock node can replay, at batch 1 through exactly that node's call, so
+``exact_winner`` means the same thing for every strategy:
+
+* a finalist whose starting noise is the candidate noise of a seed (random
+  search, coarse-to-fine finalists, a zero-order pivot, evolution's first
+  generation): the stock KSampler / SamplerCustom call with that seed;
+* a finalist made from another starting noise (zero-order neighbours, evolved
+  noises): the stock SamplerCustomAdvanced call with the ``noise`` output;
+* paths and particles: no stock node replays a lineage, so the search's own
+  sample is returned.
+
+A finalist already sampled alone over the whole schedule was made by that same
+call (current ComfyUI) and is not sampled again.  Each finalist's ``replay``
+in the report says which it is."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+import torch
+
+from . import compat
+from .host import ComfyHost
+from .noise import CandidateNoise, ExplicitNoise
+from .progress import Progress
+from .sampling import SamplingPlan, SearchInputError, decode, output_latent
+from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
+from ..search.report import Finalist, SearchReport
+
+
+def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifier, prompt: str, seed: int,
+               candidates: int, top_k: int, micro_batch: int = 0, exact_winner: bool = True,
+               settings: Dict[str, Any] = None):
+    """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise)."""
+    t0 = time.perf_counter()
+    strategy = strategy if strategy is not None else Strategy("random")
+    n, seed = int(candidates), int(seed)
+    gen = plan.nfe_per_generation()
+    if gen is None and (strategy.name != "random" or strategy.budget_nfe or strategy.coarse_steps):
+        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' with a budget counts NFEs, which sampler "
+                               f"'{plan.sampler_label}' does not know in advance (it picks its own steps): pick a "
+                               "fixed-step sampler")
+    est = gen if gen is not None else max(1, plan.sigmas.numel() - 1)
+    budget = int(strategy.budget_nfe) or n * est
+    progress = Progress(total=budget + top_k * est, model=plan.model)
+    batch = plan.micro_batch(n, micro_batch)
+    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed)
+    try:
+        report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
+                                         verifier=getattr(verifier, "name", "verifier"))
+    except (UnsupportedSamplerError, ValueError) as e:
+        if isinstance(e, compat.InterruptProcessingException):
+            raise
+        raise SearchInputError(str(e)) from e
+    if not finalists:
+        raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
+                               f"{budget} NFEs: raise the budget")
+    images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host.relative,
+                             bool(exact_winner))
+    progress.set(progress.total)
+    report.prompt = prompt
+    report.nfe_per_generation = gen
+    report.cfg_multiplier = plan.cfg_multiplier()
+    report.settings.update(settings or {})
+    report.settings.update({
+        "seed": seed, "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
+        "steps": int(plan.sigmas.numel() - 1), "micro_batch": host.micro_batch, "per_candidate_noise": plan.separable,
+        "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
+        "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
+        "coarse_steps": int(strategy.coarse_steps)})
+    report.phases = plan.clock.to_dict(time.perf_counter() - t0)
+    best = finalists[0]
+    return (images[:1], output_latent(latent, latents[:1]), images, report) + winner_noise(plan, best)
+
+
+def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport, finalists: List[Finalist],
+           progress: Progress, nfe_gen: int, relative: bool, exact: bool):
+    """The finalist step: each finalist's output latent and image, re-rendered through the stock call
+    where that is what replays it."""
+    images: List[torch.Tensor] = []
+    latents: List[torch.Tensor] = []
+    for f in finalists:
+        res, kind = f.result, f.replay
+        alone = f.batch == 1 and compat.SEEDED_DEFAULT_NOISE  # the stock call already made it
+        if exact and kind and not alone:
+            with plan.clock.phase("rerender"):
+                if kind == "ksampler":
+                    lat = plan.render_stock(res.seed, None, progress, nfe_gen)
+                else:
+                    lat = plan.render_stock(f.seed, f.noise, progress, nfe_gen)
+                img = decode(vae, lat)
+                # a relative verifier has no meaning for one image alone: it keeps its search score
+                res.final_score = res.score if relative else float(verifier.score(img, prompt)[0])
+            report.rerender_nfe += nfe_gen
+            res.replay = kind
+        else:
+            lat = f.latent
+            with plan.clock.phase("decode"):
+                img = decode(vae, lat)
+            res.final_score = res.score
+            res.replay = kind if (kind and alone) else ("batched" if kind else "lineage")
+        latents.append(lat.cpu())
+        images.append(img.cpu())
+    return torch.cat(images), torch.cat(latents)
+
+
+def winner_noise(plan: SamplingPlan, best: Finalist):
+    """(winner_noise LATENT, best_seed, NOISE): the winner's starting noise, its KSampler seed (0 if none) and a
+    NOISE that makes SamplerCustomAdvanced start from it (zeros for a lineage, which has no single noise)."""
+    res = best.result
+    if best.replay == "ksampler":
+        return {"samples": plan.initial_noises([res.seed])}, int(res.seed), CandidateNoise(seeds=[res.seed])
+    if best.noise is not None:
+        return {"samples": best.noise.cpu()}, 0, ExplicitNoise(best.noise, int(best.seed or 0))
+    zeros = torch.zeros_like(plan.template)
+    return {"samples": zeros}, 0, ExplicitNoise(zeros, 0)

@@ -1,0 +1,278 @@
+"""How candidates are sampled: the model, conditioning and sampler in the graph
+(KSampler widgets, SAMPLER + SIGMAS as SamplerCustom takes them, or a GUIDER as
+SamplerCustomAdvanced), run over any micro-batch of starting noises, and the
+stock nodes' own calls for batch-1 re-renders."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+
+from . import compat, memory
+from .noise import per_candidate_noise, per_candidate_noise_supported
+from .progress import Progress, throw_if_interrupted
+from ..search import NFECounter, UnknownNFEError, candidate_noises, nfe_per_generation, plan_micro_batch
+from ..search.report import PhaseClock
+
+
+class SearchInputError(ValueError):
+    """Bad input: the message says what, why and what to do."""
+
+
+# --------------------------------------------------------------------------- ComfyUI's sampler objects and calls
+def sampler_names():
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names():
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def compute_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
+    """The sigmas a stock KSampler uses for these widgets."""
+    ks = comfy.samplers.KSampler(compat.ksampler_target(model), steps=steps, device=model.load_device,
+                                 sampler=sampler_name, scheduler=scheduler, denoise=denoise,
+                                 model_options=model.model_options)
+    return ks.sigmas.detach().cpu()
+
+
+def sampler_function_name(sampler) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    return getattr(fn, "__name__", "") or ""
+
+
+def sample_with_sampler(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                        noise_mask, callback, seed, guider=None):
+    """One sampling run with an explicit SAMPLER + SIGMAS: what SamplerCustom
+    does, or SamplerCustomAdvanced when a GUIDER is given."""
+    if guider is not None:
+        return guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=noise_mask,
+                             callback=callback, disable_pbar=True, seed=seed).to(mm.intermediate_device())
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                      noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=seed)
+
+
+def sample_like_ksampler(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                         denoise, noise_mask, callback, seed):
+    """Exactly the call a stock KSampler node makes (nodes.common_ksampler)."""
+    return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                               denoise=denoise, noise_mask=noise_mask, callback=callback, disable_pbar=True,
+                               seed=seed)
+
+
+# --------------------------------------------------------------------------- model facts
+def latent_channels(model) -> Optional[int]:
+    lf = compat.model_object(model, "latent_format")
+    ch = getattr(lf, "latent_channels", None)
+    if ch is None and getattr(lf, "latent_rgb_factors", None) is not None:
+        ch = len(lf.latent_rgb_factors)
+    return ch
+
+
+def latent_out(model, x: torch.Tensor) -> torch.Tensor:
+    """A sampler-internal latent (a callback's x0) in LATENT space, as VAE Decode takes it."""
+    return model.model.process_latent_out(x.float())
+
+
+def noise_scaling_coefficients(model, sigma: float, max_denoise: bool) -> tuple:
+    """(a, b) with ComfyUI's ``noise_scaling(sigma, noise, latent, max_denoise) = a*noise + b*latent``,
+    read off the model's own function (EPS, v-prediction, flow/CONST, EDM alike)."""
+    ms = compat.model_object(model, "model_sampling")
+    s = torch.tensor([float(sigma)])
+    one, zero = torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)
+    a = ms.noise_scaling(s.view(1, 1, 1, 1), one.clone(), zero.clone(), max_denoise=max_denoise)
+    b = ms.noise_scaling(s.view(1, 1, 1, 1), zero.clone(), one.clone(), max_denoise=max_denoise)
+    return float(a.reshape(-1)[0]), float(b.reshape(-1)[0])
+
+
+def starts_at_max_denoise(model, sigma0: float) -> bool:
+    """KSAMPLER.max_denoise: does a run starting at ``sigma0`` start from pure noise?"""
+    max_sigma = float(compat.model_object(model, "model_sampling").sigma_max)
+    return math.isclose(max_sigma, float(sigma0), rel_tol=1e-05) or float(sigma0) > max_sigma
+
+
+def percent_to_sigma(model, percent: float) -> float:
+    return float(compat.model_object(model, "model_sampling").percent_to_sigma(float(percent)))
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class Generated:
+    latents: torch.Tensor        # B x C x H x W, final samples on the intermediate device
+    nfe: int                     # model calls per candidate
+    batch: int                   # micro-batch size it ran in
+    x0: Optional[torch.Tensor] = None  # the last step's x0-prediction (LATENT space), when asked for
+
+
+class SamplingPlan:
+    """How candidates are sampled: KSampler widgets, SAMPLER + SIGMAS
+    (SamplerCustom) or GUIDER (+ SAMPLER/SIGMAS, SamplerCustomAdvanced)."""
+
+    def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
+                 scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,
+                 clock: Optional[PhaseClock] = None):
+        self.guider = guider
+        self.model = compat.guider_model(guider) if guider is not None else model
+        self.positive, self.negative, self.cfg = positive, negative, cfg
+        self.sampler_name, self.scheduler, self.steps, self.denoise = sampler_name, scheduler, steps, denoise
+        self.clock = clock or PhaseClock()
+        if guider is None and sampler is None and sigmas is None:
+            self.mode = "ksampler"
+        else:
+            self.mode = "guider" if guider is not None else "custom"
+        self.base_sampler = sampler if sampler is not None else comfy.samplers.sampler_object(sampler_name)
+        if sigmas is None:
+            sigmas = compute_sigmas(self.model, steps, sampler_name, scheduler, denoise)
+        self.sigmas = sigmas.detach().cpu().float()
+        if self.sigmas.numel() < 2:
+            raise SearchInputError("the schedule has no step to run (denoise 0, or empty SIGMAS): "
+                                   "raise denoise/steps, or connect SIGMAS with at least one step")
+        self.latent = latent
+        self.template = self._template(latent)
+        self.noise_mask = latent.get("noise_mask")
+        self.separable = per_candidate_noise_supported(self.base_sampler)
+
+    # ---------------------------------------------------------------- validation
+    def _template(self, latent: Dict[str, Any]) -> torch.Tensor:
+        samples = latent["samples"]
+        if samples.ndim == 5:
+            raise SearchInputError(
+                f"video latents (5-D, shape {tuple(samples.shape)}) are not supported yet: "
+                "SearchLoop searches image models; use a 4-D image latent")
+        if samples.ndim != 4:
+            raise SearchInputError(f"expected a 4-D image latent (B x C x H x W), got shape {tuple(samples.shape)}")
+        if samples.shape[0] != 1:
+            raise SearchInputError(
+                f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
+                "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
+        fixed = compat.fix_empty_latent_channels(self.model, samples)
+        if fixed.ndim == 5:
+            raise SearchInputError("this model samples video (5-D) latents, which are not supported yet")
+        want = latent_channels(self.model)
+        if want is not None and fixed.shape[1] != want:
+            raise SearchInputError(
+                f"the latent has {fixed.shape[1]} channels but this model works on {want}-channel latents: "
+                "make the latent for this model (Empty Latent Image for it, or VAE Encode with its own VAE)")
+        return fixed
+
+    # ---------------------------------------------------------------- facts
+    def sampler_function(self) -> str:
+        """The sampler's name as the sampler table (search/samplers.py) knows it."""
+        return self.sampler_name if self.mode == "ksampler" else sampler_function_name(self.base_sampler)
+
+    @property
+    def sampler_label(self) -> str:
+        return self.sampler_name if self.mode != "custom" else self.sampler_function()
+
+    def nfe_per_generation(self) -> Optional[int]:
+        try:
+            return nfe_per_generation(self.sampler_function(), self.sigmas.tolist())
+        except UnknownNFEError:
+            return None
+
+    def cfg_multiplier(self) -> int:
+        if self.guider is not None:
+            cfg = getattr(self.guider, "cfg", 1.0)
+            return 2 if (cfg != 1.0 and len(getattr(self.guider, "original_conds", {}) or {}) > 1) else 1
+        return 1 if self.cfg == 1.0 else 2
+
+    def micro_batch(self, n: int, requested: int) -> int:
+        """Candidates sampled together.  1 when the sampler's noise cannot be kept per candidate, or when it
+        chooses its own steps (an adaptive step-size controller sees the whole batch)."""
+        if not self.separable or self.nfe_per_generation() is None:
+            return 1
+        per = memory.memory_per_candidate(self.model, self.template.shape, self.cfg_multiplier())
+        return plan_micro_batch(n, memory.free_memory(self.model), per, requested,
+                                cap=64 if self.model.load_device.type != "cpu" else 16)
+
+    # ---------------------------------------------------------------- sampling
+    def generate(self, noises: torch.Tensor, seeds: Sequence[int], progress: Progress,
+                 sigmas: Optional[torch.Tensor] = None, latent_image: Optional[torch.Tensor] = None,
+                 want_x0: bool = False, sampler=None) -> Generated:
+        """Samples a micro-batch from the given starting noises; row j's
+        in-sampler randomness is keyed by ``seeds[j]``.  ``sigmas`` (a segment
+        of the schedule) and ``latent_image`` (B rows) default to the whole
+        schedule and the template latent; the sampler starts from
+        ``noise_scaling(sigmas[0], noise, latent_image)`` as ComfyUI defines it.
+        ``sampler`` overrides the plan's (an x0 probe runs one Euler step)."""
+        b = noises.shape[0]
+        if latent_image is None:
+            latent_image = self.template.expand(b, *self.template.shape[1:]).clone()
+        sigmas = self.sigmas if sigmas is None else sigmas
+        box: Dict[str, Any] = {}
+
+        def on_call(counter):
+            throw_if_interrupted()
+            progress.advance(b)
+
+        def wrap(fn):
+            def wrapped(model, x, sigmas, *args, **kwargs):
+                counter = NFECounter(model, on_call=on_call)
+                with per_candidate_noise(seeds, seeds[0], self.template.shape):
+                    out = fn(counter, x, sigmas, *args, **kwargs)
+                box["calls"] = counter.calls
+                return out
+            wrapped.__name__ = getattr(fn, "__name__", "sampler")
+            return wrapped
+
+        base = self.base_sampler if sampler is None else sampler
+        wrapped = comfy.samplers.KSAMPLER(wrap(base.sampler_function), extra_options=dict(base.extra_options),
+                                          inpaint_options=dict(base.inpaint_options))
+
+        def callback(step, x0, x, total):
+            if want_x0:
+                box["x0"] = x0
+            progress.preview(x0)
+        with self.clock.phase("denoise"):
+            out = sample_with_sampler(self.model, noises.to(self.template.dtype), self.cfg, wrapped, sigmas,
+                                      self.positive, self.negative, latent_image.to(self.template.dtype),
+                                      self.noise_mask, callback, int(seeds[0]), self.guider)
+        x0 = None
+        if want_x0 and box.get("x0") is not None:
+            x0 = latent_out(self.model, box["x0"]).to(out.device, out.dtype)
+        return Generated(latents=out, nfe=box.get("calls", 0), batch=b, x0=x0)
+
+    def render_stock(self, seed: Optional[int], noise: Optional[torch.Tensor], progress: Progress,
+                     nfe_hint: int) -> torch.Tensor:
+        """One candidate at batch 1 through exactly the call the stock node makes: KSampler (a seed, KSampler
+        widgets), SamplerCustom (a seed, SAMPLER + SIGMAS) or SamplerCustomAdvanced (a NOISE: the given
+        starting ``noise`` with ``seed`` as its in-sampler seed, or a GUIDER)."""
+        if noise is None:
+            noise = comfy.sample.prepare_noise(self.template, seed, None)
+        steps_total = max(1, self.sigmas.numel() - 1)
+        start = progress.value
+
+        def callback(step, x0, x, total):
+            throw_if_interrupted()
+            progress.set(start + (step + 1) * nfe_hint // steps_total, x0)
+
+        s = int(seed) if seed is not None else 0
+        if self.mode == "ksampler":
+            return sample_like_ksampler(self.model, noise, self.steps, self.cfg, self.sampler_name,
+                                        self.scheduler, self.positive, self.negative, self.template,
+                                        self.denoise, self.noise_mask, callback, s)
+        return sample_with_sampler(self.model, noise, self.cfg, self.base_sampler, self.sigmas,
+                                   self.positive, self.negative, self.template, self.noise_mask,
+                                   callback, s, self.guider)
+
+    def initial_noises(self, seeds: Sequence[int]) -> torch.Tensor:
+        return candidate_noises(self.template.shape, seeds, dtype=self.template.dtype)
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    images = vae.decode(latents)
+    if images.ndim == 5:  # some hosts return B x T x H x W x C for image VAEs too
+        images = images.reshape(-1, *images.shape[-3:])
+    return images
+
+
+def output_latent(template_latent: Dict[str, Any], samples: torch.Tensor) -> Dict[str, Any]:
+    out = {k: v for k, v in template_latent.items() if k not in ("samples", "batch_index")}
+    out["samples"] = samples
+    return out
