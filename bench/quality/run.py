@@ -57,7 +57,7 @@ def methods(budget: int, gen: int):
     out.append(("evolution", Strategy("evolution", {"population": pop, "elites": min(2, pop - 1)}, budget)
                 if pop >= 2 else None, "euler", f"P={pop}, E={min(2, max(pop - 1, 0))}, β=0.2"))
     c2f_ok = budget >= 4 * (gen + COARSE_STEPS) + COARSE_STEPS
-    out.append(("coarse-to-fine random", Strategy("random", {"rerender": 4}, budget, COARSE_STEPS) if c2f_ok else None,
+    out.append(("coarse-to-fine random", Strategy("random", {}, budget, COARSE_STEPS, rerender=4) if c2f_ok else None,
                 "euler", f"{COARSE_STEPS} coarse steps, 4 re-rendered"))
     return out
 
