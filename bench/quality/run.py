@@ -183,7 +183,7 @@ def main(argv=None):
         for p in range(3):
             hp = digits_host(diffusion, verifier, int(classes[p]), steps=steps, sampler=sampler)
             r, f = run_strategy(Strategy("random", {}, hp.nfe(0, steps)), hp, candidates=1, top_k=1, seed=seeds[p])
-            torch.testing.assert_close(f[0]["latent"], st.latent[p:p + 1], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(f[0].latent, st.latent[p:p + 1], rtol=1e-4, atol=1e-4)
             assert abs(r.best.score - scores[p]) < 1e-3
         return list(st.latent.split(1)), scores
 
@@ -206,8 +206,8 @@ def main(argv=None):
                 c = int(classes[p])
                 h = digits_host(diffusion, verifier, c, steps=gen, sampler=sampler)
                 r, f = run_strategy(strat, h, candidates=1, top_k=1, seed=seeds[p])
-                win.append(f[0]["latent"])
-                vs.append(f[0]["result"].score)
+                win.append(f[0].latent)
+                vs.append(f[0].result.score)
                 nfes.append(r.nfe_total)
                 assert r.nfe_total <= budget, (label, r.nfe_total, budget)
                 if strat.coarse_steps:  # analysis only (not part of the budget): all coarse candidates at full steps
