@@ -92,6 +92,29 @@ def test_searchloop_with_guider_and_with_sampler_sigmas_replays_as_noise(comfy):
             "SearchLoop's NOISE output must replay the winner exactly in SamplerCustomAdvanced"
 
 
+def test_noise_winners_replay_exactly_in_sampler_custom_advanced(comfy):
+    """exact_winner means the same for every strategy: a zero-order or evolved winner (a starting noise, not a
+    seed) is re-rendered through SamplerCustomAdvanced's call, so SearchLoop's NOISE output replays it bit for bit."""
+    need(comfy, "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect", "BasicScheduler")
+    from test_strategies_server import with_strategy
+    kinds = []
+    for name in ("zero_order", "evolution"):
+        for sampler in ("euler", "euler_ancestral"):
+            for seed in (13, 14):
+                g = with_strategy(search_graph(seed=seed, candidates=6, top_k=1, steps=4, sampler=sampler,
+                                               micro_batch=3, prefix=f"nz_{name}_{sampler}"), name)
+                custom_sampling(g, ("6", 6), sampler=sampler)
+                g["44"] = {"class_type": "SaveLatent", "inputs": {"samples": ["43", 0],
+                                                                  "filename_prefix": f"nzr_{name}_{sampler}"}}
+                entry = comfy.run_ok(g)
+                best = report_of(entry)["best"]
+                kinds.append(best["replay"])
+                assert best["replay"] in ("noise", "ksampler"), best
+                assert torch.equal(latent_file(comfy, entry, "44"), latent_file(comfy, entry, "9")), \
+                    f"{name}/{sampler}: the NOISE output must replay the winner exactly"
+    assert "noise" in kinds  # at least one winner was a derived noise (neighbour / child), not a seed
+
+
 @pytest.fixture(scope="module")
 def sd3(comfy, comfy_path, models_dir):
     need(comfy, "EmptySD3LatentImage")

@@ -163,3 +163,46 @@ def test_exact_winner_off_skips_the_batch_1_rerender(comfy):
     rep2 = report_of(comfy.run_ok(g))
     assert rep2["rerender_nfe"] == 2 * 4  # two winners, 4 Euler steps each, at batch 1
     assert [c["seed"] for c in rep2["candidates"]] == [c["seed"] for c in rep["candidates"]]
+
+
+def test_strategy_node_widgets_are_the_registry(comfy):
+    """The strategy nodes are generated from search/registry.py: every default, range and the widget order
+    (saved workflows store widget values by position) come from there."""
+    from search import algorithms
+    info = comfy.object_info()
+    for alg in algorithms().values():
+        node = info[PREFIX + alg.node]
+        required, optional = node["input"]["required"], node["input"].get("optional", {})
+        assert list(required) == [p.name for p in alg.params if not p.optional] + ["budget_nfe"]
+        assert sorted(optional) == sorted(p.name for p in alg.params if p.optional)
+        for p in alg.params:
+            spec = (optional if p.optional else required)[p.name]
+            assert spec[1]["default"] == p.default, (alg.name, p.name)
+            if p.choices:
+                assert spec[0] == list(p.choices)
+            for k in ("min", "max"):
+                if getattr(p, k) is not None:
+                    assert spec[1][k] == getattr(p, k), (alg.name, p.name, k)
+            assert spec[1]["tooltip"]
+
+
+def test_report_says_where_the_time_went(comfy):
+    for name in ("random", "zero_order"):
+        g = with_strategy(search_graph(seed=31, candidates=3, top_k=1, steps=3, micro_batch=3,
+                                       prefix=f"phases_{name}"), name, {"budget_nfe": 0})
+        rep = report_of(comfy.run_ok(g))
+        ph = rep["phases"]
+        assert set(ph) == {"denoise", "decode", "verify", "rerender", "other"}
+        assert ph["denoise"]["calls"] >= 1 and ph["denoise"]["seconds"] > 0
+        assert ph["decode"]["calls"] >= 1 and ph["verify"]["calls"] >= 1
+        assert all(v["seconds"] >= 0 for v in ph.values())
+        if rep["best"]["replay"] in ("ksampler", "noise") and rep["rerender_nfe"]:
+            assert ph["rerender"]["calls"] >= 1
+
+
+def test_random_strategy_refuses_a_budget_below_one_generation(comfy):
+    for budget in (1, 3):
+        g = with_strategy(search_graph(seed=1, candidates=4, steps=4, prefix="tiny_budget"), "random",
+                          {"budget_nfe": budget})
+        err = execution_error(comfy.run(g))
+        assert err is not None and "too small" in err["exception_message"], budget
