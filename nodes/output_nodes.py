@@ -65,6 +65,9 @@ class RankedGrid:
         }}
 
     def grid(self, images, scores, columns):
+        if images.shape[0] == 0 or not scores.candidates:
+            raise ValueError("Ranked Grid got an empty batch (0 images or 0 scores): connect the scored candidates; "
+                             "no placeholder image is made")
         imgs, results = _ordered(images, scores)
         labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in results]
         return (ranked_grid(imgs, labels, columns),)
@@ -116,6 +119,8 @@ class SaveSearchImage:
         }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     def save(self, images, scores, filename_prefix="search", prompt=None, extra_pnginfo=None):
+        if images.shape[0] == 0:
+            raise ValueError("Save Image with Search Metadata got an empty IMAGE batch (0 images): nothing to save")
         from PIL.PngImagePlugin import PngInfo
         from .drawing import to_pil
         out_dir = files.output_directory()

@@ -107,6 +107,14 @@ def test_missing_truncated_and_unsafe_files(tmp_path, tiny):
     ok = tmp_path / "ok.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}}, ok)
     assert torch.equal(load_state_dict(str(ok))["w"], torch.ones(2))
+    legacy = tmp_path / "legacy.pt"  # the pre-zip pickle format still loads
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_state_dict(str(legacy))["w"], torch.ones(3))
+    # a model-config JSON picked as weights is named for what it is, not "pickled Python objects"
+    cfg = tmp_path / "mine.pt"
+    cfg.write_text('{"embed_dim": 512, "vision_cfg": {}}')
+    with pytest.raises(CorruptWeightsError, match="a JSON or text file"):
+        load_state_dict(str(cfg))
 
 
 def test_loading_and_scoring_make_no_network_call(tiny, monkeypatch):

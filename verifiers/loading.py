@@ -54,6 +54,16 @@ def load_state_dict(path: str, published: str = "") -> Dict[str, torch.Tensor]:
                 f"cannot read {where}: {e}. The file is truncated or not a safetensors file; "
                 "download it again.") from e
     else:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        # a PyTorch checkpoint is a zip archive (PK..) or, in the legacy format, a pickle (protocol >= 2: 0x80)
+        if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
+            kind = ("a JSON or text file" if head.lstrip()[:1] in (b"{", b"[") or head.isascii()
+                    else "not a PyTorch checkpoint")
+            raise CorruptWeightsError(
+                f"{where} is {kind} (it starts with {head[:8]!r}), not model weights: pick the weights file "
+                "(.safetensors, or a .pt/.pth/.bin state dict); a model-config JSON goes next to its weights "
+                "with the same name")
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
