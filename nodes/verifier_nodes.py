@@ -280,10 +280,10 @@ class HPSVerifierLoader(VerifierLoader):
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = files.verifier_files()
-        default = next((f for f in ("HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt") if f in files), None)
+        names = files.verifier_files()
+        default = next((f for f in ("HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt") if f in names), None)
         return {"required": {
-            "weights": (files, dict({"default": default} if default else {}, tooltip=(
+            "weights": (names, dict({"default": default} if default else {}, tooltip=(
                 "HPS checkpoint in models/verifiers: HPS_v2.1_compressed.pt (v2.1) or HPS_v2_compressed.pt (v2.0) "
                 "from huggingface.co/xswu/HPSv2. A JSON open_clip config next to it (same name) overrides the "
                 "ViT-H-14 architecture."))),

@@ -34,7 +34,6 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
-from .registry import UnsupportedSamplerError  # noqa: F401  (re-exported: hosts and nodes catch it here)
 
 
 @dataclass

@@ -132,3 +132,14 @@ def test_build_without_weights_is_uninitialised_but_fast():
     t = time.time()
     build_open_clip("ViT-B-32")
     assert time.time() - t < 30
+
+
+def test_text_embedding_cache_is_bounded(tiny):
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    v = CLIPScoreVerifier(model, tok)
+    img = images(1)
+    first = v.score(img, "prompt 0")
+    for i in range(1, 200):  # a long-running server scores many distinct prompts
+        v.score(img, f"prompt {i}")
+    assert len(v._text_cache) <= v.TEXT_CACHE_SIZE
+    assert torch.equal(v.score(img, "prompt 0"), first)  # evicted, then encoded again: the same score

@@ -1,7 +1,8 @@
 """The verifier protocol."""
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from collections import OrderedDict
+from typing import Callable, List, Sequence, Union
 
 import torch
 
@@ -38,9 +39,33 @@ class Verifier(SingleVerifier, torch.nn.Module):
     score_range: str = ""
     needs_prompt: bool = True
 
+    TEXT_CACHE_SIZE = 64  # prompts whose text embedding is kept (least recently used dropped first)
+
     def __init__(self, batch_size: int = 32):
         super().__init__()
         self.batch_size = batch_size
+        self._text_cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+    def cached_text(self, prompts: List[str], encode: Callable[[List[str]], torch.Tensor]) -> torch.Tensor:
+        """Text embeddings of ``prompts`` (one row each), encoding only those not cached: a search scores
+        one prompt many times.  The cache is bounded (LRU, ``TEXT_CACHE_SIZE`` prompts) and keyed by device
+        and dtype; moving the module clears it."""
+        dev, dt = str(self.param_device()), self.param_dtype()
+        todo = [p for p in dict.fromkeys(prompts) if (p, dev, dt) not in self._text_cache]
+        if todo:
+            for p, v in zip(todo, encode(todo)):
+                self._text_cache[(p, dev, dt)] = v
+        out = []
+        for p in prompts:
+            self._text_cache.move_to_end((p, dev, dt))
+            out.append(self._text_cache[(p, dev, dt)])
+        while len(self._text_cache) > max(self.TEXT_CACHE_SIZE, len(set(prompts))):
+            self._text_cache.popitem(last=False)
+        return torch.stack(out)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._text_cache.clear()  # device/dtype moves invalidate cached text embeddings
+        return super()._apply(fn, *args, **kwargs)
 
     # plain methods, not properties: ComfyUI's ModelPatcher sets attributes such
     # as ``.device`` on the modules it manages

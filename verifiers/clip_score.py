@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
@@ -113,7 +113,6 @@ class CLIPScoreVerifier(Verifier):
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
         self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
         self.std = tuple(cfg.get("std", OPENAI_STD))
-        self._text_cache: Dict[Tuple[str, str, torch.dtype], torch.Tensor] = {}
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(resize_center_crop(images, self.image_size), self.mean, self.std)
@@ -121,19 +120,10 @@ class CLIPScoreVerifier(Verifier):
         return torch.nn.functional.normalize(e.float(), dim=-1)
 
     def text_embeddings(self, prompts: List[str]) -> torch.Tensor:
-        dev, dt = self.param_device(), self.param_dtype()
-        key_dev = str(dev)
-        todo = [p for p in dict.fromkeys(prompts) if (p, key_dev, dt) not in self._text_cache]
-        if todo:
-            tokens = self.tokenizer(todo).to(dev)
-            e = torch.nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
-            for p, v in zip(todo, e):
-                self._text_cache[(p, key_dev, dt)] = v
-        return torch.stack([self._text_cache[(p, key_dev, dt)] for p in prompts])
-
-    def _apply(self, fn, *args, **kwargs):
-        self._text_cache.clear()  # device/dtype moves invalidate cached text embeddings
-        return super()._apply(fn, *args, **kwargs)
+        def encode(todo: List[str]) -> torch.Tensor:
+            tokens = self.tokenizer(todo).to(self.param_device())
+            return torch.nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+        return self.cached_text(prompts, encode)
 
     def _score(self, images, prompts):
         cos = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)

@@ -17,7 +17,7 @@ open_clip model-config JSON next to the weights, with the same stem.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,6 @@ class HPSVerifier(Verifier):
         self.version = version
         size = getattr(clip_model.visual, "image_size", 224)
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        self._text_cache: Dict[Tuple[str, str, torch.dtype], torch.Tensor] = {}
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         x = resize_longest_and_pad(images, self.image_size)
@@ -81,17 +80,8 @@ class HPSVerifier(Verifier):
         return F.normalize(self.clip.encode_image(x).float(), dim=-1)
 
     def text_embeddings(self, prompts: List[str]) -> torch.Tensor:
-        dev, dt = self.param_device(), self.param_dtype()
-        todo = [p for p in dict.fromkeys(prompts) if (p, str(dev), dt) not in self._text_cache]
-        if todo:
-            e = F.normalize(self.clip.encode_text(self.tokenizer(todo).to(dev)).float(), dim=-1)
-            for p, v in zip(todo, e):
-                self._text_cache[(p, str(dev), dt)] = v
-        return torch.stack([self._text_cache[(p, str(dev), dt)] for p in prompts])
-
-    def _apply(self, fn, *args, **kwargs):
-        self._text_cache.clear()
-        return super()._apply(fn, *args, **kwargs)
+        return self.cached_text(prompts, lambda todo: F.normalize(
+            self.clip.encode_text(self.tokenizer(todo).to(self.param_device())).float(), dim=-1))
 
     def _score(self, images, prompts):
         return (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)

@@ -119,7 +119,6 @@ class PickScoreVerifier(Verifier):
         self.tokenizer = tokenizer
         self.image_size, self.mean, self.std = image_settings
         self.score_range = f"[-{self.scale():.4g}, {self.scale():.4g}] (logit_scale.exp() * cosine)"
-        self._text_cache: Dict[Tuple[str, str, torch.dtype], torch.Tensor] = {}
 
     def scale(self) -> float:
         return float(self.clip.logit_scale.detach().float().exp())
@@ -130,19 +129,15 @@ class PickScoreVerifier(Verifier):
         return torch.nn.functional.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
 
     def text_embeddings(self, prompts: List[str]) -> torch.Tensor:
-        dev, dt = self.param_device(), self.param_dtype()
-        todo = [p for p in dict.fromkeys(prompts) if (p, str(dev), dt) not in self._text_cache]
-        for p in todo:  # one at a time, as PickScore's README tokenises its prompt (padding=True)
-            t = self.tokenizer([p], padding=True, truncation=True, max_length=77, return_tensors="pt")
-            pooled = self.clip.text_model(input_ids=t["input_ids"].to(dev),
-                                          attention_mask=t["attention_mask"].to(dev)).pooler_output
-            e = torch.nn.functional.normalize(self.clip.text_projection(pooled).float(), dim=-1)
-            self._text_cache[(p, str(dev), dt)] = e[0]
-        return torch.stack([self._text_cache[(p, str(dev), dt)] for p in prompts])
-
-    def _apply(self, fn, *args, **kwargs):
-        self._text_cache.clear()
-        return super()._apply(fn, *args, **kwargs)
+        def encode(todo: List[str]) -> torch.Tensor:
+            dev, out = self.param_device(), []
+            for p in todo:  # one at a time, as PickScore's README tokenises its prompt (padding=True)
+                t = self.tokenizer([p], padding=True, truncation=True, max_length=77, return_tensors="pt")
+                pooled = self.clip.text_model(input_ids=t["input_ids"].to(dev),
+                                              attention_mask=t["attention_mask"].to(dev)).pooler_output
+                out.append(torch.nn.functional.normalize(self.clip.text_projection(pooled).float(), dim=-1)[0])
+            return torch.stack(out)
+        return self.cached_text(prompts, encode)
 
     def _score(self, images, prompts):
         cos = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)
