@@ -54,12 +54,12 @@ def file_key(path: str):
 _tokenizers = {}
 
 
-def clip_part(arch: str, path: str):
+def clip_part(arch: str, path: str, allow_download: bool = False):
     """The open_clip model + tokenizer for (arch, file), shared by every verifier using it."""
     key = ("open_clip", arch) + file_key(path)
 
     def build():
-        model, tokenizer = clip_score.load_open_clip(arch, path)
+        model, tokenizer = clip_score.load_open_clip(arch, path, allow_download)
         _tokenizers[key] = tokenizer
         return model
     model = shared_part(key, build)
@@ -108,7 +108,7 @@ class CLIPScoreVerifierLoader(VerifierLoader):
     def load(self, arch, weights, mode, download_missing=False):
         path = resolve_weights(weights, clip_score.PUBLISHED.get(arch, clip_score.GENERIC_SOURCE),
                                bool(download_missing))
-        key, model, tokenizer = clip_part(arch, path)
+        key, model, tokenizer = clip_part(arch, path, bool(download_missing))
 
         def build():
             return HostVerifier(clip_score.CLIPScoreVerifier(model, tokenizer, mode=mode),
@@ -150,7 +150,7 @@ class AestheticVerifierLoader(VerifierLoader):
         dl = bool(download_missing)
         clip_path = resolve_weights(clip_weights, clip_score.PUBLISHED.get(clip_arch, clip_score.GENERIC_SOURCE), dl)
         mlp_path = resolve_weights(aesthetic_weights, aesthetic.PUBLISHED, dl)
-        ckey, model, tokenizer = clip_part(clip_arch, clip_path)
+        ckey, model, tokenizer = clip_part(clip_arch, clip_path, dl)
         hkey = ("aesthetic_mlp",) + file_key(mlp_path)
         mlp = shared_part(hkey, lambda: aesthetic.load_aesthetic_mlp(mlp_path))
 

@@ -10,6 +10,7 @@ from tiny_verifiers import build_tiny_clip
 from verifiers import (CLIPScoreVerifier, CorruptWeightsError, MismatchedWeightsError, MissingWeightsError,
                        UnsafeCheckpointError, load_open_clip, load_state_dict)
 from verifiers.clip_score import build_open_clip
+from verifiers.loading import VerifierFileError
 from verifiers.loading import check_keys
 
 
@@ -143,3 +144,29 @@ def test_text_embedding_cache_is_bounded(tiny):
         v.score(img, f"prompt {i}")
     assert len(v._text_cache) <= v.TEXT_CACHE_SIZE
     assert torch.equal(v.score(img, "prompt 0"), first)  # evicted, then encoded again: the same score
+
+
+@pytest.mark.parametrize("arch", ["roberta-ViT-B-32", "ViT-B-16-SigLIP"])
+def test_hf_tower_architecture_is_refused_offline_at_once(arch, tmp_path, monkeypatch):
+    """With download_missing off, an architecture whose text tower or tokenizer is on the Hugging Face Hub is
+    built offline: no socket, and a clear error naming the missing repository within 2 s."""
+    import open_clip
+    from verifiers.clip_score import hf_names
+    needs = hf_names(open_clip.get_model_config(arch))
+    assert needs, arch
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise AssertionError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    import time
+    t = time.time()
+    with pytest.raises(VerifierFileError, match=f"needs the Hugging Face files of .*{needs[0]}.*download_missing is off"):
+        build_open_clip(arch)
+    assert time.time() - t < 2 and not calls

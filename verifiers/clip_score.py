@@ -6,6 +6,7 @@ Two score formulas (README, "Verifiers"):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Dict, List, Optional
@@ -43,22 +44,56 @@ def _register_config(cfg_path: str) -> str:
     return name
 
 
-def build_open_clip(arch: str, weights_path: Optional[str] = None):
+def hf_names(model_cfg: Dict) -> List[str]:
+    """The Hugging Face repositories an open_clip config needs at build time (an HF text tower or tokenizer)."""
+    text = model_cfg.get("text_cfg", {}) or {}
+    return list(dict.fromkeys(n for n in (text.get("hf_model_name"), text.get("hf_tokenizer_name")) if n))
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Hugging Face Hub offline mode while open_clip builds a model: files come from the local cache or the
+    build fails at once, with no DNS lookup or HTTP retry."""
+    import huggingface_hub.constants as hc
+    saved = hc.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE = saved
+
+
+def build_open_clip(arch: str, weights_path: Optional[str] = None, allow_download: bool = False):
     """The open_clip model object for ``arch`` (or the JSON config beside the
-    weights), uninitialised, on the CPU in fp32; plus its tokenizer."""
+    weights), uninitialised, on the CPU in fp32; plus its tokenizer.  An
+    architecture whose text tower or tokenizer lives on the Hugging Face Hub
+    is built offline unless ``allow_download``: from the local Hugging Face
+    cache, or refused naming what is missing."""
     import open_clip
     cfg = config_beside(weights_path) if weights_path else None
     name = _register_config(cfg) if cfg else arch
     if name not in open_clip.list_models() and not cfg:
         raise VerifierFileError(f"open_clip has no architecture '{arch}'; known: {', '.join(open_clip.list_models()[:8])}, ...")
-    with no_init():
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+    what = f"the model config '{cfg}'" if cfg else f"open_clip architecture '{arch}'"
+    needs = hf_names(open_clip.get_model_config(name) or {})
+    offline = hub_offline() if needs and not allow_download else contextlib.nullcontext()
     try:
-        tokenizer = open_clip.get_tokenizer(name)
-    except Exception as e:  # HF tokenizers would try the network
+        with offline:
+            tokenizer = open_clip.get_tokenizer(name)  # first: cheap, and it fails fast when files are missing
+            with no_init():
+                model = open_clip.create_model(name, pretrained=None, device="cpu")
+    except Exception as e:
+        if not needs:
+            raise
+        if allow_download:
+            raise VerifierFileError(f"{what} needs the Hugging Face files of {', '.join(repr(n) for n in needs)}, "
+                                    f"which could not be fetched: {e}") from e
         raise VerifierFileError(
-            f"the tokenizer of open_clip architecture '{arch}' cannot be loaded offline ({e}); "
-            "pick an architecture with open_clip's built-in CLIP tokenizer") from e
+            f"{what} needs the Hugging Face files of {', '.join(repr(n) for n in needs)} (its text tower or "
+            "tokenizer), which are not in the local Hugging Face cache, and download_missing is off, so nothing "
+            "was fetched. Switch download_missing on, put those files in the Hugging Face cache, or pick an "
+            f"architecture with open_clip's built-in CLIP tokenizer (e.g. ViT-L-14). Detail: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     return model, tokenizer
 
 
@@ -79,9 +114,9 @@ def adapt_state_dict(model, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tens
     return sd
 
 
-def load_open_clip(arch: str, weights_path: str):
+def load_open_clip(arch: str, weights_path: str, allow_download: bool = False):
     """Builds ``arch`` and loads the weights file into it, checking every key."""
-    model, tokenizer = build_open_clip(arch, weights_path)
+    model, tokenizer = build_open_clip(arch, weights_path, allow_download)
     sd = load_state_dict(weights_path, PUBLISHED.get(arch, GENERIC_SOURCE))
     try:
         sd = adapt_state_dict(model, sd)
