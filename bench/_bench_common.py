@@ -86,7 +86,7 @@ def environment(device) -> Dict[str, Any]:
     import torch
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           # the device copy's .git is stale: the caller passes PACK_COMMIT
+           # a copied working tree may carry no .git, or a stale one: the caller passes PACK_COMMIT
            "device": str(device), "pack_commit": os.environ.get("PACK_COMMIT") or git_commit(REPO)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -173,6 +173,14 @@ class Memory:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         return {"resident_gib": round(torch.cuda.memory_allocated(self.device) / 2 ** 30, 3)}
+
+    def num_ooms(self) -> Optional[int]:
+        """The caching allocator's count of out-of-memory errors so far (CUDA only): every OOM it raised,
+        whoever caught it (the pack's micro-batch back-off, ComfyUI's tiled-decode fallback...)."""
+        if self.device.type != "cuda":
+            return None
+        import torch
+        return int(torch.cuda.memory_stats(self.device).get("num_ooms", 0))
 
     def peak(self) -> Dict[str, float]:
         if self.device.type != "cuda":

@@ -3,7 +3,7 @@ architectures, built through ComfyUI's own classes, timed against the limit
 (raw batched sampling + decode + score), serial batch 1, and the peer pack
 (YRIKKA/ComfyUI-InferenceTimeScaling) in the same process on the same models.
 
-    python bench/gpu_search.py --out $OUT/gpu_search.json            # H100 (bench/README.md)
+    python bench/gpu_search.py --out $OUT/gpu_search.json            # an NVIDIA GPU (bench/README.md)
     python bench/gpu_search.py --smoke --out /tmp/smoke.json         # CPU, tiny configs, < 60 s
 
 Cases (--cases, comma separated; a model name selects all its sub-cases):
@@ -18,7 +18,11 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
 Every measurement is one timed run after a warm-up, with torch.cuda.synchronize
 around each timed region; candidates/s counts every candidate's full
 generation, its decode and its score (and, for SearchLoop, the re-render of the
-top-k at batch 1)."""
+top-k at batch 1).  SearchLoop is called as a node and never instrumented: its
+split (denoise / decode / verify / rerender), NFEs and micro-batch are read off
+the search report it returns (``phases``, ``nfe_total``, ``rerender_nfe``,
+``settings``).  Only the peer pack's run wraps functions (``comfy.sample.sample``,
+its VAE's ``decode`` and the peer's ``score_candidates``) to split its time."""
 from __future__ import annotations
 
 import argparse
@@ -129,7 +133,7 @@ class Plan:
         self.rerender = 2 if smoke else 4
         self.cfg = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}
         self.scheduler = {"sd15": "normal", "sdxl": "normal", "flux": "simple"}
-        # seconds per candidate before anything is measured (H100 guesses), for the time budget
+        # seconds per candidate before anything is measured (first guesses for an H100-class card), for the time budget
         self.guess_batched = {"sd15": 0.12, "sdxl": 1.2, "flux": 2.0}
         self.guess_serial = {"sd15": 1.0, "sdxl": 2.5, "flux": 2.5}
 
@@ -254,7 +258,7 @@ def build_our_verifier(pack, device, smoke: bool, seed: int = 0):
     import torch
     t0 = time.perf_counter()
     clip_mod = __import__(pack.__name__ + ".verifiers.clip_score", fromlist=["x"])
-    host_mod = __import__(pack.__name__ + ".nodes.verifier_host", fromlist=["x"])
+    host_mod = __import__(pack.__name__ + ".nodes.verifier_models", fromlist=["x"])
     if smoke:
         import open_clip
         from open_clip import factory
@@ -343,162 +347,147 @@ def free_bundle(b: Optional[Bundle]) -> None:
         torch.cuda.empty_cache()
 
 
-# ---------------------------------------------------------------------------- instrumentation
-class Phases:
-    """Accumulates synchronised wall time per phase."""
-
-    def __init__(self, clock: bc.Clock):
-        self.clock = clock
-        self.t: Dict[str, float] = {}
-        self.calls: Dict[str, int] = {}
-        self.marks: Dict[str, float] = {}
-        self.in_rerender = False
-
-    def add(self, name: str, dt: float) -> None:
-        self.t[name] = self.t.get(name, 0.0) + dt
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    def wrap(self, fn, name, rerender_name=None):
-        def wrapped(*a, **k):
-            t0 = self.clock.now()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.add(rerender_name if (self.in_rerender and rerender_name) else name, self.clock.now() - t0)
-        return wrapped
+# ---------------------------------------------------------------------------- reading SearchLoop's report
+# SearchLoop is never instrumented: everything below is read off the search
+# report it returns (its 4th output, search/report.py): ``phases`` (wall time
+# and calls per phase, from the pack's PhaseClock), ``nfe_total``,
+# ``rerender_nfe``, ``nfe_per_generation``, ``settings`` and the candidates.
+SPLIT = ("denoise", "decode", "verify", "rerender")
 
 
-class TimedVerifier:
-    """Stands in for the VERIFIER object: same name, same score, timed."""
-
-    def __init__(self, inner, phases: Phases):
-        self.inner, self.phases = inner, phases
-        self.name = inner.name
-        self.calls = 0
-        self.images = 0
-
-    def score(self, images, prompt):
-        self.calls += 1
-        self.images += int(images.shape[0])
-        return self.phases.wrap(self.inner.score, "verify", "rerender_verify")(images, prompt)
+def phase_split(report, total: float) -> Dict[str, float]:
+    """denoise / decode / verify / rerender seconds from ``report.phases``; ``other_s`` is the rest of the
+    benchmark's synchronised wall time around ``SearchLoop().search`` (the report's own "other" plus the node's
+    set-up before the pipeline starts its clock)."""
+    ph = report.phases or {}
+    split = {f"{p}_s": float((ph.get(p) or {}).get("seconds", 0.0)) for p in SPLIT}
+    split["other_s"] = max(0.0, total - sum(split.values()))
+    return {k: round(v, 4) for k, v in split.items()}
 
 
-@contextlib.contextmanager
-def instrument_ours(pack, phases: Phases):
-    eng = sys.modules[pack.__name__ + ".nodes.engine"]
-    sl = sys.modules[pack.__name__ + ".nodes.search_loop"]
-    compat = sys.modules[pack.__name__ + ".nodes.compat"]
-    ooms = {"count": 0, "sizes": []}
-    orig_rs = sl.random_search
-
-    def random_search(*a, **k):
-        phases.marks["search_start"] = phases.clock.now()
-        try:
-            return orig_rs(*a, **k)
-        finally:
-            phases.marks["search_end"] = phases.clock.now()
-            phases.in_rerender = True
-
-    orig_oom = compat.free_memory_after_oom
-
-    def free_memory_after_oom():
-        ooms["count"] += 1
-        return orig_oom()
-
-    with contextlib.ExitStack() as st:
-        st.enter_context(bc.patched(eng.SamplingPlan, "generate", phases.wrap(eng.SamplingPlan.generate, "denoise")))
-        st.enter_context(bc.patched(eng.SamplingPlan, "render_stock",
-                                    phases.wrap(eng.SamplingPlan.render_stock, "rerender_sample")))
-        st.enter_context(bc.patched(sl, "decode", phases.wrap(sl.decode, "decode", "rerender_decode")))
-        st.enter_context(bc.patched(sl, "random_search", random_search))
-        st.enter_context(bc.patched(compat, "free_memory_after_oom", free_memory_after_oom))
-        yield ooms
+def phase_calls(report) -> Dict[str, int]:
+    return {p: int(v.get("calls", 0)) for p, v in (report.phases or {}).items()}
 
 
-@contextlib.contextmanager
-def instrument_strategy(pack, phases: Phases):
-    """SearchLoop's strategy path: the ComfyHost (nodes/host.py) samples through
-    SamplingPlan.generate and decodes through nodes.host.decode; SearchLoop then
-    decodes the finalists once more (nodes.search_loop.decode).  Every ComfyHost
-    made during the search (coarse-to-fine makes a second one) is collected, so
-    its ``stats`` ({"decode_calls", "scored"}) can be read afterwards."""
-    eng = sys.modules[pack.__name__ + ".nodes.engine"]
-    sl = sys.modules[pack.__name__ + ".nodes.search_loop"]
-    hm = sys.modules[pack.__name__ + ".nodes.host"]
-    compat = sys.modules[pack.__name__ + ".nodes.compat"]
-    hosts: List[Any] = []
-    counts = {"generate_calls": 0, "generate_rows": 0, "host_decode_calls": 0, "final_decode_calls": 0,
-              "oom_backoffs": 0}
-    orig_init = hm.ComfyHost.__init__
+def exact_rerender_nfe(report) -> Optional[int]:
+    """NFEs of the finalist step's batch-1 re-renders: one full generation per "rerender" phase.  (The report's
+    ``rerender_nfe`` is the same number, except that coarse-to-fine also counts its full-step stage there, which
+    ``nfe_total`` already holds.)"""
+    gen = report.nfe_per_generation
+    if gen is None:
+        return None
+    return phase_calls(report).get("rerender", 0) * int(gen)
 
-    def init(self, *a, **k):
-        orig_init(self, *a, **k)
-        hosts.append(self)
 
-    timed_generate = phases.wrap(eng.SamplingPlan.generate, "denoise")
+def images_scored(rep: Dict[str, Any]) -> int:
+    """Images the verifier scored during the search, read off a report's dict (``SearchReport.to_dict``):
+    one per candidate; for paths every re-noised row of every round (x0-predictions included) plus the
+    survivors finished without search; for coarse-to-fine the coarse search's images too.  The finalist
+    step's re-render scores are counted by the caller (one per "rerender" phase)."""
+    st = rep.get("settings") or {}
+    n = 0
+    inner = st.get("coarse_report")
+    if isinstance(inner, dict):
+        n += images_scored(inner)
+    rounds = st.get("rounds")
+    if rep.get("algorithm") == "paths" and isinstance(rounds, list):
+        n += sum(len(r.get("scores") or []) for r in rounds)
+        if "finished_without_search_from_index" in st:
+            n += len(rep.get("candidates") or [])
+    else:
+        n += len(rep.get("candidates") or [])
+    return n
 
-    def generate(self, noises, *a, **k):
-        counts["generate_calls"] += 1
-        counts["generate_rows"] += int(noises.shape[0])
-        return timed_generate(self, noises, *a, **k)
 
-    def counted(fn, key):
-        def f(*a, **k):
-            counts[key] += 1
-            return fn(*a, **k)
-        return f
-
-    orig_oom = compat.free_memory_after_oom
-
-    def free_memory_after_oom():
-        counts["oom_backoffs"] += 1
-        return orig_oom()
-
-    with contextlib.ExitStack() as st:
-        st.enter_context(bc.patched(eng.SamplingPlan, "generate", generate))
-        st.enter_context(bc.patched(hm, "decode", counted(phases.wrap(hm.decode, "decode"), "host_decode_calls")))
-        st.enter_context(bc.patched(sl, "decode", counted(phases.wrap(sl.decode, "final_decode"),
-                                                          "final_decode_calls")))
-        st.enter_context(bc.patched(hm.ComfyHost, "__init__", init))
-        st.enter_context(bc.patched(compat, "free_memory_after_oom", free_memory_after_oom))
-        yield hosts, counts
+def oom_backoffs(n: int, requested: int, used: Optional[int]) -> Optional[int]:
+    """OOM back-offs inferred from the micro-batch the report says was used (``settings["micro_batch"]``: the
+    size after any back-off, each of which halves it).  Known when the planned size is: ``min(requested, N)``
+    for an explicit micro-batch; for the pack's own sizing only when it used N (then nothing was halved)."""
+    if used is None:
+        return None
+    if requested > 0:
+        size, k = max(1, min(int(requested), int(n))), 0
+        while size > used:
+            size, k = max(1, size // 2), k + 1
+        return k
+    return 0 if used == n else None
 
 
 def make_strategies(pack, plan: "Plan") -> Dict[str, Any]:
-    """The strategies, made by the pack's strategy nodes exactly as a graph would
-    (widget defaults read from INPUT_TYPES), each checked against the
-    search.strategies.Strategy built directly."""
+    """The strategies, made by the pack's strategy nodes exactly as a graph would (the nodes are generated
+    from the algorithm registry: node ID ``InfScale_`` + ``Algorithm.node``; widget defaults read from
+    INPUT_TYPES), each checked against the search.strategies.Strategy built directly."""
     m = pack.NODE_CLASS_MAPPINGS
     St = sys.modules[pack.__name__ + ".search.strategies"].Strategy
+    algs = sys.modules[pack.__name__ + ".search.registry"].algorithms()
 
-    def defaults(node_id):
-        req = m[node_id].INPUT_TYPES()["required"]
-        return {k: v[1]["default"] for k, v in req.items() if len(v) > 1 and "default" in v[1]}
+    def node(name):
+        return m["InfScale_" + algs[name].node]
+
+    def defaults(name):
+        inputs = node(name).INPUT_TYPES()
+        widgets = dict(inputs.get("required", {}), **inputs.get("optional", {}))
+        return {k: v[1]["default"] for k, v in widgets.items()
+                if k != "budget_nfe" and len(v) > 1 and "default" in v[1]}
 
     n, full = plan.strat_n, plan.steps
-    zo = m["InfScale_ZeroOrderStrategy"]().make(neighbours=2, cosine=0.95, budget_nfe=0)[0]
-    pd = defaults("InfScale_PathsStrategy")
-    paths = m["InfScale_PathsStrategy"]().make(paths=2, noises_per_path=2, start_level=pd["start_level"],
-                                               forward=pd["forward"], backward=pd["backward"], budget_nfe=0)[0]
-    c2f = m["InfScale_CoarseToFine"]().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender)[0]
+    zo_params = dict(defaults("zero_order"), neighbours=2, cosine=0.95)
+    paths_params = dict(defaults("paths"), paths=2, noises_per_path=2)
+    zo = node("zero_order")().make(budget_nfe=0, **zo_params)[0]
+    paths = node("paths")().make(budget_nfe=0, **paths_params)[0]
+    C2F = m["InfScale_CoarseToFine"]
+    c2f = C2F().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender)[0]
     # equal candidate count: a budget of N coarse generations + the finalists' full ones (Euler: 1 NFE a step)
     eq_budget = n * plan.coarse_steps + plan.rerender * full
-    inner = m["InfScale_RandomSearchStrategy"]().make(budget_nfe=eq_budget)[0]
-    c2f_eq = m["InfScale_CoarseToFine"]().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender,
-                                               strategy=inner)[0]
+    inner = node("random")().make(budget_nfe=eq_budget)[0]
+    c2f_eq = C2F().make(coarse_steps=plan.coarse_steps, finalists=plan.rerender, strategy=inner)[0]
     direct = {
-        "zero_order": St("zero_order", {"neighbours": 2, "cosine": 0.95}),
-        "paths": St("paths", {"paths": 2, "noises_per_path": 2, "start_level": pd["start_level"],
-                              "forward": pd["forward"], "backward": pd["backward"]}),
-        "c2f_random": St("random", {"rerender": plan.rerender}, coarse_steps=plan.coarse_steps),
-        "c2f_random_eqcand": St("random", {"rerender": plan.rerender}, budget_nfe=eq_budget,
-                                coarse_steps=plan.coarse_steps),
+        "zero_order": St("zero_order", algs["zero_order"].resolve(zo_params)),
+        "paths": St("paths", algs["paths"].resolve(paths_params)),
+        "c2f_random": St("random", {}, coarse_steps=plan.coarse_steps, rerender=plan.rerender),
+        "c2f_random_eqcand": St("random", {}, budget_nfe=eq_budget, coarse_steps=plan.coarse_steps,
+                                rerender=plan.rerender),
     }
     made = {"zero_order": zo, "paths": paths, "c2f_random": c2f, "c2f_random_eqcand": c2f_eq}
     for k, v in made.items():
         if v != direct[k]:
             raise RuntimeError(f"strategy node output {v!r} differs from {direct[k]!r}")
     return made
+
+
+def strategy_dict(strategy) -> Dict[str, Any]:
+    return {"name": strategy.name, "params": dict(strategy.params), "budget_nfe": int(strategy.budget_nfe),
+            "coarse_steps": int(strategy.coarse_steps), "rerender": int(getattr(strategy, "rerender", 0))}
+
+
+# ---------------------------------------------------------------------------- timing the peer pack
+class Phases:
+    """Synchronised wall time per phase, for the peer pack only (its functions and ComfyUI's are wrapped
+    for the duration of its run; the pack is never wrapped)."""
+
+    def __init__(self, clock: bc.Clock):
+        self.clock = clock
+        self.t: Dict[str, float] = {}
+        self.calls: Dict[str, int] = {}
+
+    def add(self, name: str, dt: float) -> None:
+        self.t[name] = self.t.get(name, 0.0) + dt
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def wrap(self, fn, name):
+        def wrapped(*a, **k):
+            t0 = self.clock.now()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(name, self.clock.now() - t0)
+        return wrapped
+
+
+def is_oom(e: BaseException) -> bool:
+    import torch
+    types_ = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
+    return isinstance(e, types_) or "out of memory" in str(e).lower()
 
 
 # ---------------------------------------------------------------------------- cases
@@ -567,9 +556,7 @@ class Runner:
                 r.update(mem0, **self.mem.peak())
                 r["status"] = "ok"
             except Exception as e:  # noqa: BLE001
-                from importlib import import_module
-                compat = import_module(self.pack.__name__ + ".nodes.compat")
-                r = {"batch": bs, "status": "oom" if compat.is_oom(e) else "error", "error": f"{type(e).__name__}: {e}"}
+                r = {"batch": bs, "status": "oom" if is_oom(e) else "error", "error": f"{type(e).__name__}: {e}"}
                 self._recover()
             rows.append(r)
             bc.log(f"  limit batch {bs}: {r.get('candidates_per_s', r.get('status'))}")
@@ -601,105 +588,79 @@ class Runner:
                 "image_shape": list(images.shape)}
 
     # -------------------------------------------------------------- ours
-    def ours(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
-             exact_winner: bool = True) -> Dict[str, Any]:
+    def searchloop(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
+                   exact_winner: bool = True, strategy=None) -> Dict[str, Any]:
+        """``SearchLoop().search(...)`` in-process (the node's own call, nothing of the pack wrapped), timed
+        with torch.cuda.synchronize around it; the split, NFEs and micro-batch come from its report."""
         SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
-        phases = Phases(self.clock)
-        verifier = TimedVerifier(b.verifier, phases)
         kind = b.kind
         mem0 = self.mem.reset()
-        with instrument_ours(self.pack, phases) as ooms:
-            t0 = self.clock.now()
-            out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, verifier,
-                                      PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
-                                      self.plan.cfg[kind], 1.0, micro_batch=micro_batch,
-                                      exact_winner=exact_winner)
-            t1 = self.clock.now()
-        total = t1 - t0
-        report = out[3]
-        p = phases.t
-        search_s = phases.marks["search_end"] - phases.marks["search_start"]
-        rerender = t1 - phases.marks.get("search_end", t1)
-        split = {"denoise_s": p.get("denoise", 0.0), "decode_s": p.get("decode", 0.0), "verify_s": p.get("verify", 0.0),
-                 "rerender_s": rerender}
-        split["other_s"] = total - sum(split.values())
-        split = {k: round(v, 4) for k, v in split.items()}
-        detail = {k: round(v, 4) for k, v in p.items() if k.startswith("rerender_")}
-        scores = [c.score for c in report.candidates]
-        res = {"n": n, "top_k": top_k, "micro_batch_requested": micro_batch,
-               "micro_batch_used": report.settings.get("micro_batch"), "oom_backoffs": ooms["count"],
-               "total_s": round(total, 4), "candidates_per_s": round(n / total, 4),
-               "search_phase_candidates_per_s": round(n / max(1e-9, search_s), 4),
-               "split": split, "rerender_detail": detail, "nfe_total": report.nfe_total,
-               "rerender_nfe": report.rerender_nfe,
-               "nfe_per_s": round((report.nfe_total + report.rerender_nfe) / total, 2),
-               "calls": dict(phases.calls), "verifier_images": verifier.images, "best_seed": int(out[5]),
-               "best_score": max(scores) if scores else None,
-               "final_score": report.ranked()[0].final_score if scores else None,
-               "all_scores_finite": all(math.isfinite(s) for s in scores)}
-        res.update(mem0)
-        res.update(self.mem.peak())
-        if micro_batch == 1:
-            self.per_cand_serial[kind] = total / n
-        return res
-
-    # -------------------------------------------------------------- strategies
-    def strategy_run(self, b: Bundle, strategy, n: int, top_k: int = 1, seed: int = 1000,
-                     micro_batch: int = 0) -> Dict[str, Any]:
-        """SearchLoop.search with strategy=... (the strategy nodes' output), in-process."""
-        SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
-        phases = Phases(self.clock)
-        verifier = TimedVerifier(b.verifier, phases)
-        kind = b.kind
-        mem0 = self.mem.reset()
-        with instrument_strategy(self.pack, phases) as (hosts, counts):
-            t0 = self.clock.now()
-            out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, verifier,
-                                      PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
-                                      self.plan.cfg[kind], 1.0, strategy=strategy, micro_batch=micro_batch)
-            t1 = self.clock.now()
+        ooms0 = self.mem.num_ooms()
+        extra = {"strategy": strategy} if strategy is not None else {}
+        t0 = self.clock.now()
+        out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, b.verifier,
+                                  PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
+                                  self.plan.cfg[kind], 1.0, micro_batch=micro_batch, exact_winner=exact_winner,
+                                  **extra)
+        t1 = self.clock.now()
         total = t1 - t0
         report = out[3]
         st = report.settings
-        p = phases.t
-        split = {"denoise_s": p.get("denoise", 0.0), "decode_s": p.get("decode", 0.0),
-                 "verify_s": p.get("verify", 0.0), "final_decode_s": p.get("final_decode", 0.0)}
-        split["other_s"] = total - sum(split.values())
-        host_stats = [dict(h.stats, steps=h.steps) for h in hosts]
-        scored = sum(h["scored"] for h in host_stats)
-        gen_nfe = report.nfe_per_generation or self.plan.steps
+        split = phase_split(report, total)
+        calls = phase_calls(report)
+        rr_nfe = exact_rerender_nfe(report)
+        used = st.get("micro_batch")
+        scored = images_scored(report.to_dict()) + calls.get("rerender", 0)
         scores = [c.score for c in report.candidates]
-        keep = {k: st[k] for k in ("budget_nfe", "coarse_steps", "micro_batch", "pivot_moves", "start_index",
-                                   "finished_without_search_from_index", "coarse_nfe", "rerender") if k in st}
-        if isinstance(st.get("rounds"), (int, list)):
-            keep["rounds"] = st["rounds"] if isinstance(st["rounds"], int) else len(st["rounds"])
-        if isinstance(st.get("coarse_report"), dict):
-            keep["coarse_candidates"] = (st["coarse_report"].get("settings") or {}).get("candidates")
-        res = {"n": n, "top_k": top_k, "strategy": {"name": strategy.name, "params": dict(strategy.params),
-                                                    "budget_nfe": strategy.budget_nfe,
-                                                    "coarse_steps": strategy.coarse_steps},
-               "algorithm": report.algorithm, "micro_batch_used": st.get("micro_batch"),
-               "oom_backoffs": counts["oom_backoffs"], "total_s": round(total, 4),
-               # N full generations' worth of NFEs per second, comparable with *.ours.nN
-               "candidates_per_s": round(n / total, 4),
-               "nfe_total": report.nfe_total, "nfe_per_s": round(report.nfe_total / total, 2),
-               "generation_equivalents": round(report.nfe_total / gen_nfe, 2),
-               "extra_costs": {"host_decode_calls": sum(h["decode_calls"] for h in host_stats),
-                               "images_scored": scored,
-                               "images_scored_per_generation_equivalent": round(
-                                   scored / max(1e-9, report.nfe_total / gen_nfe), 3),
-                               "final_decode_calls": counts["final_decode_calls"],
-                               "verifier_calls": verifier.calls, "verifier_images": verifier.images,
-                               "sampler_calls": counts["generate_calls"], "sampler_rows": counts["generate_rows"],
-                               "hosts": host_stats},
-               "split": {k: round(v, 4) for k, v in split.items()}, "settings": keep,
+        ooms = self.mem.num_ooms()
+        res = {"n": n, "top_k": top_k, "exact_winner": bool(exact_winner), "micro_batch_requested": micro_batch,
+               "micro_batch_used": used, "oom_backoffs": oom_backoffs(n, micro_batch, used),
+               "allocator_ooms": None if ooms is None or ooms0 is None else ooms - ooms0,
+               "total_s": round(total, 4), "candidates_per_s": round(n / total, 4),
+               # everything but the finalist step's batch-1 re-render
+               "search_phase_candidates_per_s": round(n / max(1e-9, total - split["rerender_s"]), 4),
+               "split": split, "report_phases": report.phases, "calls": calls,
+               "nfe_total": report.nfe_total, "rerender_nfe": rr_nfe, "report_rerender_nfe": report.rerender_nfe,
+               "nfe_per_s": round((report.nfe_total + (rr_nfe or 0)) / total, 2),
+               "verifier_images": scored, "best_seed": int(out[5]),
                "best_score": max(scores) if scores else None,
-               "all_scores_finite": all(math.isfinite(x) for x in scores) and bool(scores)}
+               "final_score": report.ranked()[0].final_score if scores else None,
+               "replay": report.ranked()[0].replay if scores else None,
+               "all_scores_finite": bool(scores) and all(math.isfinite(s) for s in scores)}
+        if strategy is not None:
+            gen_nfe = report.nfe_per_generation or self.plan.steps
+            keep = {k: st[k] for k in ("budget_nfe", "coarse_steps", "micro_batch", "pivot_moves", "start_index",
+                                       "finished_without_search_from_index", "coarse_nfe", "rerender") if k in st}
+            if isinstance(st.get("rounds"), (int, list)):
+                keep["rounds"] = st["rounds"] if isinstance(st["rounds"], int) else len(st["rounds"])
+            if isinstance(st.get("coarse_report"), dict):
+                keep["coarse_candidates"] = (st["coarse_report"].get("settings") or {}).get("candidates")
+            res.update({
+                "strategy": strategy_dict(strategy), "algorithm": report.algorithm,
+                "generation_equivalents": round(report.nfe_total / gen_nfe, 2),
+                "extra_costs": {"images_scored": scored,
+                                "images_scored_per_generation_equivalent": round(
+                                    scored / max(1e-9, (report.nfe_total + (rr_nfe or 0)) / gen_nfe), 3),
+                                "decode_calls": calls.get("decode", 0) + calls.get("rerender", 0),
+                                "verifier_calls": calls.get("verify", 0) + calls.get("rerender", 0),
+                                "sampler_calls": calls.get("denoise", 0) + calls.get("rerender", 0)},
+                "settings": keep, "notes": list(report.notes)})
         res.update(mem0)
         res.update(self.mem.peak())
+        if micro_batch == 1 and strategy is None:
+            self.per_cand_serial[kind] = total / n
         if not res["all_scores_finite"]:
             res.update(status="error", error="non-finite or no scores")
         return res
+
+    def ours(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
+             exact_winner: bool = True) -> Dict[str, Any]:
+        return self.searchloop(b, n, micro_batch, top_k, seed, exact_winner)
+
+    def strategy_run(self, b: Bundle, strategy, n: int, top_k: int = 1, seed: int = 1000,
+                     micro_batch: int = 0) -> Dict[str, Any]:
+        """SearchLoop.search with strategy=... (the strategy nodes' output)."""
+        return self.searchloop(b, n, micro_batch, top_k, seed, True, strategy)
 
     # -------------------------------------------------------------- peer
     def load_peer(self):
@@ -999,18 +960,30 @@ def summarize(results: bc.Results) -> None:
         if at_n and peer:
             # the ceiling: raw batched sampling + decode + verify at batch n, over the peer
             s[f"{kind}_n{n}_limit_at_batch_n_over_peer"] = round(at_n[0]["candidates_per_s"] / peer, 3)
+    # SearchLoop over the limit (best raw batched sampling + decode + verify), exact_winner on and off, every N run
+    lim_ratio: Dict[str, Any] = {}
+    for name, c in cases.items():
+        kind, _, rest = name.partition(".")
+        if rest.split(".")[0] not in ("ours", "ours_noexact") or c.get("status") != "ok":
+            continue
+        lim = cps(f"{kind}.limit")
+        if lim and c.get("candidates_per_s"):
+            row = lim_ratio.setdefault(f"{kind}.n{c['n']}", {})
+            row["exact_winner_on" if c.get("exact_winner", True) else "exact_winner_off"] = round(
+                c["candidates_per_s"] / lim, 3)
+    if lim_ratio:
+        s["ours_over_limit"] = lim_ratio
     strat = {k[len("sd15.strat."):]: c for k, c in cases.items()
              if k.startswith("sd15.strat.") and c.get("status") == "ok"}
     if strat:
         st: Dict[str, Any] = {}
         for k, c in strat.items():
-            ex = c.get("extra_costs") or {}
             calls = c.get("calls") or {}
             st[k] = {"total_s": c.get("total_s"), "candidates_per_s": c.get("candidates_per_s"),
-                     "nfe_total": c.get("nfe_total", 0) + c.get("rerender_nfe", 0), "nfe_per_s": c.get("nfe_per_s"),
-                     "images_scored": ex.get("images_scored", c.get("verifier_images")),
-                     "decode_calls": ex.get("host_decode_calls", 0) + ex.get("final_decode_calls", 0)
-                     if ex else calls.get("decode", 0) + calls.get("rerender_decode", 0)}
+                     # every NFE spent: the search's and the finalist step's batch-1 re-render
+                     "nfe_total": c.get("nfe_total", 0) + (c.get("rerender_nfe") or 0), "nfe_per_s": c.get("nfe_per_s"),
+                     "images_scored": c.get("verifier_images"),
+                     "decode_calls": calls.get("decode", 0) + calls.get("rerender", 0)}
         rnd = next((c for k, c in strat.items() if k.startswith("random.")), None)
         eq = next((c for k, c in strat.items() if k.startswith("c2f_random_eqcand.")), None)
         if rnd and eq:
@@ -1190,12 +1163,14 @@ def run_strategy_cases(runner: Runner, b: Bundle) -> None:
     batched, serial = runner.per_cand_batched["sd15"], runner.per_cand_serial["sd15"]
     frac = plan.coarse_steps / plan.steps
     # (case suffix, strategy or None, seconds guessed for the time budget)
+    # every strategy but paths ends with the finalist step's batch-1 re-render of the winner (one serial generation)
     todo = [("random", None, n * batched * 1.5 + serial + 3),
-            ("zero_order", strategies["zero_order"], n / 2 * serial * 1.3 + 5),
+            ("zero_order", strategies["zero_order"], n / 2 * serial * 1.3 + serial + 5),
             ("paths", strategies["paths"], n / 4 * serial * 1.5 + 5),
-            ("c2f_random", strategies["c2f_random"], 2 * n * frac * batched * 1.5 + plan.rerender * serial + 5),
+            ("c2f_random", strategies["c2f_random"],
+             2 * n * frac * batched * 1.5 + plan.rerender * serial + serial + 5),
             ("c2f_random_eqcand", strategies["c2f_random_eqcand"],
-             n * frac * batched * 1.5 + plan.rerender * serial + 5)]
+             n * frac * batched * 1.5 + plan.rerender * serial + serial + 5)]
     # untimed warm-up of the strategy path (host, partial schedules, x0 capture): the smallest zero-order search
     if runner.fits({"case": "sd15.strat.warmup"}, 2 * serial + 3):
         try:
@@ -1223,11 +1198,12 @@ def print_table(results: bc.Results) -> None:
             note = "batches: " + ", ".join(f"{r['batch']}:{r.get('candidates_per_s', r.get('status'))}" for r in c["batches"])
         if c.get("mode") == "strategy" and c.get("extra_costs"):
             ex = c["extra_costs"]
-            note = (f"nfe {c.get('nfe_total')} @ {c.get('nfe_per_s')}/s; scored {ex.get('images_scored')} "
-                    f"decodes {ex.get('host_decode_calls')}+{ex.get('final_decode_calls')}; {c.get('split')}")
+            note = (f"nfe {c.get('nfe_total')}+{c.get('rerender_nfe')} @ {c.get('nfe_per_s')}/s; scored "
+                    f"{ex.get('images_scored')} decodes {ex.get('decode_calls')}; {c.get('split')}")
         if c["case"].startswith("caps") and c.get("runs"):
             note = "; ".join(f"mb{r.get('micro_batch_requested')}->{r.get('micro_batch_used')} "
-                             f"{r.get('candidates_per_s')}/s oom{r.get('oom_backoffs')} peak {r.get('peak_allocated_gib')}"
+                             f"{r.get('candidates_per_s')}/s backoffs {r.get('oom_backoffs')} "
+                             f"ooms {r.get('allocator_ooms')} peak {r.get('peak_allocated_gib')}"
                              for r in c["runs"])
         print("%-34s %-8s %10s %8s %8s %9s  %s" % (c["case"], c.get("status"), c.get("candidates_per_s", ""),
                                                  c.get("total_s", ""), c.get("micro_batch_used", ""),

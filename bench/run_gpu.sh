@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one device command (bench/README.md): installs the carried wheels, then
+# The one GPU command (bench/README.md): installs the carried wheels (.whl/), then
 # runs the SearchLoop benchmark and the verifier benchmark, JSON + logs to $OUT.
 #   bash bench/run_gpu.sh [search cases, default sd15,sdxl,caps,n256,strategies,flux] [verifiers: all|none]
 set -u

@@ -1,7 +1,7 @@
 """Smoke tier of the GPU benchmarks (bench/): every code path on the CPU with
 tiny configs, against the ComfyUI the server tests use ($COMFYUI_PATH, else the
-vendored 2024 host).  The GPU numbers themselves come from a lent H100
-(bench/README.md); this only proves the scripts run."""
+vendored 2024 host).  The GPU numbers themselves come from a run on an NVIDIA
+GPU (bench/README.md); this only proves the scripts run."""
 import json
 import os
 import subprocess
@@ -25,7 +25,7 @@ def test_gpu_search_smoke(tmp_path):
     comfy = comfyui_dir()
     current = os.path.isdir(os.path.join(comfy, "comfy", "ldm", "flux"))
     # the peer pack is not vendored (bench/README.md puts it in .peer/); the 2024 host has no FLUX
-    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sdxl.ours"]
+    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sdxl.limit", "sdxl.ours"]
     if os.path.isfile(os.path.join(PEER, "__init__.py")):
         cases.append("sd15.peer")
     if current:
@@ -37,12 +37,25 @@ def test_gpu_search_smoke(tmp_path):
     by = {c["case"]: c for c in doc["cases"]}
     for kind in ("sd15", "sdxl") + (("flux",) if current else ()):
         assert doc["models"]["detect_" + kind]["ok"], doc["models"]["detect_" + kind]
-    for name in ("sd15.limit", "sd15.ours.n2", "sd15.serial.n2", "sd15.ours.n4", "sdxl.ours.n2"):
+    for name in ("sd15.limit", "sd15.ours.n2", "sd15.ours_noexact.n2", "sd15.serial.n2", "sd15.ours.n4",
+                 "sdxl.limit", "sdxl.ours.n2", "sdxl.ours_noexact.n2"):
         assert by[name]["status"] == "ok", by[name]
+    # SearchLoop's numbers come from its report: phases, NFEs, the micro-batch it used
     ours = by["sd15.ours.n2"]
     assert ours["all_scores_finite"] and ours["micro_batch_used"] == 2 and ours["nfe_total"] == 2 * 2 * 1
     assert set(ours["split"]) == {"denoise_s", "decode_s", "verify_s", "rerender_s", "other_s"}
-    assert by["sd15.serial.n2"]["micro_batch_used"] == 1
+    assert set(ours["report_phases"]) == {"denoise", "decode", "verify", "rerender", "other"}
+    assert ours["calls"]["denoise"] == 1 and ours["calls"]["rerender"] == 1  # winner sampled in a batch of 2
+    assert ours["rerender_nfe"] == ours["report_rerender_nfe"] == 2 and ours["split"]["rerender_s"] > 0
+    assert ours["oom_backoffs"] == 0 and ours["verifier_images"] == 2 + 1 and ours["replay"] == "ksampler"
+    noex = by["sd15.ours_noexact.n2"]
+    assert not noex["exact_winner"] and noex["rerender_nfe"] == 0 and noex["split"]["rerender_s"] == 0
+    assert noex["replay"] == "batched"
+    serial = by["sd15.serial.n2"]
+    assert serial["micro_batch_used"] == 1 and serial["oom_backoffs"] == 0 and serial["calls"]["denoise"] == 2
+    ratio = doc["summary"]["ours_over_limit"]
+    for kind in ("sd15", "sdxl"):
+        assert set(ratio[f"{kind}.n2"]) == {"exact_winner_on", "exact_winner_off"}, ratio
     if "sd15.peer" in cases:
         peer = by["sd15.peer.n2"]
         if not current:
@@ -56,15 +69,21 @@ def test_gpu_search_smoke(tmp_path):
         c = by[f"sd15.strat.{name}.n4"]
         assert c["status"] == "ok", c
         assert c["nfe_per_s"] > 0 and c["total_s"] > 0
+        assert set(c["split"]) == {"denoise_s", "decode_s", "verify_s", "rerender_s", "other_s"}
     zo = by["sd15.strat.zero_order.n4"]
     assert zo["strategy"] == {"name": "zero_order", "params": {"neighbours": 2, "cosine": 0.95}, "budget_nfe": 0,
-                              "coarse_steps": 0}
-    assert zo["nfe_total"] == 4 * 2 and zo["extra_costs"]["images_scored"] == 4
-    assert set(zo["split"]) == {"denoise_s", "decode_s", "verify_s", "final_decode_s", "other_s"}
-    assert by["sd15.strat.paths.n4"]["strategy"]["params"]["noises_per_path"] == 2
+                              "coarse_steps": 0, "rerender": 0}
+    assert zo["nfe_total"] == 4 * 2 and zo["extra_costs"]["images_scored"] == 4 + zo["calls"]["rerender"]
+    paths = by["sd15.strat.paths.n4"]
+    assert paths["strategy"]["params"]["noises_per_path"] == 2
+    assert paths["calls"]["rerender"] == 0 and paths["replay"] == "lineage"  # no stock node replays a lineage
     c2f = by["sd15.strat.c2f_random.n4"]
     assert c2f["algorithm"] == "coarse_to_fine(random)" and c2f["strategy"]["coarse_steps"] == 1
-    assert c2f["settings"]["rerender"] == 2 and len(c2f["extra_costs"]["hosts"]) == 2  # full host + coarse host
+    assert c2f["strategy"]["rerender"] == 2 and c2f["settings"]["rerender"] == 2
+    assert c2f["settings"]["coarse_candidates"] == 4 and c2f["nfe_total"] == 4 * 1 + 2 * 2
+    assert c2f["extra_costs"]["images_scored"] == 4 + 2 + c2f["calls"]["rerender"]
+    # the report's rerender_nfe also counts coarse-to-fine's full-step stage; the bench's is the batch-1 re-render only
+    assert c2f["rerender_nfe"] == 2 * c2f["calls"]["rerender"] and c2f["report_rerender_nfe"] == 2 * 2 + c2f["rerender_nfe"]
     eq = by["sd15.strat.c2f_random_eqcand.n4"]
     assert eq["settings"]["coarse_candidates"] == 4 and eq["strategy"]["budget_nfe"] == 4 * 1 + 2 * 2
     saved = doc["summary"]["sd15_strategies"]["c2f_vs_random_equal_candidates"]
