@@ -4,8 +4,8 @@ by the image-reward 1.5 package itself on a reduced-size random-weight model.
 The package is a reference only: it never enters this repository or CI.  It
 runs in a throwaway virtual environment outside the repository:
 
-    python3 tools/imagereward_reference.py --make-venv /work/ir-ref-venv
-    /work/ir-ref-venv/bin/python tools/imagereward_reference.py --out tests/fixtures/imagereward
+    python3 tools/imagereward_reference.py --make-venv /tmp/ir-ref-venv
+    /tmp/ir-ref-venv/bin/python tools/imagereward_reference.py --out tests/fixtures/imagereward
 
 ``--make-venv`` installs (from PyPI) torch 2.14.1, torchvision, transformers<4.56,
 timm==0.6.13, fairscale==0.4.13 and image-reward==1.5 --no-deps.  The package's
