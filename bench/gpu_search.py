@@ -370,9 +370,8 @@ def phase_calls(report) -> Dict[str, int]:
 
 
 def exact_rerender_nfe(report) -> Optional[int]:
-    """NFEs of the finalist step's batch-1 re-renders: one full generation per "rerender" phase.  (The report's
-    ``rerender_nfe`` is the same number, except that coarse-to-fine also counts its full-step stage there, which
-    ``nfe_total`` already holds.)"""
+    """NFEs of the finalist step's batch-1 re-renders: one full generation per "rerender" phase (the report's
+    ``rerender_nfe``; coarse-to-fine's full-step stage is in ``nfe_total`` and ``settings["full_steps_nfe"]``)."""
     gen = report.nfe_per_generation
     if gen is None:
         return None

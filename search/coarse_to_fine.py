@@ -103,8 +103,8 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
     labels = [f"{f.result.noise_id or f.result.seed} (coarse rank {i + 1})" for i, f in enumerate(inner_final)]
     scores = checked_scores(host.score(latents), rerender, labels, verifier)
     report = SearchReport(algorithm=f"coarse_to_fine({algorithm})", top_k=top_k, verifier=verifier,
-                          nfe_per_generation=full_gen, rerender_nfe=nfe,
-                          settings={"coarse_steps": int(coarse_steps), "rerender": int(rerender),
+                          nfe_per_generation=full_gen,
+                          settings={"coarse_steps": int(coarse_steps), "rerender": int(rerender), "full_steps_nfe": nfe,
                                     "budget_nfe": int(budget_nfe), "coarse_nfe": inner_report.nfe_total,
                                     "coarse_scores": [f.result.score for f in inner_final],
                                     "coarse_report": inner_report.to_dict()})
@@ -161,8 +161,9 @@ def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, c
     lat = torch.cat(latents)
     scores = checked_scores(host.score(lat), len(chosen), labels, verifier)
     report = SearchReport(algorithm=f"coarse_to_fine({algorithm})", top_k=top_k, verifier=verifier,
-                          nfe_per_generation=full_gen, rerender_nfe=sum(costs),
+                          nfe_per_generation=full_gen,
                           settings={"coarse_steps": int(coarse_steps), "rerender": len(chosen),
+                                    "full_steps_nfe": sum(costs),
                                     "budget_nfe": int(budget_nfe), "coarse_nfe": inner_report.nfe_total,
                                     "coarse_scores": [f.result.score for f in chosen],
                                     "coarse_report": inner_report.to_dict()})

@@ -97,7 +97,7 @@ class SearchReport:
     prompt: str = ""
     trace: List[Dict[str, float]] = field(default_factory=list)  # [{"nfe", "best"}]
     settings: Dict[str, Any] = field(default_factory=dict)
-    rerender_nfe: int = 0
+    rerender_nfe: int = 0   # NFEs of the finalist step's batch-1 exact re-renders (not part of nfe_total)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)  # {"denoise": {"seconds", "calls"}, ...}
     notes: List[str] = field(default_factory=list)  # what the user should know (budget left unspent, ...)
 
