@@ -1,9 +1,11 @@
 """Composable search: candidates as a NOISE batch for any stock sampler, a
+sampler wrapper that gives each candidate its own in-sampler noise stream, a
 scorer for any IMAGE batch, and a picker."""
 from __future__ import annotations
 
+import comfy.samplers
 
-from .noise import CandidateNoise
+from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
 from .sampling import SearchInputError
 from .types import CATEGORY, NOISE, SCORES, VERIFIER
 from ..search.common import checked_scores, top_k_indices
@@ -37,6 +39,50 @@ class NoiseCandidateGenerator:
 
     def make(self, seed, count, offset):
         return (CandidateNoise(seeds_for(seed, offset, count), index_offset=offset),)
+
+
+class CandidateSampler:
+    DESCRIPTION = ("Wraps a SAMPLER so that, in SamplerCustomAdvanced with a Noise Candidate Generator's NOISE, "
+                   "every candidate of the batch gets the in-sampler noise stream a batch-1 run with its own seed "
+                   "would get (ancestral and SDE samplers draw their step noise for the whole batch from one stream "
+                   "otherwise). With it, the composable search samples each candidate exactly as Search Loop does, "
+                   "for every sampler.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("Connect to SamplerCustomAdvanced's sampler, next to the same NOISE.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sampler": ("SAMPLER", {"tooltip": "Any SAMPLER (KSamplerSelect, ...)."}),
+            "noise": (NOISE, {"tooltip": "The Noise Candidate Generator whose NOISE goes into the same "
+                                         "SamplerCustomAdvanced: its seeds key the candidates' streams."}),
+        }}
+
+    def make(self, sampler, noise):
+        seeds = getattr(noise, "seeds", None)
+        if not seeds:
+            raise SearchInputError("Candidate Sampler needs the NOISE of a Noise Candidate Generator (it names one "
+                                   "seed per candidate); this NOISE carries no candidate seeds")
+        seeds = list(seeds)
+        if not per_candidate_noise_supported(sampler):
+            raise SearchInputError("Candidate Sampler cannot give this sampler's candidates separate noise streams "
+                                   "(its noise does not come from ComfyUI's k-diffusion noise samplers): run its "
+                                   "candidates through Search Loop, which samples such samplers one at a time")
+
+        def wrap(fn):
+            def wrapped(model, x, sigmas, *args, **kwargs):
+                if x.shape[0] != len(seeds):
+                    raise SearchInputError(f"Candidate Sampler: the batch has {x.shape[0]} candidates but the NOISE "
+                                           f"names {len(seeds)}: use the same NOISE in SamplerCustomAdvanced")
+                with per_candidate_noise(seeds, seeds[0], x.shape):
+                    return fn(model, x, sigmas, *args, **kwargs)
+            wrapped.__name__ = getattr(fn, "__name__", "sampler")
+            return wrapped
+        return (comfy.samplers.KSAMPLER(wrap(sampler.sampler_function), extra_options=dict(sampler.extra_options),
+                                        inpaint_options=dict(sampler.inpaint_options)),)
 
 
 def identities(n: int, noise=None):
@@ -84,7 +130,11 @@ class VerifierScore:
 
 
 class BestPick:
-    DESCRIPTION = "Picks the best of a scored IMAGE batch (and its LATENT), ranks the top k, and names the winner."
+    DESCRIPTION = ("Picks the best of a scored IMAGE batch (and its LATENT), ranks the top k, and names the winner. "
+                   "The images are the batch's own samples: the same candidates Search Loop makes (ancestral/SDE "
+                   "samplers through a Candidate Sampler) up to the floating-point round-off of batched kernels. "
+                   "best_seed in a RandomNoise (or a KSampler) at batch 1 replays the winner exactly as a stock run, "
+                   "which is what Search Loop's exact_winner outputs.")
     CATEGORY = CATEGORY
     FUNCTION = "pick"
     RETURN_TYPES = ("IMAGE", "LATENT", "IMAGE", "INT", "INT")
@@ -130,6 +180,7 @@ class BestPick:
 
 NODES = [
     (NoiseCandidateGenerator, "NoiseCandidateGenerator", "Noise Candidate Generator"),
+    (CandidateSampler, "CandidateSampler", "Candidate Sampler (per-candidate noise)"),
     (VerifierScore, "VerifierScore", "Verifier Score"),
     (BestPick, "BestPick", "Best Pick"),
 ]

@@ -44,7 +44,7 @@ class ComfyHost:
 
     def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: Progress,
                  micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0,
-                 book: Optional[ScoreBook] = None):
+                 book: Optional[ScoreBook] = None, keep_images: int = 0):
         self.plan = plan
         self.clock = plan.clock
         self.vae = vae
@@ -59,6 +59,10 @@ class ComfyHost:
         self._mask = None
         self._mask_noise = None
         self._mask_seed = mask_seed
+        # the decoded images of the best few rows scored (absolute verifiers): the finalist step reuses them
+        # instead of decoding its finalists again
+        self._keep_images = int(keep_images)
+        self._images: List[Tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (score, row, latent, image)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -197,8 +201,23 @@ class ComfyHost:
 
     def score(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.decode(latents)
+        first = self.book.count
         with self.clock.phase("verify"):
-            return self.book.add(images)
+            scores = self.book.add(images)
+        if self._keep_images and not self.relative:
+            for j, sc in enumerate(scores.tolist()):
+                if math.isfinite(sc):
+                    self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))
+            self._images.sort(key=lambda t: (-t[0], t[1]))
+            del self._images[self._keep_images:]
+        return scores
+
+    def image_of(self, latent: torch.Tensor) -> Optional[torch.Tensor]:
+        """The decoded image of a latent this host scored among its best rows, or None."""
+        for _, _, lat, img in self._images:
+            if lat.shape == latent.shape and torch.equal(lat, latent.detach().cpu()):
+                return img
+        return None
 
     def rescore(self) -> torch.Tensor:
         return self.book.all()

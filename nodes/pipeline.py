@@ -48,7 +48,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     budget = int(strategy.budget_nfe) or n * est
     progress = Progress(total=budget + top_k * est, model=plan.model)
     batch = plan.micro_batch(n, micro_batch)
-    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed)
+    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k)
     try:
         report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
                                          verifier=getattr(verifier, "name", "verifier"))
@@ -59,7 +59,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     if not finalists:
         raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
                                f"{budget} NFEs: raise the budget")
-    images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host.relative,
+    images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host,
                              bool(exact_winner))
     progress.set(progress.total)
     report.prompt = prompt
@@ -78,9 +78,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
 
 
 def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport, finalists: List[Finalist],
-           progress: Progress, nfe_gen: int, relative: bool, exact: bool):
+           progress: Progress, nfe_gen: int, host: ComfyHost, exact: bool):
     """The finalist step: each finalist's output latent and image, re-rendered through the stock call
-    where that is what replays it."""
+    where that is what replays it (the search's own decoded image is reused otherwise)."""
+    relative = host.relative
     images: List[torch.Tensor] = []
     latents: List[torch.Tensor] = []
     for f in finalists:
@@ -99,8 +100,10 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
             res.replay = kind
         else:
             lat = f.latent
-            with plan.clock.phase("decode"):
-                img = decode(vae, lat)
+            img = host.image_of(lat)
+            if img is None:
+                with plan.clock.phase("decode"):
+                    img = decode(vae, lat)
             res.final_score = res.score
             res.replay = kind if (kind and alone) else ("batched" if kind else "lineage")
         latents.append(lat.cpu())

@@ -63,6 +63,41 @@ def test_composable_matches_searchloop(comfy):
     assert torch.equal(latent_file(comfy, stock), latent_file(comfy, ref_entry))
 
 
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde"])
+def test_composable_with_candidate_sampler_equals_searchloop(comfy, sampler):
+    """Noise Candidate Generator + Candidate Sampler -> SamplerCustomAdvanced: each candidate gets its own
+    in-sampler noise stream, so the composable search scores and picks what SearchLoop does for stochastic
+    samplers too, and best_seed replays at batch 1 exactly as SearchLoop's exact output."""
+    need(comfy, "SamplerCustomAdvanced", "CFGGuider", "RandomNoise", "KSamplerSelect")
+    seed, n = 100, 4
+    g = base_graph()
+    g["5"] = verifier_node()
+    g["10"] = {"class_type": PREFIX + "NoiseCandidateGenerator", "inputs": {"seed": seed, "count": n, "offset": 0}}
+    sc = custom_sampling(g, ("10", 0), steps=3, sampler=sampler)
+    g["45"] = {"class_type": PREFIX + "CandidateSampler", "inputs": {"sampler": ["41", 0], "noise": ["10", 0]}}
+    g[sc]["inputs"]["sampler"] = ["45", 0]
+    g["11"] = {"class_type": "VAEDecode", "inputs": {"samples": [sc, 0], "vae": ["1", 2]}}
+    g["12"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["11", 0], "verifier": ["5", 0],
+                                                                 "prompt": "a red apple on a table", "noise": ["10", 0]}}
+    g["13"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["11", 0], "scores": ["12", 0], "top_k": 1,
+                                                            "latent": [sc, 0], "noise": ["10", 0]}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["12", 0]}}
+    g["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": f"cs_{sampler}"}}
+    comp = report_of(comfy.run_ok(g))
+    ref_entry = comfy.run_ok(search_graph(seed=seed, candidates=n, top_k=1, steps=3, sampler=sampler, micro_batch=n,
+                                          prefix=f"csref_{sampler}"))
+    ref = report_of(ref_entry)
+    a = {c["seed"]: c["score"] for c in comp["candidates"]}
+    b = {c["seed"]: c["score"] for c in ref["candidates"]}
+    assert a.keys() == b.keys() and all(a[s] == pytest.approx(b[s], abs=1e-3) for s in a), (a, b)
+    assert comp["best"]["seed"] == ref["best"]["seed"]
+    g2 = base_graph()
+    g2["10"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": comp["best"]["seed"]}}
+    sc2 = custom_sampling(g2, ("10", 0), steps=3, sampler=sampler)
+    g2["9"] = {"class_type": "SaveLatent", "inputs": {"samples": [sc2, 0], "filename_prefix": f"cs_win_{sampler}"}}
+    assert torch.equal(latent_file(comfy, comfy.run_ok(g2)), latent_file(comfy, ref_entry))
+
+
 def test_noise_generator_rejects_wrong_batch(comfy):
     need(comfy, "SamplerCustomAdvanced")
     g = base_graph()
