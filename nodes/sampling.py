@@ -184,12 +184,15 @@ class SamplingPlan:
 
     def micro_batch(self, n: int, requested: int) -> int:
         """Candidates sampled together.  1 when the sampler's noise cannot be kept per candidate, or when it
-        chooses its own steps (an adaptive step-size controller sees the whole batch)."""
+        chooses its own steps (an adaptive step-size controller sees the whole batch).  On the CPU, 1 unless
+        ``requested``: one model call then takes what a stock KSampler's does, so Cancel lands within one step
+        and memory holds one candidate."""
         if not self.separable or self.nfe_per_generation() is None:
             return 1
+        if self.model.load_device.type == "cpu" and not requested:
+            return 1
         per = memory.memory_per_candidate(self.model, self.template.shape, self.cfg_multiplier())
-        return plan_micro_batch(n, memory.free_memory(self.model), per, requested,
-                                cap=64 if self.model.load_device.type != "cpu" else 16)
+        return plan_micro_batch(n, memory.free_memory(self.model), per, requested, cap=64)
 
     # ---------------------------------------------------------------- sampling
     def generate(self, noises: torch.Tensor, seeds: Sequence[int], progress: Progress,
