@@ -128,6 +128,9 @@ class Plan:
             self.caps_gb = [12, 24]
             self.cap_n = 16
         # strategies case (SD1.5): N, coarse-to-fine's coarse steps (of self.steps) and finalists re-rendered
+        # the micro-batch SearchLoop is asked for: its own sizing (0) on a GPU; in the CPU smoke run the whole N,
+        # since on the CPU SearchLoop's own default is one candidate at a time
+        self.ours_micro_batch = (lambda n: n) if smoke else (lambda n: 0)
         self.strat_n = 4 if smoke else 16
         self.coarse_steps = 1 if smoke else 8
         self.rerender = 2 if smoke else 4
@@ -1124,12 +1127,13 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
     if kind + ".ours" in sub:
         for n in plan.ours_n[kind]:
             case = {"case": f"{kind}.ours.n{n}", "model": kind, "mode": "ours"}
+            mb = plan.ours_micro_batch(n)
             if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + runner.per_cand_serial[kind] + 3):
-                runner.run_case(case, runner.ours, b, n)
+                runner.run_case(case, runner.ours, b, n, mb)
             # the same search without the batch-1 re-render of the winner (exact_winner off)
             case = {"case": f"{kind}.ours_noexact.n{n}", "model": kind, "mode": "ours, exact_winner off"}
             if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + 3):
-                runner.run_case(case, runner.ours, b, n, 0, 1, 1000, False)
+                runner.run_case(case, runner.ours, b, n, mb, 1, 1000, False)
     if kind + ".serial" in sub:
         n = plan.serial_n[kind]
         case = {"case": f"{kind}.serial.n{n}", "model": kind, "mode": "serial (micro_batch=1)"}
