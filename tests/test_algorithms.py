@@ -46,11 +46,13 @@ def test_neighbour_has_exact_cosine_and_norm(t):
 
 def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generation():
     host = gaussian_host(steps=8)
-    report, finalists = zero_order_search(host, seed=3, budget_nfe=8 * 9, neighbours=2, cosine=0.9, top_k=1)
+    report, finalists = zero_order_search(host, seed=3, budget_nfe=8 * 9, neighbours=2, cosine=0.9, top_k=1,
+                                          start_noises=1, step_growth=1.0)
     assert report.nfe_total == 72 == host.nfe_rows  # pivot (1) + 4 rounds of 2
     assert report.settings["rounds"] == 4 and len(report.candidates) == 9
-    assert report.candidates[0].seed == 3 and report.candidates[0].noise_id == "zo pivot (seed 3)"
-    assert report.candidates[1].noise_id == "zo r1 n0 (pivot seed 3)" and report.candidates[1].seed is None
+    assert report.candidates[0].seed == 3 and report.candidates[0].noise_id == "zo start 0 (seed 3)"
+    assert report.candidates[1].noise_id == "zo r1 n0 (pivot zo start 0, seed 3)" and report.candidates[1].seed is None
+    assert report.settings["cosines"] == [pytest.approx(0.9)] * 4  # step_growth 1: the paper's fixed step
     # the pivot is always the best candidate seen so far (it only moves to a better neighbour)
     seen = [report.candidates[0].score]
     for rnd, t in enumerate(report.trace[1:], start=1):
@@ -61,7 +63,7 @@ def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generatio
 
 def test_zero_order_last_round_is_cut_to_the_budget():
     host = gaussian_host(steps=8)
-    report, _ = zero_order_search(host, seed=3, budget_nfe=8 * 4 + 5, neighbours=2)
+    report, _ = zero_order_search(host, seed=3, budget_nfe=8 * 4 + 5, neighbours=2, start_noises=1)
     assert report.nfe_total == 32 == host.nfe_rows and len(report.candidates) == 4  # pivot, 2, then 1
 
 
@@ -206,10 +208,14 @@ def test_particles_resample_towards_the_reward():
     # best beats the best of the same particles without resampling (random search at the same seeds)
     host = gaussian_host(sampler="euler_ancestral", steps=12)
     r, f = run_strategy(Strategy("particles", {"lam": 200.0, "interval": 2, "ess_threshold": 0.0}), host, candidates=16, top_k=1, seed=2)
-    assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 16 * 5
-    assert r.nfe_total == 16 * 12 == host.nfe_rows
+    # each particle costs a generation (12) plus an x0 probe at each of the 5 resampling steps: 11 fit in 192
+    assert r.settings["particles"] == 11
+    assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 11 * 5
+    assert r.nfe_total == 11 * (12 + 5) == host.nfe_rows and r.settings["probe_nfe"] == 11 * 5
+    assert "only 5 were left" in r.notes[0]
+    assert r.settings["distinct_lineages"] < 11
     origins = {c.noise_id.split("from seed ")[1] for c in r.candidates}
-    assert len(origins) < 16
+    assert len(origins) == r.settings["distinct_lineages"]
     base, _ = run_strategy(Strategy("random"), gaussian_host(sampler="euler_ancestral", steps=12), candidates=16,
                            top_k=1, seed=2)
     assert r.best.score > base.best.score
