@@ -6,7 +6,7 @@ re-generated), and fills the other P−E places with children: a parent is
 picked by tournament (``tournament`` individuals drawn uniformly with
 replacement, the best wins; ties to the earlier one) and mutated as
 
-    child = √(1−β²)·parent + β·ε,   ε a fresh seeded unit Gaussian (β = 0.2),
+    child = √(1−β²)·parent + β·ε,   ε a fresh seeded unit Gaussian (EvoSearch: β = 0.2; default 0.8),
 
 which keeps the noise unit-variance.  Generations run until the budget holds
 no further generation; the last one may have fewer children so the whole
@@ -126,7 +126,8 @@ ALGORITHM = Algorithm(
               max=1024),
         Param("elites", 2, "Best kept unchanged.", min=0, max=1024),
         Param("tournament", 3, "Tournament size for parents.", min=1, max=64),
-        Param("mutation", 0.2, "beta: 0 = copy the parent, 1 = a fresh random noise (EvoSearch: 0.2).",
+        Param("mutation", 0.8, "beta: 0 = copy the parent, 1 = a fresh random noise (EvoSearch: 0.2, which "
+                               "stays too close to the parents at small budgets).",
               min=0.01, max=1.0, step=0.01),
         Param("generations", 3, "With population 0: the population is the budget's generations divided by this "
                                 "(at least 2), i.e. about this many rounds of selection.", min=1, max=1024,

@@ -232,8 +232,9 @@ ALGORITHM = Algorithm(
                           "reward_scale 'standardized' it is in units of the particles' spread.",
               min=0.0, max=1000.0, step=0.5),
         Param("interval", 5, "Score and resample every this many steps.", min=1, max=1000),
-        Param("ess_threshold", 0.5, "0 = resample at every scoring step; otherwise only when the effective sample "
-                                    "size falls below this fraction of k (FK steering uses 0.5).",
+        Param("ess_threshold", 0.0, "0 = resample at every scoring step; otherwise only when the effective sample "
+                                    "size falls below this fraction of k (FK steering uses 0.5; with the "
+                                    "standardized lambda 1 that threshold is rarely crossed).",
               min=0.0, max=1.0, step=0.05),
         Param("resampling", "multinomial", "How ancestors are drawn from the weights: multinomial or systematic "
                                            "(lower variance).", choices=RESAMPLING, optional=True),

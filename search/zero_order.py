@@ -145,7 +145,7 @@ ALGORITHM = Algorithm(
     params=(
         Param("neighbours", 4, "N neighbours per round (the paper: 2 for text-to-image, 2-4 on ImageNet).",
               min=1, max=256),
-        Param("cosine", 0.8, "Cosine similarity of each neighbour to the pivot (norm kept) for the base step. "
+        Param("cosine", 0.66, "Cosine similarity of each neighbour to the pivot (norm kept) for the base step. "
                              "LARGER = a SMALLER step (1.0 would be the pivot itself; tt-scale-flux uses 0.95); "
                              "smaller = bigger jumps, closer to random search.",
               min=0.0, max=0.9999, step=0.005),

@@ -156,9 +156,17 @@ def test_paths_keeps_exactly_the_top_n_and_spends_the_stated_nfes(prediction):
 
 def test_paths_small_budget_finishes_without_search_and_never_exceeds():
     host = gaussian_host(steps=20)
-    report, finalists = paths_search(host, seed=1, budget_nfe=2 * 20 + 10, paths=2, noises_per_path=4)
+    report, finalists = paths_search(host, seed=1, budget_nfe=2 * 20 + 5, paths=2, noises_per_path=4)
     assert report.nfe_total == 40 == host.nfe_rows and report.settings["rounds"] == []
-    assert len(report.candidates) == 2
+    assert len(report.candidates) == 2 and "no search round" in report.notes[0]
+    # 5 NFEs more: the regular round does not fit, but a last round straight to the end, re-noising as far
+    # back as the rest allows (one step), with 2 re-noisings per path, does
+    host = gaussian_host(steps=20)
+    report, _ = paths_search(host, seed=1, budget_nfe=2 * 20 + 10, paths=2, noises_per_path=4)
+    s = report.settings["start_index"]
+    assert report.settings["rounds"][0]["renoise_index"] == s - 1 and report.settings["rounds"][0]["end_index"] == 20
+    assert report.settings["rounds"][0]["noises_per_path"] == 2
+    assert report.nfe_total == 2 * s + 2 * 2 * (20 - s + 1) == host.nfe_rows <= 50
     with pytest.raises(ValueError, match="too small"):
         paths_search(gaussian_host(steps=20), seed=1, budget_nfe=39, paths=2)
 
@@ -516,7 +524,8 @@ def test_evolution_population_comes_from_the_budget(budget_gens, want):
                                           ("particles", "euler_ancestral"), ("evolution", "euler")])
 def test_ties_go_to_the_lowest_candidate_index(name, sampler):
     host = _constant_host(sampler=sampler, steps=6)
-    r, f = run_strategy(Strategy(name, {}, budget_nfe=6 * 12), host, candidates=1, top_k=2, seed=4)
+    params = {"ess_threshold": 0.5} if name == "particles" else {}  # equal weights: ESS = k, never resampled
+    r, f = run_strategy(Strategy(name, params, budget_nfe=6 * 12), host, candidates=1, top_k=2, seed=4)
     assert [c.index for c in r.ranked()] == sorted(c.index for c in r.candidates)
     assert [x.result.index for x in f] == [0, 1]
     if name == "zero_order":
