@@ -128,6 +128,10 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
                                     "forward": float(forward), "backward": float(backward),
                                     "budget_nfe": budget, "start_index": s_idx,
                                     "planned_rounds": [list(r) for r in plan], "rounds": []})
+    if budget < 4 * gen:
+        report.notes.append(f"paths: a {budget}-NFE budget is under four generations ({4 * gen} NFEs), which holds "
+                            f"{N} path(s) and few re-noisings; at two generations paths fell below random search "
+                            "in the benchmarks (bench/README.md): random search is the better choice here")
     seeds = seeds_for(base, 0, N)
     state = host.start(host.initial_noise(seeds))
     spent = 0
@@ -259,7 +263,8 @@ ALGORITHM = Algorithm(
                  "x0-predictions are scored and the best N kept, until the schedule ends. Levels are fractions "
                  "of YOUR schedule's noise span (1 = its start, 0 = clean), each round at least one step back and "
                  "one step on. Spends the whole budget (more paths, more re-noisings in the last round); below "
-                 "two generations' worth it cannot search and is plain sampling (the report says so). Needs a "
+                 "two generations' worth it cannot search and is plain sampling, and under four it fell below "
+                 "random search in the benchmarks (the report says so in both cases). Needs a "
                  "single-step sampler (see the README's sampler table)."),
     params=(
         Param("paths", 0, "N paths kept each round; 0 = as many as the budget holds.", min=0, max=256),
