@@ -74,9 +74,9 @@ def test_two_model_harness_smoke(tmp_path):
         for r in measured:  # a run that spent less than its budget is flagged in its table row
             line = next(ln for ln in md.splitlines() if ln.startswith(f"| {r['method']} | {r['budget_nfe']} |"))
             assert ("⚑ under budget" in line) == bool(r.get("under_budget_prompts")), line
-        # evolution's default population does not fit 20 NFE: derived from the budget and said so
+        # evolution sizes its population from the budget itself (population 0): nothing for the harness to shrink
         evo20 = next(r for r in rows if r["method"] == "evolution" and r["budget_nfe"] == 20)
-        assert evo20["derived_from_budget"].get("population") == 2 and "derived from the budget" in evo20["note"]
+        assert evo20["derived_from_budget"] == {} and evo20["settings"]["population"] == 2
         cmp_methods = {(c["method"], c["budget_nfe"]) for c in comparison}
         for b in budgets:
             for m in ("zero-order", "paths", "particles (FK)", "evolution"):
@@ -98,7 +98,8 @@ def test_harness_params_overrides():
     with pytest.raises(SystemExit):
         parse_params("nonsense.x=1")
     # defaults that do not fit are shrunk, overrides never are
-    assert fit_sizes("evolution", {}, 20, 10) == ({"population": 2, "elites": 1}, {"population": 2, "elites": 1})
+    # (evolution's and paths' defaults, 0, size themselves from the budget: nothing to shrink)
+    assert fit_sizes("evolution", {}, 20, 10) == ({}, {}) and fit_sizes("paths", {}, 20, 10) == ({}, {})
     assert fit_sizes("evolution", {}, 80, 10) == ({}, {})
     assert fit_sizes("evolution", {"population": 4}, 20, 10) == ({"population": 4}, {})
 
@@ -141,13 +142,13 @@ def test_lockstep_batching_matches_one_prompt_at_a_time():
             h = make_host(pred, sampler, lambda x, s: eng.call(p, "den", float(s), x, c),
                           lambda z: eng.call(p, "score", None, z, c))
             r, f = run_strategy(strat, h, candidates=1, top_k=1, seed=7 + p)
-            return f[0]["latent"], r.nfe_total
+            return f[0].latent, r.nfe_total
         batched = eng.run([job] * len(classes))
         assert eng.batches > 0
         for p, c in enumerate(classes):
             h = make_host(pred, sampler, toys[(c, pred)], score_of(c))
             r, f = run_strategy(strat, h, candidates=1, top_k=1, seed=7 + p)
-            torch.testing.assert_close(batched[p][0], f[0]["latent"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(batched[p][0], f[0].latent, rtol=1e-5, atol=1e-5)
             assert batched[p][1] == r.nfe_total
 
 

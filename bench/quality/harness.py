@@ -170,7 +170,8 @@ class Method:
 
 
 def function_default(alg: str, key: str):
-    return inspect.signature(_FUNCS[alg]).parameters[key].default
+    from search.registry import get  # defaults live in the registry (the functions take **params)
+    return get(alg).defaults()[key]
 
 
 def fit_sizes(alg: str, params: Dict[str, Any], budget: int, gen: int):
@@ -217,7 +218,9 @@ def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategi
 
 
 def strategy_of(m: Method, budget: int) -> Strategy:
-    return Strategy(m.algorithm, dict(m.params), budget, m.coarse_steps)
+    params = dict(m.params)
+    rerender = int(params.pop("rerender", 0))  # a Strategy field, not an algorithm parameter
+    return Strategy(m.algorithm, params, budget, m.coarse_steps, rerender=rerender)
 
 
 def parse_params(text: str) -> Dict[str, Dict[str, Any]]:
@@ -376,7 +379,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
             host = fam.host(lambda x, s: eng.call(p, "den", float(s), x, c), lambda z: eng.call(p, "score", None, z, c),
                             steps=m.steps, sampler=m.sampler, schedule=built.schedule)
             r, f = run_strategy(strat, host, candidates=1, top_k=1, seed=seeds[p])
-            out = {"latent": f[0]["latent"], "score": float(f[0]["result"].score), "nfe": int(r.nfe_total),
+            out = {"latent": f[0].latent, "score": float(f[0].result.score), "nfe": int(r.nfe_total),
                    "nfe_counted": int(host.nfe_rows), "settings": dict(r.settings)}
             if m.coarse_steps:  # analysis only (not part of the budget): all coarse candidates at full steps
                 cands = sorted(r.settings["coarse_report"]["candidates"], key=lambda d: d["index"])
