@@ -228,15 +228,14 @@ ALGORITHM = Algorithm(
                               "per resampling step).", min=0, max=4096),
         Param("potential", "max", "max: exp(lambda * best reward so far); difference: exp(lambda * (r_t - r_prev)); "
                                   "sum: exp(lambda * sum of rewards); current: exp(lambda * r_t).", choices=POTENTIALS),
-        Param("lam", 1.0, "lambda: 0 = no selection, larger = greedier (fewer distinct lineages survive). With "
+        Param("lam", 2.0, "lambda: 0 = no selection, larger = greedier (fewer distinct lineages survive). With "
                           "reward_scale 'standardized' it is in units of the particles' spread.",
               min=0.0, max=1000.0, step=0.5),
         Param("interval", 5, "Score and resample every this many steps.", min=1, max=1000),
         Param("ess_threshold", 0.0, "0 = resample at every scoring step; otherwise only when the effective sample "
-                                    "size falls below this fraction of k (FK steering uses 0.5; with the "
-                                    "standardized lambda 1 that threshold is rarely crossed).",
+                                    "size falls below this fraction of k (FK steering uses 0.5).",
               min=0.0, max=1.0, step=0.05),
-        Param("resampling", "multinomial", "How ancestors are drawn from the weights: multinomial or systematic "
+        Param("resampling", "systematic", "How ancestors are drawn from the weights: multinomial or systematic "
                                            "(lower variance).", choices=RESAMPLING, optional=True),
         Param("reward_scale", "standardized", "standardized: lambda multiplies the potential over its spread "
                                               "across the particles (the same temperature for any verifier); raw: "

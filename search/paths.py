@@ -270,11 +270,11 @@ ALGORITHM = Algorithm(
         Param("paths", 0, "N paths kept each round; 0 = as many as the budget holds.", min=0, max=256),
         Param("noises_per_path", 2, "M re-noisings of each path per round (the last round takes what the budget "
                                     "has left).", min=1, max=64),
-        Param("start_level", 0.11, "Where the search starts, as a fraction of your schedule's noise span (1 = its "
-                                   "start, 0 = clean; paper: 0.11).", min=0.0, max=1.0, step=0.01),
-        Param("forward", 0.78, "Forward re-noising interval, same units (paper: 0.78); at least one step.",
+        Param("start_level", 0.6, "Where the search starts, as a fraction of your schedule's noise span (1 = its "
+                                  "start, 0 = clean; paper: 0.11 on 30+ steps).", min=0.0, max=1.0, step=0.01),
+        Param("forward", 0.2, "Forward re-noising interval, same units (paper: 0.78); at least one step.",
               min=0.0, max=1.0, step=0.01),
-        Param("backward", 0.81, "Backward denoising interval (paper: 0.81); must exceed forward so each round makes "
-                                "progress; at least one step.", min=0.01, max=1.0, step=0.01),
+        Param("backward", 0.4, "Backward denoising interval (paper: 0.81); must exceed forward so each round makes "
+                               "progress; at least one step.", min=0.01, max=1.0, step=0.01),
     ),
     samplers="segmentable", replay="recipe", check=_check, coarse=_coarse)
