@@ -6,11 +6,18 @@ re-generated), and fills the other P−E places with children: a parent is
 picked by tournament (``tournament`` individuals drawn uniformly with
 replacement, the best wins; ties to the earlier one) and mutated as
 
-    child = √(1−β²)·parent + β·ε,   ε a fresh seeded unit Gaussian (β = 0.2),
+    child = √(1−β²)·parent + β·ε,   ε a fresh seeded unit Gaussian (EvoSearch: β = 0.2; default 0.8),
 
 which keeps the noise unit-variance.  Generations run until the budget holds
-no further generation; the last one may have fewer children so the budget is
-used like random search's.  All randomness (tournaments, ε, sampler seeds) is
+no further generation; the last one may have fewer children so the whole
+budget is spent (in whole generations) as random search spends it.
+
+Population from the budget: ``population`` = 0 (the default) sizes it from
+the n = budget // (NFEs per generation) generations the budget buys,
+P = max(2, ceil(n / ``generations``)), so roughly ``generations`` rounds of
+selection happen at any budget (elites: at most P − 1).  Below two
+generations' worth it is one sample.  Ties (selection, elites, finalists): the
+lower candidate index wins.  All randomness (tournaments, ε, sampler seeds) is
 derived from (base seed, generation, child).  Evolving intermediate states at
 scheduled steps (the paper's full method) is not implemented here.
 """
@@ -33,12 +40,18 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
                      **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     gen = generation_nfe(host)
-    P, E, K, mutation = p["population"], p["elites"], p["tournament"], p["mutation"]
+    K, mutation = p["tournament"], p["mutation"]
+    n_total = int(budget_nfe) // gen
+    P = p["population"] or max(2, math.ceil(n_total / p["generations"]))
+    if not p["population"]:
+        P = min(P, max(n_total, 1))
+    E = min(p["elites"], P - 1)
     check_budget(budget_nfe, P * gen, f"evolution with a population of {P} (generation 0)")
     check_top_k(top_k, int(budget_nfe) // gen, f"the {int(budget_nfe) // gen} generations the budget allows")
     base = wrap_seed(seed)
     report = SearchReport(algorithm="evolution", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
-                          settings={"population": P, "elites": E, "tournament": K, "mutation": float(mutation),
+                          settings={"population": P, "elites": E, "generations_target": p["generations"], "tournament": K,
+                                    "mutation": float(mutation),
                                     "budget_nfe": int(budget_nfe), "generations": []})
     keep = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
@@ -91,12 +104,15 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
 
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
+    if spent < int(budget_nfe):
+        report.settings["unspent_reason"] = (f"the remaining {int(budget_nfe) - spent} NFEs are less than one "
+                                             f"generation ({gen} NFEs)")
     report.finalize()
     return report, keep.finalists(results)
 
 
 def _check(p: Dict[str, Any]) -> None:
-    if p["elites"] >= p["population"]:
+    if p["population"] and p["elites"] >= p["population"]:
         raise ValueError(f"evolution: elites ({p['elites']}) must be fewer than the population ({p['population']})")
 
 
@@ -106,9 +122,15 @@ ALGORITHM = Algorithm(
                  "the elites, picks parents by tournament and mutates them: child = sqrt(1 - beta^2) * parent + "
                  "beta * fresh noise. Any sampler."),
     params=(
-        Param("population", 8, "Candidates per generation.", min=2, max=1024),
+        Param("population", 0, "Candidates per generation; 0 = from the budget (see generations).", min=0,
+              max=1024),
         Param("elites", 2, "Best kept unchanged.", min=0, max=1024),
         Param("tournament", 3, "Tournament size for parents.", min=1, max=64),
-        Param("mutation", 0.2, "beta: 0 = copy the parent, 1 = a fresh random noise.", min=0.01, max=1.0, step=0.01),
+        Param("mutation", 0.8, "beta: 0 = copy the parent, 1 = a fresh random noise (EvoSearch: 0.2, which "
+                               "stays too close to the parents at small budgets).",
+              min=0.01, max=1.0, step=0.01),
+        Param("generations", 3, "With population 0: the population is the budget's generations divided by this "
+                                "(at least 2), i.e. about this many rounds of selection.", min=1, max=1024,
+              optional=True),
     ),
     samplers="any", replay="noise", check=_check)

@@ -2,9 +2,11 @@
 
 k particles start from the candidate noises of seeds base+i and run a
 *stochastic* sampler (copies of a particle must diverge afterwards).  At the
-resampling steps (every ``interval`` schedule steps, before the end) the
-x0-prediction of each particle is scored, r_t, and the particle's log-weight
-grows by the log-potential:
+resampling steps (every ``interval`` schedule steps, before the end) each
+particle's reward r_t is the verifier's score of the model's x0-prediction
+**at the state the sampler returned** (``host.predict_x0``: after that step's
+fresh noise, so the ranking sees exactly what is resampled), and the
+particle's log-weight grows by the log-potential:
 
 * ``difference``: λ·(r_t − r_{t−1})   (r before the first step = 0, so the
   product of potentials telescopes to exp(λ·r_t))
@@ -12,17 +14,24 @@ grows by the log-potential:
 * ``sum``:        λ·Σ_{s≤t} r_s
 * ``current``:    λ·r_t
 
-If ``ess_threshold`` is 0 the particles are resampled at every resampling
-step; otherwise only when the effective sample size 1/Σw² of the normalised
-weights drops below ``ess_threshold``·k.  Resampling (multinomial or
-systematic, from a generator seeded per step) copies states, their reward
+With ``reward_scale`` = ``standardized`` the potential's increment is divided
+by its standard deviation over the k particles before λ multiplies it, so λ is
+a temperature in units of the particles' spread and means the same whatever
+the verifier's scale (``raw``: λ multiplies the verifier's own units, as in FK
+steering).  If ``ess_threshold`` is 0 the particles are resampled at every
+resampling step; otherwise only when the effective sample size 1/Σw² of the
+normalised weights drops below ``ess_threshold``·k.  Resampling (multinomial
+or systematic, from a generator seeded per step) copies states, their reward
 history and lineage, and resets the weights to uniform.  Segment j of row i
 runs with the derived seed (base, segment, i), so copies diverge.  The final
-pick is by the score of the final samples.
+pick is by the score of the final samples (ties: the lowest particle index).
+``settings["distinct_lineages"]`` counts the starting noises that still have a
+descendant at the end (k = no particle was ever lost, 1 = full collapse).
 
-Cost: k × (NFEs per generation) — k = ``particles``, or as many as the budget
-holds when 0.  The decode + score at each resampling step costs no NFE (it is
-reported as ``settings["reward_evaluations"]``).
+Cost: k × (NFEs per generation + R × ``host.nfe_predict``), R resampling
+steps; k = ``particles``, or as many as the budget holds when 0.  When the
+budget cannot hold two particles with their probes, the particles run without
+resampling (a random search with the stochastic sampler) and the report says so.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from .report import CandidateResult, Finalist, SearchReport
 
 POTENTIALS = ("difference", "max", "sum", "current")
 RESAMPLING = ("multinomial", "systematic")
+REWARD_SCALES = ("standardized", "raw")
 
 
 def resample_indices(weights: torch.Tensor, n: int, generator: torch.Generator,
@@ -70,24 +80,50 @@ def resampling_steps(steps: int, interval: int) -> List[int]:
     return list(range(interval, steps, interval))
 
 
+def standardized(v: torch.Tensor) -> torch.Tensor:
+    """``v`` over its standard deviation across particles (0 where all are equal); the mean is kept
+    out too, which the softmax of the weights ignores anyway."""
+    v = v.double()
+    sd = float(v.std(unbiased=False)) if v.numel() > 1 else 0.0
+    return torch.zeros_like(v) if not sd > 1e-12 else (v - v.mean()) / sd
+
+
+def particle_plan(host: SearchHost, budget_nfe: int, particles: int, interval: int) -> Tuple[int, List[int]]:
+    """(k, resampling steps) for a budget: ``particles`` (or as many as fit when 0) with a probe at each
+    resampling step; without resampling when fewer than two particles and their probes fit."""
+    gen, T = generation_nfe(host), int(host.steps)
+    probe = int(getattr(host, "nfe_predict", 1))
+    stops = resampling_steps(T, int(interval))
+    per = gen + probe * len(stops)
+    k = int(particles) if particles else int(budget_nfe) // per
+    if k < 2 or k * per > int(budget_nfe):
+        return (int(particles) if particles else int(budget_nfe) // gen), []
+    return k, stops
+
+
 def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
                     **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     particles, interval, potential, lam = p["particles"], p["interval"], p["potential"], p["lam"]
-    ess_threshold, resampling = p["ess_threshold"], p["resampling"]
+    ess_threshold, resampling, scale = p["ess_threshold"], p["resampling"], p["reward_scale"]
     gen, T = generation_nfe(host), int(host.steps)
-    k = int(particles) if particles else int(budget_nfe) // gen
+    probe = int(getattr(host, "nfe_predict", 1))
+    k, resample_at = particle_plan(host, budget_nfe, particles, interval)
     check_budget(budget_nfe, max(k, 1) * gen, f"particle resampling with {max(k, 1)} particle(s)")
     check_top_k(top_k, k, "the number of particles")
     base = wrap_seed(seed)
-    stops = resampling_steps(T, int(interval)) + [T]
+    stops = resample_at + [T]
     report = SearchReport(algorithm="particles", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
                           settings={"particles": k, "interval": int(interval), "potential": potential,
                                     "lambda": float(lam), "ess_threshold": float(ess_threshold),
-                                    "resampling": resampling, "budget_nfe": int(budget_nfe),
+                                    "resampling": resampling, "reward_scale": scale, "budget_nfe": int(budget_nfe),
                                     "resampling_steps": stops[:-1], "resampled_at": [], "ess": [],
-                                    "reward_evaluations": 0})
+                                    "reward_evaluations": 0, "probe_nfe": 0, "lineages_alive": []})
+    if not resample_at and resampling_steps(T, int(interval)):
+        report.notes.append(f"particles: the {int(budget_nfe)}-NFE budget cannot hold two particles with their "
+                            f"x0 probes ({2 * (gen + probe * len(resampling_steps(T, int(interval))))} NFEs), so "
+                            f"{k} particle(s) ran without resampling: a random search with the stochastic sampler")
     origin = seeds_for(base, 0, k)
     state = host.start(host.initial_noise(origin))
     lineage = list(range(k))
@@ -100,25 +136,32 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     for seg, end in enumerate(stops):
         start = state.index
         run_seeds = [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)]
-        state, x0 = host.sample(state, end, run_seeds)
+        state, _ = host.sample(state, end, run_seeds)
         recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", end_level(host, end), rs)]}
                    for r, rs in zip(recipes, run_seeds)]
         spent += k * host.nfe(start, end)
         if end == T:
             break
+        # the reward of the state just returned: its own x0-prediction (after this segment's last noise)
+        x0 = host.predict_x0(state, [derive_seed(base, TAG_PARTICLES, seg, i, 0x50) for i in range(k)])
+        spent += k * probe
+        report.settings["probe_nfe"] += k * probe
         labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
         r = torch.tensor(checked_scores(host.score(x0), k, labels, verifier), dtype=torch.float64)
         report.settings["reward_evaluations"] += k
         run_max = torch.maximum(run_max, r)
         run_sum = run_sum + r
         if potential == "difference":
-            logw = logw + lam * (r - prev)
+            inc = r - prev
         elif potential == "max":
-            logw = logw + lam * run_max
+            inc = run_max.clone()
         elif potential == "sum":
-            logw = logw + lam * run_sum
+            inc = run_sum.clone()
         else:
-            logw = logw + lam * r
+            inc = r.clone()
+        if scale == "standardized":
+            inc = standardized(inc)
+        logw = logw + lam * inc
         prev = r
         ess = effective_sample_size(logw)
         report.settings["ess"].append(ess)
@@ -134,6 +177,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             prev, run_max, run_sum = prev[sel], run_max[sel], run_sum[sel]
             logw = torch.zeros(k, dtype=torch.float64)
             report.settings["resampled_at"].append(end)
+        report.settings["lineages_alive"].append(len(set(lineage)))
 
     latents = final_latents(state)
     labels = [f"fk particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
@@ -150,12 +194,18 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             distinct.append(i)
     chosen = (distinct + [i for i in order if i not in distinct])[:top_k]
     report.settings["distinct_final_samples"] = len(distinct)
+    report.settings["distinct_lineages"] = len(set(lineage))
     keep = TopK(top_k)
     for rank, i in enumerate(chosen):
         keep.offer(-rank, i, finalist(latents[i:i + 1], recipe=recipes[i]))
     report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent
+    if spent < int(budget_nfe):
+        per = gen + probe * len(resample_at)
+        report.settings["unspent_reason"] = (f"one more particle needs {per} NFEs (a generation plus "
+                                             f"{len(resample_at)} x0 probe(s)) and only {int(budget_nfe) - spent} "
+                                             "were left")
     report.finalize()
     return report, keep.finalists(results)
 
@@ -169,19 +219,27 @@ def _coarse(p: Dict[str, Any], candidates: int) -> Tuple[int, int, float]:
 ALGORITHM = Algorithm(
     name="particles", run=particle_search, title="Particle Resampling (FK)", node="ParticleStrategy",
     description=("Particle resampling (FK steering, Singhal et al. 2025): k particles sampled together with a "
-                 "stochastic sampler; every few steps their x0-predictions are scored and the particles resampled "
-                 "by potentials, so compute goes to promising ones. Needs an ancestral/SDE sampler."),
+                 "stochastic sampler; every few steps the x0-prediction of each particle's current state is scored "
+                 "(one extra NFE per particle) and the particles resampled by potentials, so compute goes to "
+                 "promising ones. Needs an ancestral/SDE sampler. Below two particles' worth of budget it is a "
+                 "random search with that sampler (the report says so)."),
     params=(
-        Param("particles", 0, "k particles; 0 = as many as the budget holds (SearchLoop's candidates by default).",
-              min=0, max=4096),
+        Param("particles", 0, "k particles; 0 = as many as the budget holds (each costs a generation plus one NFE "
+                              "per resampling step).", min=0, max=4096),
         Param("potential", "max", "max: exp(lambda * best reward so far); difference: exp(lambda * (r_t - r_prev)); "
                                   "sum: exp(lambda * sum of rewards); current: exp(lambda * r_t).", choices=POTENTIALS),
-        Param("lam", 10.0, "lambda: 0 = no selection, larger = greedier.", min=0.0, max=1000.0, step=0.5),
+        Param("lam", 2.0, "lambda: 0 = no selection, larger = greedier (fewer distinct lineages survive). With "
+                          "reward_scale 'standardized' it is in units of the particles' spread.",
+              min=0.0, max=1000.0, step=0.5),
         Param("interval", 5, "Score and resample every this many steps.", min=1, max=1000),
-        Param("ess_threshold", 0.5, "0 = resample at every scoring step; otherwise only when the effective sample "
+        Param("ess_threshold", 0.0, "0 = resample at every scoring step; otherwise only when the effective sample "
                                     "size falls below this fraction of k (FK steering uses 0.5).",
               min=0.0, max=1.0, step=0.05),
-        Param("resampling", "multinomial", "How ancestors are drawn from the weights: multinomial or systematic "
+        Param("resampling", "systematic", "How ancestors are drawn from the weights: multinomial or systematic "
                                            "(lower variance).", choices=RESAMPLING, optional=True),
+        Param("reward_scale", "standardized", "standardized: lambda multiplies the potential over its spread "
+                                              "across the particles (the same temperature for any verifier); raw: "
+                                              "lambda multiplies the verifier's own units (FK steering).",
+              choices=REWARD_SCALES, optional=True),
     ),
     samplers="stochastic", replay="recipe", coarse=_coarse)

@@ -6,6 +6,7 @@ import torch
 from scipy.stats import chisquare
 
 from search import (Strategy, UnsupportedSamplerError, effective_sample_size, evolution_search, neighbour,
+                    particle_search,
                     paths_search, resample_indices, run_strategy, zero_order_search)
 from search.host import State, derive_seed
 from search.noise import candidate_noise
@@ -46,11 +47,13 @@ def test_neighbour_has_exact_cosine_and_norm(t):
 
 def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generation():
     host = gaussian_host(steps=8)
-    report, finalists = zero_order_search(host, seed=3, budget_nfe=8 * 9, neighbours=2, cosine=0.9, top_k=1)
+    report, finalists = zero_order_search(host, seed=3, budget_nfe=8 * 9, neighbours=2, cosine=0.9, top_k=1,
+                                          start_noises=1, step_growth=1.0)
     assert report.nfe_total == 72 == host.nfe_rows  # pivot (1) + 4 rounds of 2
     assert report.settings["rounds"] == 4 and len(report.candidates) == 9
-    assert report.candidates[0].seed == 3 and report.candidates[0].noise_id == "zo pivot (seed 3)"
-    assert report.candidates[1].noise_id == "zo r1 n0 (pivot seed 3)" and report.candidates[1].seed is None
+    assert report.candidates[0].seed == 3 and report.candidates[0].noise_id == "zo start 0 (seed 3)"
+    assert report.candidates[1].noise_id == "zo r1 n0 (pivot zo start 0, seed 3)" and report.candidates[1].seed is None
+    assert report.settings["cosines"] == [pytest.approx(0.9)] * 4  # step_growth 1: the paper's fixed step
     # the pivot is always the best candidate seen so far (it only moves to a better neighbour)
     seen = [report.candidates[0].score]
     for rnd, t in enumerate(report.trace[1:], start=1):
@@ -61,7 +64,7 @@ def test_zero_order_pivot_moves_only_on_improvement_and_counts_its_own_generatio
 
 def test_zero_order_last_round_is_cut_to_the_budget():
     host = gaussian_host(steps=8)
-    report, _ = zero_order_search(host, seed=3, budget_nfe=8 * 4 + 5, neighbours=2)
+    report, _ = zero_order_search(host, seed=3, budget_nfe=8 * 4 + 5, neighbours=2, start_noises=1)
     assert report.nfe_total == 32 == host.nfe_rows and len(report.candidates) == 4  # pivot, 2, then 1
 
 
@@ -153,9 +156,18 @@ def test_paths_keeps_exactly_the_top_n_and_spends_the_stated_nfes(prediction):
 
 def test_paths_small_budget_finishes_without_search_and_never_exceeds():
     host = gaussian_host(steps=20)
-    report, finalists = paths_search(host, seed=1, budget_nfe=2 * 20 + 10, paths=2, noises_per_path=4)
+    paper = {"start_level": 0.11, "forward": 0.78, "backward": 0.81}
+    report, finalists = paths_search(host, seed=1, budget_nfe=2 * 20 + 5, paths=2, noises_per_path=4, **paper)
     assert report.nfe_total == 40 == host.nfe_rows and report.settings["rounds"] == []
-    assert len(report.candidates) == 2
+    assert len(report.candidates) == 2 and any("no search round" in n for n in report.notes)
+    # 5 NFEs more: the regular round does not fit, but a last round straight to the end, re-noising as far
+    # back as the rest allows (one step), with 2 re-noisings per path, does
+    host = gaussian_host(steps=20)
+    report, _ = paths_search(host, seed=1, budget_nfe=2 * 20 + 10, paths=2, noises_per_path=4, **paper)
+    s = report.settings["start_index"]
+    assert report.settings["rounds"][0]["renoise_index"] == s - 1 and report.settings["rounds"][0]["end_index"] == 20
+    assert report.settings["rounds"][0]["noises_per_path"] == 2
+    assert report.nfe_total == 2 * s + 2 * 2 * (20 - s + 1) == host.nfe_rows <= 50
     with pytest.raises(ValueError, match="too small"):
         paths_search(gaussian_host(steps=20), seed=1, budget_nfe=39, paths=2)
 
@@ -206,10 +218,14 @@ def test_particles_resample_towards_the_reward():
     # best beats the best of the same particles without resampling (random search at the same seeds)
     host = gaussian_host(sampler="euler_ancestral", steps=12)
     r, f = run_strategy(Strategy("particles", {"lam": 200.0, "interval": 2, "ess_threshold": 0.0}), host, candidates=16, top_k=1, seed=2)
-    assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 16 * 5
-    assert r.nfe_total == 16 * 12 == host.nfe_rows
+    # each particle costs a generation (12) plus an x0 probe at each of the 5 resampling steps: 11 fit in 192
+    assert r.settings["particles"] == 11
+    assert r.settings["resampled_at"] == [2, 4, 6, 8, 10] and r.settings["reward_evaluations"] == 11 * 5
+    assert r.nfe_total == 11 * (12 + 5) == host.nfe_rows and r.settings["probe_nfe"] == 11 * 5
+    assert "only 5 were left" in r.notes[0]
+    assert r.settings["distinct_lineages"] < 11
     origins = {c.noise_id.split("from seed ")[1] for c in r.candidates}
-    assert len(origins) < 16
+    assert len(origins) == r.settings["distinct_lineages"]
     base, _ = run_strategy(Strategy("random"), gaussian_host(sampler="euler_ancestral", steps=12), candidates=16,
                            top_k=1, seed=2)
     assert r.best.score > base.best.score
@@ -344,3 +360,199 @@ def test_search_finds_better_samples_than_no_search():
     for name, params, sampler in STRATEGIES:
         if sampler == "euler":
             assert _run(name, params, sampler, 0, candidates=24, top_k=1)[1].best.score > base, name
+
+
+# --- issue #13: the fixes, pinned ------------------------------------------------------------------
+
+def _constant_host(**kw):
+    host = gaussian_host(**kw)
+    host.scorer = lambda z: torch.zeros(z.shape[0])
+    return host
+
+
+def test_particles_score_the_x0_prediction_of_the_state_they_return():
+    host = gaussian_host(sampler="euler_ancestral", steps=10)
+    probes, scored = [], []
+    orig_probe, orig_score = host.predict_x0, host.score
+
+    def probe(state, seeds):
+        x0 = orig_probe(state, seeds)
+        probes.append((state.index, host.x_of(state).clone(), x0.clone()))
+        return x0
+
+    def score(latents):
+        scored.append(latents.clone())
+        return orig_score(latents)
+    host.predict_x0, host.score = probe, score
+    returned = []
+    orig_sample = host.sample
+
+    def sample(state, end, seeds):
+        out = orig_sample(state, end, seeds)
+        returned.append((end, host.x_of(out[0]).clone()))
+        return out
+    host.sample = sample
+    r, _ = particle_search(host, seed=5, budget_nfe=4 * 13, interval=3, lam=1.0, ess_threshold=0.0)
+    assert r.settings["resampling_steps"] == [3, 6, 9] and r.settings["particles"] == 4  # 4 x (10 + 3 probes)
+    assert [i for i, _, _ in probes] == [3, 6, 9]
+    for (i, x_probe, x0), (end, x_returned), s in zip(probes, returned, scored):
+        assert end == i
+        torch.testing.assert_close(x_probe, x_returned)  # the probe sees the returned state, fresh noise included
+        torch.testing.assert_close(s, x0)                # and that probe's x0 is what the verifier scores
+        # ...which is the model's prediction at that state, not the previous step's
+        torch.testing.assert_close(x0, host.denoiser(x_returned, float(host.sigmas[i])))
+    assert r.nfe_total == 4 * (10 + 3) == host.nfe_rows and r.settings["probe_nfe"] == 12
+
+
+def test_particles_count_their_distinct_lineages():
+    host = gaussian_host(sampler="euler_ancestral", steps=10)
+    greedy, _ = particle_search(host, seed=5, budget_nfe=16 * 12, interval=5, lam=50.0, ess_threshold=0.0)
+    mild, _ = particle_search(gaussian_host(sampler="euler_ancestral", steps=10), seed=5, budget_nfe=16 * 12,
+                              interval=5, lam=0.0, ess_threshold=0.0)
+    k = greedy.settings["particles"]
+    assert k == 17 and greedy.settings["distinct_lineages"] < 6  # 192 // (10 steps + 1 probe)
+    # lambda 0: uniform weights; systematic resampling then keeps exactly one copy of every particle
+    assert mild.settings["resampling"] == "systematic" and mild.settings["distinct_lineages"] == k
+    assert greedy.settings["lineages_alive"][-1] == greedy.settings["distinct_lineages"]
+
+
+
+def test_particles_standardized_temperature_ignores_the_verifier_scale():
+    runs = []
+    for scale in (1.0, 1000.0):
+        host = gaussian_host(sampler="euler_ancestral", steps=10)
+        inner = host.scorer
+        host.scorer = lambda z, inner=inner, scale=scale: inner(z) * scale
+        r, _ = particle_search(host, seed=9, budget_nfe=8 * 12, interval=3, lam=1.0)
+        runs.append(r)
+    assert runs[0].settings["resampled_at"] == runs[1].settings["resampled_at"]
+    assert [c.noise_id for c in runs[0].candidates] == [c.noise_id for c in runs[1].candidates]
+
+
+def test_particles_below_two_particles_run_without_resampling_and_say_so():
+    host = gaussian_host(sampler="euler_ancestral", steps=10)
+    r, _ = particle_search(host, seed=1, budget_nfe=21, interval=5)
+    assert r.settings["particles"] == 2 and r.settings["resampling_steps"] == [] and r.nfe_total == 20
+    assert "without resampling" in r.notes[0]
+
+
+def test_zero_order_step_grows_while_no_neighbour_wins_and_resets_after_a_win(monkeypatch):
+    import search.zero_order as zo
+    calls = []
+    orig = zo.neighbour
+
+    def spy(pivot, cosine, seed):
+        calls.append(cosine)
+        return orig(pivot, cosine, seed)
+    monkeypatch.setattr(zo, "neighbour", spy)
+    # a constant verifier: no neighbour ever beats the pivot (a tie keeps it), so the angle grows each round
+    host = _constant_host(steps=4)
+    r, f = zo.zero_order_search(host, seed=2, budget_nfe=4 * (3 + 2 * 5), neighbours=2, cosine=0.95,
+                                start_noises=3, step_growth=2.0)
+    theta = math.acos(0.95)
+    want = [math.cos(min(math.pi / 2, theta * 2 ** r)) for r in range(5)]
+    assert r.settings["cosines"] == pytest.approx(want) and r.settings["pivot_moves"] == 0
+    assert calls == pytest.approx([c for c in want for _ in range(2)])
+    assert want[-1] == pytest.approx(0.0, abs=1e-12)  # capped at 90 degrees
+    assert f[0].result.index == 0 and f[0].seed == 2  # ties: the lowest candidate index
+    # a verifier every new candidate beats: each round wins, so the step stays at the base angle
+    host = gaussian_host(steps=4)
+    count = iter(range(10**6))
+    host.scorer = lambda z: torch.tensor([float(next(count)) for _ in range(z.shape[0])])
+    r, _ = zo.zero_order_search(host, seed=2, budget_nfe=4 * 11, neighbours=2, cosine=0.9, start_noises=1,
+                                step_growth=2.0)
+    assert r.settings["cosines"] == pytest.approx([0.9] * 5) and r.settings["pivot_moves"] == 5
+
+
+def test_zero_order_starts_from_the_best_of_its_start_noises():
+    host = gaussian_host(steps=6)
+    r, _ = zero_order_search(host, seed=11, budget_nfe=6 * 10, start_noises=4)
+    starts = r.candidates[:4]
+    assert [c.seed for c in starts] == [11, 12, 13, 14]  # random search's first candidates (KSampler-replayable)
+    best = max(starts, key=lambda c: (c.score, -c.index))
+    assert r.trace[0]["pivot"] == best.score
+    assert f"pivot zo start {best.index}" in r.candidates[4].noise_id
+    # a budget below the start noises is a random search over what fits, and says so
+    r, _ = zero_order_search(gaussian_host(steps=6), seed=11, budget_nfe=6 * 3, start_noises=4)
+    assert r.settings["start_noises"] == 3 and r.settings["rounds"] == 0 and "random search" in r.notes[0]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+@pytest.mark.parametrize("steps", [4, 6, 10, 20, 30])
+@pytest.mark.parametrize("levels", [{}, {"start_level": 0.11, "forward": 0.78, "backward": 0.81},
+                                    {"start_level": 0.9, "forward": 0.05, "backward": 0.1}])
+def test_paths_always_has_a_search_round_from_two_generations(prediction, steps, levels):
+    for gens in (2, 3, 4, 8):
+        for extra in (0, steps // 2):
+            budget = gens * steps + extra
+            host = gaussian_host(prediction=prediction, steps=steps)
+            r, f = paths_search(host, seed=3, budget_nfe=budget, **levels)
+            assert r.settings["rounds"], (steps, levels, budget)
+            assert r.nfe_total == host.nfe_rows <= budget
+            if r.settings["rounds"][-1]["end_index"] < steps:  # a later round did not fit: the report says so
+                assert "finished_without_search_from_index" in r.settings and "without search" in r.notes[-1]
+            elif r.nfe_total < budget:
+                assert r.settings["unspent_reason"]
+            assert len(f) == 1 and f[0].recipe is not None
+
+
+def test_paths_below_two_generations_says_it_did_not_search():
+    host = gaussian_host(steps=10)
+    r, _ = run_strategy(Strategy("paths", {}, budget_nfe=12), host, candidates=1, top_k=1, seed=0)
+    assert r.settings["rounds"] == [] and r.nfe_total == 10
+    assert any("no search round" in n for n in r.notes) and any("spent 10 of the 12" in n for n in r.notes)
+    # under four generations it searches, but the report says random search did better there
+    r, _ = run_strategy(Strategy("paths", {}, budget_nfe=30), gaussian_host(steps=10), candidates=1, top_k=1, seed=0)
+    assert r.settings["rounds"] and any("under four generations" in n for n in r.notes)
+    r, _ = run_strategy(Strategy("paths", {}, budget_nfe=40), gaussian_host(steps=10), candidates=1, top_k=1, seed=0)
+    assert not any("under four generations" in n for n in r.notes)
+
+
+def test_paths_levels_are_relative_to_the_users_schedule():
+    from search.paths import relative_levels, round_plan
+    host = gaussian_host(steps=10)
+    rel = relative_levels(host)
+    assert rel[0] == pytest.approx(1.0) and rel[-1] == 0.0
+    # an img2img-like schedule that starts part-way (the last 6 steps of a 15-step one) is searched over its span
+    part = gaussian_host(steps=15)
+    part.sigmas = part.sigmas[9:]
+    s, rounds = round_plan(part, 0.6, 0.1, 0.3)
+    assert 1 <= s <= 5 and rounds and rounds[-1][1] == 6
+    assert all(f < b and f >= 0 for f, b in rounds)
+
+
+@pytest.mark.parametrize("budget_gens,want", [(2, 2), (4, 2), (9, 3), (30, 10)])
+def test_evolution_population_comes_from_the_budget(budget_gens, want):
+    host = gaussian_host(steps=5)
+    r, _ = evolution_search(host, seed=1, budget_nfe=5 * budget_gens, generations=3)
+    assert r.settings["population"] == want and r.nfe_total == 5 * budget_gens == host.nfe_rows
+
+
+@pytest.mark.parametrize("name,sampler", [("random", "euler"), ("zero_order", "euler"), ("paths", "euler"),
+                                          ("particles", "euler_ancestral"), ("evolution", "euler")])
+def test_ties_go_to_the_lowest_candidate_index(name, sampler):
+    host = _constant_host(sampler=sampler, steps=6)
+    params = {"ess_threshold": 0.5} if name == "particles" else {}  # equal weights: ESS = k, never resampled
+    r, f = run_strategy(Strategy(name, params, budget_nfe=6 * 12), host, candidates=1, top_k=2, seed=4)
+    assert [c.index for c in r.ranked()] == sorted(c.index for c in r.candidates)
+    assert [x.result.index for x in f] == [0, 1]
+    if name == "zero_order":
+        assert r.settings["pivot_moves"] == 0
+    if name == "paths":
+        assert all(rd["kept_rows"] == list(range(r.settings["paths"])) for rd in r.settings["rounds"])
+    if name == "particles":  # equal rewards: equal weights, never resampled, every lineage survives
+        assert r.settings["resampled_at"] == [] and r.settings["distinct_lineages"] == r.settings["particles"]
+
+
+@pytest.mark.parametrize("name,sampler", [("random", "euler"), ("zero_order", "euler"), ("paths", "euler"),
+                                          ("particles", "euler_ancestral"), ("evolution", "euler")])
+@pytest.mark.parametrize("budget", [20, 35, 40, 80, 160, 640])
+def test_defaults_spend_the_budget_or_say_why(name, sampler, budget):
+    host = gaussian_host(sampler=sampler, steps=10)
+    r, _ = run_strategy(Strategy(name, {}, budget_nfe=budget), host, candidates=1, top_k=1, seed=6)
+    assert r.nfe_total == host.nfe_rows <= budget
+    if r.nfe_total < budget:
+        assert r.notes and f"spent {r.nfe_total} of the {budget}-NFE budget" in r.notes[-1]
+        assert r.settings.get("unspent_reason") or name == "random"  # random: the generic reason (a whole generation)
+    if budget >= 20 and name == "paths":
+        assert r.settings["rounds"]

@@ -1,4 +1,5 @@
-"""The CPU quality benchmark (bench/quality/run.py) in its --smoke mode, so it cannot rot."""
+"""The CPU quality benchmarks (bench/quality/run.py and the two-model harness.py) in their --smoke modes, so
+they cannot rot, plus the harness's own machinery (lock-step batching, the flow host, --params)."""
 import json
 import math
 import subprocess
@@ -7,10 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
+QUALITY = REPO / "bench" / "quality"
 
 pytest.importorskip("sklearn")
+pytest.importorskip("scipy")
+if str(QUALITY) not in sys.path:
+    sys.path.insert(0, str(QUALITY))
 
 
 def test_quality_benchmark_smoke(tmp_path):
@@ -32,3 +38,137 @@ def test_quality_benchmark_smoke(tmp_path):
     assert c2f and all(0.0 <= r["coarse_winner_is_full_winner"] <= 1.0 for r in c2f)
     md = out.with_suffix(".md").read_text()
     assert "| method | budget NFE |" in md and d["meta"]["smoke"] is True
+
+
+def test_two_model_harness_smoke(tmp_path):
+    """Both model families, every method, the comparison with random search: the tables' structure, not numbers."""
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(QUALITY / "harness.py"), "--smoke", "--out-dir", str(tmp_path),
+                           "--tag", "t"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.time() - t0 < 600
+    for model, stochastic in (("digits", "euler_ancestral"), ("shapes", "euler_ancestral_RF")):
+        d = json.loads((tmp_path / f"quality_{model}_t.json").read_text())
+        meta, rows, comparison = d["meta"], d["rows"], d["comparison"]
+        assert meta["model"] == model and meta["smoke"] is True and meta["samplers"][1] == stochastic
+        for k in ("commit", "machine", "command", "wall_s", "train_cpu_s", "prompts", "budgets"):
+            assert k in meta, k
+        budgets, prompts = meta["budgets"], meta["prompts"]
+        labels = ["random", f"random ({stochastic})", "zero-order", "paths", "particles (FK)", "evolution",
+                  "more steps (1 sample)", "coarse-to-fine random"]
+        for b in budgets:
+            got = [r["method"] for r in rows if r["budget_nfe"] == b]
+            assert got == labels, (model, b, got)
+        assert {f"baseline 1 sample ({s})" for s in meta["samplers"]} <= {r["method"] for r in rows}
+        measured = [r for r in rows if "judge_acc" in r]
+        for r in measured:
+            assert all(math.isfinite(r[k]) for k in ("verifier", "judge_acc", "judge_logp", "fd", "diversity")), r
+            assert 0.0 <= r["judge_acc"] <= 1.0
+            if "nfe_mean" in r:
+                assert r["nfe_max"] <= max(r["budget_nfe"], 10), r
+                assert 0 <= r["under_budget_prompts"] <= prompts
+                assert (r["under_budget_prompts"] > 0) == (r["nfe_min"] < r["budget_nfe"])
+                assert r["nfe_count_mismatch_prompts"] == 0, r  # reported NFEs = rows through the denoiser
+                assert len(r["per_prompt"]["judge_correct"]) == prompts
+        md = (tmp_path / f"quality_{model}_t.md").read_text()
+        for r in measured:  # a run that spent less than its budget is flagged in its table row
+            line = next(ln for ln in md.splitlines() if ln.startswith(f"| {r['method']} | {r['budget_nfe']} |"))
+            assert ("⚑ under budget" in line) == bool(r.get("under_budget_prompts")), line
+        # evolution sizes its population from the budget itself (population 0): nothing for the harness to shrink
+        evo20 = next(r for r in rows if r["method"] == "evolution" and r["budget_nfe"] == 20)
+        assert evo20["derived_from_budget"] == {} and evo20["settings"]["population"] == 2
+        cmp_methods = {(c["method"], c["budget_nfe"]) for c in comparison}
+        for b in budgets:
+            for m in ("zero-order", "paths", "particles (FK)", "evolution"):
+                assert (m, b) in cmp_methods, (model, m, b)
+        for c in comparison:
+            assert c["random"] == (f"random ({stochastic})" if c["method"] == "particles (FK)" else "random")
+            assert math.isfinite(c["delta_judge_acc"]) and c["delta_judge_acc_se"] >= 0
+            assert c["judge_acc_ge_random_minus_1se"] == (c["delta_judge_acc"] >= -c["delta_judge_acc_se"])
+        assert "| method | budget NFE | NFE spent |" in md
+        assert "## Judge accuracy minus random search's (same sampler)" in md
+
+
+def test_harness_params_overrides():
+    from harness import fit_sizes, parse_params
+    p = parse_params("zero_order.neighbours=4,zero_order.cosine=0.66,particles.potential=difference,"
+                     "evolution.population=4")
+    assert p == {"zero_order": {"neighbours": 4, "cosine": 0.66}, "particles": {"potential": "difference"},
+                 "evolution": {"population": 4}}
+    with pytest.raises(SystemExit):
+        parse_params("nonsense.x=1")
+    # defaults that do not fit are shrunk, overrides never are
+    # (evolution's and paths' defaults, 0, size themselves from the budget: nothing to shrink)
+    assert fit_sizes("evolution", {}, 20, 10) == ({}, {}) and fit_sizes("paths", {}, 20, 10) == ({}, {})
+    assert fit_sizes("evolution", {}, 80, 10) == ({}, {})
+    assert fit_sizes("evolution", {"population": 4}, 20, 10) == ({"population": 4}, {})
+
+
+def test_lockstep_batching_matches_one_prompt_at_a_time():
+    """The harness runs many prompts' searches in lock step with one batched model call per step; every prompt's
+    result must be what run_strategy gives that prompt alone."""
+    from harness import Lockstep
+    from search import Strategy, run_strategy
+    from shapes import FlowHost
+    from toy_host import GaussianToy, ToyHost
+
+    mus = {c: torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(c)) * 0.3 for c in range(3)}
+    toys = {(c, pred): GaussianToy(mus[c], 0.5, pred) for c in range(3) for pred in ("eps", "flow")}
+
+    def make_host(pred, sampler, den, score):
+        if pred == "eps":
+            return ToyHost(den, score, shape=(1, 3, 16, 16), steps=10, sampler=sampler, prediction="eps")
+        return FlowHost(den, score, shape=(1, 3, 16, 16), steps=10, sampler=sampler)
+
+    def score_of(c):
+        return lambda z: -((z - mus[c]) ** 2).flatten(1).mean(1) + 0.01 * z.flatten(1)[:, c]
+
+    for pred, sampler, strat in (("eps", "euler", Strategy("zero_order", {}, 50)),
+                                 ("flow", "euler", Strategy("paths", {}, 200)),
+                                 ("flow", "euler_ancestral_RF", Strategy("particles", {}, 40)),
+                                 ("eps", "euler_ancestral", Strategy("evolution", {"population": 3}, 60))):
+        classes = [0, 1, 2, 1]
+
+        def den_handler(sigma, x, y):
+            return torch.cat([toys[(int(c), pred)](x[i:i + 1], sigma) for i, c in enumerate(y.tolist())])
+
+        def score_handler(_, x, y):
+            return torch.cat([score_of(int(c))(x[i:i + 1]) for i, c in enumerate(y.tolist())])
+
+        eng = Lockstep({"den": den_handler, "score": score_handler}, chunk=3)
+
+        def job(p):
+            c = classes[p]
+            h = make_host(pred, sampler, lambda x, s: eng.call(p, "den", float(s), x, c),
+                          lambda z: eng.call(p, "score", None, z, c))
+            r, f = run_strategy(strat, h, candidates=1, top_k=1, seed=7 + p)
+            return f[0].latent, r.nfe_total
+        batched = eng.run([job] * len(classes))
+        assert eng.batches > 0
+        for p, c in enumerate(classes):
+            h = make_host(pred, sampler, toys[(c, pred)], score_of(c))
+            r, f = run_strategy(strat, h, candidates=1, top_k=1, seed=7 + p)
+            torch.testing.assert_close(batched[p][0], f[0].latent, rtol=1e-5, atol=1e-5)
+            assert batched[p][1] == r.nfe_total
+
+
+def test_flow_host_segments_and_schedule():
+    """euler_ancestral_RF on the flow host: stopping and restarting the schedule is the same computation (needed
+    by particles and paths), and the shifted schedule's noise level is t, not σ."""
+    from shapes import FlowHost, ShiftedFlowSchedule
+    from toy_host import GaussianToy
+
+    mu = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(0)) * 0.3
+    h = FlowHost(GaussianToy(mu, 0.5, "flow"), lambda z: z.flatten(1).mean(1), steps=10, sampler="euler_ancestral_RF")
+    seeds = [3, 4]
+    st = h.start(h.initial_noise(seeds))
+    whole, _ = h.sample(st, 10, seeds)
+    half, _ = h.sample(st, 4, seeds)
+    rest, _ = h.sample(half, 10, seeds)
+    torch.testing.assert_close(whole.latent, rest.latent, rtol=1e-5, atol=1e-5)
+    assert h.nfe_rows == 2 * 10 + 2 * 4 + 2 * 6
+    sch = ShiftedFlowSchedule(3.0)
+    sig = sch.schedule(10)
+    assert float(sig[0]) == 1.0 and float(sig[-1]) == 0.0 and abs(sch.level(float(sig[5])) - 0.5) < 1e-6
+    assert float(sig[5]) > 0.5  # shift 3 keeps more steps at high noise
+    assert h.index_at_level(0.11) == 9
