@@ -410,8 +410,9 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         if m.derived:
             note += "; derived from the budget (defaults do not fit): " + ", ".join(
                 f"{k}={v}" for k, v in m.derived.items())
-        if m.params and not m.derived:
-            note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in m.params.items())
+        overridden = {k: v for k, v in m.params.items() if k not in m.derived}
+        if overridden and m.label != "coarse-to-fine random":
+            note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overridden.items())
         measure(m.label, budget, m.sampler, note, lat, [r["score"] for r in res], extra)
 
     det, sto = fam.samplers
