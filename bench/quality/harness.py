@@ -413,8 +413,9 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         if m.derived:
             note += "; derived from the budget (defaults do not fit): " + ", ".join(
                 f"{k}={v}" for k, v in m.derived.items())
-        if m.params and not m.derived:
-            note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in m.params.items())
+        overridden = {k: v for k, v in m.params.items() if k not in m.derived}
+        if overridden and m.label != "coarse-to-fine random":
+            note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overridden.items())
         measure(m.label, budget, m.sampler, note, lat, [r["score"] for r in res], extra)
 
     det, sto = fam.samplers
@@ -442,8 +443,12 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
     return meta, rows, comparison
 
 
+TIE = 5e-4  # differences below the tables' precision (3 decimals) are ties, not losses
+
+
 def compare(rows, budgets):
-    """Each method minus random search with the same sampler family, paired over prompts."""
+    """Each method minus random search with the same sampler family, paired over prompts; "≥ random − 1 SE" is
+    Δ ≥ −SE(Δ) − TIE (the tie margin only matters where both saturate, e.g. verifier log p ≈ 0)."""
     out = []
     for b in budgets:
         ref = {r["compared_with"]: r for r in rows if r.get("budget_nfe") == b and r.get("algorithm") == "random"
@@ -460,7 +465,7 @@ def compare(rows, budgets):
                 m, se = mean_se(d)
                 name = "judge_acc" if key == "judge_correct" else "verifier"
                 entry[f"delta_{name}"], entry[f"delta_{name}_se"] = m, se
-                entry[f"{name}_ge_random_minus_1se"] = bool(m >= -se)
+                entry[f"{name}_ge_random_minus_1se"] = bool(m >= -se - TIE)
             out.append(entry)
     return out
 
@@ -511,7 +516,7 @@ def markdown(meta, rows, comparison) -> str:
     for name, title in (("judge_acc", "Judge accuracy"), ("verifier", "Verifier log p")):
         L += ["", f"## {title} minus random search's (same sampler), paired over prompts", "",
               "Δ ± standard error of the paired difference; ✓ = Δ ≥ −1 SE (not below random), "
-              "✗ = below random by more than 1 SE.", "",
+              "✗ = below random by more than 1 SE (differences under 0.0005 count as ties).", "",
               "| method | vs | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
               "|---|---|" + "---|" * len(budgets)]
         for mth in methods:
@@ -534,7 +539,24 @@ def markdown(meta, rows, comparison) -> str:
           f"Machine: {meta['machine']}, {meta['threads']} torch thread(s), shared with other jobs; commit "
           f"{meta['commit']}; command `{meta['command']}`; wall time {meta['wall_s']} s (training "
           f"{meta['train_wall_s']} s wall, {meta['train_cpu_s']} s CPU), process CPU time {meta['cpu_s']} s.", ""]
+    if meta.get("rerendered"):
+        L += [f"Comparison and tables re-rendered from the JSON's per-prompt values (numbers unchanged) at commit "
+              f"{meta['rerendered']['commit']}: `{meta['rerendered']['command']}`.", ""]
     return "\n".join(L)
+
+
+def rerender(paths: Sequence[str], cmd: str) -> None:
+    """Recomputes the comparison and rewrites the markdown of finished runs from their JSON (no model runs)."""
+    for path in paths:
+        with open(path) as fh:
+            d = json.load(fh)
+        d["comparison"] = compare(d["rows"], d["meta"]["budgets"])
+        d["meta"]["rerendered"] = {"commit": git_state(), "command": cmd}
+        with open(path, "w") as fh:
+            json.dump(d, fh, indent=1)
+        with open(os.path.splitext(path)[0] + ".md", "w") as fh:
+            fh.write(markdown(d["meta"], d["rows"], d["comparison"]))
+        print(f"re-rendered {path}")
 
 
 def main(argv=None):
@@ -553,8 +575,14 @@ def main(argv=None):
     ap.add_argument("--extras", action="store_true", help="add 'more steps (1 sample)' and coarse-to-fine random rows "
                     "(on in --smoke)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
+                    "markdown of finished runs from their JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cmd = "python bench/quality/harness.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.rerender:
+        rerender(args.rerender, cmd)
+        return []
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     for m in models:
         if m not in FAMILIES:
@@ -570,7 +598,6 @@ def main(argv=None):
     overrides = parse_params(args.params)
     prompts = args.prompts or (20 if args.smoke else 300)
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([20, 80] if args.smoke else list(BUDGETS))
-    cmd = "python bench/quality/harness.py " + " ".join(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     for name in models:
