@@ -73,7 +73,7 @@ class Shapes:
     prediction = "flow"
     samplers = ("euler", "euler_ancestral_RF")
     chunk = 512
-    default_train_steps = 1600
+    default_train_steps = 1200
     description = ("procedural 16x16 RGB shapes (10 classes, random position/size/stroke/colour/noise); "
                    "class-conditional rectified-flow conv U-Net, SD3-style shifted flow schedule (shift 3, "
                    "x = (1−σ)·x0 + σ·ε); verifier CNN on split A, judge CNN (other architecture) on split B")
