@@ -71,8 +71,9 @@ def test_gpu_search_smoke(tmp_path):
         assert c["nfe_per_s"] > 0 and c["total_s"] > 0
         assert set(c["split"]) == {"denoise_s", "decode_s", "verify_s", "rerender_s", "other_s"}
     zo = by["sd15.strat.zero_order.n4"]
-    assert zo["strategy"] == {"name": "zero_order", "params": {"neighbours": 2, "cosine": 0.95}, "budget_nfe": 0,
-                              "coarse_steps": 0, "rerender": 0}
+    assert {k: zo["strategy"][k] for k in ("name", "budget_nfe", "coarse_steps", "rerender")} == {
+        "name": "zero_order", "budget_nfe": 0, "coarse_steps": 0, "rerender": 0}
+    assert zo["strategy"]["params"]["neighbours"] == 2 and zo["strategy"]["params"]["cosine"] == 0.95
     assert zo["nfe_total"] == 4 * 2 and zo["extra_costs"]["images_scored"] == 4 + zo["calls"]["rerender"]
     paths = by["sd15.strat.paths.n4"]
     assert paths["strategy"]["params"]["noises_per_path"] == 2

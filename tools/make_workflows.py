@@ -12,6 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from search import get_algorithm  # noqa: E402  (the registry: the strategy nodes' widgets and defaults)
+
+
+def strategy_widgets(name: str, budget_nfe: int = 0, **overrides):
+    """A strategy node's widget values in the editor's order: the registry's required parameters at their
+    defaults (or ``overrides``), then budget_nfe."""
+    p = get_algorithm(name).resolve(overrides)
+    return [p[x.name] for x in get_algorithm(name).params if not x.optional] + [budget_nfe]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(HERE), "workflows")
@@ -422,59 +433,65 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
 
 
 def zero_order_search():
-    strategy_workflow("zero_order_search", "ZeroOrderStrategy", [2, 0.95, 0], (340, 130), "\n\n".join([
+    strategy_workflow("zero_order_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 130),
+                      "\n\n".join([
         "ZERO-ORDER SEARCH (ZO-N), Ma et al. 2025.",
-        "A pivot noise and N neighbours on the sphere around it (same norm, cosine t to the pivot). Each round "
-        "scores the neighbours; the best becomes the new pivot only if it beats the current one, otherwise the "
-        "pivot stays and fresh neighbours are drawn. Rounds continue until the NFE budget is spent.",
-        "Knobs: neighbours N (paper: 2 for text-to-image); cosine t (0.95 as in the authors' tt-scale-flux; "
-        "LARGER t = SMALLER step, smaller t = closer to random search); budget_nfe 0 = Search Loop's "
-        "candidates x steps (here 8 x 20 = 160 NFEs, the cost of random search over 8 noises).",
+        "The first pivot is the best of a few random noises (start_noises); then N neighbours on the sphere "
+        "around the pivot (same norm, cosine t to it). Each round scores the neighbours; the best becomes the new "
+        "pivot only if it beats the current one, otherwise the pivot stays, fresh neighbours are drawn and the "
+        "step grows (step_growth). Rounds continue until the NFE budget is spent.",
+        "Knobs at the pack's defaults, chosen on two benchmark models (bench/README.md): neighbours N = 4, "
+        "cosine t = 0.66 (LARGER t = SMALLER step; the paper's tt-scale-flux uses N = 2, t = 0.95); budget_nfe "
+        "0 = Search Loop's candidates x steps (here 8 x 20 = 160 NFEs, the cost of random search over 8 noises).",
         "Score vs NFE Plot draws the best score so far against NFEs spent: connect a second search's scores to "
         "scores_2 to compare strategies at equal budget. Zero-order winners are noises, not seeds: feed the "
         "`noise` output to SamplerCustomAdvanced to replay one.", CLIP_NOTE]))
 
 
 def paths_search():
-    strategy_workflow("paths_search", "PathsStrategy", [2, 2, 0.11, 0.78, 0.81, 0], (340, 210), "\n\n".join([
+    strategy_workflow("paths_search", "PathsStrategy", strategy_widgets("paths"), (340, 210), "\n\n".join([
         "SEARCH OVER PATHS (Paths-N), Ma et al. 2025.",
         "N noises are denoised to the start level; then, repeatedly, each path is re-noised M times forward by "
         "delta_f and denoised back by delta_b (> delta_f, so every round makes progress), the x0-predictions are "
         "scored and the best N paths kept, until the schedule ends.",
-        "Knobs and the paper's defaults: paths N = 2, noises_per_path M = 2, start_level 0.11, forward 0.78, "
-        "backward 0.81. Levels are fractions of the model's own noise timeline (1 = pure noise, 0 = clean) "
-        "mapped onto your schedule, so they work with any scheduler. budget_nfe 0 = candidates x steps.",
+        "Knobs at the pack's defaults, chosen on two benchmark models (bench/README.md): paths N = 0 (as many as "
+        "the budget holds), noises_per_path M = 2, start_level 0.6, forward 0.2, backward 0.4. Levels are "
+        "fractions of your schedule's noise span (1 = its start, 0 = clean), so every budget of two or more "
+        "generations gets a search round (the paper's 0.11 / 0.78 / 0.81 assume 30+ steps). budget_nfe 0 = "
+        "candidates x steps.",
         "Needs a single-step sampler (euler, euler_ancestral, heun, dpm_2, dpmpp_sde, ddim, lcm ...): multistep "
         "samplers (dpmpp_2m, uni_pc ...) are refused, since a restart would drop their history.", CLIP_NOTE]),
         sampler="euler", reroute_vae=True)
 
 
 def particle_search():
-    strategy_workflow("particle_search", "ParticleStrategy", [4, "max", 10.0, 5, 0.5, 0], (340, 210),
+    strategy_workflow("particle_search", "ParticleStrategy", strategy_widgets("particles", particles=4), (340, 210),
                       "\n\n".join([
         "PARTICLE RESAMPLING (FK steering, Singhal et al. 2025).",
-        "k particles are sampled together with a stochastic sampler; every `interval` steps their "
-        "x0-predictions are scored and the particles resampled by their potentials, so compute moves to "
-        "promising ones.",
-        "Knobs: particles k (4 here); potential max / difference / sum / current (FK steering's 'max' by "
-        "default); lam = temperature lambda (10; 0 = no selection, larger = greedier); interval (5 steps); "
-        "ess_threshold (0.5 = resample only when the effective sample size falls below k/2; 0 = every time); "
-        "budget_nfe 0 = candidates x steps.",
+        "k particles are sampled together with a stochastic sampler; every `interval` steps the x0-prediction "
+        "of the state each particle has reached is scored (one extra NFE per particle) and the particles are "
+        "resampled by their potentials, so compute moves to promising ones.",
+        "Knobs at the pack's defaults (bench/README.md): particles k (4 here; 0 = as many as the budget holds); "
+        "potential max / difference / sum / current; lam = temperature lambda (2, in units of the particles' "
+        "spread; 0 = no selection, larger = greedier); interval (5 steps); ess_threshold (0 = resample at every "
+        "scoring step; FK steering's 0.5 = only when the effective sample size falls below k/2); budget_nfe 0 = "
+        "candidates x steps.",
         "Needs a stochastic sampler (euler_ancestral here, or dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, "
         "lcm, ddpm): copies of one particle must diverge.", CLIP_NOTE]),
         sampler="euler_ancestral", candidates=4)
 
 
 def coarse_to_fine_search():
-    strategy_workflow("coarse_to_fine_search", "ZeroOrderStrategy", [2, 0.95, 0], (340, 130), "\n\n".join([
+    strategy_workflow("coarse_to_fine_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 130),
+                      "\n\n".join([
         "COARSE TO FINE (zero-order search at few steps, finalists at full steps).",
         "Coarse to Fine wraps a noise-level strategy (random, zero-order or evolution; none connected = random "
         "search): the search runs at `coarse_steps` per candidate, then the best `finalists` are re-rendered at "
         "Search Loop's full step count, scored again and ranked. Fewer NFEs per candidate is the main lever "
         "where batching buys nothing (FLUX-size models).",
-        "Knobs: coarse_steps (8) and finalists (4), the pack's defaults; the inner Zero-Order node keeps the "
-        "paper's N = 2 neighbours and cosine 0.95. The budget (budget_nfe 0 = candidates x full steps) "
-        "covers both the coarse search and the re-renders.",
+        "Knobs: coarse_steps (8) and finalists (4), the pack's defaults; the inner Zero-Order node is at its "
+        "defaults too. The budget (budget_nfe 0 = candidates x full steps) covers both the coarse search and the "
+        "re-renders.",
         "The Prompt node (a primitive) feeds both the text encoder and Search Loop's verifier prompt, so they "
         "cannot drift apart.", CLIP_NOTE]),
         candidates=16, coarse=(8, 4), primitive_prompt=True)
