@@ -138,14 +138,15 @@ def test_noise_winners_replay_exactly_in_sampler_custom_advanced(comfy):
             for seed in (13, 14):
                 g = with_strategy(search_graph(seed=seed, candidates=6, top_k=1, steps=4, sampler=sampler,
                                                micro_batch=3, prefix=f"nz_{name}_{sampler}"), name)
-                custom_sampling(g, ("6", 6), sampler=sampler)
-                g["44"] = {"class_type": "SaveLatent", "inputs": {"samples": ["43", 0],
+                # the strategy node is "40": SamplerCustomAdvanced's nodes take 50..53
+                sc = custom_sampling(g, ("6", 6), sampler=sampler, ids=(50, 51, 52, 53))
+                g["54"] = {"class_type": "SaveLatent", "inputs": {"samples": [sc, 0],
                                                                   "filename_prefix": f"nzr_{name}_{sampler}"}}
                 entry = comfy.run_ok(g)
                 best = report_of(entry)["best"]
                 kinds.append(best["replay"])
                 assert best["replay"] in ("noise", "ksampler"), best
-                assert torch.equal(latent_file(comfy, entry, "44"), latent_file(comfy, entry, "9")), \
+                assert torch.equal(latent_file(comfy, entry, "54"), latent_file(comfy, entry, "9")), \
                     f"{name}/{sampler}: the NOISE output must replay the winner exactly"
     assert "noise" in kinds  # at least one winner was a derived noise (neighbour / child), not a seed
 
