@@ -433,7 +433,7 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
 
 
 def zero_order_search():
-    strategy_workflow("zero_order_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 130),
+    strategy_workflow("zero_order_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 180),
                       "\n\n".join([
         "ZERO-ORDER SEARCH (ZO-N), Ma et al. 2025.",
         "The first pivot is the best of a few random noises (start_noises); then N neighbours on the sphere "
@@ -482,7 +482,7 @@ def particle_search():
 
 
 def coarse_to_fine_search():
-    strategy_workflow("coarse_to_fine_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 130),
+    strategy_workflow("coarse_to_fine_search", "ZeroOrderStrategy", strategy_widgets("zero_order"), (340, 180),
                       "\n\n".join([
         "COARSE TO FINE (zero-order search at few steps, finalists at full steps).",
         "Coarse to Fine wraps a noise-level strategy (random, zero-order or evolution; none connected = random "
