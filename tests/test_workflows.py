@@ -146,7 +146,7 @@ def skip_if_newer(server, wf):
     missing = sorted({n["type"] for n in wf["nodes"]} - set(server.object_info()) - UI_ONLY)
     if missing and set(missing) <= NEWER_THAN_2024_HOST:
         pytest.skip(f"this ComfyUI ({server.version}) lacks {', '.join(missing)}, which arrived after the 2024 host; "
-                    "runs on current ComfyUI (CONTRIBUTING.md records the runs)")
+                    "runs on current ComfyUI (docs/test-runs.md records the runs)")
     if "tiny-sdxl.safetensors" in json.dumps(ui_to_api(wf, server.object_info(), rename=TINY)) \
             and os.environ.get("INFSCALE_SKIP_SDXL"):
         pytest.skip("INFSCALE_SKIP_SDXL is set (the tiny SDXL checkpoint is ~2 GB)")
