@@ -115,11 +115,4 @@ class ScoreBook:
         return dict(zip(self.member_names, self.matrix()[int(row)].tolist()))
 
 
-def member_matrix(verifier, images: torch.Tensor, prompt: Prompts) -> torch.Tensor:
-    """N × M raw scores of any verifier."""
-    if hasattr(verifier, "score_members"):
-        return verifier.score_members(images, prompt).float().cpu()
-    return verifier.score(images, prompt).float().cpu().reshape(-1, 1)
-
-
-__all__ = ["VerifierProtocol", "SingleVerifier", "ScoreBook", "recombine", "member_matrix", "Prompts"]
+__all__ = ["VerifierProtocol", "SingleVerifier", "ScoreBook", "recombine", "Prompts"]
