@@ -11,8 +11,10 @@ Two kinds of test:
   It builds a fresh virtual environment with torch and current ComfyUI's
   requirements (the list is written below, not read from ComfyUI), then installs
   the pack's requirements the way ComfyUI-Manager does, line by line. It needs the
-  package index and ~6 GB of disk for a few minutes (torch's CUDA build; deleted
-  afterwards); measured ~1.5-2 min on 2 cores, which fits CI's budget. Runs are
+  package index and ~1 GB of disk for a few minutes (deleted afterwards): torch
+  is hard-linked from the environment running the test when that holds exactly
+  the same torch (CI's .venv-current), else pip installs it (~6 GB, its CUDA
+  build); measured ~1.5-2 min on 2 cores, which fits CI's budget. Runs are
   recorded in CONTRIBUTING.md ("Install hygiene").
   INFSCALE_INSTALL_TEST_PEER=1 adds the same procedure for a peer pack, as a
   comparison (expected to fail; never in CI).
@@ -222,7 +224,7 @@ def test_manager_mirror_parses_like_the_manager():
 ENABLED = os.environ.get("INFSCALE_INSTALL_TEST") == "1"
 SKIP_REASON = (
     "set INFSCALE_INSTALL_TEST=1 to run (CI's .ci/run does): it builds a throw-away venv with torch and "
-    "current ComfyUI's requirements from the package index (~6 GB of disk, ~2 min), too heavy for every "
+    "current ComfyUI's requirements from the package index (~1-6 GB of disk, ~2 min), too heavy for every "
     "local test run"
 )
 PEER = os.environ.get("INFSCALE_INSTALL_TEST_PEER") == "1"
@@ -249,6 +251,99 @@ def _pip_list(py, log):
     return {_canon(d["name"]): d["version"] for d in json.loads(p.stdout)}
 
 
+# The closure of torch + torchvision in the environment the test runs in, when
+# it holds exactly TORCH: its distributions' files (RECORD) as absolute paths.
+_CLOSURE = r"""
+import importlib.metadata as md, json, re, sys, sysconfig
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+dists = {}
+for d in md.distributions():
+    dists.setdefault(canon(d.metadata["Name"]), d)
+# (name, extra) pairs: torch asks for cuda-toolkit[cufile,...], whose extras pull the CUDA libraries
+todo, seen, out = [(canon(r.split("==")[0]), "") for r in sys.argv[1:]], set(), {}
+while todo:
+    n, extra = todo.pop()
+    if (n, extra) in seen or n not in dists:
+        continue
+    seen.add((n, extra))
+    d = dists[n]
+    for r in d.requires or []:
+        req = Requirement(r)
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            todo.append((canon(req.name), ""))
+            todo.extend((canon(req.name), e) for e in req.extras)
+    out.setdefault(n, {"name": n, "version": d.version, "files": [str(d.locate_file(f)) for f in d.files or []]})
+out = list(out.values())
+paths = sysconfig.get_paths()
+print(json.dumps({"purelib": paths["purelib"], "platlib": paths["platlib"], "scripts": paths["scripts"], "dists": out}))
+"""
+
+
+def _torch_into(py, log):
+    """Put TORCH (and what it requires) into the fresh venv at ``py``.
+
+    When the interpreter running this test already has exactly TORCH installed
+    by pip (CI's .venv-current does), its distributions are hard-linked into the
+    fresh venv file by file from their RECORDs: the same installed files and
+    metadata as `pip install` of the same wheels, without a second ~5.5 GB copy
+    of torch's CUDA build on the disk. Otherwise (other versions, another
+    filesystem) pip installs TORCH. Returns which of the two happened."""
+    want = dict(t.split("==") for t in TORCH)
+    p = _run([sys.executable, "-c", _CLOSURE, *TORCH], log)
+    src = json.loads(p.stdout) if p.returncode == 0 else None
+    have = {d["name"]: d["version"] for d in src["dists"]} if src else {}
+    if src and all(have.get(n) == v for n, v in want.items()):
+        q = _run([py, "-c", "import json, sysconfig; p = sysconfig.get_paths(); "
+                            "print(json.dumps([p['purelib'], p['platlib'], p['scripts']]))"], log)
+        dst_pure, dst_plat, dst_scripts = json.loads(q.stdout)
+        roots = [(os.path.realpath(src["purelib"]), dst_pure), (os.path.realpath(src["platlib"]), dst_plat)]
+        scripts = os.path.realpath(src["scripts"])
+        made = []
+        try:
+            for d in src["dists"]:
+                for f in d["files"]:
+                    f = os.path.realpath(f)
+                    if not os.path.isfile(f):
+                        continue
+                    if os.path.dirname(f) == scripts:  # console scripts: their shebang names the venv's python
+                        with open(f, "rb") as fh:
+                            data = fh.read()
+                        if data.startswith(b"#!"):
+                            first, _, rest = data.partition(b"\n")
+                            data = b"#!" + py.encode() + b"\n" + rest
+                        target = os.path.join(dst_scripts, os.path.basename(f))
+                        with open(target, "wb") as fh:
+                            fh.write(data)
+                        os.chmod(target, 0o755)
+                        made.append(target)
+                        continue
+                    for s_root, d_root in roots:
+                        if f.startswith(s_root + os.sep):
+                            target = os.path.join(d_root, os.path.relpath(f, s_root))
+                            os.makedirs(os.path.dirname(target), exist_ok=True)
+                            if not os.path.exists(target):
+                                os.link(f, target)
+                                made.append(target)
+                            break
+        except OSError as e:  # another filesystem, no hard links: undo, then pip
+            for t in made:
+                os.remove(t)
+            log.append({"cmd": "hard-link torch", "rc": 1, "seconds": 0, "tail": str(e)})
+        else:
+            got = _pip_list(py, log)
+            assert all(got.get(n) == v for n, v in want.items()), f"linked torch, but pip sees {got}"
+            r = _run([py, "-c", "import torch; print(torch.__version__)"], log)
+            assert r.returncode == 0, f"linked torch does not import: {log[-1]}"
+            return "hard-linked from " + os.path.basename(sys.prefix)
+    p = _run([py, "-m", "pip", "install", "-q", *TORCH], log)
+    assert p.returncode == 0, log[-1]
+    return "pip install " + " ".join(TORCH)
+
+
 def _install(requirements_text, pack_dir, workdir):
     """Fresh venv + torch + ComfyUI's requirements, then the pack the Manager's
     way. Returns a dict with everything the assertions need."""
@@ -259,8 +354,7 @@ def _install(requirements_text, pack_dir, workdir):
     t0 = time.monotonic()
     assert _run([sys.executable, "-m", "venv", venv], log).returncode == 0
     assert _run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], log).returncode == 0, log[-1]
-    p = _run([py, "-m", "pip", "install", "-q", *TORCH], log)
-    assert p.returncode == 0, log[-1]
+    res["torch_from"] = _torch_into(py, log)
     comfy_req = os.path.join(workdir, "comfyui-requirements.txt")
     with open(comfy_req, "w") as f:
         f.write(COMFYUI_REQUIREMENTS)
@@ -336,6 +430,7 @@ def _read_ours():
 
 def _summary(name, res):
     lines = [f"== install test: {name} beside ComfyUI {COMFYUI_VERSION} =="]
+    lines.append(f"torch: {res.get('torch_from')}")
     lines.append(f"ComfyUI env built in {res.get('comfyui_env_seconds')} s; baseline pip check: {res.get('baseline_pip_check')}")
     lines.append(f"pip install -r (dry run): rc {res.get('pip_r_rc')}, would change {res.get('pip_r_changes')}")
     if "pip_r_without_url_lines" in res:
@@ -363,7 +458,7 @@ def test_install_beside_current_comfyui(which):
     try:
         res = _install(text, pack_dir, workdir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # ~6 GB
+        shutil.rmtree(workdir, ignore_errors=True)
     summary = _summary(which, res)
     print(summary)
     out = os.environ.get("INFSCALE_INSTALL_REPORT")
