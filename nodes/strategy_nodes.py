@@ -9,10 +9,11 @@ summed): by default SearchLoop's ``candidates`` x the NFEs of one full
 generation, or ``budget_nfe`` when it is above 0."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Tuple
 
 from .types import CATEGORY, STRATEGY
-from ..search import Strategy, algorithms
+from ..search import StopRule, Strategy, algorithms
 from ..search.registry import Algorithm, Param
 
 BUDGET = ("INT", {"default": 0, "min": 0, "max": 10_000_000,
@@ -80,9 +81,54 @@ class CoarseToFine:
 
     def make(self, coarse_steps, finalists, strategy=None):
         inner = strategy if strategy is not None else Strategy("random")
-        return (Strategy(inner.name, dict(inner.params), budget_nfe=inner.budget_nfe,
-                         coarse_steps=int(coarse_steps), rerender=int(finalists)),)
+        return (dataclasses.replace(inner, params=dict(inner.params), coarse_steps=int(coarse_steps),
+                                    rerender=int(finalists)),)
+
+
+STOP_MODES = ("target score", "plateau", "target score or plateau")
+
+
+class EarlyStop:
+    DESCRIPTION = ("Stops a strategy once it has its answer: when the best score reaches a target, or when it has "
+                   "not risen by more than min_improvement over the last 'patience' candidates (random, zero-order, "
+                   "evolution) or scoring rounds (paths, particles, which then finish only their best). The NFEs "
+                   "saved are in the report. Where a search stops depends only on the seed and the scores, never on "
+                   "the micro-batch. Needs a verifier with absolute scores (not a rank ensemble).")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = (STRATEGY,)
+    RETURN_NAMES = ("strategy",)
+    OUTPUT_TOOLTIPS = ("Plug into SearchLoop's strategy input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "mode": (list(STOP_MODES), {"default": "plateau",
+                                        "tooltip": "What stops the search: the target score, a plateau, or either."}),
+            "target_score": ("FLOAT", {"default": 0.0, "min": -1e6, "max": 1e6, "step": 0.001,
+                                       "tooltip": "Stop once the best score is at least this (in the verifier's own "
+                                                  "units: e.g. CLIPScore ~0.2-0.4, ImageReward ~-2..2). Used by "
+                                                  "the 'target score' modes."}),
+            "patience": ("INT", {"default": 8, "min": 1, "max": 100000,
+                                 "tooltip": "Plateau: stop after this many candidates (or scoring rounds for paths "
+                                            "and particles) without a rise of more than min_improvement."}),
+            "min_improvement": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.0001,
+                                          "tooltip": "Plateau: a rise of the best score counts only when it is "
+                                                     "larger than this."}),
+        }, "optional": {
+            "strategy": (STRATEGY, {"tooltip": "The strategy to stop early; absent = random search."}),
+        }}
+
+    def make(self, mode, target_score, patience, min_improvement, strategy=None):
+        if mode not in STOP_MODES:
+            raise ValueError(f"Early Stop: mode must be one of {', '.join(STOP_MODES)}, got {mode!r}")
+        rule = StopRule(target=float(target_score) if "target" in mode else None,
+                        patience=int(patience) if "plateau" in mode else 0,
+                        min_improvement=float(min_improvement))
+        inner = strategy if strategy is not None else Strategy("random")
+        return (dataclasses.replace(inner, params=dict(inner.params), stop=rule),)
 
 
 NODES = [(strategy_node(a), a.node, f"Strategy: {a.title}") for a in algorithms().values()]
 NODES.append((CoarseToFine, "CoarseToFine", "Strategy: Coarse to Fine"))
+NODES.append((EarlyStop, "EarlyStop", "Strategy: Early Stop"))

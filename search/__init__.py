@@ -19,6 +19,7 @@ from .paths import paths_search
 from .particles import particle_search, resample_indices, effective_sample_size
 from .evolution import evolution_search
 from .coarse_to_fine import coarse_to_fine
+from .stopping import StopRule, Stopper
 from .strategies import Strategy, run_strategy
 
 __all__ = [
@@ -31,5 +32,5 @@ __all__ = [
     "SearchHost", "State", "derive_seed",
     "random_search", "zero_order_search", "neighbour", "paths_search", "particle_search", "resample_indices",
     "effective_sample_size", "evolution_search", "coarse_to_fine",
-    "Strategy", "run_strategy",
+    "StopRule", "Stopper", "Strategy", "run_strategy",
 ]

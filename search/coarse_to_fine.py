@@ -118,6 +118,7 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
     report.nfe_total = inner_report.nfe_total + nfe
     report.trace.append({"round": len(report.trace), "nfe": report.nfe_total, "best": max(scores), "full_steps": True})
     report.candidates = [results[i] for i in range(rerender)]
+    _carry(inner_report, report)
     report.finalize()
     return report, keep.finalists(results)
 
@@ -176,5 +177,18 @@ def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, c
     report.nfe_total = spent
     report.trace.append({"round": len(report.trace), "nfe": spent, "best": max(scores), "full_steps": True})
     report.candidates = [results[i] for i in range(len(chosen))]
+    _carry(inner_report, report)
     report.finalize()
     return report, keep.finalists(results)
+
+
+def _carry(inner: SearchReport, report: SearchReport) -> None:
+    """The coarse search's notes and early stop, stated against the whole budget."""
+    report.notes.extend(inner.notes)
+    es = inner.settings.get("early_stop")
+    if es is not None:
+        es = dict(es, nfe_spent=report.nfe_total, budget_nfe=int(report.settings["budget_nfe"]))
+        es["nfe_saved"] = max(0, es["budget_nfe"] - report.nfe_total) if es["stopped"] else 0
+        report.settings["early_stop"] = es
+        if es["stopped"]:
+            report.settings["unspent_reason"] = inner.settings.get("unspent_reason", "early stopping")

@@ -34,10 +34,11 @@ from .host import SearchHost, derive_seed
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
+from .stopping import StopRule, Stopper
 
 
 def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                     **params) -> Tuple[SearchReport, List[Finalist]]:
+                     stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     gen = generation_nfe(host)
     K, mutation = p["tournament"], p["mutation"]
@@ -56,11 +57,12 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
     keep = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     spent = 0
+    stopper = Stopper(stop, "candidates", minimum=top_k)  # checked after each generation
 
     def evaluate(noises, run_seeds, labels, plain_seeds):
         nonlocal spent
         latents, nfe, batch = render(host, noises, run_seeds)
-        spent += nfe
+        first_nfe, spent = spent, spent + nfe
         scores = checked_scores(host.score(latents), len(labels), labels, verifier)
         idx = []
         for j, (lab, sc) in enumerate(zip(labels, scores)):
@@ -68,6 +70,7 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
             results[i] = CandidateResult(index=i, seed=plain_seeds[j], score=sc, nfe=gen, noise_id=lab)
             keep.offer(sc, i, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j], batch=batch[j]))
             idx.append(i)
+            stopper.see(sc, first_nfe + (j + 1) * gen)
         return idx
 
     seeds = seeds_for(base, 0, P)
@@ -77,7 +80,7 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
     report.settings["generations"].append(members)
     report.trace.append({"round": 0, "nfe": spent, "best": max(results[i].score for i in members)})
     g = 0
-    while spent + gen <= budget_nfe:
+    while spent + gen <= budget_nfe and not stopper.fired:
         g += 1
         n_children = min(P - E, (int(budget_nfe) - spent) // gen)
         order = sorted(range(P), key=lambda j: (-results[members[j]].score, members[j]))
@@ -104,7 +107,8 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
 
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
-    if spent < int(budget_nfe):
+    stopper.close(report, budget_nfe, spent)
+    if spent < int(budget_nfe) and not stopper.fired:
         report.settings["unspent_reason"] = (f"the remaining {int(budget_nfe) - spent} NFEs are less than one "
                                              f"generation ({gen} NFEs)")
     report.finalize()

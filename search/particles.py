@@ -40,11 +40,13 @@ from typing import Any, Dict, List, Tuple  # noqa: F401
 
 import torch
 
-from .common import TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, finalist, generation_nfe
+from .common import (TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, finalist,
+                     generation_nfe, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
+from .stopping import StopRule, Stopper
 
 POTENTIALS = ("difference", "max", "sum", "current")
 RESAMPLING = ("multinomial", "systematic")
@@ -102,7 +104,7 @@ def particle_plan(host: SearchHost, budget_nfe: int, particles: int, interval: i
 
 
 def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                    **params) -> Tuple[SearchReport, List[Finalist]]:
+                    stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     particles, interval, potential, lam = p["particles"], p["interval"], p["potential"], p["lam"]
@@ -133,6 +135,9 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     run_max = torch.full((k,), -math.inf, dtype=torch.float64)
     run_sum = torch.zeros(k, dtype=torch.float64)
     spent = 0
+    # observations: the best x0 reward at each scoring step; when the rule fires the top_k particles are
+    # finished without further resampling (the other particles' remaining steps are saved)
+    stopper = Stopper(stop, "scoring rounds")
     for seg, end in enumerate(stops):
         start = state.index
         run_seeds = [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)]
@@ -166,6 +171,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
         ess = effective_sample_size(logw)
         report.settings["ess"].append(ess)
         report.trace.append({"round": seg + 1, "nfe": spent, "best": float(r.max()), "index": end})
+        reward = r  # each row's reward, rows reordered with the particles when they are resampled
         if ess_threshold == 0.0 or ess < ess_threshold * k:
             g = torch.Generator(device="cpu")
             g.manual_seed(derive_seed(base, TAG_PARTICLES, seg, 0xA5))
@@ -174,10 +180,24 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             lineage = [lineage[i] for i in idx]
             recipes = [recipes[i] for i in idx]
             sel = torch.as_tensor(idx, dtype=torch.long)
-            prev, run_max, run_sum = prev[sel], run_max[sel], run_sum[sel]
+            prev, run_max, run_sum, reward = prev[sel], run_max[sel], run_sum[sel], r[sel]
             logw = torch.zeros(k, dtype=torch.float64)
             report.settings["resampled_at"].append(end)
         report.settings["lineages_alive"].append(len(set(lineage)))
+        if stopper.see(float(r.max()), spent):
+            # keep the top_k rows by their latest reward and finish them without resampling
+            best = top_k_indices(reward.tolist(), top_k)
+            state = state.select(best)
+            lineage = [lineage[i] for i in best]
+            recipes = [recipes[i] for i in best]
+            k = len(best)
+            fin_seeds = [derive_seed(base, TAG_PARTICLES, seg + 1, i) for i in range(k)]
+            start = state.index
+            state, _ = host.sample(state, T, fin_seeds)
+            recipes = [{"seed": rr["seed"], "ops": rr["ops"] + [("sample", end_level(host, T), rs)]}
+                       for rr, rs in zip(recipes, fin_seeds)]
+            spent += k * host.nfe(start, T)
+            break
 
     latents = final_latents(state)
     labels = [f"fk particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
@@ -201,7 +221,8 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent
-    if spent < int(budget_nfe):
+    stopper.close(report, budget_nfe, spent)
+    if spent < int(budget_nfe) and not stopper.fired:
         per = gen + probe * len(resample_at)
         report.settings["unspent_reason"] = (f"one more particle needs {per} NFEs (a generation plus "
                                              f"{len(resample_at)} x0 probe(s)) and only {int(budget_nfe) - spent} "

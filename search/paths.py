@@ -49,6 +49,7 @@ from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
+from .stopping import StopRule, Stopper
 
 
 def relative_levels(host: SearchHost) -> List[float]:
@@ -110,7 +111,7 @@ def paths_for_budget(host: SearchHost, budget_nfe: int, m: int, start_level: flo
 
 
 def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                 **params) -> Tuple[SearchReport, List[Finalist]]:
+                 stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     M, T = p["noises_per_path"], int(host.steps)
@@ -145,6 +146,9 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     rnd = 0
     final_rows = None  # (latents, labels, lineage nfe, recipes) of rows that reached the end
     final_scores: List[float] = []
+    # observations: the best x0 score of each round that does not reach the end; when the rule fires the
+    # top_k paths are finished without further search
+    stopper = Stopper(stop, "rounds")
 
     while state.index < T:
         c = state.index
@@ -215,6 +219,21 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         labels = [row_labels[i] for i in keep]
         lineage_nfe = [row_nfe[i] for i in keep]
         recipes = [row_recipes[i] for i in keep]
+        if not at_end and stopper.see(scores[keep[0]], spent):
+            n = min(top_k, N)  # the survivors are best first
+            state, labels, lineage_nfe, recipes = (state.select(range(n)), labels[:n], lineage_nfe[:n],
+                                                   recipes[:n])
+            fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(n)]
+            finish = host.nfe(state.index, T)
+            state, _ = host.sample(state, T, fin_seeds)
+            recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]}
+                       for r, fs in zip(recipes, fin_seeds)]
+            spent += n * finish
+            lineage_nfe = [x + finish for x in lineage_nfe]
+            latents = final_latents(state)
+            final_scores = checked_scores(host.score(latents), n, labels, verifier)
+            final_rows = (latents, labels, lineage_nfe, recipes)
+            break
 
     latents, row_labels, row_nfe, row_recipes = final_rows
     results: Dict[int, CandidateResult] = {}
@@ -226,7 +245,8 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         report.trace.append({"round": rnd + 1, "nfe": spent, "best": max(final_scores), "level": 0.0, "index": T})
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
-    if spent < budget:
+    stopper.close(report, budget, spent)
+    if spent < budget and not stopper.fired:
         if "finished_without_search_from_index" in report.settings:
             report.settings["unspent_reason"] = "the rest of the budget held no further search round"
         elif p["paths"]:

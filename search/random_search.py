@@ -21,10 +21,11 @@ from .host import SearchHost
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm
 from .report import CandidateResult, Finalist, SearchReport
+from .stopping import StopRule, Stopper
 
 
 def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                  **params) -> Tuple[SearchReport, List[Finalist]]:
+                  stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
     ALGORITHM.resolve(params)
     gen = generation_nfe(host)
     check_budget(budget_nfe, gen, "random search (one full generation)")
@@ -37,8 +38,9 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
     keep = TopK(n if relative else top_k)
     results = {}
     rows = {}  # candidate index -> the host's score row (relative verifiers)
-    spent, i = 0, 0
-    while i < n:
+    spent, i, unseen = 0, 0, 0
+    stopper = Stopper(stop, "candidates", minimum=top_k)
+    while i < n and not stopper.fired:
         size = int(getattr(host, "micro_batch", 0) or n)
         chunk = list(range(i, min(n, i + max(1, size))))
         cs = [seeds[j] for j in chunk]
@@ -48,9 +50,13 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
         first = int(getattr(host, "scored_rows", 0))
         scores = checked_scores(host.score(latents), len(chunk), [f"seed {s}" for s in cs], verifier)
         for r, j in enumerate(chunk):
+            if stopper.fired:  # sampled in the stop's micro-batch: left out, so the winner never depends on it
+                unseen += 1
+                continue
             results[j] = CandidateResult(index=j, seed=cs[r], score=scores[r], nfe=gen)
             rows[j] = first + r
             keep.offer(scores[r], j, finalist(latents[r:r + 1], noise[r:r + 1], cs[r], batch=batch[r]))
+            stopper.see(scores[r], (j + 1) * gen)
         i += len(chunk)
     if relative:  # recombined over all N: ranks never depend on the micro-batch
         combined = host.rescore().reshape(-1).tolist()
@@ -63,12 +69,16 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
         keep = TopK(top_k)
         for sc, j, f in items:
             keep.offer(sc, j, f)
-    report.candidates = [results[j] for j in range(n)]
+    report.candidates = [results[j] for j in sorted(results)]
     best = -math.inf
     for j, res in enumerate(report.candidates):  # best score against NFEs, candidate by candidate
         best = max(best, res.score)
         report.trace.append({"nfe": (j + 1) * gen, "best": best})
     report.nfe_total = spent
+    stopper.close(report, budget_nfe, spent)
+    if unseen:
+        report.notes.append(f"{unseen} candidate(s) sampled in the same micro-batch after the stop were left out, "
+                            "so where the search stops and what it picks never depend on the micro-batch")
     report.finalize()
     return report, keep.finalists(results)
 

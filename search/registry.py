@@ -9,8 +9,12 @@ which samplers it needs (``any``, ``segmentable``, ``stochastic``: read off
 
 Every algorithm function has the same signature::
 
-    fn(host, *, seed, budget_nfe, top_k=1, verifier="verifier", **params)
+    fn(host, *, seed, budget_nfe, top_k=1, verifier="verifier", stop=None, **params)
         -> (SearchReport, List[Finalist])
+
+(``stop``: an optional :class:`~.stopping.StopRule`; each algorithm feeds its
+scores to a :class:`~.stopping.Stopper` and says in its docstring what one
+observation is)
 
 and starts with ``p = ALGORITHM.resolve(params)`` (defaults filled in, every
 value checked).  Adding an algorithm = one module that defines ``ALGORITHM``

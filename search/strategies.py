@@ -12,13 +12,14 @@ and its finalists are re-rendered at full steps (:mod:`search.coarse_to_fine`;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .coarse_to_fine import coarse_to_fine
 from .common import generation_nfe
 from .host import SearchHost
 from .registry import get
 from .report import Finalist, SearchReport
+from .stopping import StopRule
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Strategy:
     budget_nfe: int = 0
     coarse_steps: int = 0
     rerender: int = 0   # coarse-to-fine: finalists re-rendered at full steps (0 = the default)
+    stop: Optional[StopRule] = None   # early stopping (search/stopping.py); None = spend the whole budget
 
     def resolved(self) -> Dict[str, Any]:
         """Every parameter, defaults filled in and checked (raises ValueError naming the bad one)."""
@@ -45,8 +47,14 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, candidates: int, top_k
     if budget <= 0:
         raise ValueError(f"the NFE budget must be positive, got {budget} (candidates {candidates})")
 
+    stop = strategy.stop if strategy.stop is not None and strategy.stop.active else None
+    if stop is not None and bool(getattr(host, "relative", False)):
+        raise ValueError("early stopping compares each score with a target or with earlier scores, but this "
+                         "verifier's scores are relative (a rank or z-score ensemble re-ranks every candidate as "
+                         "more arrive): use an ensemble that adds its members' raw scores, or turn early stopping off")
+
     def run(h: SearchHost, b: int, k: int):
-        return alg.run(h, seed=seed, budget_nfe=b, top_k=k, verifier=verifier, **params)
+        return alg.run(h, seed=seed, budget_nfe=b, top_k=k, verifier=verifier, stop=stop, **params)
 
     if strategy.coarse_steps:
         rerender, factor = int(strategy.rerender), 1.0

@@ -34,6 +34,7 @@ from .host import SearchHost, derive_seed
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
+from .stopping import StopRule, Stopper
 
 MAX_ANGLE = math.pi / 2
 
@@ -62,7 +63,7 @@ def step_cosines(cosine: float, growth: float, rounds: int) -> List[float]:
 
 
 def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                      **params) -> Tuple[SearchReport, List[Finalist]]:
+                      stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
     p = ALGORITHM.resolve(params)
     neighbours, cosine, growth = p["neighbours"], p["cosine"], p["step_growth"]
     gen = generation_nfe(host)
@@ -82,6 +83,7 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
     keep = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     spent = 0
+    stopper = Stopper(stop, "candidates", minimum=top_k)  # checked after each round (rounds never depend on the host)
 
     seeds = seeds_for(base, 0, n_start)
     starts = host.initial_noise(seeds)
@@ -92,12 +94,13 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
     for i in range(n_start):
         results[i] = CandidateResult(index=i, seed=seeds[i], score=scores[i], nfe=gen, noise_id=labels[i])
         keep.offer(scores[i], i, finalist(latents[i:i + 1], starts[i:i + 1], seeds[i], batch=batch[i]))
+        stopper.see(scores[i], (i + 1) * gen)
     i_best = max(range(n_start), key=lambda i: (scores[i], -i))
     pivot, pivot_score, pivot_label = starts[i_best:i_best + 1], scores[i_best], labels[i_best].split(" (")[0]
     report.trace.append({"round": 0, "nfe": spent, "best": pivot_score, "pivot": pivot_score})
     next_index, rnd, misses = n_start, 0, 0
 
-    while spent + gen <= budget_nfe:
+    while spent + gen <= budget_nfe and not stopper.fired:
         rnd += 1
         t = step_cosines(cosine, growth, misses + 1)[-1]
         report.settings["cosines"].append(t)
@@ -115,6 +118,7 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
             keep.offer(scores[j], next_index, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j],
                                                        batch=batch[j]))
             next_index += 1
+            stopper.see(scores[j], spent - (n - 1 - j) * gen)
         j_best = max(range(n), key=lambda j: (scores[j], -j))
         if scores[j_best] > pivot_score:
             pivot, pivot_score = noises[j_best:j_best + 1], scores[j_best]
@@ -129,7 +133,8 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
     report.settings["rounds"] = rnd
-    if spent < int(budget_nfe):
+    stopper.close(report, budget_nfe, spent)
+    if spent < int(budget_nfe) and not stopper.fired:
         report.settings["unspent_reason"] = (f"the remaining {int(budget_nfe) - spent} NFEs are less than one "
                                              f"generation ({gen} NFEs)")
     report.finalize()
