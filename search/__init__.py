@@ -18,6 +18,7 @@ from .zero_order import zero_order_search, neighbour
 from .paths import paths_search
 from .particles import particle_search, resample_indices, effective_sample_size
 from .evolution import evolution_search
+from .halving import halving_search
 from .coarse_to_fine import coarse_to_fine
 from .stopping import StopRule, Stopper
 from .strategies import Strategy, run_strategy
@@ -31,6 +32,6 @@ __all__ = [
     "NonFiniteScoreError", "checked_scores", "top_k_indices",
     "SearchHost", "State", "derive_seed",
     "random_search", "zero_order_search", "neighbour", "paths_search", "particle_search", "resample_indices",
-    "effective_sample_size", "evolution_search", "coarse_to_fine",
+    "effective_sample_size", "evolution_search", "halving_search", "coarse_to_fine",
     "StopRule", "Stopper", "Strategy", "run_strategy",
 ]

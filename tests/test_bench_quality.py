@@ -55,7 +55,8 @@ def test_two_model_harness_smoke(tmp_path):
             assert k in meta, k
         budgets, prompts = meta["budgets"], meta["prompts"]
         labels = ["random", f"random ({stochastic})", "zero-order", "paths", "particles (FK)", "evolution",
-                  "more steps (1 sample)", "coarse-to-fine random"]
+                  "successive halving", "random + early stop (patience 4)",
+                  "successive halving + early stop (patience 4)", "more steps (1 sample)", "coarse-to-fine random"]
         for b in budgets:
             got = [r["method"] for r in rows if r["budget_nfe"] == b]
             assert got == labels, (model, b, got)
@@ -80,8 +81,12 @@ def test_two_model_harness_smoke(tmp_path):
         assert evo20["derived_from_budget"] == {} and evo20["settings"]["population"] == 2
         cmp_methods = {(c["method"], c["budget_nfe"]) for c in comparison}
         for b in budgets:
-            for m in ("zero-order", "paths", "particles (FK)", "evolution"):
+            for m in ("zero-order", "paths", "particles (FK)", "evolution", "successive halving",
+                      "random + early stop (patience 4)"):
                 assert (m, b) in cmp_methods, (model, m, b)
+        stopped = next(r for r in rows if r["method"] == "random + early stop (patience 4)" and r["budget_nfe"] == 80)
+        assert stopped["early_stop"] == {"target": None, "patience": 4, "min_improvement": 0.0}
+        assert stopped["nfe_mean"] < 80  # a plateau of 4 among 8 candidates stops some prompts early
         for c in comparison:
             assert c["random"] == (f"random ({stochastic})" if c["method"] == "particles (FK)" else "random")
             assert math.isfinite(c["delta_judge_acc"]) and c["delta_judge_acc_se"] >= 0

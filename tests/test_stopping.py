@@ -1,6 +1,8 @@
 """Early stopping (search/stopping.py) for every strategy, on the toy host."""
 import math
 
+import torch
+
 import pytest
 
 from search import StopRule, Stopper, Strategy, run_strategy
@@ -135,3 +137,83 @@ def test_coarse_to_fine_keeps_the_rule():
     rep, fin = run_strategy(Strategy("random", budget_nfe=8 * 20, coarse_steps=4, stop=StopRule(patience=2)),
                             host, candidates=1, top_k=1, seed=3)
     assert rep.settings["early_stop"]["stopped"] and len(fin) == 1
+
+
+# --- successive halving (search/halving.py) ---------------------------------------------------
+
+from search.halving import candidates_for_budget, cost_of, halving_search, plan_cost, spearman, survivors  # noqa: E402
+
+
+def test_spearman_matches_a_hand_computation():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # d = ranks differ: [1,2,3,4] vs [2,1,4,3] -> 1 - 6*4/(4*15) = 0.6
+    assert spearman([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_survivors_keep_the_stated_fraction_and_never_fewer_than_top_k():
+    assert survivors(30, 0.5, 2, 1) == [30, 15, 8]
+    assert survivors(10, 0.25, 3, 2) == [10, 3, 2, 2]
+    assert survivors(7, 0.5, 1, 1) == [7, 4]
+
+
+@pytest.mark.parametrize("budget_gens", [2, 3, 5, 8, 16, 33])
+@pytest.mark.parametrize("micro_batch", [0, 3])
+def test_halving_spends_at_most_its_budget_and_keeps_the_right_fraction(budget_gens, micro_batch):
+    host = gaussian_host(steps=10, micro_batch=micro_batch)
+    budget = 10 * budget_gens
+    rep, fin = halving_search(host, seed=4, budget_nfe=budget, top_k=1)
+    n = rep.settings["candidates"]
+    pts = rep.settings["prune_indices"]
+    live = [s["live"] for s in rep.settings["stages"]] + [rep.settings["finished"]]
+    assert rep.nfe_total == host.nfe_rows == cost_of(host, live, pts) <= budget
+    assert plan_cost(host, n + 1, 0.5, pts, 1) > budget  # the most candidates the budget holds
+    assert n == candidates_for_budget(host, budget, 0.5, pts, 1) >= budget_gens  # never fewer than random search
+    planned = survivors(n, 0.5, len(pts), 1)
+    assert live[:-1] == planned[:-1] and planned[-1] <= live[-1] <= live[-2]
+    # the last stage took what the budget had left: one more finisher would not fit (or all finished)
+    assert live[-1] == live[-2] or rep.nfe_total + host.nfe(pts[-1], 10) > budget
+    for r, stage in enumerate(rep.settings["stages"]):  # the kept ones are the best x0 scores of the stage
+        order = sorted(range(len(stage["scores"])), key=lambda j: (-stage["scores"][j], j))
+        assert stage["kept"] == [stage["candidates"][j] for j in order[:live[r + 1]]]
+    assert len(rep.candidates) == rep.settings["finished"] and len(fin) == 1
+
+
+def test_halving_winner_is_exactly_its_seeds_full_run():
+    host = gaussian_host(steps=10)
+    rep, fin = halving_search(host, seed=21, budget_nfe=10 * 12, top_k=2)
+    assert [f.replay for f in fin] == ["ksampler", "ksampler"]
+    for f in fin:
+        ref = gaussian_host(steps=10)
+        state, _ = ref.sample(ref.start(ref.initial_noise([f.result.seed])), 10, [f.result.seed])
+        assert torch.equal(state.latent, f.latent)  # the same as a random search candidate of that seed
+        assert torch.equal(f.noise, ref.initial_noise([f.result.seed]))
+
+
+def test_halving_is_micro_batch_independent_and_reports_rank_correlation():
+    a = halving_search(gaussian_host(steps=10, micro_batch=0), seed=8, budget_nfe=200, top_k=1)[0]
+    b = halving_search(gaussian_host(steps=10, micro_batch=2), seed=8, budget_nfe=200, top_k=1)[0]
+    assert [(c.index, c.score) for c in a.candidates] == [(c.index, c.score) for c in b.candidates]
+    rho = a.settings["rank_correlation"]
+    assert len(rho) == len(a.settings["prune_indices"]) and all(r is None or -1 <= r <= 1 for r in rho)
+
+
+def test_halving_refuses_bad_settings_and_multistep_samplers():
+    host = gaussian_host(steps=10)
+    with pytest.raises(ValueError, match="first_level"):
+        run_strategy(Strategy("halving", {"first_level": 0.3, "last_level": 0.6}), host, candidates=4, top_k=1, seed=0)
+    with pytest.raises(ValueError, match="too small"):
+        halving_search(host, seed=0, budget_nfe=5, top_k=1)
+    from search import UnsupportedSamplerError
+    host.sampler_name = "dpmpp_2m"
+    with pytest.raises(UnsupportedSamplerError):
+        halving_search(host, seed=0, budget_nfe=100, top_k=1)
+
+
+def test_halving_early_stop_finishes_only_top_k():
+    host = gaussian_host(steps=10)
+    rep, fin = run_strategy(Strategy("halving", budget_nfe=300, stop=StopRule(target=-1e9)), host, candidates=1,
+                            top_k=1, seed=2)
+    assert rep.settings["early_stop"]["stopped"] and rep.settings["finished"] == 1
+    assert rep.nfe_total < 300 and len(rep.settings["stages"]) == 1

@@ -60,14 +60,15 @@ if HERE not in sys.path:
 from model import REPO, frechet_distance  # noqa: E402  (also puts the repository and tests/ on sys.path)
 from families import FAMILIES  # noqa: E402
 
-from search import Strategy, run_strategy  # noqa: E402
+from search import StopRule, Strategy, run_strategy  # noqa: E402
 from search import evolution as _evolution, paths as _paths, particles as _particles, zero_order as _zo  # noqa: E402
 from toy_host import GaussianToy  # noqa: E402
 
 GEN_STEPS = 10                      # one generation = 10 steps = 10 NFEs
 BUDGETS = (20, 40, 80, 160, 320, 640)
-STRATEGIES = ("zero_order", "paths", "particles", "evolution")
-LABELS = {"zero_order": "zero-order", "paths": "paths", "particles": "particles (FK)", "evolution": "evolution"}
+STRATEGIES = ("zero_order", "paths", "particles", "evolution", "halving")
+LABELS = {"zero_order": "zero-order", "paths": "paths", "particles": "particles (FK)", "evolution": "evolution",
+          "halving": "successive halving"}
 _FUNCS = {"zero_order": _zo.zero_order_search, "paths": _paths.paths_search,
           "particles": _particles.particle_search, "evolution": _evolution.evolution_search}
 
@@ -167,6 +168,7 @@ class Method:
     steps: int = GEN_STEPS
     coarse_steps: int = 0
     skip: str = ""                      # why it cannot run at this budget
+    stop: Any = None                    # a StopRule (early stopping) or None
 
 
 def function_default(alg: str, key: str):
@@ -200,7 +202,7 @@ def runnable(fam, strategy: Strategy, sampler: str) -> str:
 
 
 def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategies: Sequence[str],
-                extras: bool) -> List[Method]:
+                extras: bool, patience: int = 0) -> List[Method]:
     det, sto = fam.samplers
     gen = GEN_STEPS
     out = [Method("random", "random", det, "deterministic", dict(overrides.get("random", {}))),
@@ -209,6 +211,11 @@ def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategi
         params, derived = fit_sizes(alg, overrides.get(alg, {}), budget, gen)
         fs = "stochastic" if alg == "particles" else "deterministic"
         out.append(Method(LABELS[alg], alg, sto if alg == "particles" else det, fs, params, derived))
+    if patience:  # early stopping on a plateau, for random search and successive halving
+        for alg in ("random",) + tuple(a for a in strategies if a == "halving"):
+            label = LABELS.get(alg, alg)
+            out.append(Method(f"{label} + early stop (patience {patience})", alg, det, "deterministic",
+                              dict(overrides.get(alg, {})), stop=StopRule(patience=int(patience))))
     if extras:
         out.append(Method("more steps (1 sample)", "random", det, "deterministic", {}, steps=budget))
         out.append(Method("coarse-to-fine random", "random", det, "deterministic", {"rerender": 4}, coarse_steps=4))
@@ -220,7 +227,7 @@ def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategi
 def strategy_of(m: Method, budget: int) -> Strategy:
     params = dict(m.params)
     rerender = int(params.pop("rerender", 0))  # a Strategy field, not an algorithm parameter
-    return Strategy(m.algorithm, params, budget, m.coarse_steps, rerender=rerender)
+    return Strategy(m.algorithm, params, budget, m.coarse_steps, rerender=rerender, stop=m.stop)
 
 
 def parse_params(text: str) -> Dict[str, Dict[str, Any]]:
@@ -314,7 +321,8 @@ def machine() -> str:
 
 
 def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequence[str],
-               overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print):
+               overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print,
+               patience: int = 0):
     t_start, c_start = time.time(), time.process_time()
     log(f"[{fam.name}] training (smoke={smoke})")
     built = fam.build(smoke=smoke, train_steps=train_steps, log=log)
@@ -378,6 +386,8 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
             c = classes[p]
             host = fam.host(lambda x, s: eng.call(p, "den", float(s), x, c), lambda z: eng.call(p, "score", None, z, c),
                             steps=m.steps, sampler=m.sampler, schedule=built.schedule)
+            if m.stop is not None:  # one candidate per call, so a stop saves what it says (prompts still batch)
+                host.micro_batch = 1
             r, f = run_strategy(strat, host, candidates=1, top_k=1, seed=seeds[p])
             out = {"latent": f[0].latent, "score": float(f[0].result.score), "nfe": int(r.nfe_total),
                    "nfe_counted": int(host.nfe_rows), "settings": dict(r.settings)}
@@ -399,7 +409,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         for s in settings:
             s.pop("coarse_report", None)
         extra = {"algorithm": m.algorithm, "params": m.params, "derived_from_budget": m.derived,
-                 "compared_with": m.family_sampler,
+                 "compared_with": m.family_sampler, "early_stop": None if m.stop is None else m.stop.to_dict(),
                  "nfe_mean": float(np.mean(nfes)), "nfe_min": int(min(nfes)), "nfe_max": int(max(nfes)),
                  "under_budget_prompts": int(sum(n < budget for n in nfes)),
                  "nfe_counted_mean": float(np.mean(counted)),
@@ -424,7 +434,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
                    "deterministic" if sampler == det else "stochastic")
         run_method(m, GEN_STEPS)
     for budget in budgets:
-        for m in methods_for(fam, budget, overrides, strategies, extras):
+        for m in methods_for(fam, budget, overrides, strategies, extras, patience):
             if m.skip:
                 rows.append({"method": m.label, "budget_nfe": budget, "sampler": m.sampler, "algorithm": m.algorithm,
                              "params": m.params, "note": f"not run at this budget: {m.skip}"})
@@ -436,7 +446,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
     meta = dict(built.meta)
     meta.update({"model": fam.name, "description": fam.description, "prompts": prompts, "budgets": list(budgets),
                  "generation_steps": GEN_STEPS, "samplers": list(fam.samplers), "strategies": list(strategies),
-                 "params_overrides": overrides, "smoke": smoke, "extras": extras,
+                 "params_overrides": overrides, "smoke": smoke, "extras": extras, "early_stop_patience": patience,
                  "wall_s": round(time.time() - t_start, 1), "train_wall_s": round(t_train, 1),
                  "cpu_s": round(time.process_time() - c_start, 1), "threads": torch.get_num_threads()})
     torch.set_grad_enabled(True)
@@ -452,9 +462,10 @@ def compare(rows, budgets):
     out = []
     for b in budgets:
         ref = {r["compared_with"]: r for r in rows if r.get("budget_nfe") == b and r.get("algorithm") == "random"
-               and r["method"].startswith("random") and "per_prompt" in r}
+               and r["method"].startswith("random") and not r.get("early_stop") and "per_prompt" in r}
         for r in rows:
-            if r.get("budget_nfe") != b or r["method"].startswith("random") or "per_prompt" not in r:
+            if r.get("budget_nfe") != b or "per_prompt" not in r or (
+                    r["method"].startswith("random") and not r.get("early_stop")):
                 continue
             base = ref.get(r["compared_with"])
             if base is None:
@@ -574,6 +585,8 @@ def main(argv=None):
                     "(defaults: " + ", ".join(f"{k}={f.default_train_steps}" for k, f in FAMILIES.items()) + ")")
     ap.add_argument("--extras", action="store_true", help="add 'more steps (1 sample)' and coarse-to-fine random rows "
                     "(on in --smoke)")
+    ap.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
+                    help="add random search and successive halving with early stopping on a plateau of PATIENCE")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
                     "markdown of finished runs from their JSON")
@@ -603,7 +616,8 @@ def main(argv=None):
     for name in models:
         meta, rows, comparison = run_family(FAMILIES[name], prompts=prompts, budgets=budgets, strategies=strategies,
                                             overrides=overrides, smoke=args.smoke, extras=args.extras or args.smoke,
-                                            train_steps=train.get(name, 0))
+                                            train_steps=train.get(name, 0),
+                                            patience=args.early_stop or (4 if args.smoke else 0))
         meta.update({"commit": git_state(), "machine": machine(), "command": cmd})
         stem = os.path.join(args.out_dir, f"quality_{name}" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
