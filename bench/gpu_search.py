@@ -36,7 +36,7 @@ import tempfile
 import time
 import traceback
 import types
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
@@ -132,6 +132,8 @@ class Plan:
         # since on the CPU SearchLoop's own default is one candidate at a time
         self.ours_micro_batch = (lambda n: n) if smoke else (lambda n: 0)
         self.strat_n = 4 if smoke else 16
+        # the halving case: N = strat_n; successive halving at N's budget and at half of it, against random
+        # search at N and N/2 (the CPU quality benchmark's digits model matched random's N=32 with half the NFEs)
         self.coarse_steps = 1 if smoke else 8
         self.rerender = 2 if smoke else 4
         self.cfg = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}
@@ -632,7 +634,8 @@ class Runner:
         if strategy is not None:
             gen_nfe = report.nfe_per_generation or self.plan.steps
             keep = {k: st[k] for k in ("budget_nfe", "coarse_steps", "micro_batch", "pivot_moves", "start_index",
-                                       "finished_without_search_from_index", "coarse_nfe", "rerender") if k in st}
+                                       "finished_without_search_from_index", "coarse_nfe", "rerender", "started",
+                                       "finished", "prune_indices", "rank_correlation") if k in st}
             if isinstance(st.get("rounds"), (int, list)):
                 keep["rounds"] = st["rounds"] if isinstance(st["rounds"], int) else len(st["rounds"])
             if isinstance(st.get("coarse_report"), dict):
@@ -921,7 +924,8 @@ def run_caps(args, plan: Plan, results: bc.Results, deadline: bc.Deadline) -> No
 # ---------------------------------------------------------------------------- main
 def parse_cases(spec: str) -> List[str]:
     allc = ["sd15.limit", "sd15.ours", "sd15.serial", "sd15.peer", "sdxl.limit", "sdxl.ours", "sdxl.serial",
-            "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer"]
+            "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer", "sd15.halving",
+            "flux.halving"]
     out = []
     for tok in [t.strip() for t in spec.split(",") if t.strip()]:
         if tok == "all":
@@ -1134,6 +1138,8 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
             case = {"case": f"{kind}.ours_noexact.n{n}", "model": kind, "mode": "ours, exact_winner off"}
             if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + 3):
                 runner.run_case(case, runner.ours, b, n, mb, 1, 1000, False)
+    if kind + ".halving" in sub:
+        run_halving_cases(runner, b, kind)
     if kind + ".serial" in sub:
         n = plan.serial_n[kind]
         case = {"case": f"{kind}.serial.n{n}", "model": kind, "mode": "serial (micro_batch=1)"}
@@ -1149,6 +1155,45 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
                 continue
             if runner.fits(case, n * runner.per_cand_serial[kind] * 1.3 + 15):
                 runner.run_case(case, runner.peer_run, b, n)
+
+
+def halving_strategies(pack, budgets: Sequence[int]) -> Dict[int, Any]:
+    """Successive halving at its registry defaults, made by its strategy node (as a graph would), per budget."""
+    m = pack.NODE_CLASS_MAPPINGS
+    algs = sys.modules[pack.__name__ + ".search.registry"].algorithms()
+    node = m["InfScale_" + algs["halving"].node]
+    inputs = node.INPUT_TYPES()
+    widgets = dict(inputs.get("required", {}), **inputs.get("optional", {}))
+    defaults = {k: v[1]["default"] for k, v in widgets.items() if k != "budget_nfe" and len(v) > 1}
+    return {int(bud): node().make(budget_nfe=int(bud), **defaults)[0] for bud in budgets}
+
+
+def run_halving_cases(runner: Runner, b: Bundle, kind: str) -> None:
+    """Wall time of successive halving against random search: halving at N's budget and at half of it,
+    random search at N and N/2 (SearchLoop's own random search, batch-1 re-render of the winner included)."""
+    plan = runner.plan
+    n, steps = plan.strat_n, plan.steps
+    full, half = n * steps, max(steps, n * steps // 2)
+    try:
+        strategies = halving_strategies(runner.pack, [full, half])
+    except Exception as e:  # noqa: BLE001
+        runner.results.add({"case": f"{kind}.halving", "status": "error", "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc()[-3000:]})
+        return
+    batched, serial = runner.per_cand_batched[kind], runner.per_cand_serial[kind]
+    todo = [(f"{kind}.halving.random.n{n}", None, n, n * batched * 1.5 + serial + 3),
+            (f"{kind}.halving.random.n{max(1, n // 2)}", None, max(1, n // 2), n / 2 * batched * 1.5 + serial + 3),
+            (f"{kind}.halving.b{full}", strategies[full], n, n * batched * 1.5 + serial + 3),
+            (f"{kind}.halving.b{half}", strategies[half], n, n / 2 * batched * 1.5 + serial + 3)]
+    for name, strat, cand, est in todo:
+        case = {"case": name, "model": kind, "mode": "strategy", "group": "halving"}
+        if not runner.fits(case, est):
+            continue
+        if strat is None:
+            case["strategy"] = "none (SearchLoop's own random search, batch-1 re-render of the winner)"
+            runner.run_case(case, runner.ours, b, cand, plan.ours_micro_batch(cand))
+        else:
+            runner.run_case(case, runner.strategy_run, b, strat, cand, 1, 1000, plan.ours_micro_batch(cand))
 
 
 def run_strategy_cases(runner: Runner, b: Bundle) -> None:

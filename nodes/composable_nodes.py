@@ -4,10 +4,12 @@ scorer for any IMAGE batch, and a picker."""
 from __future__ import annotations
 
 import comfy.samplers
+import torch
 
 from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
 from .sampling import SearchInputError
 from .types import CATEGORY, NOISE, SCORES, VERIFIER
+from ..search import guard
 from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
@@ -110,9 +112,14 @@ class VerifierScore:
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "The text the verifier compares with."}),
         }, "optional": {
             "noise": (NOISE, {"tooltip": "The NoiseCandidateGenerator that made the batch: scores then carry seeds."}),
+            "held_out_verifier": (VERIFIER, {
+                "tooltip": "Optional over-optimisation guard: a second verifier that never chooses. It scores every "
+                           "image; the report's held_out section compares the best image (by the verifier above) "
+                           "with the median one on both, and a warning appears on the node when the best is below "
+                           "the median on the held-out verifier."}),
         }}
 
-    def score(self, images, verifier, prompt, noise=None):
+    def score(self, images, verifier, prompt, noise=None, held_out_verifier=None):
         if images.shape[0] == 0:
             raise SearchInputError("Verifier Score got an empty IMAGE batch (0 images): connect the decoded "
                                    "candidates (VAE Decode of the sampler's output)")
@@ -126,7 +133,23 @@ class VerifierScore:
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
                                              verifier_scores=book.members(i))
                              for i, (c, s) in enumerate(zip(cands, scores))]
-        return (report.finalize(),)
+        report.finalize()
+        if held_out_verifier is None:
+            return (report,)
+        if held_out_verifier is verifier:
+            raise SearchInputError("Verifier Score: the held-out verifier is the verifier that ranks, so it cannot "
+                                   "tell whether the ranking fooled it: connect a different verifier")
+        held = checked_scores(ScoreBook(held_out_verifier, prompt).add(images), len(cands), labels,
+                              held_out_verifier.name)
+        order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
+        best = order[0]
+        top = images[torch.as_tensor(order[:max(2, report.top_k)], dtype=torch.long)] if len(cands) > 1 else None
+        report.held_out = guard.summary(search_name=verifier.name, held_out_name=held_out_verifier.name,
+                                        search_scores=scores, winner_search=scores[best], sampled_search=scores,
+                                        sampled_held_out=held, winner_held_out=held[best], top_k_images=top)
+        if report.held_out["warning"]:
+            report.notes.append(report.held_out["warning"])
+        return {"ui": {"text": [guard.message(report.held_out)]}, "result": (report,)}
 
 
 class BestPick:

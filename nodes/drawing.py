@@ -3,6 +3,7 @@ PIL (which ComfyUI already has; no plotting library).  No ComfyUI import:
 tested directly."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -47,14 +48,18 @@ def ranked_grid(images: torch.Tensor, labels: Sequence[str], columns: int = 4, p
 
 
 def score_plot(series: Dict[str, List[Sequence[float]]], title: str = "", width: int = 640,
-               height: int = 400, y_label: str = "best score") -> torch.Tensor:
+               height: int = 400, y_label: str = "best score",
+               right_series: Optional[Dict[str, List[Sequence[float]]]] = None,
+               right_label: str = "held-out") -> torch.Tensor:
     """Line plot of best score vs cumulative NFEs: ``series`` maps a name to
-    [(nfe, score), ...].  Returns 1 x height x width x 3."""
+    [(nfe, score), ...]; ``right_series`` (dashed) are drawn against their own
+    axis on the right (a held-out verifier's units).  Returns 1 x height x width x 3."""
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     font = _font(12)
-    left, right, top, bottom = 64, 16, 28, 44
-    pts = [p for s in series.values() for p in s]
+    right_series = {k: v for k, v in (right_series or {}).items() if v}
+    left, right, top, bottom = 64, (64 if right_series else 16), 28, 44
+    pts = [p for s in series.values() for p in s] + [p for s in right_series.values() for p in s]
     d.text((left, 6), title, fill=(0, 0, 0), font=font)
     d.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
     if not pts:
@@ -97,6 +102,40 @@ def score_plot(series: Dict[str, List[Sequence[float]]], title: str = "", width:
                 steps.append(p)
             d.line(steps, fill=col, width=2)
         d.text((width - right - 150, top + 6 + 14 * n), name, fill=col, font=font)
+    if right_series:
+        rp = [p for s in right_series.values() for p in s]
+        r0, r1 = min(p[1] for p in rp), max(p[1] for p in rp)
+        if r1 - r0 < 1e-12:
+            r0, r1 = r0 - 0.5, r1 + 0.5
+        rs = r1 - r0
+        r0, r1 = r0 - 0.05 * rs, r1 + 0.05 * rs
+
+        def ry(y):
+            return height - bottom - (y - r0) / (r1 - r0) * (height - top - bottom)
+        for k in range(5):
+            yv = r0 + (r1 - r0) * k / 4
+            Y = ry(yv)
+            d.line([width - right, Y, width - right + 4, Y], fill=(0, 0, 0))
+            d.text((width - right + 6, Y - 6), f"{yv:.3g}", fill=(0, 0, 0), font=font)
+        d.text((width - right - 40, top - 20), right_label + " (right)", fill=(0, 0, 0), font=font)
+        for m, (name, s) in enumerate(right_series.items()):
+            col = colours[(len(series) + m) % len(colours)]
+            pts_r = [(px(x, y0)[0], ry(y)) for x, y in s]
+            steps = []
+            for i, p in enumerate(pts_r):
+                if i:
+                    steps.append((p[0], steps[-1][1]))
+                steps.append(p)
+            for a, b in zip(steps, steps[1:]):  # dashed: every other short piece
+                n_d = max(1, int(math.hypot(b[0] - a[0], b[1] - a[1]) // 6))
+                for t in range(0, n_d, 2):
+                    p0 = (a[0] + (b[0] - a[0]) * t / n_d, a[1] + (b[1] - a[1]) * t / n_d)
+                    p1 = (a[0] + (b[0] - a[0]) * (t + 1) / n_d, a[1] + (b[1] - a[1]) * (t + 1) / n_d)
+                    d.line([p0, p1], fill=col, width=2)
+            if len(steps) == 1:
+                X, Y = steps[0]
+                d.ellipse([X - 3, Y - 3, X + 3, Y + 3], outline=col)
+            d.text((width - right - 150, top + 6 + 14 * (len(series) + m)), name + " - -", fill=col, font=font)
     return to_tensor(img)
 
 

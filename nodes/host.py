@@ -44,7 +44,8 @@ class ComfyHost:
 
     def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: Progress,
                  micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0,
-                 book: Optional[ScoreBook] = None, keep_images: int = 0):
+                 book: Optional[ScoreBook] = None, keep_images: int = 0, held_out=None, held_stride: int = 1,
+                 watch: Optional[Dict] = None):
         self.plan = plan
         self.clock = plan.clock
         self.vae = vae
@@ -63,6 +64,11 @@ class ComfyHost:
         # instead of decoding its finalists again
         self._keep_images = int(keep_images)
         self._images: List[Tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (score, row, latent, image)
+        # NFEs spent and the held-out verifier's sample (search/guard.py), shared with coarse hosts:
+        # every held_stride-th finished candidate is scored by it too, never to choose
+        self.watch = watch if watch is not None else {
+            "nfe": 0, "finished": 0, "rows": [], "held_out": held_out, "stride": max(1, int(held_stride)),
+            "book": ScoreBook(held_out, prompt) if held_out is not None else None}
 
     # ------------------------------------------------------------------ facts
     @property
@@ -151,6 +157,7 @@ class ComfyHost:
         if not state.index < end <= self.steps:
             raise ValueError(f"cannot sample from step {state.index} to {end} of a {self.steps}-step schedule")
         out, x0, batch = self._run(state, self.sigmas[state.index:end + 1], seeds)
+        self.watch["nfe"] += len(state) * self.nfe(state.index, end)
         if end == self.steps:
             x0 = out  # the final sample is the clean latent
         return State(torch.zeros_like(out), out, end, batch), x0
@@ -161,6 +168,7 @@ class ComfyHost:
             return state.latent
         sig = self.sigmas[state.index:state.index + 2]
         _, x0, _ = self._run(state, sig, seeds, sampler=comfy.samplers.sampler_object("euler"))
+        self.watch["nfe"] += len(state) * self.nfe_predict
         return x0
 
     def _coefficients(self, index: int, as_start: bool) -> Tuple[float, float]:
@@ -200,10 +208,25 @@ class ComfyHost:
         return self.book.count
 
     def score(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._score(latents, finished=True)
+
+    def score_preview(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scores of x0-predictions part-way through the schedule: never in the held-out sample."""
+        return self._score(latents, finished=False)
+
+    def _score(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
         images = self.decode(latents)
         first = self.book.count
         with self.clock.phase("verify"):
             scores = self.book.add(images)
+        w = self.watch
+        if finished and w["book"] is not None:
+            pick = [j for j in range(images.shape[0]) if (w["finished"] + j) % w["stride"] == 0]
+            w["finished"] += images.shape[0]
+            if pick:
+                with self.clock.phase("verify"):
+                    w["book"].add(images[pick])
+                w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for j in pick)
         if self._keep_images and not self.relative:
             for j, sc in enumerate(scores.tolist()):
                 if math.isfinite(sc):
@@ -237,5 +260,5 @@ class ComfyHost:
             sig = resample_sigmas(self.sigmas, steps)
         # one score book: a relative verifier ranks the coarse and the full candidates together
         return ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
-                         sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book)
+                         sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book, watch=self.watch)
 

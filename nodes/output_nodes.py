@@ -94,11 +94,17 @@ class ScorePlot:
         }}
 
     def plot(self, scores, width, height, scores_2=None, scores_3=None):
-        series = {}
+        series, held = {}, {}
         for i, rep in enumerate(r for r in (scores, scores_2, scores_3) if r is not None):
             name = f"{i + 1}: {rep.algorithm}"
             series[name] = [(float(t["nfe"]), float(t["best"])) for t in rep.trace]
-        return (score_plot(series, title=f"verifier: {scores.verifier[:80]}", width=width, height=height),)
+            h = getattr(rep, "held_out", None) or {}
+            if h.get("trace"):  # the guard's curve: the held-out score of what the search would pick
+                held[f"{i + 1}: held-out"] = [(float(t["nfe"]), float(t["held_out"])) for t in h["trace"]]
+        label = next((f"held-out: {r.held_out['verifier'][:40]}" for r in (scores, scores_2, scores_3)
+                      if r is not None and getattr(r, "held_out", None)), "held-out")
+        return (score_plot(series, title=f"verifier: {scores.verifier[:80]}", width=width, height=height,
+                           right_series=held, right_label=label),)
 
 
 class SaveSearchImage:

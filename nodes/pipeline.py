@@ -29,12 +29,16 @@ from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
 from .sampling import SamplingPlan, SearchInputError, decode, output_latent
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
+from ..search import guard
 from ..search.report import Finalist, SearchReport
+
+
+HELD_OUT_SAMPLES = 32  # finished candidates the held-out verifier scores (besides the winner), at most about
 
 
 def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifier, prompt: str, seed: int,
                candidates: int, top_k: int, micro_batch: int = 0, exact_winner: bool = True,
-               settings: Dict[str, Any] = None):
+               settings: Dict[str, Any] = None, held_out=None):
     """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise)."""
     t0 = time.perf_counter()
     strategy = strategy if strategy is not None else Strategy("random")
@@ -48,7 +52,12 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     budget = int(strategy.budget_nfe) or n * est
     progress = Progress(total=budget + top_k * est, model=plan.model)
     batch = plan.micro_batch(n, micro_batch)
-    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k)
+    if held_out is not None and held_out is verifier:
+        raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
+                               "search fooled it: connect a different verifier (another model or an ensemble), or "
+                               "leave held_out_verifier empty")
+    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
+                     held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES))
     try:
         report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
                                          verifier=getattr(verifier, "name", "verifier"))
@@ -72,6 +81,11 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
+    if held_out is not None:
+        with plan.clock.phase("verify"):
+            report.held_out = held_out_report(host, report, finalists, images, verifier)
+        if report.held_out["warning"]:
+            report.notes.append(report.held_out["warning"])
     report.phases = plan.clock.to_dict(time.perf_counter() - t0)
     best = finalists[0]
     return (images[:1], output_latent(latent, latents[:1]), images, report) + winner_noise(plan, best)
@@ -109,6 +123,27 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
         latents.append(lat.cpu())
         images.append(img.cpu())
     return torch.cat(images), torch.cat(latents)
+
+
+def held_out_report(host: ComfyHost, report: SearchReport, finalists: List[Finalist], images: torch.Tensor,
+                    verifier) -> Dict[str, Any]:
+    """The guard's summary: the held-out verifier's scores of its sample and of the winner's output image."""
+    w = host.watch
+    book = w["book"]
+    n = book.count
+    book.add(images[:1])  # the winner as returned (after any exact re-render)
+    held = book.all().tolist()
+    search_all = host.rescore().tolist()
+    rows = [{"nfe": r["nfe"], "search": float(search_all[r["row"]]), "held_out": float(held[i])}
+            for i, r in enumerate(w["rows"])]
+    best = finalists[0].result
+    win = best.final_score if best.final_score is not None else best.score
+    return guard.summary(search_name=getattr(verifier, "name", "verifier"),
+                         held_out_name=getattr(w["held_out"], "name", "held-out verifier"),
+                         search_scores=[c.score for c in report.candidates], winner_search=float(win),
+                         sampled_search=[r["search"] for r in rows], sampled_held_out=held[:n],
+                         winner_held_out=float(held[n]), top_k_images=images,
+                         trace=guard.running_best_trace(rows), stride=w["stride"])
 
 
 def winner_noise(plan: SamplingPlan, best: Finalist):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .pipeline import run_search
 from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
 from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
+from ..search import guard
 from ..search.noise import SEED_MAX
 
 SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
@@ -83,12 +84,18 @@ class SearchLoop:
                                "Costs top_k generations at batch 1. Off: the search's own batched samples are "
                                "returned (the same images up to floating-point round-off), no extra cost. Paths and "
                                "particles are always the search's own samples."}),
+                "held_out_verifier": (VERIFIER, {
+                    "tooltip": "Optional over-optimisation guard: a second verifier that never chooses. It scores "
+                               "the winner and a sample of about 32 finished candidates; the report's held_out "
+                               "section compares the winner with the median candidate on both verifiers, and a "
+                               "warning appears on the node when the search score rose while the held-out score "
+                               "fell below the median."}),
             },
         }
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
-               guider=None, micro_batch=0, exact_winner=True):
+               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -99,8 +106,11 @@ class SearchLoop:
                             sampler=sampler, sigmas=sigmas, guider=guider)
         settings = {"scheduler": scheduler if plan.mode == "ksampler" else None, "cfg": float(cfg),
                     "denoise": float(denoise) if plan.mode == "ksampler" else None}
-        return run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
-                          bool(exact_winner), settings)
+        out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
+                         bool(exact_winner), settings, held_out=held_out_verifier)
+        if held_out_verifier is None:
+            return out
+        return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}
 
 
 NODES = [(SearchLoop, "SearchLoop", "Search Loop (best of N)")]

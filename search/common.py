@@ -36,6 +36,12 @@ def checked_scores(scores: torch.Tensor, n: int, labels: Sequence[str], verifier
     return out
 
 
+def score_x0(host: SearchHost, latents: torch.Tensor) -> torch.Tensor:
+    """Scores of x0-predictions (part-way previews, not finished candidates): the host's ``score_preview``
+    when it has one (ComfyUI's host keeps previews out of the held-out verifier's sample), else ``score``."""
+    return getattr(host, "score_preview", host.score)(latents)
+
+
 def top_k_indices(scores: Sequence[float], k: int) -> List[int]:
     """Indices of the k highest scores, best first; ties go to the lower index."""
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))

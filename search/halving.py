@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .common import TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, top_k_indices
+from .common import (TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, score_x0,
+                     top_k_indices)
 from .host import SearchHost, final_latents
 from .noise import seeds_for, wrap_seed
 from .paths import relative_levels
@@ -122,10 +123,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     return cov / math.sqrt(va * vb)
 
 
-def _scores(host: SearchHost, latents, labels, verifier) -> List[float]:
+def _scores(host: SearchHost, latents, labels, verifier, final: bool) -> List[float]:
     """Scores of these rows; with a relative verifier, recombined over every row scored so far."""
     first = int(getattr(host, "scored_rows", 0))
-    s = checked_scores(host.score(latents), len(labels), labels, verifier)
+    s = checked_scores(host.score(latents) if final else score_x0(host, latents), len(labels), labels, verifier)
     if bool(getattr(host, "relative", False)):
         s = host.rescore().reshape(-1).tolist()[first:first + len(labels)]
     return s
@@ -139,16 +140,16 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
     gen = generation_nfe(host)
     check_budget(budget_nfe, gen * int(top_k), f"successive halving with top_k {top_k} (one generation each)")
     points = prune_points(host, int(p["rounds"]), float(p["first_level"]), float(p["last_level"]))
-    n = int(p["candidates"]) or candidates_for_budget(host, budget_nfe, keep, points, top_k)
+    n = int(p["starts"]) or candidates_for_budget(host, budget_nfe, keep, points, top_k)
     check_top_k(top_k, n, "the number of candidates")
     need = plan_cost(host, n, keep, points, top_k)
     check_budget(budget_nfe, need, f"successive halving with {n} candidates")
     live_plan = survivors(n, keep, len(points), top_k)
-    if not p["candidates"]:
+    if not p["starts"]:
         live_plan = fill_last_stage(host, live_plan, points, budget_nfe)
     base = wrap_seed(seed)
     report = SearchReport(algorithm="halving", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
-                          settings={"candidates": n, "keep": keep, "budget_nfe": int(budget_nfe),
+                          settings={"started": n, "keep": keep, "budget_nfe": int(budget_nfe),
                                     "prune_indices": points, "prune_levels": [relative_levels(host)[i] for i in points],
                                     "planned_survivors": live_plan, "stages": [], "rank_correlation": []})
     if not points:
@@ -166,7 +167,7 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
         state, x0 = host.sample(state, point, [seeds[i] for i in alive])
         spent += len(alive) * int(host.nfe(start, point))
         labels = [f"halving x0 at step {point}: candidate {i} (seed {seeds[i]})" for i in alive]
-        sc = _scores(host, x0, labels, verifier)
+        sc = _scores(host, x0, labels, verifier, final=False)
         for i, v in zip(alive, sc):
             early.setdefault(i, []).append(v)
         fired = stopper.see(max(sc), spent)
@@ -184,7 +185,7 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
     spent += len(alive) * int(host.nfe(start, T))
     latents = final_latents(state)
     labels = [f"halving candidate {i} (seed {seeds[i]})" for i in alive]
-    final = _scores(host, latents, labels, verifier)
+    final = _scores(host, latents, labels, verifier, final=True)
     keeper = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     for row, (i, v) in enumerate(zip(alive, final)):
@@ -199,9 +200,9 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
     report.nfe_total = spent
     stopper.close(report, budget_nfe, spent)
     if spent < int(budget_nfe) and not stopper.fired:
-        if p["candidates"]:
-            report.settings["unspent_reason"] = (f"candidates is fixed at {n} (0 sizes the search from the budget), "
-                                                 "so the rest was left")
+        if p["starts"]:
+            report.settings["unspent_reason"] = (f"starts is fixed at {n} (0 sizes the search from the budget), so "
+                                                 "the rest was left")
         else:
             report.settings["unspent_reason"] = (f"one more candidate would need "
                                                  f"{plan_cost(host, n + 1, keep, points, top_k) - need} NFEs and one "
@@ -224,7 +225,8 @@ ALGORITHM = Algorithm(
                  "final scores, so you can see whether pruning was safe for your model. Finalists replay in a stock "
                  "KSampler from their seed. Needs a single-step sampler."),
     params=(
-        Param("candidates", 0, "Starting candidates; 0 = as many as the budget holds.", min=0, max=65536),
+        Param("starts", 0, "Candidates started; 0 = as many as the budget holds (more than random search could "
+                           "finish).", min=0, max=65536),
         Param("keep", 0.5, "Fraction of the live candidates kept at each prune point (at least top_k).",
               min=0.05, max=0.95, step=0.05),
         Param("rounds", 2, "Prune points.", min=1, max=16),

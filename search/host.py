@@ -102,6 +102,10 @@ class SearchHost(Protocol):
     @property
     def scored_rows(self) -> int: ...  # rows scored so far
 
+    # optional: ``score_preview(latents)``, the same as ``score`` for x0-predictions part-way through the
+    # schedule (algorithms reach it through ``search.common.score_x0``); a host that treats finished
+    # candidates specially (the held-out verifier's sample) tells them apart by it
+
     def rescore(self) -> torch.Tensor:
         """Every row scored so far, recombined over all of them (equal to the
         scores already returned for an absolute verifier)."""

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Tuple  # noqa: F401
 import torch
 
 from .common import (TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, finalist,
-                     generation_nfe, top_k_indices)
+                     generation_nfe, score_x0, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
@@ -152,7 +152,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
         spent += k * probe
         report.settings["probe_nfe"] += k * probe
         labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
-        r = torch.tensor(checked_scores(host.score(x0), k, labels, verifier), dtype=torch.float64)
+        r = torch.tensor(checked_scores(score_x0(host, x0), k, labels, verifier), dtype=torch.float64)
         report.settings["reward_evaluations"] += k
         run_max = torch.maximum(run_max, r)
         run_sum = run_sum + r

@@ -44,7 +44,7 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from .common import (TAG_PATHS, TopK, check_budget, check_top_k, checked_scores, derived_noise, end_level, finalist,
-                     generation_nfe, top_k_indices)
+                     generation_nfe, score_x0, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
@@ -201,7 +201,7 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         at_end = b_idx == T
         cand = final_latents(new_state) if at_end else x0
         row_labels = [f"{labels[q]} r{rnd} m{j}" for q in range(N) for j in range(m)]
-        scores = checked_scores(host.score(cand), N * m, row_labels, verifier)
+        scores = checked_scores(host.score(cand) if at_end else score_x0(host, cand), N * m, row_labels, verifier)
         keep = top_k_indices(scores, N)
         row_nfe = [lineage_nfe[q] + host.nfe(f_idx, b_idx) for q in range(N) for _ in range(m)]
         row_recipes = [{"seed": recipes[q]["seed"],

@@ -100,6 +100,7 @@ class SearchReport:
     rerender_nfe: int = 0   # NFEs of the finalist step's batch-1 exact re-renders (not part of nfe_total)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)  # {"denoise": {"seconds", "calls"}, ...}
     notes: List[str] = field(default_factory=list)  # what the user should know (budget left unspent, ...)
+    held_out: Dict[str, Any] = field(default_factory=dict)  # the over-optimisation guard (search/guard.py), if on
 
     def finalize(self) -> "SearchReport":
         """Ranks 1..N by score; ties go to the lower candidate index."""

@@ -176,6 +176,9 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     shutil.copy(ver / "tiny-clip.json", ver / "broken-clip.json")
     build_tiny_clip_768(str(ver), "tiny-clip-768", seed=1)
     build_aesthetic_mlp(str(ver), "tiny-aesthetic.pth", seed=2)
+    # held-out verifiers for the over-optimisation guard: exactly anti-correlated / correlated with it
+    build_aesthetic_mlp(str(ver), "tiny-aesthetic-negated.pth", seed=2, gain=-1.0)
+    build_aesthetic_mlp(str(ver), "tiny-aesthetic-doubled.pth", seed=2, gain=2.0)
     build_tiny_verifiers_ii(str(ver))  # tiny-imagereward/, tiny-pickscore/, tiny-hps.pt
     return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
 

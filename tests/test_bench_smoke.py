@@ -25,7 +25,7 @@ def test_gpu_search_smoke(tmp_path):
     comfy = comfyui_dir()
     current = os.path.isdir(os.path.join(comfy, "comfy", "ldm", "flux"))
     # the peer pack is not vendored (bench/README.md puts it in .peer/); the 2024 host has no FLUX
-    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sdxl.limit", "sdxl.ours"]
+    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sd15.halving", "sdxl.limit", "sdxl.ours"]
     if os.path.isfile(os.path.join(PEER, "__init__.py")):
         cases.append("sd15.peer")
     if current:
@@ -75,6 +75,12 @@ def test_gpu_search_smoke(tmp_path):
         "name": "zero_order", "budget_nfe": 0, "coarse_steps": 0, "rerender": 0}
     assert zo["strategy"]["params"]["neighbours"] == 2 and zo["strategy"]["params"]["cosine"] == 0.95
     assert zo["nfe_total"] == 4 * 2 and zo["extra_costs"]["images_scored"] == 4 + zo["calls"]["rerender"]
+    # successive halving at N's budget (4 x 2 steps) and half of it, against random search at N and N/2
+    for name in ("sd15.halving.random.n4", "sd15.halving.random.n2", "sd15.halving.b8", "sd15.halving.b4"):
+        assert by[name]["status"] == "ok", by[name]
+    h8 = by["sd15.halving.b8"]
+    assert h8["algorithm"] == "halving" and h8["nfe_total"] <= 8 and h8["settings"]["started"] >= 4
+    assert h8["replay"] == "ksampler" and by["sd15.halving.b4"]["nfe_total"] <= 4
     paths = by["sd15.strat.paths.n4"]
     assert paths["strategy"]["params"]["noises_per_path"] == 2
     assert paths["calls"]["rerender"] == 0 and paths["replay"] == "lineage"  # no stock node replays a lineage

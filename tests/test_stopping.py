@@ -164,7 +164,7 @@ def test_halving_spends_at_most_its_budget_and_keeps_the_right_fraction(budget_g
     host = gaussian_host(steps=10, micro_batch=micro_batch)
     budget = 10 * budget_gens
     rep, fin = halving_search(host, seed=4, budget_nfe=budget, top_k=1)
-    n = rep.settings["candidates"]
+    n = rep.settings["started"]
     pts = rep.settings["prune_indices"]
     live = [s["live"] for s in rep.settings["stages"]] + [rep.settings["finished"]]
     assert rep.nfe_total == host.nfe_rows == cost_of(host, live, pts) <= budget

@@ -20,6 +20,8 @@ STRATEGIES = {
                                        "ess_threshold": 0.0, "budget_nfe": 0}),
     "evolution": ("EvolutionStrategy", {"population": 3, "elites": 1, "tournament": 2, "mutation": 0.3,
                                         "budget_nfe": 0}),
+    "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
+                                              "last_level": 0.4, "budget_nfe": 0}),
 }
 
 
@@ -206,3 +208,50 @@ def test_random_strategy_refuses_a_budget_below_one_generation(comfy):
                           {"budget_nfe": budget})
         err = execution_error(comfy.run(g))
         assert err is not None and "too small" in err["exception_message"], budget
+
+
+def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy):
+    import numpy as np
+    from graphs import ksampler_graph
+    from test_server import image_of, latent_file
+    g = with_strategy(search_graph(seed=40, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="halving"),
+                      "halving")
+    entry = comfy.run_ok(g)
+    rep = report_of(entry)
+    s = rep["settings"]
+    assert rep["algorithm"] == "halving" and rep["nfe_total"] <= 4 * 6
+    assert s["started"] > 4  # more starts than random search could finish at this budget
+    assert len(s["stages"]) == len(s["prune_indices"]) >= 1 and len(s["rank_correlation"]) == len(s["stages"])
+    assert [st["live"] for st in s["stages"]][0] == s["started"]
+    best = rep["best"]
+    assert best["replay"] == "ksampler" and best["seed"] >= 40
+    stock = comfy.run_ok(ksampler_graph(seed=best["seed"], steps=6, prefix="halving_stock"))
+    assert torch.equal(latent_file(comfy, stock), latent_file(comfy, entry))
+    assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
+
+
+def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
+    for name in ("random", "zero_order"):
+        g = with_strategy(search_graph(seed=9, candidates=8, top_k=1, steps=3, micro_batch=1,
+                                       prefix=f"early_{name}"), name, {"budget_nfe": 0})
+        g["42"] = {"class_type": PREFIX + "EarlyStop", "inputs": {
+            "mode": "target score", "target_score": -1000.0, "patience": 8, "min_improvement": 0.0,
+            "strategy": g["6"]["inputs"]["strategy"]}}
+        g["6"]["inputs"]["strategy"] = ["42", 0]
+        rep = report_of(comfy.run_ok(g))
+        es = rep["settings"]["early_stop"]
+        assert es["stopped"] and "target" in es["reason"], es
+        assert rep["nfe_total"] < 8 * 3 and es["nfe_saved"] == 8 * 3 - rep["nfe_total"]
+        assert any("stopped early" in n for n in rep["notes"])
+    # a rank ensemble's scores are relative: refused with a message on the node
+    g = with_strategy(search_graph(seed=9, candidates=4, top_k=1, steps=3, prefix="early_rel"), "random",
+                      {"budget_nfe": 0})
+    g["43"] = {"class_type": PREFIX + "VerifierEnsemble", "inputs": {"mode": "mean_rank", "verifier_1": ["5", 0],
+                                                                     "weight_1": 1.0}}
+    g["6"]["inputs"]["verifier"] = ["43", 0]
+    g["42"] = {"class_type": PREFIX + "EarlyStop", "inputs": {
+        "mode": "plateau", "target_score": 0.0, "patience": 2, "min_improvement": 0.0,
+        "strategy": g["6"]["inputs"]["strategy"]}}
+    g["6"]["inputs"]["strategy"] = ["42", 0]
+    err = execution_error(comfy.run(g))
+    assert err is not None and "relative" in err["exception_message"]

@@ -57,13 +57,19 @@ def build_tiny_clip_768(folder: str, name: str = "tiny-clip-768", seed: int = 0)
     return path
 
 
-def build_aesthetic_mlp(folder: str, name: str = "tiny-aesthetic.pth", seed: int = 0, input_size: int = 768) -> str:
+def build_aesthetic_mlp(folder: str, name: str = "tiny-aesthetic.pth", seed: int = 0, input_size: int = 768,
+                        gain: float = 1.0) -> str:
     """The real (full-size) predictor head with random weights, saved like the
-    published file: torch.save of the state dict."""
+    published file: torch.save of the state dict.  The head is linear end to
+    end, so ``gain`` (on its last layer) scales its scores exactly: -1 gives a
+    verifier anti-correlated with the same seed's, 2 a correlated one."""
     from verifiers.aesthetic import AestheticMLP
     os.makedirs(folder, exist_ok=True)
     torch.manual_seed(seed)
     mlp = AestheticMLP(input_size)
+    with torch.no_grad():
+        mlp.layers[-1].weight.mul_(gain)
+        mlp.layers[-1].bias.mul_(gain)
     path = os.path.join(folder, name)
     torch.save(mlp.state_dict(), path)
     return path

@@ -211,11 +211,9 @@ def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategi
         params, derived = fit_sizes(alg, overrides.get(alg, {}), budget, gen)
         fs = "stochastic" if alg == "particles" else "deterministic"
         out.append(Method(LABELS[alg], alg, sto if alg == "particles" else det, fs, params, derived))
-    if patience:  # early stopping on a plateau, for random search and successive halving
-        for alg in ("random",) + tuple(a for a in strategies if a == "halving"):
-            label = LABELS.get(alg, alg)
-            out.append(Method(f"{label} + early stop (patience {patience})", alg, det, "deterministic",
-                              dict(overrides.get(alg, {})), stop=StopRule(patience=int(patience))))
+    if patience:  # early stopping on a plateau of random search (patience counts candidates)
+        out.append(Method(f"random + early stop (patience {patience})", "random", det, "deterministic",
+                          dict(overrides.get("random", {})), stop=StopRule(patience=int(patience))))
     if extras:
         out.append(Method("more steps (1 sample)", "random", det, "deterministic", {}, steps=budget))
         out.append(Method("coarse-to-fine random", "random", det, "deterministic", {"rerender": 4}, coarse_steps=4))
@@ -586,7 +584,7 @@ def main(argv=None):
     ap.add_argument("--extras", action="store_true", help="add 'more steps (1 sample)' and coarse-to-fine random rows "
                     "(on in --smoke)")
     ap.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
-                    help="add random search and successive halving with early stopping on a plateau of PATIENCE")
+                    help="add random search with early stopping on a plateau of PATIENCE candidates")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
                     "markdown of finished runs from their JSON")
