@@ -217,9 +217,10 @@ def run_sizes(fam, *, prompts: int, multipliers, large_steps, smoke: bool, train
     return {"meta": meta, "rows": rows, "matches": matches}
 
 
+# the metrics on which a match is looked for (diversity is reported, not matched: samples far from the data are
+# "diverse" too); verifier log p is the search's own reward, not a held-out metric
 METRICS = (("judge_acc", "judge accuracy", +1), ("fd", "Fréchet distance", -1), ("judge_logp", "judge log p", +1),
-           ("diversity", "diversity", +1), ("verifier", "verifier log p", +1))
-HELD_OUT = ("judge_acc", "fd", "judge_logp")
+           ("verifier", "verifier log p", +1))
 
 
 def search_methods(rows) -> List[str]:
@@ -232,7 +233,8 @@ def search_methods(rows) -> List[str]:
 
 def find_matches(rows, ref) -> Dict[str, Any]:
     """For each small-model search method and metric: the smallest measured compute (in units of the large
-    reference sample) at which its point estimate is at least as good as the reference's; None if never."""
+    reference sample) at which its point estimate is at least as good as the reference's (with the difference and
+    its standard error); None if never."""
     out: Dict[str, Any] = {}
     measured = [r for r in rows if r.get("model") == "small" and "multiplier" in r and "compute_x" in r]
     for key, _, sign in METRICS:
@@ -240,8 +242,11 @@ def find_matches(rows, ref) -> Dict[str, Any]:
         for mth in search_methods(rows):
             pts = sorted((r for r in measured if r["method"] == mth), key=lambda r: r["compute_x"])
             hit = next((r for r in pts if sign * (r[key] - ref[key]) >= 0), None)
-            per[mth] = None if hit is None else {"compute_x": hit["compute_x"], "multiplier": hit["multiplier"],
-                                                 "budget_nfe": hit["budget_nfe"], "value": hit[key]}
+            per[mth] = None if hit is None else {
+                "compute_x": hit["compute_x"], "multiplier": hit["multiplier"], "budget_nfe": hit["budget_nfe"],
+                "value": hit[key], "delta": hit[key] - ref[key],
+                # unpaired: different models (the same prompts, but not the same samples)
+                "delta_se": math.sqrt(hit.get(key + "_se", 0.0) ** 2 + ref.get(key + "_se", 0.0) ** 2)}
         hits = [(v["compute_x"], k) for k, v in per.items() if v is not None]
         out[key] = {"reference": ref[key], "methods": per,
                     "first": None if not hits else {"method": min(hits)[1], "compute_x": min(hits)[0]}}
@@ -297,8 +302,10 @@ def markdown(d) -> str:
                  f"{_pm(r, 'fd', 1)} | {_pm(r, 'diversity', 2)} | {_pm(r, 'verifier')} | {_pm(r, 'judge_logp')} |")
     L += ["", "## Where the small model with search first matches the large model's reference sample", "",
           "Smallest measured compute (x one large sample) at which the method's point estimate is at least as good "
-          "as the reference's (judge accuracy, judge log p, diversity, verifier: ≥; FD: ≤); \"never\" = at no "
-          f"budget up to {max(meta['multipliers'])}x. Held-out metrics: judge accuracy, FD, judge log p.", "",
+          "as the reference's (judge accuracy, judge log p, verifier: ≥; FD: ≤), with the difference to the "
+          "reference there ± its standard error (unpaired); \"never\" = at no budget up to "
+          f"{max(meta['multipliers'])}x. Held-out metrics: judge accuracy, FD, judge log p; the verifier is the "
+          "search's own reward.", "",
           "| method | " + " | ".join(f"{name} (large: {matches[k]['reference']:.3f})" if k != "fd" else
                                      f"{name} (large: {matches[k]['reference']:.1f})" for k, name, _ in METRICS) + " |",
           "|---|" + "---|" * len(METRICS)]
@@ -306,7 +313,9 @@ def markdown(d) -> str:
         cells = []
         for k, _, _ in METRICS:
             v = matches[k]["methods"][mth]
-            cells.append("never" if v is None else f"{v['compute_x']:.2f}x ({v['budget_nfe']} NFE)")
+            nd = 1 if k == "fd" else 3
+            cells.append("never" if v is None else f"{v['compute_x']:.2f}x ({v['budget_nfe']} NFE; "
+                         f"Δ {v['delta']:+.{nd}f} ± {v['delta_se']:.{nd}f})")
         L.append(f"| {mth} | " + " | ".join(cells) + " |")
     cells = []
     for k, _, _ in METRICS:
@@ -319,6 +328,9 @@ def markdown(d) -> str:
           f"Machine: {meta['machine']}, {meta['threads']} torch thread(s), shared with other jobs; commit "
           f"{meta['commit']}; command `{meta['command']}`; wall time {meta['wall_s']} s (training "
           f"{meta['train_wall_s']} s), process CPU time {meta['cpu_s']} s.", ""]
+    if meta.get("rerendered"):
+        L += [f"Matches and tables re-rendered from the JSON's rows (measurements unchanged) at commit "
+              f"{meta['rerendered']['commit']}: `{meta['rerendered']['command']}`.", ""]
     return "\n".join(L)
 
 
@@ -429,18 +441,34 @@ def main(argv=None):
     ap.add_argument("--train-steps", default="", help="denoiser training steps, both sizes, e.g. digits=2000,shapes=1200")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from the JSON files in --out-dir")
+    ap.add_argument("--rerender", action="store_true", help="only recompute the matches and rewrite the markdown and "
+                    "the plot from the JSON files in --out-dir (no model runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cmd = "python bench/quality/sizes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = " ".join(["python bench/quality/sizes.py"] + list(sys.argv[1:] if argv is None else argv))
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     for m in models:
         if m not in FAMILIES:
             raise SystemExit(f"unknown model '{m}'; pick from {', '.join(FAMILIES)}")
     os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "sizes.png")
-    if args.plot_only:
-        results = [json.load(open(os.path.join(args.out_dir, f"sizes_{m}.json"))) for m in models
-                   if os.path.exists(os.path.join(args.out_dir, f"sizes_{m}.json"))]
+    if args.plot_only or args.rerender:
+        results = []
+        for m in models:
+            path = os.path.join(args.out_dir, f"sizes_{m}.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as fh:
+                d = json.load(fh)
+            if args.rerender:
+                d["matches"] = find_matches(d["rows"], d["rows"][d["meta"]["reference"]["index"]])
+                d["meta"]["rerendered"] = {"commit": git_state(), "command": cmd}
+                with open(path, "w") as fh:
+                    json.dump(d, fh, indent=1)
+                with open(os.path.splitext(path)[0] + ".md", "w") as fh:
+                    fh.write(markdown(d))
+                print(f"re-rendered {path}")
+            results.append(d)
         print(f"wrote {plot(results, png)}")
         return []
     train = dict(SMOKE_TRAIN_STEPS if args.smoke else TRAIN_STEPS)
