@@ -351,15 +351,16 @@ def plot(results: List[Dict[str, Any]], path: str) -> str:
     """One panel per (family, held-out metric): metric against compute (log axis, x one large sample), one curve
     per small-model method, the large model's reference sample as a horizontal line."""
     from PIL import Image, ImageDraw
-    metrics = (("judge_acc", "held-out judge accuracy (higher is better)"), ("fd", "Frechet distance (lower is better)"))
+    metrics = (("judge_acc", "held-out judge accuracy (higher is better)"),
+               ("fd", "Frechet distance, log scale (lower is better)"))
     pw, ph, ml, mr, mt, mb = 560, 360, 70, 20, 40, 50
     legend_h = 70
     W, H = pw * len(metrics), ph * len(results) + legend_h + 30
     img = Image.new("RGB", (W, H), "white")
     dr = ImageDraw.Draw(img)
     f_s, f_m, f_l = _font(12), _font(14), _font(16)
-    dr.text((10, 8), "Small model + search (curves) vs one sample of the large model (dashed), at matched FLOPs",
-            fill="black", font=f_l)
+    dr.text((10, 8), "Small model + search (curves, ± 1 SE) vs one sample of the large model (dashed), at matched "
+            "FLOPs", fill="black", font=f_l)
     methods: List[str] = []
     for res in results:
         for m in search_methods(res["rows"]):
@@ -376,7 +377,9 @@ def plot(results: List[Dict[str, Any]], path: str) -> str:
         for mi, (key, title) in enumerate(metrics):
             ox, oy = mi * pw, top0 + fi * ph
             x0, x1, y0, y1 = ox + ml, ox + pw - mr, oy + mt, oy + ph - mb
-            vals = [r[key] for r in pts] + [ref[key]]
+            logy = key == "fd"  # FDs span orders of magnitude (samples far from the data)
+            tf = (lambda v: math.log10(max(v, 1e-9))) if logy else (lambda v: v)
+            vals = [tf(r[key] + sg * r.get(key + "_se", 0.0)) for r in pts + [ref] for sg in (-1, 1)]
             lo, hi = min(vals), max(vals)
             pad = (hi - lo) * 0.08 or 0.05
             lo, hi = lo - pad, hi + pad
@@ -385,7 +388,7 @@ def plot(results: List[Dict[str, Any]], path: str) -> str:
                 return x0 + (math.log10(v) - lx0) / (lx1 - lx0) * (x1 - x0)
 
             def Y(v):
-                return y1 - (v - lo) / (hi - lo) * (y1 - y0)
+                return y1 - (tf(v) - lo) / (hi - lo) * (y1 - y0)
             dr.rectangle([x0, y0, x1, y1], outline="black")
             dr.text((x0, oy + 12), f"{meta['model']}: {title}", fill="black", font=f_m)
             for t in (0.1, 0.2, 0.5, 1, 2, 4):
@@ -393,25 +396,30 @@ def plot(results: List[Dict[str, Any]], path: str) -> str:
                     dr.line([X(t), y1, X(t), y1 + 4], fill="black")
                     dr.line([X(t), y0, X(t), y1], fill=(235, 235, 235))
                     dr.text((X(t) - 8, y1 + 6), f"{t:g}x", fill="black", font=f_s)
-            for i in range(5):
-                v = lo + (hi - lo) * i / 4
+            if logy:
+                ticks = [m * 10 ** k for k in range(int(math.floor(lo)) - 1, int(math.ceil(hi)) + 1) for m in (1, 2, 5)
+                         if lo <= math.log10(m * 10 ** k) <= hi]
+            else:
+                ticks = [lo + (hi - lo) * i / 4 for i in range(5)]
+            for v in ticks:
                 dr.line([x0 - 4, Y(v), x0, Y(v)], fill="black")
-                dr.text((ox + 4, Y(v) - 7), f"{v:.3g}" if key != "fd" else f"{v:.0f}", fill="black", font=f_s)
+                dr.text((ox + 4, Y(v) - 7), f"{v:g}" if logy else f"{v:.3g}", fill="black", font=f_s)
             dr.text((x0 + (x1 - x0) / 2 - 130, y1 + 22), "compute, x one large-model sample (log)", fill="black",
                     font=f_s)
             yr = Y(ref[key])  # the large model's reference sample
             for xx in range(int(x0), int(x1), 12):
                 dr.line([xx, yr, min(xx + 7, x1), yr], fill="black", width=2)
-            dr.text((x1 - 150, yr - 16 if yr > y0 + 20 else yr + 4), f"large, 1 sample ({meta['reference']['steps']} "
-                    "steps)", fill="black", font=f_s)
+            dr.text((x0 + 6, yr + 4 if yr < y1 - 20 else yr - 16), f"large, 1 sample ({meta['reference']['sampler']}, "
+                    f"{meta['reference']['steps']} steps)", fill="black", font=f_s)
             for m in search_methods(rows):
                 c = colour[m.replace("euler_ancestral_RF", "stochastic").replace("euler_ancestral", "stochastic")]
-                line = sorted(((r["compute_x"], r[key]) for r in pts if r["method"] == m))
-                xy = [(X(a), Y(b)) for a, b in line]
+                line = sorted(((r["compute_x"], r[key], r.get(key + "_se", 0.0)) for r in pts if r["method"] == m))
+                xy = [(X(a), Y(b)) for a, b, _ in line]
                 if len(xy) > 1:
                     dr.line(xy, fill=c, width=2)
-                for px, py in xy:
+                for (px, py), (_, b, se) in zip(xy, line):
                     dr.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+                    dr.line([px, Y(b - se), px, Y(b + se)], fill=c, width=1)  # ± 1 SE
     ly = top0 + len(results) * ph + 5
     for i, m in enumerate(methods + ["large model, 1 sample at its best step count"]):
         lx, yy = 20 + (i % 4) * (W // 4), ly + (i // 4) * 22
