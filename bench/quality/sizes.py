@@ -126,7 +126,7 @@ def run_sizes(fam, *, prompts: int, multipliers, large_steps, smoke: bool, train
     t_train = time.time() - t_start
     torch.set_grad_enabled(False)
 
-    x1, y1 = torch.randn((1,) + tuple(fam.shape)[1:]), torch.tensor([3])
+    x1, y1 = torch.zeros((1,) + tuple(fam.shape)[1:]), torch.tensor([3])
     sigma = 1.0  # the cost of a call does not depend on the noise level
     flops = {"small": count_flops(lambda: built.denoise(x1, sigma, y1)),
              "large": count_flops(lambda: large_denoise(x1, sigma, y1)),
@@ -326,7 +326,8 @@ def markdown(d) -> str:
            f"judge accuracy on the verifier's split {meta['judge_acc_on_verifier_split']:.3f}"]
     L += ["", f"Data: {meta['data']}. Real-image accuracy: {'; '.join(acc)}.", "",
           f"Machine: {meta['machine']}, {meta['threads']} torch thread(s), shared with other jobs; commit "
-          f"{meta['commit']}; command `{meta['command']}`; wall time {meta['wall_s']} s (training "
+          f"{meta['commit']}{' (' + meta['commit_note'] + ')' if meta.get('commit_note') else ''}; command "
+          f"`{meta['command']}`; wall time {meta['wall_s']} s (training "
           f"{meta['train_wall_s']} s), process CPU time {meta['cpu_s']} s.", ""]
     if meta.get("rerendered"):
         L += [f"Matches and tables re-rendered from the JSON's rows (measurements unchanged) at commit "
@@ -397,7 +398,7 @@ def plot(results: List[Dict[str, Any]], path: str) -> str:
                     dr.line([X(t), y0, X(t), y1], fill=(235, 235, 235))
                     dr.text((X(t) - 8, y1 + 6), f"{t:g}x", fill="black", font=f_s)
             if logy:
-                ticks = [m * 10 ** k for k in range(int(math.floor(lo)) - 1, int(math.ceil(hi)) + 1) for m in (1, 2, 5)
+                ticks = [m * 10 ** k for k in range(int(math.floor(lo)) - 1, int(math.ceil(hi)) + 1) for m in (1, 2, 3, 5)
                          if lo <= math.log10(m * 10 ** k) <= hi]
             else:
                 ticks = [lo + (hi - lo) * i / 4 for i in range(5)]
@@ -488,11 +489,12 @@ def main(argv=None):
              else ([0.1, 0.5, 2.0] if args.smoke else list(MULTIPLIERS)))
     lsteps = ([int(x) for x in args.large_steps.split(",")] if args.large_steps
               else ([5, 10] if args.smoke else list(LARGE_STEPS)))
+    commit = git_state()  # the code that runs (read before the run: later commits do not change it)
     results, written = [], []
     for name in models:
         d = run_sizes(FAMILIES[name], prompts=prompts, multipliers=mults, large_steps=lsteps, smoke=args.smoke,
                       train_steps=train[name], fd_reps=20 if args.smoke else FD_BOOTSTRAP)
-        d["meta"].update({"commit": git_state(), "machine": machine(), "command": cmd})
+        d["meta"].update({"commit": commit, "machine": machine(), "command": cmd})
         stem = os.path.join(args.out_dir, f"sizes_{name}")
         with open(stem + ".json", "w") as fh:
             json.dump(d, fh, indent=1)
