@@ -26,6 +26,7 @@ WHOLE_MODULE = {
     "test_browser.py": "browser",
     "test_bench_smoke.py": "bench",
     "test_bench_quality.py": "bench",
+    "test_bench_sizes.py": "bench",
 }
 NO_COMFYUI = {
     "test_verifiers.py": "verifiers",

@@ -34,6 +34,8 @@ class Built:
     held_x: torch.Tensor       # held-out real images (the judge never trained on the verifier's split)
     held_y: torch.Tensor
     meta: Dict[str, Any] = field(default_factory=dict)
+    net: Any = None            # the denoiser's network (parameter counts)
+    train_set: Any = None      # what the denoiser trained on: the family's train_denoiser trains others on it
 
 
 class Digits:
@@ -46,7 +48,8 @@ class Digits:
     description = ("scikit-learn 8x8 digits; class-conditional EPS diffusion MLP, SD's VP-discrete sigmas "
                    "(x = x0 + σ·ε); verifier MLP on split A, judge CNN on split B")
 
-    def build(self, *, smoke: bool, train_steps: int = 0, log=print) -> Built:
+    def build(self, *, smoke: bool, train_steps: int = 0, log=print, net: Dict[str, Any] = None) -> Built:
+        """``net``: the denoiser's size (EpsMLP keyword arguments; default the MLP with 256 hidden units)."""
         clf_steps = 150 if smoke else 800
         diff_steps = train_steps or self.default_train_steps
         data = load_digits_data(seed=0)
@@ -54,14 +57,21 @@ class Digits:
         t0 = time.process_time()
         verifier = train_classifier(VerifierMLP, data.x[A], data.y[A], clf_steps, seed=11)
         judge = train_classifier(JudgeCNN, data.x[B], data.y[B], clf_steps, seed=23)
-        diffusion = train_diffusion(data, diff_steps, seed=1, log=log)
+        diffusion = train_diffusion(data, diff_steps, seed=1, log=log, **(net or {}))
         meta = {"diffusion_train_steps": diff_steps, "classifier_train_steps": clf_steps,
                 "train_cpu_s": round(time.process_time() - t0, 1),
                 "verifier_acc_on_judge_split": accuracy(verifier, data.x[B], data.y[B]),
                 "judge_acc_on_verifier_split": accuracy(judge, data.x[A], data.y[A]),
                 "data": f"{len(A)} images (split A: diffusion + verifier), {len(B)} (split B: judge); "
                         "FD reference: all 1797 digits"}
-        return Built(diffusion.denoise, diffusion.sched, verifier, judge, data.x, data.x[B], data.y[B], meta)
+        return Built(diffusion.denoise, diffusion.sched, verifier, judge, data.x, data.x[B], data.y[B], meta,
+                     net=diffusion.net, train_set=data)
+
+    def train_denoiser(self, built: Built, *, steps: int, net: Dict[str, Any], log=print):
+        """Another denoiser of this family (size ``net``) trained like ``built``'s, on the same data and seed:
+        (D(x, σ, classes), its network)."""
+        diffusion = train_diffusion(built.train_set, steps, seed=1, log=log, **net)
+        return diffusion.denoise, diffusion.net
 
     def host(self, denoiser, scorer, *, steps: int, sampler: str, schedule) -> ToyHost:
         return ToyHost(denoiser, scorer, shape=self.shape, steps=steps, sampler=sampler, prediction="eps",
@@ -83,7 +93,8 @@ class Shapes:
         from shapes import SHAPE
         return SHAPE
 
-    def build(self, *, smoke: bool, train_steps: int = 0, log=print) -> Built:
+    def build(self, *, smoke: bool, train_steps: int = 0, log=print, net: Dict[str, Any] = None) -> Built:
+        """``net``: the denoiser's size (FlowUNet's c1, c2, emb; default 32, 64, 64)."""
         from shapes import ShapesJudge, ShapesVerifier, load_shapes_data, train_flow
         clf_steps = 60 if smoke else 800
         flow_steps = train_steps or (40 if smoke else self.default_train_steps)
@@ -91,7 +102,7 @@ class Shapes:
         t0 = time.process_time()
         verifier = train_classifier(ShapesVerifier, data.xa, data.ya, clf_steps, seed=11)
         judge = train_classifier(ShapesJudge, data.xb, data.yb, clf_steps, seed=23)
-        flow = train_flow(data.xa, data.ya, flow_steps, seed=1, log=log)
+        flow = train_flow(data.xa, data.ya, flow_steps, seed=1, log=log, **(net or {}))
         meta = {"diffusion_train_steps": flow_steps, "classifier_train_steps": clf_steps,
                 "train_cpu_s": round(time.process_time() - t0, 1),
                 "verifier_acc_on_judge_split": accuracy(verifier, data.xb, data.yb),
@@ -100,7 +111,15 @@ class Shapes:
                 "judge_acc_on_reference": accuracy(judge, data.xr, data.yr),
                 "data": f"{len(data.ya)} images (split A: flow model + verifier, seed 100), {len(data.yb)} "
                         f"(split B: judge, seed 200), {len(data.yr)} (reference: FD and real row, seed 300)"}
-        return Built(flow.denoise, flow.sched, verifier, judge, data.xr, data.xr, data.yr, meta)
+        return Built(flow.denoise, flow.sched, verifier, judge, data.xr, data.xr, data.yr, meta,
+                     net=flow.net, train_set=(data.xa, data.ya))
+
+    def train_denoiser(self, built: Built, *, steps: int, net: Dict[str, Any], log=print):
+        """Another flow model of this family (size ``net``) trained like ``built``'s, on the same data and seed:
+        (D(x, σ, classes), its network)."""
+        from shapes import train_flow
+        flow = train_flow(*built.train_set, steps, seed=1, log=log, **net)
+        return flow.denoise, flow.net
 
     def host(self, denoiser, scorer, *, steps: int, sampler: str, schedule):
         from shapes import FlowHost

@@ -318,30 +318,30 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequence[str],
-               overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print,
-               patience: int = 0):
-    t_start, c_start = time.time(), time.process_time()
-    log(f"[{fam.name}] training (smoke={smoke})")
-    built = fam.build(smoke=smoke, train_steps=train_steps, log=log)
-    t_train = time.time() - t_start
-    torch.set_grad_enabled(False)
-    verifier, judge = built.verifier, built.judge
-    ref_feats = judge.features(built.ref_x).numpy()
+class Evaluator:
+    """Runs methods over the prompts of one trained family in lock step and measures their winners.
 
-    def score_handler(_, x, y):
-        return torch.log_softmax(verifier(x), 1)[torch.arange(len(y)), y]
+    Prompt p has class p mod 10 and seed 1000 + p.  ``run_method`` takes the denoiser D(x, σ, classes) to search
+    with (default: the family's own), so one verifier, judge and reference set can measure several denoisers
+    (bench/quality/sizes.py).  Rows are appended to ``rows``; ``run_method`` and ``measure`` return the row and
+    the winners' latents."""
 
-    def den_handler(sigma, x, y):
-        return built.denoise(x, sigma, y)
+    def __init__(self, fam, built, prompts: int, log=print, t_start: float = 0.0):
+        self.fam, self.built, self.prompts, self.log = fam, built, int(prompts), log
+        self.t_start = t_start or time.time()
+        self.verifier, self.judge = built.verifier, built.judge
+        self.ref_feats = self.judge.features(built.ref_x).numpy()
+        self.classes = [p % 10 for p in range(self.prompts)]
+        self.seeds = [1000 + p for p in range(self.prompts)]
+        self.cls_t = torch.tensor(self.classes)
+        self.rows: List[Dict[str, Any]] = []
 
-    classes = [p % 10 for p in range(prompts)]
-    seeds = [1000 + p for p in range(prompts)]
-    cls_t = torch.tensor(classes)
-    rows: List[Dict[str, Any]] = []
+    def score_handler(self, _, x, y):
+        return torch.log_softmax(self.verifier(x), 1)[torch.arange(len(y)), y]
 
-    def measure(label, budget, sampler, note, lat, vscores, extra=None):
-        logits = judge(lat)
+    def measure(self, label, budget, sampler, note, lat, vscores, extra=None):
+        cls_t = self.cls_t
+        logits = self.judge(lat)
         lp = torch.log_softmax(logits, 1)[torch.arange(len(cls_t)), cls_t]
         correct = (logits.argmax(1) == cls_t).float()
         row = {"method": label, "budget_nfe": budget, "sampler": sampler, "note": note}
@@ -350,7 +350,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         row["judge_logp"], row["judge_logp_se"] = mean_se(lp.tolist())
         with warnings.catch_warnings():  # a smoke run has fewer winners than feature dimensions
             warnings.simplefilter("ignore")
-            row["fd"] = frechet_distance(judge.features(lat).numpy(), ref_feats)
+            row["fd"] = frechet_distance(self.judge.features(lat).numpy(), self.ref_feats)
         per = []
         for c in range(10):
             z = lat[cls_t == c].flatten(1)
@@ -360,35 +360,41 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         row.update(extra or {})
         row["per_prompt"] = {"judge_correct": [int(v) for v in correct.tolist()],
                              "verifier": [round(float(v), 5) for v in vscores]}
-        rows.append(row)
+        self.rows.append(row)
         nfe = f" nfe {row['nfe_mean']:.1f}" if "nfe_mean" in row else ""
-        log(f"  [{fam.name}] {label:32s} B={budget:4d} verifier {row['verifier']:7.3f}±{row['verifier_se']:.3f} "
-            f"judge {row['judge_acc']:.3f}±{row['judge_acc_se']:.3f} FD {row['fd']:8.2f} div {row['diversity']:6.2f}"
-            f"{nfe} ({time.time() - t_start:.0f}s)")
+        self.log(f"  [{self.fam.name}] {label:32s} B={budget:4d} verifier {row['verifier']:7.3f}±"
+                 f"{row['verifier_se']:.3f} judge {row['judge_acc']:.3f}±{row['judge_acc_se']:.3f} FD {row['fd']:8.2f} "
+                 f"div {row['diversity']:6.2f}{nfe} ({time.time() - self.t_start:.0f}s)")
         return row
 
-    # reference: held-out real images, one per prompt's class
-    g = torch.Generator().manual_seed(5)
-    idx = []
-    for c in classes:
-        pool = torch.nonzero(built.held_y == c)[:, 0]
-        idx.append(int(pool[torch.randint(len(pool), (1,), generator=g)]))
-    real = built.held_x[idx]
-    measure("real images (reference)", 0, "", "held-out real images", real, score_handler(None, real, cls_t).tolist())
+    def measure_real(self):
+        """The reference row: held-out real images, one per prompt's class."""
+        built = self.built
+        g = torch.Generator().manual_seed(5)
+        idx = []
+        for c in self.classes:
+            pool = torch.nonzero(built.held_y == c)[:, 0]
+            idx.append(int(pool[torch.randint(len(pool), (1,), generator=g)]))
+        real = built.held_x[idx]
+        return self.measure("real images (reference)", 0, "", "held-out real images", real,
+                            self.score_handler(None, real, self.cls_t).tolist()), real
 
-    def run_method(m: Method, budget: int):
-        eng = Lockstep({"den": den_handler, "score": score_handler}, fam.chunk)
+    def run_method(self, m: Method, budget: int, denoise=None, label: str = ""):
+        fam, classes, seeds = self.fam, self.classes, self.seeds
+        denoise = denoise or self.built.denoise
+        eng = Lockstep({"den": lambda sigma, x, y: denoise(x, sigma, y), "score": self.score_handler}, fam.chunk)
         strat = strategy_of(m, budget)
 
         def job(p):
             c = classes[p]
             host = fam.host(lambda x, s: eng.call(p, "den", float(s), x, c), lambda z: eng.call(p, "score", None, z, c),
-                            steps=m.steps, sampler=m.sampler, schedule=built.schedule)
+                            steps=m.steps, sampler=m.sampler, schedule=self.built.schedule)
             if m.stop is not None:  # one candidate per call, so a stop saves what it says (prompts still batch)
                 host.micro_batch = 1
             r, f = run_strategy(strat, host, candidates=1, top_k=1, seed=seeds[p])
             out = {"latent": f[0].latent, "score": float(f[0].result.score), "nfe": int(r.nfe_total),
-                   "nfe_counted": int(host.nfe_rows), "settings": dict(r.settings)}
+                   "nfe_counted": int(host.nfe_rows), "score_rows": int(host.score_rows),
+                   "settings": dict(r.settings)}
             if m.coarse_steps:  # analysis only (not part of the budget): all coarse candidates at full steps
                 cands = sorted(r.settings["coarse_report"]["candidates"], key=lambda d: d["index"])
                 cs = [d["seed"] for d in cands]
@@ -398,7 +404,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
             return out
 
         t0 = time.time()
-        res = eng.run([job] * prompts)
+        res = eng.run([job] * self.prompts)
         lat = torch.cat([r["latent"] for r in res])
         nfes = [r["nfe"] for r in res]
         counted = [r["nfe_counted"] for r in res]
@@ -412,6 +418,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
                  "under_budget_prompts": int(sum(n < budget for n in nfes)),
                  "nfe_counted_mean": float(np.mean(counted)),
                  "nfe_count_mismatch_prompts": int(sum(a != b for a, b in zip(nfes, counted))),
+                 "verifier_rows_mean": float(np.mean([r["score_rows"] for r in res])),
                  "settings": settings_summary(settings), "wall_s": round(time.time() - t0, 1),
                  "batched_model_calls": eng.batches}
         if m.coarse_steps:
@@ -424,13 +431,26 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
         overridden = {k: v for k, v in m.params.items() if k not in m.derived}
         if overridden and m.label != "coarse-to-fine random":
             note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overridden.items())
-        measure(m.label, budget, m.sampler, note, lat, [r["score"] for r in res], extra)
+        return self.measure(label or m.label, budget, m.sampler, note, lat, [r["score"] for r in res], extra), lat
+
+
+def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequence[str],
+               overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print,
+               patience: int = 0):
+    t_start, c_start = time.time(), time.process_time()
+    log(f"[{fam.name}] training (smoke={smoke})")
+    built = fam.build(smoke=smoke, train_steps=train_steps, log=log)
+    t_train = time.time() - t_start
+    torch.set_grad_enabled(False)
+    ev = Evaluator(fam, built, prompts, log, t_start)
+    rows = ev.rows
+    ev.measure_real()
 
     det, sto = fam.samplers
     for sampler in (det, sto):
         m = Method(f"baseline 1 sample ({sampler})", "random", sampler,
                    "deterministic" if sampler == det else "stochastic")
-        run_method(m, GEN_STEPS)
+        ev.run_method(m, GEN_STEPS)
     for budget in budgets:
         for m in methods_for(fam, budget, overrides, strategies, extras, patience):
             if m.skip:
@@ -438,7 +458,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
                              "params": m.params, "note": f"not run at this budget: {m.skip}"})
                 log(f"  [{fam.name}] {m.label:32s} B={budget:4d} not run: {m.skip}")
                 continue
-            run_method(m, budget)
+            ev.run_method(m, budget)
 
     comparison = compare(rows, budgets)
     meta = dict(built.meta)
@@ -611,12 +631,13 @@ def main(argv=None):
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([20, 80] if args.smoke else list(BUDGETS))
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
+    commit = git_state()  # the code that runs: read before the run (a commit made during it would be wrong)
     for name in models:
         meta, rows, comparison = run_family(FAMILIES[name], prompts=prompts, budgets=budgets, strategies=strategies,
                                             overrides=overrides, smoke=args.smoke, extras=args.extras or args.smoke,
                                             train_steps=train.get(name, 0),
                                             patience=args.early_stop or (4 if args.smoke else 0))
-        meta.update({"commit": git_state(), "machine": machine(), "command": cmd})
+        meta.update({"commit": commit, "machine": machine(), "command": cmd})
         stem = os.path.join(args.out_dir, f"quality_{name}" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
             json.dump({"meta": meta, "rows": rows, "comparison": comparison}, fh, indent=1)

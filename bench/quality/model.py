@@ -92,10 +92,11 @@ class Diffusion:
         return d
 
 
-def train_diffusion(data: Data, steps: int, seed: int = 1, batch: int = 256, lr: float = 2e-3, log=print) -> Diffusion:
+def train_diffusion(data: Data, steps: int, seed: int = 1, batch: int = 256, lr: float = 2e-3, log=print,
+                    hidden: int = 256) -> Diffusion:
     torch.manual_seed(seed)  # training only; the search never touches the global RNG
     sched = VPDiscrete()
-    net = EpsMLP()
+    net = EpsMLP(hidden=hidden)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     xa, ya = data.x[data.split_a], data.y[data.split_a]

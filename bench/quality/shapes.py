@@ -202,9 +202,9 @@ class Flow:
 
 
 def train_flow(x0s: torch.Tensor, ys: torch.Tensor, steps: int, seed: int = 1, batch: int = 128, lr: float = 2e-3,
-               ema_decay: float = 0.995, log=print) -> Flow:
+               ema_decay: float = 0.995, log=print, c1: int = 32, c2: int = 64, emb: int = 64) -> Flow:
     torch.manual_seed(seed)  # training only; the search never touches the global RNG
-    net = FlowUNet()
+    net = FlowUNet(c1=c1, c2=c2, emb=emb)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
