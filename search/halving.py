@@ -229,10 +229,11 @@ ALGORITHM = Algorithm(
                            "finish).", min=0, max=65536),
         Param("keep", 0.5, "Fraction of the live candidates kept at each prune point (at least top_k).",
               min=0.05, max=0.95, step=0.05),
-        Param("rounds", 2, "Prune points.", min=1, max=16),
-        Param("first_level", 0.7, "Noise level of the first prune point, as a fraction of your schedule's noise "
-                                  "span (1 = start, 0 = clean).", min=0.05, max=0.95, step=0.05),
-        Param("last_level", 0.4, "Noise level of the last prune point (same scale; below first_level).",
-              min=0.05, max=0.95, step=0.05),
+        Param("rounds", 1, "Prune points.", min=1, max=16),
+        Param("first_level", 0.4, "Noise level of the first prune point, as a fraction of your schedule's noise "
+                                  "span (1 = start, 0 = clean). Earlier (higher) prunes save more but their "
+                                  "x0-predictions predict the final score less well.", min=0.05, max=0.95, step=0.05),
+        Param("last_level", 0.2, "With rounds > 1: noise level of the last prune point (same scale; below "
+                                 "first_level); the others lie evenly between.", min=0.05, max=0.95, step=0.05),
     ),
     samplers="segmentable", replay="noise", check=_check)

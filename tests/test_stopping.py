@@ -202,7 +202,8 @@ def test_halving_is_micro_batch_independent_and_reports_rank_correlation():
 def test_halving_refuses_bad_settings_and_multistep_samplers():
     host = gaussian_host(steps=10)
     with pytest.raises(ValueError, match="first_level"):
-        run_strategy(Strategy("halving", {"first_level": 0.3, "last_level": 0.6}), host, candidates=4, top_k=1, seed=0)
+        run_strategy(Strategy("halving", {"rounds": 2, "first_level": 0.3, "last_level": 0.6}), host, candidates=4,
+                     top_k=1, seed=0)
     with pytest.raises(ValueError, match="too small"):
         halving_search(host, seed=0, budget_nfe=5, top_k=1)
     from search import UnsupportedSamplerError
