@@ -20,6 +20,7 @@ original latent and one fixed noise, so ComfyUI's inpainting blend keeps it
 at the original image, noised to the current sigma, as in one stock run."""
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,6 +38,7 @@ from ..search.host import State
 from ..search.noise import candidate_noises
 from ..search.schedule import resample_sigmas
 from ..verifiers.protocol import ScoreBook
+from ..verifiers.self_consistency import PREVIEW_MESSAGE, PreviewRequired, preview_level
 
 
 class ComfyHost:
@@ -66,6 +68,10 @@ class ComfyHost:
         self._images: List[Tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (score, row, latent, image)
         # NFEs spent and the held-out verifier's sample (search/guard.py), shared with coarse hosts:
         # every held_stride-th finished candidate is scored by it too, never to choose
+        # a self-consistency verifier scores each candidate against its x0-prediction at a noise level: a whole
+        # run is split there and that prediction (the preview) kept, keyed by the final latent's bytes
+        self._preview_level = preview_level(verifier)
+        self._previews: Dict[bytes, torch.Tensor] = {}
         self.watch = watch if watch is not None else {
             "nfe": 0, "finished": 0, "rows": [], "held_out": held_out, "stride": max(1, int(held_stride)),
             "book": ScoreBook(held_out, prompt) if held_out is not None else None}
@@ -152,11 +158,29 @@ class ComfyHost:
         return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                 [b for p in parts for b in p[2]])
 
+    def _preview_index(self) -> Optional[int]:
+        if self._preview_level is None or self.steps < 2:
+            return None
+        return min(max(self.index_at_level(self._preview_level), 1), self.steps - 1)
+
+    @staticmethod
+    def _key(row: torch.Tensor) -> bytes:
+        return hashlib.blake2b(row.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+
     def sample(self, state: State, end: int, seeds: Sequence[int]) -> Tuple[State, torch.Tensor]:
         end = int(end)
         if not state.index < end <= self.steps:
             raise ValueError(f"cannot sample from step {state.index} to {end} of a {self.steps}-step schedule")
-        out, x0, batch = self._run(state, self.sigmas[state.index:end + 1], seeds)
+        p = self._preview_index()
+        if p is not None and end == self.steps and state.index < p:
+            # split at the preview step (a segmentable sampler gives the same run); keep the x0 made there
+            mid, preview, _ = self._run(state, self.sigmas[state.index:p + 1], seeds)
+            out, x0, _ = self._run(State(torch.zeros_like(mid), mid, p), self.sigmas[p:end + 1], seeds)
+            batch = [None] * len(state)  # two calls: never "sampled alone in one call"
+            for j in range(out.shape[0]):
+                self._previews[self._key(out[j])] = preview[j:j + 1]
+        else:
+            out, x0, batch = self._run(state, self.sigmas[state.index:end + 1], seeds)
         self.watch["nfe"] += len(state) * self.nfe(state.index, end)
         if end == self.steps:
             x0 = out  # the final sample is the clean latent
@@ -215,10 +239,20 @@ class ComfyHost:
         return self._score(latents, finished=False)
 
     def _score(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
+        previews = None
+        if self._preview_level is not None:
+            if not finished:
+                raise PreviewRequired(PREVIEW_MESSAGE)
+            keys = [self._key(latents[j]) for j in range(latents.shape[0])]
+            if any(k not in self._previews for k in keys):
+                raise PreviewRequired(PREVIEW_MESSAGE)
+            previews = self.decode(torch.cat([self._previews[k] for k in keys]))
+            for k in set(keys):  # scored once: the memory goes
+                del self._previews[k]
         images = self.decode(latents)
         first = self.book.count
         with self.clock.phase("verify"):
-            scores = self.book.add(images)
+            scores = self.book.add(images, previews)
         w = self.watch
         if finished and w["book"] is not None:
             pick = [j for j in range(images.shape[0]) if (w["finished"] + j) % w["stride"] == 0]

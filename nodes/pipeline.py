@@ -30,6 +30,8 @@ from .progress import Progress
 from .sampling import SamplingPlan, SearchInputError, decode, output_latent
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
+from ..search.samplers import canonical, facts, names_where
+from ..verifiers.self_consistency import PREVIEW_MESSAGE, needs_preview
 from ..search.report import Finalist, SearchReport
 
 
@@ -52,6 +54,15 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     budget = int(strategy.budget_nfe) or n * est
     progress = Progress(total=budget + top_k * est, model=plan.model)
     batch = plan.micro_batch(n, micro_batch)
+    if held_out is not None and needs_preview(held_out):
+        raise SearchInputError(PREVIEW_MESSAGE)
+    if needs_preview(verifier):
+        f = facts(canonical(plan.sampler_function()))
+        if f is None or not f.segmentable:
+            raise SearchInputError(
+                f"the self-consistency verifier stops each candidate's run at its preview step and continues it, "
+                f"which sampler '{plan.sampler_label}' does not allow (a multistep or adaptive sampler would "
+                f"change). Pick one of: {', '.join(names_where(segmentable=True))}")
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
@@ -108,8 +119,10 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
                 else:
                     lat = plan.render_stock(f.seed, f.noise, progress, nfe_gen)
                 img = decode(vae, lat)
-                # a relative verifier has no meaning for one image alone: it keeps its search score
-                res.final_score = res.score if relative else float(verifier.score(img, prompt)[0])
+                # a relative verifier has no meaning for one image alone, and a self-consistency one has no
+                # preview of a stock re-render: they keep their search score
+                res.final_score = res.score if relative or needs_preview(verifier) else \
+                    float(verifier.score(img, prompt)[0])
             report.rerender_nfe += nfe_gen
             res.replay = kind
         else:

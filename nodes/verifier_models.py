@@ -66,10 +66,18 @@ class HostVerifier(SingleVerifier):
     def name(self) -> str:
         return self.description
 
-    def score(self, images: torch.Tensor, prompt: Union[str, Sequence[str]]) -> torch.Tensor:
+    @property
+    def needs_preview(self) -> bool:
+        return bool(getattr(self.verifier, "needs_preview", False))
+
+    @property
+    def preview_level(self):
+        return getattr(self.verifier, "preview_level", None)
+
+    def score(self, images: torch.Tensor, prompt: Union[str, Sequence[str]], **kw) -> torch.Tensor:
         throw_if_interrupted()
         mm.load_models_gpu(list(self.patchers))  # ComfyUI may offload other models to make room
-        return self.verifier.score(images, prompt)
+        return self.verifier.score(images, prompt, **kw)
 
 
 def cached(key: Tuple, build: Callable[[], HostVerifier]) -> HostVerifier:

@@ -9,7 +9,7 @@ from . import files
 from .progress import byte_progress
 from .types import CATEGORY, VERIFIER
 from .verifier_models import HostVerifier, cached, shared_part
-from ..verifiers import aesthetic, clip_score, download, hps, image_reward, pick_score
+from ..verifiers import aesthetic, clip_score, download, hps, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights
 
@@ -114,6 +114,45 @@ class CLIPScoreVerifierLoader(VerifierLoader):
             return HostVerifier(clip_score.CLIPScoreVerifier(model, tokenizer, mode=mode),
                                 f"clipscore[{mode}]({arch}, {weights})", [key])
         return (cached(("clip", mode) + key, build),)
+
+
+class SelfConsistencyVerifierLoader(VerifierLoader):
+    DESCRIPTION = ("Self-consistency verifier (the self-supervised verifier of Ma et al. 2025): cosine similarity of "
+                   "the CLIP image embeddings of a candidate's final image and of its x0-prediction at a low noise "
+                   "level. No prompt, no reward model. Works in Search Loop with random search, zero-order or "
+                   "evolution and a single-step sampler, alone or in an ensemble; shares its CLIP model with the "
+                   "other loaders of the same file.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        archs = _open_clip_archs()
+        return {"required": {
+            "arch": (archs, {"default": "ViT-L-14" if "ViT-L-14" in archs else archs[0],
+                             "tooltip": "open_clip architecture of the weights file (a JSON config next to the "
+                                        "weights overrides it). Any image tower works; no text tower is used."}),
+            "weights": (file_choices(CLIP_DEFAULT), {"tooltip": "CLIP weights in models/verifiers, as for CLIPScore."}),
+            "level": ("FLOAT", {"default": 0.4, "min": 0.05, "max": 0.95, "step": 0.05,
+                                "tooltip": "Noise level of the preview, on the model's own timeline (1 = pure "
+                                           "noise, 0 = clean): the x0-prediction made there is compared with "
+                                           "the final image. The paper uses 0.4."}),
+        }, "optional": {
+            "download_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights, download_missing=False):
+        return validate_file(weights, clip_score.PUBLISHED.get("ViT-L-14", clip_score.GENERIC_SOURCE),
+                             bool(download_missing))
+
+    def load(self, arch, weights, level, download_missing=False):
+        path = resolve_weights(weights, clip_score.PUBLISHED.get(arch, clip_score.GENERIC_SOURCE),
+                               bool(download_missing))
+        key, model, _ = clip_part(arch, path, bool(download_missing))
+
+        def build():
+            return HostVerifier(self_consistency.SelfConsistencyVerifier(model, level=float(level)),
+                                f"self_consistency[{float(level):g}]({arch}, {weights})", [key])
+        return (cached(("self_consistency", float(level)) + key, build),)
 
 
 class AestheticVerifierLoader(VerifierLoader):
@@ -358,4 +397,5 @@ NODES = [
     (ImageRewardVerifierLoader, "ImageRewardVerifierLoader", "Load ImageReward Verifier"),
     (PickScoreVerifierLoader, "PickScoreVerifierLoader", "Load PickScore Verifier"),
     (HPSVerifierLoader, "HPSVerifierLoader", "Load HPS v2 Verifier"),
+    (SelfConsistencyVerifierLoader, "SelfConsistencyVerifierLoader", "Load Self-Consistency Verifier"),
 ]

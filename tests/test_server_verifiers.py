@@ -102,3 +102,55 @@ def test_mismatched_aesthetic_head_is_a_clear_node_error(comfy):
     err = execution_error(entry)
     assert err is not None and "needs CLIP ViT-L-14" in err["exception_message"]
     assert err["node_type"] == PREFIX + "AestheticVerifierLoader"
+
+
+def _self_consistency(level=0.4):
+    return {"class_type": PREFIX + "SelfConsistencyVerifierLoader",
+            "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors", "level": level}}
+
+
+def test_self_consistency_verifier_in_search_loop(comfy):
+    """The self-supervised verifier: each candidate against its own x0-prediction at noise level 0.4, through
+    SearchLoop (random search and zero-order), alone and in an ensemble; refused where no preview exists."""
+    from comfy_server import execution_error
+    from graphs import search_graph
+    from test_strategies_server import with_strategy
+    g = search_graph(seed=12, candidates=3, top_k=1, steps=4, prefix="selfc")
+    g["5"] = _self_consistency()
+    entry = comfy.run_ok(g)
+    rep = report(entry)
+    assert rep["verifier"].startswith("self_consistency[0.4](")
+    scores = {c["seed"]: c["score"] for c in rep["candidates"]}
+    assert len(scores) == 3 and all(-1.0 <= s <= 1.0 for s in scores.values())
+    assert rep["best"]["final_score"] == rep["best"]["score"]  # a stock re-render has no preview
+    # the preview is the x0-prediction at the level: an earlier, noisier one scores differently (the tiny CLIP's
+    # embeddings are nearly collinear, so the values sit close to 1, but the run is deterministic)
+    g["5"] = _self_consistency(level=0.9)
+    g["7"]["inputs"]["filename_prefix"] = "selfc09"
+    early = {c["seed"]: c["score"] for c in report(comfy.run_ok(g))["candidates"]}
+    assert early.keys() == scores.keys() and any(early[s] != scores[s] for s in scores)
+    # zero-order over the same verifier, and an ensemble with a CLIPScore member
+    g = with_strategy(search_graph(seed=12, candidates=4, top_k=1, steps=4, prefix="selfc_zo"), "zero_order")
+    g["5"] = _self_consistency()
+    assert report(comfy.run_ok(g))["algorithm"] == "zero_order"
+    g = search_graph(seed=12, candidates=3, top_k=1, steps=4, prefix="selfc_ens")
+    g["30"] = _self_consistency()
+    g["31"] = {"class_type": PREFIX + "CLIPScoreVerifierLoader",
+               "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors", "mode": "cosine"}}
+    g["5"] = {"class_type": PREFIX + "VerifierEnsemble",
+              "inputs": {"mode": "zscore", "verifier_1": ["30", 0], "weight_1": 1.0, "verifier_2": ["31", 0],
+                         "weight_2": 1.0}}
+    rep = report(comfy.run_ok(g))
+    assert all(len(c["verifier_scores"]) == 2 for c in rep["candidates"])
+    # refused with the reason: part-way previews (paths), a plain batch (Verifier Score), a multistep sampler
+    g = with_strategy(search_graph(seed=1, candidates=4, steps=4, prefix="selfc_paths"), "paths")
+    g["5"] = _self_consistency()
+    err = execution_error(comfy.run(g))
+    assert err is not None and "self-consistency" in err["exception_message"]
+    g = batch_score_graph({"30": _self_consistency()}, ["30", 0])
+    err = execution_error(comfy.run(g))
+    assert err is not None and "Search Loop" in err["exception_message"]
+    g = search_graph(seed=1, candidates=2, steps=4, sampler="dpmpp_2m", prefix="selfc_2m")
+    g["5"] = _self_consistency()
+    err = execution_error(comfy.run(g))
+    assert err is not None and "dpmpp_2m" in err["exception_message"] and "Pick one of" in err["exception_message"]

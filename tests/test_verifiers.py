@@ -170,3 +170,35 @@ def test_hf_tower_architecture_is_refused_offline_at_once(arch, tmp_path, monkey
     with pytest.raises(VerifierFileError, match=f"needs the Hugging Face files of .*{needs[0]}.*download_missing is off"):
         build_open_clip(arch)
     assert time.time() - t < 2 and not calls
+
+
+def test_self_consistency_equals_a_hand_computation_and_needs_previews(tiny):
+    import open_clip
+    from verifiers.ensemble import EnsembleVerifier
+    from verifiers.protocol import ScoreBook
+    from verifiers.self_consistency import PreviewRequired, SelfConsistencyVerifier
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    v = SelfConsistencyVerifier(model, level=0.4, batch_size=2)
+    final, preview = images(3, seed=1, size=224), images(3, seed=2, size=224)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        a = model.encode_image((final.permute(0, 3, 1, 2) - mean) / std, normalize=True)
+        b = model.encode_image((preview.permute(0, 3, 1, 2) - mean) / std, normalize=True)
+    expected = (a * b).sum(-1)
+    assert torch.allclose(v.score(final, "", previews=preview), expected, atol=1e-5)
+    assert torch.allclose(v.score(final, "", previews=final), torch.ones(3), atol=1e-5)  # identical: 1
+    with pytest.raises(PreviewRequired, match="Search Loop"):
+        v.score(final, "a prompt")
+    with pytest.raises(PreviewRequired):
+        ScoreBook(v, "").add(final)
+    # the score book and an ensemble hand the previews on
+    assert torch.allclose(ScoreBook(v, "").add(final, preview), expected, atol=1e-5)
+    ens = EnsembleVerifier([v, CLIPScoreVerifier(model, tok, mode="cosine")], mode="zscore")
+    assert ens.needs_preview and ens.preview_level == 0.4
+    m = ens.score_members(final, "a cat", previews=preview)
+    assert torch.allclose(m[:, 0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="different noise levels"):
+        EnsembleVerifier([v, SelfConsistencyVerifier(model, level=0.3)])
+    with pytest.raises(ValueError, match="preview level"):
+        SelfConsistencyVerifier(model, level=1.0)

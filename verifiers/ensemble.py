@@ -91,6 +91,12 @@ class EnsembleVerifier:
                 flat.append(v)
                 flat_w.append(w)
         _weights(flat_w, len(flat))  # validates
+        levels = {float(v.preview_level) for v in flat if getattr(v, "needs_preview", False)}
+        if len(levels) > 1:
+            raise ValueError(f"the ensemble's self-consistency members want previews at different noise levels "
+                             f"({', '.join(f'{x:g}' for x in sorted(levels))}): give them one level")
+        self.needs_preview = bool(levels)
+        self.preview_level = levels.pop() if levels else None
         self.members: List = flat
         self.weights: List[float] = flat_w
         self.mode = mode
@@ -109,14 +115,15 @@ class EnsembleVerifier:
             names.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
         return names
 
-    def score_members(self, images: torch.Tensor, prompt) -> torch.Tensor:
-        """N x M raw member scores."""
-        cols = [v.score(images, prompt).float().cpu().reshape(-1) for v in self.members]
+    def score_members(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """N x M raw member scores (``previews``: for self-consistency members, see verifiers/self_consistency.py)."""
+        cols = [(v.score(images, prompt, previews=previews) if getattr(v, "needs_preview", False)
+                 else v.score(images, prompt)).float().cpu().reshape(-1) for v in self.members]
         return torch.stack(cols, dim=1)
 
     def combine(self, matrix: torch.Tensor) -> torch.Tensor:
         return (mean_rank if self.mode == "mean_rank" else zscore)(matrix, self.weights)
 
-    def score(self, images: torch.Tensor, prompt) -> torch.Tensor:
+    def score(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores relative to this batch (used where the whole population is scored at once)."""
-        return self.combine(self.score_members(images, prompt))
+        return self.combine(self.score_members(images, prompt, previews))

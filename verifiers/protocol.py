@@ -13,7 +13,7 @@ only ever sees scores.
 """
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence, Union, runtime_checkable
+from typing import List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
@@ -94,11 +94,14 @@ class ScoreBook:
             return s
         return recombine(self.verifier, self.matrix())[-m.shape[0]:]
 
-    def add(self, images: torch.Tensor) -> torch.Tensor:
-        """Scores the images (B × H × W × 3) and books them."""
+    def add(self, images: torch.Tensor, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores the images (B × H × W × 3) and books them.  ``previews``: the decoded x0-predictions the
+        candidates made part-way, for a verifier that needs them (``needs_preview``, the self-consistency
+        verifier or an ensemble holding one); a verifier that needs them refuses to score without."""
+        kw = {"previews": previews} if getattr(self.verifier, "needs_preview", False) else {}
         if self.relative:
-            return self.add_matrix(self.verifier.score_members(images, self.prompt))
-        return self.add_matrix(self.verifier.score(images, self.prompt).reshape(-1, 1))
+            return self.add_matrix(self.verifier.score_members(images, self.prompt, **kw))
+        return self.add_matrix(self.verifier.score(images, self.prompt, **kw).reshape(-1, 1))
 
     def matrix(self) -> torch.Tensor:
         return torch.cat(self._rows) if self._rows else torch.zeros(0, 1)
