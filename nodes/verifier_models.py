@@ -3,10 +3,20 @@ ComfyUI's model management loads its models for scoring and can offload them.
 
 A verifier is made of *parts* (modules), each managed by one ModelPatcher that
 is shared by key: a CLIPScore and an aesthetic verifier on the same CLIP file
-use one CLIP model and one patcher, so it is loaded and offloaded once."""
+use one CLIP model and one patcher, so it is loaded and offloaded once.
+
+Memory.  A verifier lives as long as something holds it: ComfyUI's cache of
+node outputs (the loader node's VERIFIER), a running search, or the pack's own
+short list of the most recently loaded ones (``KEEP`` verifiers, ``KEEP_PARTS``
+parts, so re-running a graph does not reload them).  Both tables are weak
+beyond that list: when ComfyUI drops the loader's output (another file picked,
+the node removed, "Unload models" / ``/free``, which also unloads every patcher
+from the device), the models go with it."""
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,15 +27,44 @@ import comfy.model_patcher
 from .progress import throw_if_interrupted
 from ..verifiers.protocol import SingleVerifier
 
+KEEP = 4         # verifiers the pack itself keeps alive (most recently loaded first to stay)
+KEEP_PARTS = 8   # shared parts (CLIP models, heads) likewise
+
+
+class Part:
+    """One shared module and the ModelPatcher that loads / offloads it."""
+    __slots__ = ("module", "patcher", "__weakref__")
+
+    def __init__(self, module, patcher):
+        self.module, self.patcher = module, patcher
+
+
 _lock = threading.RLock()
-_parts: Dict[Tuple, Tuple[torch.nn.Module, object]] = {}  # key -> (module, patcher)
-_cache: Dict[Tuple, "HostVerifier"] = {}
+_parts: "weakref.WeakValueDictionary[Tuple, Part]" = weakref.WeakValueDictionary()
+_cache: "weakref.WeakValueDictionary[Tuple, HostVerifier]" = weakref.WeakValueDictionary()
+_recent_parts: "OrderedDict[Tuple, Part]" = OrderedDict()
+_recent: "OrderedDict[Tuple, HostVerifier]" = OrderedDict()
+
+
+def _touch(table: OrderedDict, key: Tuple, value, keep: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > keep:
+        table.popitem(last=False)
+
+
+def live() -> Dict[str, int]:
+    """How many verifiers and parts are alive now (for tests and diagnostics)."""
+    with _lock:
+        return {"verifiers": len(_cache), "parts": len(_parts), "kept_verifiers": len(_recent),
+                "kept_parts": len(_recent_parts)}
 
 
 def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """The module for ``key`` (built once), in the verifier dtype, with its patcher."""
+    """The module for ``key`` (built once while anything holds it), in the verifier dtype, with its patcher."""
     with _lock:
-        if key not in _parts:
+        part = _parts.get(key)
+        if part is None:
             module = build()
             load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
             if load_device.type == "cuda" and mm.should_use_fp16(load_device):
@@ -34,12 +73,18 @@ def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Mo
             size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
             patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device,
                                                        size=size)
-            _parts[key] = (module, patcher)
-        return _parts[key][0]
+            part = Part(module, patcher)
+            _parts[key] = part
+        _touch(_recent_parts, key, part, KEEP_PARTS)
+        return part.module
 
 
-def _patcher_of(key: Tuple):
-    return _parts[key][1]
+def _part_of(key: Tuple) -> Part:
+    with _lock:
+        part = _parts.get(key)
+        if part is None:
+            raise RuntimeError(f"verifier part {key[:2]} was released before its verifier was built")
+        return part
 
 
 class HostVerifier(SingleVerifier):
@@ -55,8 +100,9 @@ class HostVerifier(SingleVerifier):
             key = ("verifier", description, id(verifier))
             shared_part(key, lambda: verifier)
             part_keys = [key]
-        self.patchers = [_patcher_of(k) for k in part_keys]
-        covered = {id(p) for k in part_keys for p in _parts[k][0].parameters()}
+        self.parts = [_part_of(k) for k in part_keys]  # held: the parts live as long as this verifier
+        self.patchers = [p.patcher for p in self.parts]
+        covered = {id(p) for part in self.parts for p in part.module.parameters()}
         stray = [n for n, p in verifier.named_parameters() if id(p) not in covered]
         if stray:
             raise RuntimeError(f"verifier parameters outside any managed part: {stray[:3]}")
@@ -88,7 +134,8 @@ def cached(key: Tuple, build: Callable[[], HostVerifier]) -> HostVerifier:
         if hv is None:
             hv = build()
             _cache[key] = hv
+        _touch(_recent, key, hv, KEEP)
         return hv
 
 
-__all__ = ["HostVerifier", "shared_part", "cached"]
+__all__ = ["HostVerifier", "shared_part", "cached", "live", "KEEP", "KEEP_PARTS"]

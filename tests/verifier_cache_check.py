@@ -1,0 +1,68 @@
+"""Run in a subprocess by tests/test_verifier_cache.py: the pack's verifier tables with ComfyUI imported
+(--cpu). Loads more verifiers than the pack keeps, drops every reference the way ComfyUI drops a node's
+output, and reports what stays alive.
+
+usage: python tests/verifier_cache_check.py COMFYUI_DIR WORKDIR  -> prints one JSON line."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(comfy_dir: str, work: str) -> dict:
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (REPO, os.path.join(REPO, "tests"))]
+    sys.path.insert(0, comfy_dir)
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import torch
+    import folder_paths
+    spec = importlib.util.spec_from_file_location("infscale_pack", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["infscale_pack"] = pack
+    spec.loader.exec_module(pack)
+    sys.path.insert(1, os.path.join(REPO, "tests"))
+    from tiny_verifiers import build_tiny_clip
+    from infscale_pack.nodes import verifier_models as vm
+    from infscale_pack.nodes.verifier_nodes import CLIPScoreVerifierLoader
+
+    folder = os.path.join(work, "verifiers")
+    names = [f"tiny-clip-{i}" for i in range(vm.KEEP + 2)]
+    for i, n in enumerate(names):
+        build_tiny_clip(folder, n, seed=i)
+    folder_paths.folder_names_and_paths["verifiers"] = ([folder], {".safetensors", ".json"})
+    out = {"keep": vm.KEEP, "keep_parts": vm.KEEP_PARTS}
+    loader = CLIPScoreVerifierLoader()
+    a = loader.load("ViT-L-14", names[0] + ".safetensors", "cosine")[0]
+    b = loader.load("ViT-L-14", names[0] + ".safetensors", "cosine")[0]
+    c = loader.load("ViT-L-14", names[0] + ".safetensors", "clipscore")[0]
+    out["same_object_for_same_inputs"] = a is b
+    out["one_clip_part_for_two_modes"] = a.patchers[0] is c.patchers[0]
+    img = torch.rand(1, 32, 32, 3)
+    out["scores"] = [float(a.score(img, "x")[0]), float(c.score(img, "x")[0])]
+    del a, b, c
+    for n in names[1:]:  # more verifiers than the pack keeps, none held by anyone else
+        loader.load("ViT-L-14", n + ".safetensors", "cosine")
+    gc.collect()
+    out["after_loading_more"] = vm.live()
+    held = loader.load("ViT-L-14", names[-1] + ".safetensors", "cosine")[0]  # as ComfyUI's output cache holds one
+    with vm._lock:  # what ComfyUI's /free leaves: nothing of the pack's own short lists
+        vm._recent.clear()
+        vm._recent_parts.clear()
+    gc.collect()
+    out["only_the_held_one"] = vm.live()
+    out["held_still_scores"] = float(held.score(img, "x")[0]) == float(held.score(img, "x")[0])
+    del held
+    gc.collect()
+    out["after_release"] = vm.live()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))
