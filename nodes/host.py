@@ -74,6 +74,7 @@ class ComfyHost:
         self._previews: Dict[bytes, torch.Tensor] = {}
         self.watch = watch if watch is not None else {
             "nfe": 0, "finished": 0, "rows": [], "held_out": held_out, "stride": max(1, int(held_stride)),
+            "row_nfe": [],  # model calls counted for each row sampled, in order (what adaptive samplers really spent)
             "book": ScoreBook(held_out, prompt) if held_out is not None else None}
 
     # ------------------------------------------------------------------ facts
@@ -152,6 +153,7 @@ class ComfyHost:
                 noise, latent = self._inpaint(noise, latent)
             gen = self.plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sigmas,
                                      latent_image=latent, want_x0=True, sampler=sampler)
+            self.watch["row_nfe"].extend([int(gen.nfe)] * len(chunk))
             return gen.latents.cpu(), gen.x0.cpu(), [len(chunk)] * len(chunk)
 
         parts = run_in_micro_batches(rows, run, self.micro_batch, is_oom=memory.is_oom, on_oom=self._on_oom)

@@ -79,6 +79,18 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     if not finalists:
         raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
                                f"{budget} NFEs: raise the budget")
+    if gen is None:  # an adaptive sampler picks its own steps: report what each candidate really spent
+        counted = host.watch["row_nfe"]
+        if len(counted) == len(report.candidates):
+            for c in report.candidates:  # random search samples candidate i as row i, one at a time
+                c.nfe = int(counted[c.index])
+            report.nfe_total = sum(int(v) for v in counted)
+            spent = 0
+            for t, v in zip(report.trace, counted):  # the trace's points are candidates, in order
+                spent += int(v)
+                t["nfe"] = spent
+            report.notes.append("the sampler chooses its own steps: each candidate's NFEs are the model calls "
+                                "counted while it was sampled alone")
     images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host,
                              bool(exact_winner))
     progress.set(progress.total)

@@ -15,7 +15,8 @@ from PIL import Image
 from graphs import PREFIX, ksampler_graph, search_graph
 from comfy_server import execution_error
 
-NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON")]
+NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON", "EarlyStop",
+                                 "SuccessiveHalvingStrategy", "SelfConsistencyVerifierLoader")]
 
 
 def report_of(entry) -> dict:
@@ -40,7 +41,8 @@ def test_object_info_lists_every_node(comfy):
     assert list(req) == ["model", "positive", "negative", "latent", "vae", "verifier", "prompt", "seed",
                          "candidates", "top_k", "sampler_name", "scheduler", "steps", "cfg", "denoise"]
     assert list(info[PREFIX + "SearchLoop"]["input"]["optional"]) == ["sampler", "sigmas", "strategy", "guider",
-                                                                       "micro_batch", "exact_winner"]
+                                                                       "micro_batch", "exact_winner",
+                                                                       "held_out_verifier"]
     assert info[PREFIX + "SearchLoop"]["output_name"] == ["image", "latent", "top_k_images", "scores",
                                                           "winner_noise", "best_seed", "noise"]
     weights = info[PREFIX + "CLIPScoreVerifierLoader"]["input"]["required"]["weights"][0]
@@ -95,6 +97,23 @@ def test_heun_nfe_count_is_exact(comfy):
     assert rep["nfe_total"] == 10
 
 
+def test_adaptive_sampler_reports_the_nfes_it_spent_whatever_the_micro_batch(comfy):
+    """dpm_adaptive picks its own steps, and its step-size controller would see a whole batch: candidates run
+    one at a time whatever micro_batch asks, and each one's NFEs are the model calls counted for it."""
+    runs = []
+    for mb in (1, 4):
+        runs.append(report_of(comfy.run_ok(search_graph(seed=4, candidates=3, top_k=1, sampler="dpm_adaptive",
+                                                        steps=4, micro_batch=mb, prefix=f"adaptive{mb}"))))
+    per = [{c["seed"]: c["nfe"] for c in r["candidates"]} for r in runs]
+    assert per[0] == per[1] and all(v > 0 for v in per[0].values())
+    assert [{c["seed"]: c["score"] for c in r["candidates"]} for r in runs][0] == \
+        [{c["seed"]: c["score"] for c in r["candidates"]} for r in runs][1]
+    for r, p in zip(runs, per):
+        assert r["settings"]["micro_batch"] == 1 and r["nfe_total"] == sum(p.values())
+        assert r["trace"][-1]["nfe"] == r["nfe_total"]
+        assert any("counted" in n for n in r["notes"])
+
+
 def test_img2img_search(comfy):
     g = search_graph(seed=11, candidates=2, top_k=1, denoise=0.5, prefix="i2i")
     g["20"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}
@@ -139,6 +158,43 @@ def test_interrupt_stops_search_within_one_step(comfy):
     finally:
         ws.close()
     comfy.run_ok(search_graph(seed=6, candidates=2, top_k=1, prefix="afterintr"))
+
+
+def test_cpu_default_micro_batch_cancels_like_a_stock_ksampler(comfy):
+    """On the CPU, SearchLoop's default (micro_batch 0) samples one candidate at a time, so at 512 x 512 a
+    Cancel lands after at most the one model call in flight, as with a stock KSampler (issue #18, item 5)."""
+    ws = comfy.websocket()
+    try:
+        g = search_graph(seed=8, candidates=16, top_k=1, steps=20, micro_batch=0, prefix="intr512")
+        g["4"]["inputs"].update(width=512, height=512)
+        code, body = comfy.queue(g)
+        assert code == 200
+        pid = body["prompt_id"]
+        seen, after, interrupted = 0, 0, False
+        ws.settimeout(300)
+        while True:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            m = json.loads(msg)
+            data = m.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if m["type"] == "progress":
+                seen += 1
+                if seen == 3:  # a few model calls in: the search is under way
+                    comfy.post("/interrupt", {})
+                elif seen > 3:
+                    after += 1
+            elif m["type"] == "execution_interrupted":
+                interrupted = True
+                break
+            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+        assert interrupted, "the search was not interrupted"
+        assert after <= 1, f"{after} model calls after the interrupt (a batch-1 run finishes at most the one in flight)"
+    finally:
+        ws.close()
 
 
 def _load_latent_graph(name):
