@@ -189,6 +189,8 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
     custom = work / "custom_nodes"
     custom.mkdir()
     os.symlink(REPO, custom / PACK_NAME)
+    # test-only nodes (tests/fixtures/test_nodes): inputs no stock node makes, such as an empty IMAGE batch
+    os.symlink(os.path.join(REPO, "tests", "fixtures", "test_nodes"), custom / "infscale_test_nodes")
     for d in ("output", "input", "temp", "user"):
         (work / d).mkdir()
     cfg = work / "extra_model_paths.yaml"

@@ -53,3 +53,33 @@ def test_grid_plot_and_png_metadata_round_trip(comfy):
     assert saved["algorithm"] == "random" and saved["best"]["seed"] == report["best"]["seed"]
     assert np.array_equal(np.asarray(png.convert("RGB")),
                           np.asarray(Image.open(comfy.output_file(entry["outputs"]["7"]["images"][0])).convert("RGB")))
+
+
+def test_every_node_taking_images_refuses_an_empty_batch(comfy):
+    """Issue #18, item 4: an IMAGE batch of 0 images is an error naming the empty batch, never a placeholder."""
+    from comfy_server import execution_error
+    from test_server_verifiers import batch_score_graph
+    base = batch_score_graph({"30": {"class_type": PREFIX + "CLIPScoreVerifierLoader",
+                                     "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors",
+                                                "mode": "cosine"}}}, ["30", 0], batch=2)
+    base["40"] = {"class_type": "InfScaleTest_EmptyImage", "inputs": {"size": 64}}
+    empty = ["40", 0]
+    cases = {
+        "Verifier Score": ("20", {"class_type": PREFIX + "VerifierScore",
+                                  "inputs": {"images": empty, "verifier": ["30", 0], "prompt": "x"}}),
+        "Best Pick": ("41", {"class_type": PREFIX + "BestPick",
+                             "inputs": {"images": empty, "scores": ["20", 0], "top_k": 1}}),
+        "Ranked Grid": ("41", {"class_type": PREFIX + "RankedGrid",
+                               "inputs": {"images": empty, "scores": ["20", 0], "columns": 2}}),
+        "Save Image with Search Metadata": ("41", {"class_type": PREFIX + "SaveSearchImage",
+                                                   "inputs": {"images": empty, "scores": ["20", 0],
+                                                              "filename_prefix": "empty"}}),
+    }
+    for name, (nid, node) in cases.items():
+        g = json.loads(json.dumps(base))
+        g[nid] = node
+        if nid == "41" and node["class_type"] != PREFIX + "SaveSearchImage":
+            g["42"] = {"class_type": "PreviewImage", "inputs": {"images": ["41", 0]}}
+        err = execution_error(comfy.run(g))
+        assert err is not None, f"{name} accepted an empty batch"
+        assert name in err["exception_message"] and "empty" in err["exception_message"], err["exception_message"]

@@ -255,3 +255,12 @@ def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
     g["6"]["inputs"]["strategy"] = ["42", 0]
     err = execution_error(comfy.run(g))
     assert err is not None and "relative" in err["exception_message"]
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if n != "random"])
+def test_every_strategy_refuses_a_budget_below_one_generation(comfy, name):
+    sampler = "euler_ancestral" if name == "particles" else "euler"
+    g = with_strategy(search_graph(seed=1, candidates=4, steps=4, sampler=sampler, prefix=f"tiny_budget_{name}"),
+                      name, {"budget_nfe": 3})
+    err = execution_error(comfy.run(g))
+    assert err is not None and "too small" in err["exception_message"], (name, err)
