@@ -82,10 +82,11 @@ class CLIPScoreVerifierLoader(VerifierLoader):
     DESCRIPTION = ("CLIPScore verifier: cosine similarity of open_clip image and text embeddings, or CLIPScore "
                    "(Hessel et al. 2021) = 2.5 * max(cos, 0). Weights come from models/verifiers.")
 
-    @classmethod
-    def INPUT_TYPES(cls):
+    @staticmethod
+    def clip_inputs():
+        """The arch and weights widgets of every loader built on an open_clip file."""
         archs = _open_clip_archs()
-        return {"required": {
+        return {
             "arch": (archs, {"default": "ViT-L-14" if "ViT-L-14" in archs else archs[0],
                              "tooltip": "open_clip architecture of the weights file. A JSON model config next to "
                                         "the weights (same name, .json) overrides it for custom architectures."}),
@@ -93,6 +94,12 @@ class CLIPScoreVerifierLoader(VerifierLoader):
                 "tooltip": "Weights in models/verifiers (safetensors, or a plain state dict): e.g. "
                            "open_clip_model.safetensors from timm/vit_large_patch14_clip_224.openai, saved as "
                            f"{CLIP_DEFAULT}."}),
+        }
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            **cls.clip_inputs(),
             "mode": (["clipscore", "cosine"], {"default": "clipscore",
                                                "tooltip": "clipscore: 2.5 * max(cos, 0), range [0, 2.5]; "
                                                           "cosine: raw cosine similarity, range [-1, 1]."}),
@@ -116,7 +123,7 @@ class CLIPScoreVerifierLoader(VerifierLoader):
         return (cached(("clip", mode) + key, build),)
 
 
-class SelfConsistencyVerifierLoader(VerifierLoader):
+class SelfConsistencyVerifierLoader(CLIPScoreVerifierLoader):
     DESCRIPTION = ("Self-consistency verifier (the self-supervised verifier of Ma et al. 2025): cosine similarity of "
                    "the CLIP image embeddings of a candidate's final image and of its x0-prediction at a low noise "
                    "level. No prompt, no reward model. Works in Search Loop with random search, zero-order or "
@@ -125,12 +132,8 @@ class SelfConsistencyVerifierLoader(VerifierLoader):
 
     @classmethod
     def INPUT_TYPES(cls):
-        archs = _open_clip_archs()
         return {"required": {
-            "arch": (archs, {"default": "ViT-L-14" if "ViT-L-14" in archs else archs[0],
-                             "tooltip": "open_clip architecture of the weights file (a JSON config next to the "
-                                        "weights overrides it). Any image tower works; no text tower is used."}),
-            "weights": (file_choices(CLIP_DEFAULT), {"tooltip": "CLIP weights in models/verifiers, as for CLIPScore."}),
+            **cls.clip_inputs(),
             "level": ("FLOAT", {"default": 0.4, "min": 0.05, "max": 0.95, "step": 0.05,
                                 "tooltip": "Noise level of the preview, on the model's own timeline (1 = pure "
                                            "noise, 0 = clean): the x0-prediction made there is compared with "
@@ -138,11 +141,6 @@ class SelfConsistencyVerifierLoader(VerifierLoader):
         }, "optional": {
             "download_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
         }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weights, download_missing=False):
-        return validate_file(weights, clip_score.PUBLISHED.get("ViT-L-14", clip_score.GENERIC_SOURCE),
-                             bool(download_missing))
 
     def load(self, arch, weights, level, download_missing=False):
         path = resolve_weights(weights, clip_score.PUBLISHED.get(arch, clip_score.GENERIC_SOURCE),

@@ -150,6 +150,17 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     # top_k paths are finished without further search
     stopper = Stopper(stop, "rounds")
 
+    def finish_without_search(state, labels, lineage_nfe, recipes, rnd):
+        """The rows of ``state`` denoised to the end (fresh sampler seeds), scored: (rows, scores, NFEs)."""
+        n = len(state)
+        fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(n)]
+        cost = host.nfe(state.index, T)
+        state, _ = host.sample(state, T, fin_seeds)
+        recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]} for r, fs in zip(recipes, fin_seeds)]
+        latents = final_latents(state)
+        scores = checked_scores(host.score(latents), n, labels, verifier)
+        return (latents, labels, [x + cost for x in lineage_nfe], recipes), scores, n * cost
+
     while state.index < T:
         c = state.index
         f_idx, b_idx = next_round(host, c, forward, backward, rel)
@@ -165,16 +176,8 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
                     break
             if m == 0:
                 # not even that: finish the N survivors without search
-                fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(N)]
-                finish = host.nfe(c, T)
-                state, _ = host.sample(state, T, fin_seeds)
-                recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]}
-                           for r, fs in zip(recipes, fin_seeds)]
-                spent += N * finish
-                lineage_nfe = [n + finish for n in lineage_nfe]
-                latents = final_latents(state)
-                final_scores = checked_scores(host.score(latents), N, labels, verifier)
-                final_rows = (latents, labels, lineage_nfe, recipes)
+                final_rows, final_scores, cost = finish_without_search(state, labels, lineage_nfe, recipes, rnd)
+                spent += cost
                 report.settings["finished_without_search_from_index"] = c
                 need = N * 2 * host.nfe(c - 1, T)
                 if rnd == 0:
@@ -220,19 +223,10 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         lineage_nfe = [row_nfe[i] for i in keep]
         recipes = [row_recipes[i] for i in keep]
         if not at_end and stopper.see(scores[keep[0]], spent):
-            n = min(top_k, N)  # the survivors are best first
-            state, labels, lineage_nfe, recipes = (state.select(range(n)), labels[:n], lineage_nfe[:n],
-                                                   recipes[:n])
-            fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(n)]
-            finish = host.nfe(state.index, T)
-            state, _ = host.sample(state, T, fin_seeds)
-            recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]}
-                       for r, fs in zip(recipes, fin_seeds)]
-            spent += n * finish
-            lineage_nfe = [x + finish for x in lineage_nfe]
-            latents = final_latents(state)
-            final_scores = checked_scores(host.score(latents), n, labels, verifier)
-            final_rows = (latents, labels, lineage_nfe, recipes)
+            n = min(top_k, N)  # the survivors are best first: finish the top_k without search
+            final_rows, final_scores, cost = finish_without_search(state.select(range(n)), labels[:n],
+                                                                   lineage_nfe[:n], recipes[:n], rnd)
+            spent += cost
             break
 
     latents, row_labels, row_nfe, row_recipes = final_rows

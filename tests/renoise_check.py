@@ -5,7 +5,6 @@ sampling type the given ComfyUI has (EPS, v-prediction, flow/CONST).
 usage: python tests/renoise_check.py COMFYUI_DIR  -> prints one JSON line."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,19 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(comfy_dir: str) -> dict:
-    # ComfyUI first on sys.path; the repo must not shadow ComfyUI's own top-level `nodes`
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (REPO, os.path.join(REPO, "tests"))]
-    sys.path.insert(0, comfy_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
+    from pack_in_process import import_comfy_and_pack
+    import_comfy_and_pack(comfy_dir)
     import torch
     import comfy.model_sampling as cms
-    spec = importlib.util.spec_from_file_location("infscale_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["infscale_pack"] = pack
-    spec.loader.exec_module(pack)
     from infscale_pack.nodes.host import ComfyHost
     from infscale_pack.search.host import State
 

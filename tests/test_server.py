@@ -123,55 +123,16 @@ def test_img2img_search(comfy):
     assert all(c["nfe"] == 4 for c in rep["candidates"])  # denoise 0.5 keeps `steps` steps
 
 
-def test_interrupt_stops_search_within_one_step(comfy):
+def interrupt_run(comfy, graph, after: int, timeout: float = 300):
+    """Queues ``graph``, posts /interrupt at its ``after``-th progress message, follows it to the end.
+    Returns (interrupted, progress messages after the interrupt, seconds from the interrupt to the end)."""
     ws = comfy.websocket()
     try:
-        code, body = comfy.queue(search_graph(seed=5, candidates=64, top_k=1, steps=30, micro_batch=2,
-                                              prefix="intr"))
+        code, body = comfy.queue(graph)
         assert code == 200
         pid = body["prompt_id"]
-        progress_after, interrupted, t_int = 0, False, None
-        ws.settimeout(120)
-        while True:
-            msg = ws.recv()
-            if not isinstance(msg, str):
-                continue
-            m = json.loads(msg)
-            data = m.get("data", {})
-            if data.get("prompt_id") not in (None, pid):
-                continue
-            if m["type"] == "progress":
-                if t_int is None:
-                    t_int = time.time()
-                    comfy.post("/interrupt", {})
-                else:
-                    progress_after += 1
-            elif m["type"] == "execution_interrupted":
-                interrupted = True
-                break
-            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
-                break
-        assert interrupted, "the search was not interrupted"
-        # one model call of the micro-batch may finish; 64 x 30 NFEs would otherwise follow
-        assert progress_after <= 2, f"{progress_after} progress updates after the interrupt"
-        assert time.time() - t_int < 30
-    finally:
-        ws.close()
-    comfy.run_ok(search_graph(seed=6, candidates=2, top_k=1, prefix="afterintr"))
-
-
-def test_cpu_default_micro_batch_cancels_like_a_stock_ksampler(comfy):
-    """On the CPU, SearchLoop's default (micro_batch 0) samples one candidate at a time, so at 512 x 512 a
-    Cancel lands after at most the one model call in flight, as with a stock KSampler (issue #18, item 5)."""
-    ws = comfy.websocket()
-    try:
-        g = search_graph(seed=8, candidates=16, top_k=1, steps=20, micro_batch=0, prefix="intr512")
-        g["4"]["inputs"].update(width=512, height=512)
-        code, body = comfy.queue(g)
-        assert code == 200
-        pid = body["prompt_id"]
-        seen, after, interrupted = 0, 0, False
-        ws.settimeout(300)
+        seen, later, interrupted, t_int = 0, 0, False, None
+        ws.settimeout(timeout)
         while True:
             msg = ws.recv()
             if not isinstance(msg, str):
@@ -182,19 +143,40 @@ def test_cpu_default_micro_batch_cancels_like_a_stock_ksampler(comfy):
                 continue
             if m["type"] == "progress":
                 seen += 1
-                if seen == 3:  # a few model calls in: the search is under way
+                if seen == after:
+                    t_int = time.time()
                     comfy.post("/interrupt", {})
-                elif seen > 3:
-                    after += 1
+                elif seen > after:
+                    later += 1
             elif m["type"] == "execution_interrupted":
                 interrupted = True
                 break
             elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
                 break
-        assert interrupted, "the search was not interrupted"
-        assert after <= 1, f"{after} model calls after the interrupt (a batch-1 run finishes at most the one in flight)"
+        return interrupted, later, (time.time() - t_int) if t_int is not None else None
     finally:
         ws.close()
+
+
+def test_interrupt_stops_search_within_one_step(comfy):
+    interrupted, later, seconds = interrupt_run(
+        comfy, search_graph(seed=5, candidates=64, top_k=1, steps=30, micro_batch=2, prefix="intr"), after=1,
+        timeout=120)
+    assert interrupted, "the search was not interrupted"
+    # one model call of the micro-batch may finish; 64 x 30 NFEs would otherwise follow
+    assert later <= 2, f"{later} progress updates after the interrupt"
+    assert seconds < 30
+    comfy.run_ok(search_graph(seed=6, candidates=2, top_k=1, prefix="afterintr"))
+
+
+def test_cpu_default_micro_batch_cancels_like_a_stock_ksampler(comfy):
+    """On the CPU, SearchLoop's default (micro_batch 0) samples one candidate at a time, so at 512 x 512 a
+    Cancel lands after at most the one model call in flight, as with a stock KSampler (issue #18, item 5)."""
+    g = search_graph(seed=8, candidates=16, top_k=1, steps=20, micro_batch=0, prefix="intr512")
+    g["4"]["inputs"].update(width=512, height=512)
+    interrupted, later, _ = interrupt_run(comfy, g, after=3)  # a few model calls in: the search is under way
+    assert interrupted, "the search was not interrupted"
+    assert later <= 1, f"{later} model calls after the interrupt (a batch-1 run finishes at most the one in flight)"
 
 
 def _load_latent_graph(name):

@@ -6,7 +6,6 @@ usage: python tests/verifier_cache_check.py COMFYUI_DIR WORKDIR  -> prints one J
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import os
 import sys
@@ -15,18 +14,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(comfy_dir: str, work: str) -> dict:
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (REPO, os.path.join(REPO, "tests"))]
-    sys.path.insert(0, comfy_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
+    from pack_in_process import import_comfy_and_pack
+    import_comfy_and_pack(comfy_dir)
     import torch
     import folder_paths
-    spec = importlib.util.spec_from_file_location("infscale_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["infscale_pack"] = pack
-    spec.loader.exec_module(pack)
     sys.path.insert(1, os.path.join(REPO, "tests"))
     from tiny_verifiers import build_tiny_clip
     from infscale_pack.nodes import verifier_models as vm
