@@ -182,6 +182,7 @@ def evaluate_guard(ev: Evaluator, res, budget: int, held_nets: Dict[str, Any], s
            "report_candidates_match": int(sum(per["report_candidates_match"])),
            "search_above_median_rate": float(np.mean(per["search_above_median"])),
            "degraded_rate": {t: float(np.mean(per[f"degraded_{t}"])) for t in TRUTH},
+           "winner_percentile_mean": {k: float(np.mean(per[f"winner_percentile_{k}"])) for k in held_nets},
            "confusion": {k: {t: confusion(per[f"fired_{k}"], per[f"degraded_{t}"]) for t in TRUTH} for k in held_nets},
            "per_prompt": per}
     return out
@@ -269,20 +270,26 @@ def markdown(d) -> str:
          "candidates (\"degraded\"). TA = true alarm (fired, degraded), FA = false alarm (fired, not degraded), "
          "miss = degraded, not fired; precision = TA / fired, recall = TA / degraded. Context: winners' judge "
          "accuracy and Fréchet distance (judge features vs real images); \"above median\" = share of prompts whose "
-         "winner is strictly above the median search score (the guard's first condition).", "",
+         "winner is strictly above the median search score (the guard's first condition); \"winner percentile\" = "
+         "mean over prompts of the winner's percentile among the sampled candidates on the guard verifier / on the "
+         "judge (0.5 = a typical candidate). With stride 1 the sample is every candidate, so both ground truths "
+         "agree; with the judge as the held-out verifier and the sampled ground truth the guard fires exactly on "
+         "degraded prompts whose winner is above the median search score, by construction.", "",
          "## Guard verifier as the held-out verifier, ground truth on the sample", "",
          "| setting | budget NFE | candidates (stride, sampled) | judge acc | FD | verifier log p | above median | "
-         "degraded | fired (rate) | TA | FA | miss | precision | recall | judge acc fired / quiet |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "winner percentile guard / judge | degraded | fired (rate) | TA | FA | miss | precision | recall | "
+         "judge acc fired / quiet |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ran = [e for e in results if "confusion" in e]
     for e in results:
         if "confusion" not in e:
-            L.append(f"| {e['method']} | {e['budget_nfe']} | " + " | ".join(["—"] * 12) + f" | {e['note']} |")
+            L.append(f"| {e['method']} | {e['budget_nfe']} | " + " | ".join(["—"] * 13) + f" | {e['note']} |")
             continue
         cx, c = e["context"], e["confusion"]["guard_verifier"]["sampled"]
         L.append(f"| {e['method']} | {e['budget_nfe']} | {e['candidates_mean']:.0f} ({e['stride']}, "
                  f"{e['sampled_mean']:.0f}) | {cx['judge_acc']:.3f} | {cx['fd']:.1f} | {cx['verifier']:.3f} | "
-                 f"{e['search_above_median_rate']:.2f} | {c['degraded']} ({_r(c['degraded_rate'])}) | "
+                 f"{e['search_above_median_rate']:.2f} | {_r(e['winner_percentile_mean']['guard_verifier'])} / "
+                 f"{_r(e['winner_percentile_mean']['judge'])} | {c['degraded']} ({_r(c['degraded_rate'])}) | "
                  + " | ".join(_cells(c)) + f" | {_r(e['judge_acc_when_fired'], 3)} / "
                  f"{_r(e['judge_acc_when_quiet'], 3)} |")
     for k, t, title in (("guard_verifier", "all", "Guard verifier, ground truth on all candidates (reference)"),
@@ -318,7 +325,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cmd = "python bench/quality/guard.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = ("python bench/quality/guard.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     commit = git_state()  # the code that runs: read before the run
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     for m in models:
