@@ -66,12 +66,12 @@ class ComfyHost:
         # instead of decoding its finalists again
         self._keep_images = int(keep_images)
         self._images: List[Tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (score, row, latent, image)
-        # NFEs spent and the held-out verifier's sample (search/guard.py), shared with coarse hosts:
-        # every held_stride-th finished candidate is scored by it too, never to choose
         # a self-consistency verifier scores each candidate against its x0-prediction at a noise level: a whole
         # run is split there and that prediction (the preview) kept, keyed by the final latent's bytes
         self._preview_level = preview_level(verifier)
         self._previews: Dict[bytes, torch.Tensor] = {}
+        # NFEs spent and the held-out verifier's sample (search/guard.py), shared with coarse hosts:
+        # every held_stride-th finished candidate is scored by it too, never to choose
         self.watch = watch if watch is not None else {
             "nfe": 0, "finished": 0, "rows": [], "held_out": held_out, "stride": max(1, int(held_stride)),
             "row_nfe": [],  # model calls counted for each row sampled, in order (what adaptive samplers really spent)
