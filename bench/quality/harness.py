@@ -49,7 +49,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ def runnable(fam, strategy: Strategy, sampler: str) -> str:
 
 
 def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategies: Sequence[str],
-                extras: bool, patience: int = 0) -> List[Method]:
+                extras: bool, patience: int = 0, target: Optional[float] = None) -> List[Method]:
     det, sto = fam.samplers
     gen = GEN_STEPS
     out = [Method("random", "random", det, "deterministic", dict(overrides.get("random", {}))),
@@ -214,6 +214,9 @@ def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategi
     if patience:  # early stopping on a plateau of random search (patience counts candidates)
         out.append(Method(f"random + early stop (patience {patience})", "random", det, "deterministic",
                           dict(overrides.get("random", {})), stop=StopRule(patience=int(patience))))
+    if target is not None:  # early stopping at a target verifier score
+        out.append(Method(f"random + early stop (score >= {target:g})", "random", det, "deterministic",
+                          dict(overrides.get("random", {})), stop=StopRule(target=float(target))))
     if extras:
         out.append(Method("more steps (1 sample)", "random", det, "deterministic", {}, steps=budget))
         out.append(Method("coarse-to-fine random", "random", det, "deterministic", {"rerender": 4}, coarse_steps=4))
@@ -436,7 +439,7 @@ class Evaluator:
 
 def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequence[str],
                overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print,
-               patience: int = 0):
+               patience: int = 0, target: Optional[float] = None):
     t_start, c_start = time.time(), time.process_time()
     log(f"[{fam.name}] training (smoke={smoke})")
     built = fam.build(smoke=smoke, train_steps=train_steps, log=log)
@@ -452,7 +455,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
                    "deterministic" if sampler == det else "stochastic")
         ev.run_method(m, GEN_STEPS)
     for budget in budgets:
-        for m in methods_for(fam, budget, overrides, strategies, extras, patience):
+        for m in methods_for(fam, budget, overrides, strategies, extras, patience, target):
             if m.skip:
                 rows.append({"method": m.label, "budget_nfe": budget, "sampler": m.sampler, "algorithm": m.algorithm,
                              "params": m.params, "note": f"not run at this budget: {m.skip}"})
@@ -465,6 +468,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
     meta.update({"model": fam.name, "description": fam.description, "prompts": prompts, "budgets": list(budgets),
                  "generation_steps": GEN_STEPS, "samplers": list(fam.samplers), "strategies": list(strategies),
                  "params_overrides": overrides, "smoke": smoke, "extras": extras, "early_stop_patience": patience,
+                 "early_stop_target": target,
                  "wall_s": round(time.time() - t_start, 1), "train_wall_s": round(t_train, 1),
                  "cpu_s": round(time.process_time() - c_start, 1), "threads": torch.get_num_threads()})
     torch.set_grad_enabled(True)
@@ -605,6 +609,8 @@ def main(argv=None):
                     "(on in --smoke)")
     ap.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
                     help="add random search with early stopping on a plateau of PATIENCE candidates")
+    ap.add_argument("--early-stop-target", type=float, default=None, metavar="SCORE",
+                    help="add random search that stops once a candidate's verifier score (log p) reaches SCORE")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
                     "markdown of finished runs from their JSON")
@@ -636,7 +642,8 @@ def main(argv=None):
         meta, rows, comparison = run_family(FAMILIES[name], prompts=prompts, budgets=budgets, strategies=strategies,
                                             overrides=overrides, smoke=args.smoke, extras=args.extras or args.smoke,
                                             train_steps=train.get(name, 0),
-                                            patience=args.early_stop or (4 if args.smoke else 0))
+                                            patience=args.early_stop or (4 if args.smoke else 0),
+                                            target=args.early_stop_target)
         meta.update({"commit": commit, "machine": machine(), "command": cmd})
         stem = os.path.join(args.out_dir, f"quality_{name}" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
