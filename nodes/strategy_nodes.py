@@ -91,8 +91,8 @@ STOP_MODES = ("target score", "plateau", "target score or plateau")
 class EarlyStop:
     DESCRIPTION = ("Stops a strategy once it has its answer: when the best score reaches a target, or when it has "
                    "not risen by more than min_improvement over the last 'patience' candidates (random, zero-order, "
-                   "evolution) or scoring rounds (paths, particles, which then finish only their best). The NFEs "
-                   "saved are in the report. Where a search stops depends only on the seed and the scores, never on "
+                   "evolution) or scoring rounds (paths, particles, successive halving, which then finish only their "
+                   "best). The NFEs saved are in the report. Where a search stops depends only on the seed and the scores, never on "
                    "the micro-batch. Needs a verifier with absolute scores (not a rank ensemble).")
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -110,8 +110,9 @@ class EarlyStop:
                                                   "units: e.g. CLIPScore ~0.2-0.4, ImageReward ~-2..2). Used by "
                                                   "the 'target score' modes."}),
             "patience": ("INT", {"default": 8, "min": 1, "max": 100000,
-                                 "tooltip": "Plateau: stop after this many candidates (or scoring rounds for paths "
-                                            "and particles) without a rise of more than min_improvement."}),
+                                 "tooltip": "Plateau: stop after this many candidates (or scoring rounds for paths, "
+                                            "particles and successive halving) without a rise of more than "
+                                            "min_improvement."}),
             "min_improvement": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.0001,
                                           "tooltip": "Plateau: a rise of the best score counts only when it is "
                                                      "larger than this."}),
