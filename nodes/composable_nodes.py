@@ -13,6 +13,7 @@ from ..search import guard
 from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
+from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
 
 
@@ -127,13 +128,17 @@ class VerifierScore:
         book = ScoreBook(verifier, prompt)  # an ensemble ranks / standardises over this batch
         labels = [c.label() for c in cands]
         scores = checked_scores(book.add(images), len(cands), labels, verifier.name)
-        for name, col in zip(book.member_names, book.matrix().T):
-            checked_scores(col, len(cands), labels, name)
+        for name, col, rows in book.columns():
+            checked_scores(col, len(rows), [labels[r] for r in rows], name)
         report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
                                              verifier_scores=book.members(i))
                              for i, (c, s) in enumerate(zip(cands, scores))]
         report.finalize()
+        pre = prefilter.summary(verifier, book.matrix())
+        if pre is not None:
+            report.settings["prefilter"] = pre
+            report.notes.append(prefilter.note(pre))
         if held_out_verifier is None:
             return (report,)
         if held_out_verifier is verifier:

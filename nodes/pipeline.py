@@ -31,6 +31,7 @@ from .sampling import SamplingPlan, SearchInputError, decode, output_latent
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
+from ..verifiers import prefilter
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, needs_preview
 from ..search.report import Finalist, SearchReport
 
@@ -104,6 +105,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
+    pre = prefilter.summary(verifier, host.book.matrix())
+    if pre is not None:
+        report.settings["prefilter"] = pre
+        report.notes.append(prefilter.note(pre))
     if held_out is not None:
         with plan.clock.phase("verify"):
             report.held_out = held_out_report(host, report, finalists, images, verifier)

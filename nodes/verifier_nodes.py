@@ -12,6 +12,7 @@ from .verifier_models import HostVerifier, cached, shared_part
 from ..verifiers import aesthetic, clip_score, download, hps, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights
+from ..verifiers.prefilter import PrefilterVerifier
 
 DOWNLOAD_TOOLTIP = ("Off (default): never touches the network; a missing file is an error naming where to get it. "
                     "On: a missing file with a known published source is downloaded from the Hugging Face Hub into "
@@ -388,6 +389,43 @@ class VerifierEnsemble:
             raise ValueError(f"Verifier Ensemble: {e}") from e
 
 
+class VerifierPrefilter:
+    DESCRIPTION = ("A pre-filter: a cheap screen (the self-consistency verifier, which needs no reward model, or "
+                   "any single verifier) scores every candidate, and the main verifier (ImageReward, a VLM grader, "
+                   "an ensemble) scores only those whose screen score is among the best 'keep' fraction of the "
+                   "candidates screened so far. Candidates the main verifier skips rank below every scored one. "
+                   "Saves main-verifier time, never sampling NFEs; the report's settings.prefilter says how many "
+                   "were skipped. Decided one candidate at a time in the search's order, so the micro-batch never "
+                   "changes the result.")
+    CATEGORY = CATEGORY
+    FUNCTION = "combine"
+    RETURN_TYPES = (VERIFIER,)
+    RETURN_NAMES = ("verifier",)
+    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore (relative: recombined over the whole search).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "screen": (VERIFIER, {"tooltip": "The cheap verifier that sees every candidate (a single verifier, "
+                                             "not an ensemble): e.g. Load Self-Consistency Verifier."}),
+            "verifier": (VERIFIER, {"tooltip": "The main (expensive) verifier: it scores only the candidates the "
+                                               "screen lets through, and its scores rank them."}),
+            "keep": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 1.0, "step": 0.05,
+                               "tooltip": "A candidate goes to the main verifier when its screen score is among "
+                                          "the best 'keep' fraction of all candidates screened so far (itself "
+                                          "included). 1.0 = the main verifier scores everything."}),
+            "warmup": ("INT", {"default": 8, "min": 0, "max": 4096,
+                               "tooltip": "The first this many candidates always go to the main verifier, so the "
+                                          "fraction has a population to stand on."}),
+        }}
+
+    def combine(self, screen, verifier, keep, warmup):
+        try:
+            return (PrefilterVerifier(screen, verifier, keep, warmup),)
+        except ValueError as e:
+            raise ValueError(f"Verifier Pre-filter: {e}") from e
+
+
 NODES = [
     (CLIPScoreVerifierLoader, "CLIPScoreVerifierLoader", "Load CLIPScore Verifier"),
     (AestheticVerifierLoader, "AestheticVerifierLoader", "Load LAION Aesthetic Verifier"),
@@ -396,4 +434,5 @@ NODES = [
     (PickScoreVerifierLoader, "PickScoreVerifierLoader", "Load PickScore Verifier"),
     (HPSVerifierLoader, "HPSVerifierLoader", "Load HPS v2 Verifier"),
     (SelfConsistencyVerifierLoader, "SelfConsistencyVerifierLoader", "Load Self-Consistency Verifier"),
+    (VerifierPrefilter, "VerifierPrefilter", "Verifier Pre-filter"),
 ]
