@@ -33,6 +33,7 @@ NO_COMFYUI = {
     "test_verifiers.py": "verifiers",
     "test_aesthetic_ensemble.py": "verifiers",
     "test_verifiers_ii.py": "verifiers",
+    "test_vlm_verifiers.py": "verifiers",
 }
 ONE_TEST = {
     "test_install.py::test_install_beside_current_comfyui": "install",
