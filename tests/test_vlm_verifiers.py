@@ -203,6 +203,9 @@ def test_rubric_members_share_one_pass_and_compose(loaded):
     # a new batch (a new tensor) is never served from the kept matrix
     a = images_for("qwen2_5_vl", n=2, seed=12)
     b = images_for("qwen2_5_vl", n=2, seed=13)
+    with torch.inference_mode():  # ComfyUI's decoded images are inference tensors (no version counter)
+        inf = a.clone()
+    assert torch.allclose(rubric.ensemble("zscore").score_members(inf, "a cat"), rubric.matrix(a, "a cat"), atol=1e-6)
     col_a = rubric.members()[0].score(a, "a cat")
     col_b = rubric.members()[0].score(b, "a cat")
     assert torch.allclose(col_b, rubric.matrix(b, "a cat")[:, 0]) and not torch.allclose(col_a, col_b)

@@ -167,6 +167,7 @@ def build_tiny_verifiers_ii(folder: str) -> None:
     build_tiny_image_reward(folder)
     build_tiny_pickscore(folder)
     build_tiny_hps(folder)
+    build_tiny_qwen_vl(folder)  # tiny-qwen2.5-vl/ (VQAScore, rubric)
 
 
 # --------------------------------------------------------------------------- Qwen-VL (VQAScore, rubric grader)

@@ -47,6 +47,15 @@ ASPECT_NAMES = tuple(a for a, _ in ASPECTS)
 LABELS = tuple(str(s) for s in range(1, 11))
 
 
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter; inference tensors (ComfyUI decodes under inference mode) have
+    none, and cannot be changed in place outside inference mode."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
+
+
 def _question(template: str, prompt: str) -> str:
     return fill(template, prompt) if "{prompt}" in template else template
 
@@ -134,9 +143,9 @@ class VLMRubricVerifier(Verifier):
         until every aspect has read it, keyed by the very tensor, its version and the prompts)."""
         plist = as_prompt_list(prompts, images.shape[0])
         memo = self._memo
-        if memo is None or memo["images"] is not images or memo["version"] != images._version \
+        if memo is None or memo["images"] is not images or memo["version"] != _version(images) \
                 or memo["prompts"] != plist or index in memo["read"]:
-            memo = {"images": images, "version": images._version, "prompts": plist,
+            memo = {"images": images, "version": _version(images), "prompts": plist,
                     "matrix": self.matrix(images, plist), "read": set()}
             self._memo = memo
         memo["read"].add(index)
