@@ -14,7 +14,7 @@ Verifiers (all the pack's own classes, random weights):
     hpsv2_vit_h14       HPSVerifier: open_clip ViT-H-14 (HPSv2's architecture, preprocessing and formula)
     image_reward        ImageRewardVerifier: BLIP ViT-L/16 + BERT-base "med" config with cross-attention + MLP
     vqascore_qwen25vl_3b / _7b   VQAScoreVerifier on Qwen2.5-VL-3B / -7B shapes (bf16), 1024x1024 images at
-                        native resolution (max_pixels 1024*1024: 1369 visual tokens each), batch 8
+                        native resolution (max_pixels 1036*1036: 1369 visual tokens each), batch 8
     vlm_rubric_qwen25vl_3b      VLMRubricVerifier (5 aspects, mean_rank members) on Qwen2.5-VL-3B shapes,
                         images capped at the loader's default max_pixels (512 tokens), batch 2 (10 rows)
     (the VLM cases score 64 images at 1024x1024 only; --smoke: tiny configs at 64/128 px)
@@ -188,7 +188,7 @@ QWEN25_VL = {
                  vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                              fullatt_block_indexes=[1])),
 }
-VLM_MAX_PIXELS = {"native": 1024 * 1024}
+VLM_MAX_PIXELS = {"native": 1036 * 1036}  # 1024 px rounds to 1036 = 37 x 28: native size, 1369 tokens
 
 
 def make_qwen_vl(size, device, dtype, workdir):

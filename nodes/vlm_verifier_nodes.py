@@ -18,7 +18,7 @@ MAX_PIXELS_TOOLTIP = (
     "this many pixels, on the processor's grid (multiples of 28 px for Qwen2.5-VL, 32 px for Qwen3-VL); smaller "
     "ones keep their native resolution. Each 28x28 (32x32) block is one visual token, so time and memory grow "
     f"with it: the default {vlm.DEFAULT_MAX_PIXELS} (= 512 x 28 x 28, about 630x630) is at most 512 tokens per "
-    "image; 1048576 keeps a 1024x1024 image native (1369 tokens).")
+    "image; 1073296 (= 1036 x 1036) keeps a 1024x1024 image at native size (1369 tokens).")
 BATCH_TOOLTIP = ("Images per forward pass (rows of one batch). Lower it if scoring runs out of memory; the scores "
                  "do not depend on it.")
 
