@@ -265,28 +265,45 @@ FULL_SIZE = {
         text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                   num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
         vision=dict(QWEN25_VL_VISION, out_hidden_size=3584), tied=False),
+    # Qwen/Qwen3-VL-8B-Instruct's config.json; its files use transformers' nested layout already
+    "Qwen3-VL-8B-Instruct": dict(
+        text=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+        vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, num_position_embeddings=2304,
+                    out_hidden_size=4096, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                    deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh"), tied=False),
 }
+PUBLISHED_COUNTS = {"Qwen2.5-VL-3B-Instruct": 3754622976, "Qwen2.5-VL-7B-Instruct": 8292166656,
+                    "Qwen3-VL-8B-Instruct": 8767123696}  # 3.75 B, 8.29 B, 8.77 B on the model cards
 
 
-def full_size_config(name):
+def full_size_model(name):
     spec = FULL_SIZE[name]
+    if name.startswith("Qwen3"):
+        text = dict(spec["text"], rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                   "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+        return "qwen3_vl", transformers.Qwen3VLForConditionalGeneration(transformers.Qwen3VLConfig(
+            text_config=text, vision_config=spec["vision"], tie_word_embeddings=False))
     text = dict(spec["text"], rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                                "mrope_section": [16, 24, 24]})
-    return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=spec["vision"],
-                                         tie_word_embeddings=spec["tied"])
+    return "qwen2_5_vl", transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
+        text_config=text, vision_config=spec["vision"], tie_word_embeddings=spec["tied"]))
 
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZE))
 def test_full_size_key_layouts_on_meta(name):
-    """The full-size models on the meta device: the published key layout (``visual.*``, ``model.*``; no
-    lm_head when tied) maps onto every key of transformers' class, with the published parameter counts
-    (3.75 B and 8.29 B, as the model cards state)."""
+    """The full-size models on the meta device: the published key layout (Qwen2.5-VL: ``visual.*``,
+    ``model.*``, no lm_head when tied; Qwen3-VL: transformers' own) maps onto every key of transformers'
+    class, with the published parameter counts."""
     with torch.device("meta"):
-        model = transformers.Qwen2_5_VLForConditionalGeneration(full_size_config(name))
+        kind, model = full_size_model(name)
     expected = model.state_dict()
-    published = published_qwen_keys(expected, "qwen2_5_vl")
-    assert any(k.startswith("visual.blocks.31.") for k in published)
-    assert any(k.startswith("model.layers.") for k in published) and "model.embed_tokens.weight" in published
+    published = published_qwen_keys(expected, kind)
+    if kind == "qwen2_5_vl":
+        assert any(k.startswith("visual.blocks.31.") for k in published)
+        assert any(k.startswith("model.layers.") for k in published) and "model.embed_tokens.weight" in published
+    else:
+        assert "model.visual.deepstack_merger_list.2.linear_fc2.weight" in published
     tied = FULL_SIZE[name]["tied"]
     if tied:
         published.pop("lm_head.weight")
@@ -295,4 +312,4 @@ def test_full_size_key_layouts_on_meta(name):
     check_keys(expected, mapped, name, "full-size", ignore=("lm_head.",) if tied else ())
     assert set(mapped) == set(expected) - ({"lm_head.weight"} if tied else set())
     n = sum(p.numel() for p in model.parameters())
-    assert n == {"Qwen2.5-VL-3B-Instruct": 3754622976, "Qwen2.5-VL-7B-Instruct": 8292166656}[name], n
+    assert n == PUBLISHED_COUNTS[name], n
