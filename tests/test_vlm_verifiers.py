@@ -313,3 +313,17 @@ def test_full_size_key_layouts_on_meta(name):
     assert set(mapped) == set(expected) - ({"lm_head.weight"} if tied else set())
     n = sum(p.numel() for p in model.parameters())
     assert n == PUBLISHED_COUNTS[name], n
+
+
+def test_half_precision_cast_keeps_rotary_tables_fp32(folders, loaded):
+    """What ComfyUI's model management does on a GPU (nodes/verifier_models.shared_part): parameters to bf16,
+    the rotary frequency buffers stay fp32; scores stay close to fp32's (here on the CPU)."""
+    vlm = vlm_mod.load_qwen_vl(folders["qwen2_5_vl"])
+    vlm.cast_for_gpu(True)
+    assert {p.dtype for p in vlm.parameters()} == {torch.bfloat16}
+    buffers = {n: b.dtype for n, b in vlm.named_buffers() if "inv_freq" in n}
+    assert buffers and set(buffers.values()) == {torch.float32}, buffers
+    imgs = images_for("qwen2_5_vl", n=2, seed=21)
+    half = VQAScoreVerifier(vlm, max_pixels=None).score(imgs, PROMPTS[:2])
+    full = VQAScoreVerifier(loaded["qwen2_5_vl"], max_pixels=None).score(imgs, PROMPTS[:2])
+    assert half.dtype == torch.float32 and torch.allclose(half, full, rtol=0.1), (half, full)
