@@ -1,5 +1,5 @@
 """Verifier nodes: the loaders (CLIPScore, LAION aesthetic, ImageReward,
-PickScore, HPS v2) and the ensemble."""
+PickScore, HPS v2, HPSv3) and the ensemble."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from . import files
 from .progress import byte_progress
 from .types import CATEGORY, VERIFIER
 from .verifier_models import HostVerifier, cached, shared_part
-from ..verifiers import aesthetic, clip_score, download, hps, image_reward, pick_score, self_consistency
+from ..verifiers import aesthetic, clip_score, download, hps, hpsv3, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights
 from ..verifiers.prefilter import PrefilterVerifier
@@ -343,6 +343,31 @@ class HPSVerifierLoader(VerifierLoader):
         return (cached(("hps",) + file_key(path), build),)
 
 
+class HPSv3VerifierLoader(FolderVerifierLoader):
+    DESCRIPTION = ("HPSv3 verifier (Human Preference Score v3, Ma et al. 2025): Qwen2-VL-7B with a reward head, "
+                   "trained on human preferences over a wide range of generators. It reads the image and the "
+                   "prompt in the package's rating instruction; score = mu of its (mu, sigma) at the <|Reward|> "
+                   "token: unbounded, higher is better. Runs in bf16 (about 16 GB of weights). Reads a folder in "
+                   "models/verifiers with HPSv3.safetensors (MizzenAI/HPSv3) and config.json + tokenizer.json "
+                   "(Qwen/Qwen2-VL-7B-Instruct, not its weights).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names, extra = _folder_choices(hpsv3.WEIGHT_NAMES, "HPSv3")
+        return {"required": {
+            "folder": (names, dict(extra, tooltip=(
+                "Folder in models/verifiers holding HPSv3.safetensors (from huggingface.co/MizzenAI/HPSv3) and "
+                "config.json + tokenizer.json (from huggingface.co/Qwen/Qwen2-VL-7B-Instruct; its weights are "
+                "not needed: the HPSv3 file holds the whole model)."))),
+        }}
+
+    KIND, PUBLISHED = "hpsv3", hpsv3.PUBLISHED
+
+    def build(self, path, folder):
+        model, tokenizer, image_token_id = hpsv3.load_hpsv3(path)
+        return HostVerifier(hpsv3.HPSv3Verifier(model, tokenizer, image_token_id), f"hpsv3({folder})")
+
+
 # --------------------------------------------------------------------------- ensemble
 MAX_MEMBERS = 6
 
@@ -435,4 +460,5 @@ NODES = [
     (HPSVerifierLoader, "HPSVerifierLoader", "Load HPS v2 Verifier"),
     (SelfConsistencyVerifierLoader, "SelfConsistencyVerifierLoader", "Load Self-Consistency Verifier"),
     (VerifierPrefilter, "VerifierPrefilter", "Verifier Pre-filter"),
+    (HPSv3VerifierLoader, "HPSv3VerifierLoader", "Load HPSv3 Verifier"),
 ]

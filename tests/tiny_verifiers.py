@@ -162,12 +162,40 @@ def build_tiny_hps(folder: str, name: str = "tiny-hps", seed: int = 0) -> str:
     return path
 
 
+HPSV3_FIXTURE = os.path.join(FIXTURES, "hpsv3")
+
+
+def build_tiny_hpsv3(folder: str, name: str = "tiny-hpsv3") -> str:
+    """The tiny random-weight HPSv3 of tests/fixtures/hpsv3 (scored there by tools/hpsv3_reference.py with the
+    hpsv3 package) as a model folder in the published layout: its weights are drawn from the generator's seed,
+    in the package's key layout (lm_head included)."""
+    import shutil
+    import sys
+    import safetensors.torch
+    tools = os.path.join(os.path.dirname(os.path.dirname(FIXTURES)), "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import hpsv3_reference
+    from verifiers import hpsv3
+    dst = os.path.join(folder, name)
+    os.makedirs(dst, exist_ok=True)
+    for f in ("config.json", "tokenizer.json"):
+        shutil.copy(os.path.join(HPSV3_FIXTURE, f), dst)
+    text, vision = hpsv3.read_config(os.path.join(dst, "config.json"))
+    vocab = hpsv3.load_tokenizer(dst).get_vocab_size(with_added_tokens=True)
+    shapes = {k: list(v) for k, v in hpsv3.expected_keys(text, vision, vocab).items()}
+    shapes["lm_head.weight"] = [vocab, text["hidden_size"]]
+    safetensors.torch.save_file(hpsv3_reference.tiny_weights(shapes), os.path.join(dst, "HPSv3.safetensors"))
+    return dst
+
+
 def build_tiny_verifiers_ii(folder: str) -> None:
-    """Everything the server tests of the ImageReward / PickScore / HPS loaders need."""
+    """Everything the server tests of the ImageReward / PickScore / HPS / HPSv3 loaders need."""
     build_tiny_image_reward(folder)
     build_tiny_pickscore(folder)
     build_tiny_hps(folder)
     build_tiny_qwen_vl(folder)  # tiny-qwen2.5-vl/ (VQAScore, rubric)
+    build_tiny_hpsv3(folder)
 
 
 # --------------------------------------------------------------------------- Qwen-VL (VQAScore, rubric grader)

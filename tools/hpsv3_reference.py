@@ -102,6 +102,10 @@ PROMPTS = [
 IMAGE_SIZES = [(448, 448), (448, 448), (448, 448), (224, 896), (512, 512), (300, 200)]
 PAIRS = [(0, 0), (1, 0), (2, 0), (0, 1), (1, 2), (2, 3), (3, 1), (4, 0), (5, 2)]  # (image, prompt)
 BATCH = [(0, 0), (1, 1), (3, 2), (2, 3)]  # one reward() call: different prompts, so padded token rows
+# (h, w) given to the package's smart_resize with the inferencer's min = max pixels (recorded: the sizes the
+# model sees for typical generations)
+RESIZE_CASES = [(1024, 1024), (512, 512), (64, 64), (1024, 768), (768, 1024), (1216, 832), (832, 1216),
+                (1344, 768), (1536, 640), (300, 200), (448, 448), (224, 896), (100, 3000)]
 
 
 def make_venv(path: str) -> None:
@@ -236,6 +240,7 @@ def reference(out: str) -> None:
 
     import hpsv3
     from hpsv3 import HPSv3RewardInferencer
+    from hpsv3.dataset.utils import smart_resize
     from hpsv3.model.qwen2vl_trainer import Qwen2VLRewardModelBT
 
     torch.manual_seed(0)
@@ -324,6 +329,8 @@ def reference(out: str) -> None:
         "reward_token_id": reward_id, "vocab_size_after_resize": n_tokens + 1,
         "image_sizes": IMAGE_SIZES, "image_sha256": image_digest(arrays), "prompts": PROMPTS,
         "first_input_ids": full_ids, "records": records, "batch": batch_rec,
+        "smart_resize": [[h, w, *smart_resize(h, w, factor=28, min_pixels=256 * 28 * 28,
+                                               max_pixels=256 * 28 * 28)] for h, w in RESIZE_CASES],
         "full_size_params": int(sum(int(np.prod(s)) for s in full_keys.values())),
     }
     with open(os.path.join(out, "reference.json"), "w") as f:
