@@ -203,3 +203,64 @@ def test_hpsv3_composes_with_ensembles_and_every_strategy(verifier):
             assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
             runs[(name, book.relative)] = [c.score for c in ranked]
     assert len(runs) == 2 * len(names())
+
+
+# --------------------------------------------------------------------------- a real ComfyUI server
+def hpsv3_scoring_graph(folder="tiny-hpsv3", batch=3, seed=5):
+    """A stock KSampler batch, decoded, scored by VerifierScore with the HPSv3 loader, picked by BestPick."""
+    from graphs import base_graph
+    g = base_graph("a red apple on a table")
+    g["4"]["inputs"]["batch_size"] = batch
+    g["5"] = {"class_type": PREFIX + "HPSv3VerifierLoader", "inputs": {"folder": folder}}
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+        "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
+    g["12"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["7", 0], "verifier": ["5", 0],
+                                                                 "prompt": "a red apple on a table"}}
+    g["13"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["7", 0], "scores": ["12", 0], "top_k": 2}}
+    g["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "hpsv3_best"}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["12", 0]}}
+    return g
+
+
+def test_server_hpsv3_loader_scores_a_batch_and_best_pick_takes_the_best(comfy):
+    node = comfy.object_info()[PREFIX + "HPSv3VerifierLoader"]
+    assert node["category"] == "inference scaling" and "higher is better" in node["description"]
+    spec = node["input"]["required"]["folder"]
+    assert "tiny-hpsv3" in spec[0] and spec[1].get("tooltip")
+    entry = comfy.run_ok(hpsv3_scoring_graph())
+    rep = json.loads(entry["outputs"]["8"]["text"][0])
+    scores = [c["score"] for c in rep["candidates"]]
+    assert len(scores) == 3 and all(np.isfinite(scores))
+    assert len(set(round(s, 6) for s in scores)) == 3, "different images must get different scores"
+    assert rep["best"]["score"] == max(scores)
+    assert len(entry["outputs"]["14"]["images"]) == 1
+
+
+def test_server_hpsv3_missing_folder_names_folder_and_source(comfy):
+    code, body = comfy.queue(hpsv3_scoring_graph(folder="missing-hpsv3"))
+    assert code == 400
+    text = json.dumps(body)
+    assert "missing-hpsv3" in text and "Searched" in text and "MizzenAI/HPSv3" in text
+    assert "Qwen2-VL-7B-Instruct" in text
+
+
+def test_server_search_loop_with_hpsv3_in_an_ensemble(comfy):
+    """SearchLoop (random search) scored by a mean-rank ensemble of HPSv3 and CLIPScore; the strategies on the
+    toy host: test_hpsv3_composes_with_ensembles_and_every_strategy."""
+    from graphs import search_graph
+    g = search_graph(seed=31, candidates=3, top_k=1, micro_batch=2, prefix="hpsv3search")
+    g["20"] = {"class_type": PREFIX + "HPSv3VerifierLoader", "inputs": {"folder": "tiny-hpsv3"}}
+    g["21"] = {"class_type": PREFIX + "VerifierEnsemble", "inputs": {
+        "mode": "mean_rank", "verifier_1": ["20", 0], "weight_1": 1.0, "verifier_2": ["5", 0], "weight_2": 1.0}}
+    g["6"]["inputs"]["verifier"] = ["21", 0]
+    rep = json.loads(comfy.run_ok(g)["outputs"]["8"]["text"][0])
+    scores = [c["score"] for c in rep["candidates"]]
+    assert len(scores) == 3 and all(1 <= s <= 3 for s in scores)  # mean ranks over the three candidates
+    assert sum(scores) == pytest.approx(6.0)
+    members = [c["verifier_scores"] for c in rep["candidates"]]
+    names = set(members[0])
+    assert len(names) == 2 and any(n.startswith("hpsv3(") for n in names), names
+    hv = [m[n] for m in members for n in m if n.startswith("hpsv3(")]
+    assert len(set(round(v, 6) for v in hv)) == 3 and all(np.isfinite(hv))
