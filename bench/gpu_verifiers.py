@@ -6,6 +6,7 @@ and peak VRAM.  No ComfyUI needed.
 
     python bench/gpu_verifiers.py --out $OUT/gpu_verifiers.json
     python bench/gpu_verifiers.py --smoke --out /tmp/v.json       # CPU, tiny configs
+    python bench/gpu_verifiers.py --only hpsv3_qwen2vl_7b --budget-s 600 --out $OUT/hpsv3.json   # HPSv3 alone
 
 Verifiers (all the pack's own classes, random weights):
     clipscore_vit_l14   CLIPScoreVerifier, open_clip ViT-L-14
@@ -18,6 +19,9 @@ Verifiers (all the pack's own classes, random weights):
     vlm_rubric_qwen25vl_3b      VLMRubricVerifier (5 aspects, mean_rank members) on Qwen2.5-VL-3B shapes,
                         images capped at the loader's default max_pixels (512 tokens), batch 2 (10 rows)
     (the VLM cases score 64 images at 1024x1024 only; --smoke: tiny configs at 64/128 px)
+    hpsv3_qwen2vl_7b    HPSv3Verifier: Qwen2-VL-7B-Instruct (config as published) + HPSv3's reward head (bf16,
+                        fp32 head), 64 images at 1024x1024 only, as the VLM cases (resized to 448x448: 256 image
+                        tokens); the tests' tiny Qwen2 tokenizer (see make_hpsv3)
 plus peer_style_pil_preprocess: CPU time of the PIL + CLIPImageProcessor path the peer pack uses per image."""
 from __future__ import annotations
 
@@ -262,6 +266,34 @@ def make_rubric(size, smoke, device, dtype, workdir):
     return RubricMeanRank(VLMRubricVerifier(vlm, max_pixels=DEFAULT_MAX_PIXELS, batch_size=2))
 
 
+# HPSv3: the published Qwen2-VL-7B-Instruct config.json and the tests' tiny tokenizer (tracked, travels to the
+# device); the vocabulary is the published one resized as the package resizes it (151657 tokens + <|Reward|>)
+HPSV3_DIR = os.path.join(bc.REPO, "tests", "fixtures", "hpsv3")
+HPSV3_VOCAB = 151658
+
+
+def make_hpsv3(smoke, device, dtype):
+    """The pack's HPSv3Verifier on HPSv3Model for the published Qwen2-VL-7B-Instruct config (--smoke: the tests'
+    tiny config), random weights, in ``dtype`` (bf16 on a GPU that has it, as the loader node casts it) with the
+    fp32 reward head the package keeps.  The tokenizer is the tests' 615-token byte-level BPE with Qwen2's special tokens: it
+    cuts the package's instruction into more tokens than Qwen2's 151k-token vocabulary would (the row length is
+    recorded as seq_tokens), so the language-model part is an upper bound."""
+    import torch
+    from verifiers import hpsv3
+    cfg = "config.json" if smoke else "qwen2_vl_7b_config.json"
+    text, vision = hpsv3.read_config(os.path.join(HPSV3_DIR, cfg))
+    tok = hpsv3.load_tokenizer(HPSV3_DIR)
+    vocab = tok.get_vocab_size(with_added_tokens=True) if smoke else HPSV3_VOCAB
+    with torch.device("meta"):
+        model = hpsv3.HPSv3Model(text, vision, vocab)
+    model = model.to(dtype).to_empty(device=device)
+    bc.fill_random_(model)
+    model.rm_head.float()
+    v = hpsv3.HPSv3Verifier(model.eval().requires_grad_(False), tok, text["image_token_id"])
+    v.seq_tokens = len(v.token_ids(PROMPT, 256))
+    return v
+
+
 def peer_style_preprocess(images, smoke):
     """What the peer pack does per candidate before CLIP: tensor -> PIL ->
     CLIPImageProcessor (resize 224 bicubic, crop, normalise) on the CPU."""
@@ -314,6 +346,13 @@ def full_size_check():
             out[f"Qwen2.5-VL-{size.upper()}"] = bc.param_count(m)
         except Exception as e:  # noqa: BLE001
             out[f"Qwen2.5-VL-{size.upper()}"] = f"error: {type(e).__name__}: {e}"
+    try:
+        from verifiers import hpsv3
+        text, vision = hpsv3.read_config(os.path.join(HPSV3_DIR, "qwen2_vl_7b_config.json"))
+        out["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] = sum(
+            int(torch.Size(s).numel()) for s in hpsv3.expected_keys(text, vision, HPSV3_VOCAB).values())
+    except Exception as e:  # noqa: BLE001
+        out["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] = f"error: {type(e).__name__}: {e}"
     try:
         from verifiers.aesthetic import AestheticMLP
         with torch.device("meta"):
@@ -392,11 +431,13 @@ def main(argv=None) -> int:
         "vqascore_qwen25vl_3b": lambda: make_vqascore("3b", args.smoke, device, vlm_dtype, workdir),
         "vqascore_qwen25vl_7b": lambda: make_vqascore("7b", args.smoke, device, vlm_dtype, workdir),
         "vlm_rubric_qwen25vl_3b": lambda: make_rubric("3b", args.smoke, device, vlm_dtype, workdir),
+        "hpsv3_qwen2vl_7b": lambda: make_hpsv3(args.smoke, device, vlm_dtype),
     }
     classes = {"clipscore_vit_l14": "CLIPScoreVerifier", "aesthetic_laion_v2": "AestheticVerifier",
                "pickscore_vit_h14": "PickScoreVerifier", "hpsv2_vit_h14": "HPSVerifier",
                "image_reward": "ImageRewardVerifier", "vqascore_qwen25vl_3b": "VQAScoreVerifier",
-               "vqascore_qwen25vl_7b": "VQAScoreVerifier", "vlm_rubric_qwen25vl_3b": "RubricMeanRank"}
+               "vqascore_qwen25vl_7b": "VQAScoreVerifier", "vlm_rubric_qwen25vl_3b": "RubricMeanRank",
+               "hpsv3_qwen2vl_7b": "HPSv3Verifier"}
     names = args.only.split(",") if args.only else list(builders) + ["peer_style_pil_preprocess"]
     for name in names:
         case = {"case": name}
@@ -429,9 +470,11 @@ def main(argv=None) -> int:
             case.update(verifier_class=type(v).__name__, params=params,
                         weights_gib=round(v.memory_bytes() / 2 ** 30, 3), dtype=str(v.param_dtype()),
                         build_s=round(build_s, 2))
+            if hasattr(v, "seq_tokens"):
+                case["seq_tokens"] = v.seq_tokens
             if type(v).__name__ != classes[name]:
                 raise RuntimeError(f"{name}: built {type(v).__name__}, expected the pack's {classes[name]}")
-            vlm_case = name.startswith(("vqascore_", "vlm_rubric_"))
+            vlm_case = name.startswith(("vqascore_", "vlm_rubric_", "hpsv3_"))
             case.update(time_verifier(v, name, sizes[-1:] if vlm_case else sizes, n_images, device, clock, mem,
                                       min(reps, 2) if vlm_case else reps))
             case["status"] = "ok" if all(r["finite"] for r in case["timings"]) else "error"

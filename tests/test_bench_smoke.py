@@ -110,7 +110,8 @@ def test_gpu_verifiers_smoke(tmp_path):
     for name, cls in (("clipscore_vit_l14", "CLIPScoreVerifier"), ("aesthetic_laion_v2", "AestheticVerifier"),
                       ("pickscore_vit_h14", "PickScoreVerifier"), ("hpsv2_vit_h14", "HPSVerifier"),
                       ("image_reward", "ImageRewardVerifier"), ("vqascore_qwen25vl_3b", "VQAScoreVerifier"),
-                      ("vqascore_qwen25vl_7b", "VQAScoreVerifier"), ("vlm_rubric_qwen25vl_3b", "RubricMeanRank")):
+                      ("vqascore_qwen25vl_7b", "VQAScoreVerifier"), ("vlm_rubric_qwen25vl_3b", "RubricMeanRank"),
+                      ("hpsv3_qwen2vl_7b", "HPSv3Verifier")):
         assert by[name]["status"] == "ok", by[name]
         assert by[name]["verifier_class"] == cls
     full = doc["models"]["full_size_on_meta"]
@@ -123,3 +124,6 @@ def test_gpu_verifiers_smoke(tmp_path):
         rows = by[name]["timings"]
         assert [r["resolution"] for r in rows] == [128] and all(r["finite"] for r in rows)  # the largest size only
     assert 0 < by["vqascore_qwen25vl_3b"]["timings"][0]["score_example"] < 1
+    assert [r["resolution"] for r in by["hpsv3_qwen2vl_7b"]["timings"]] == [128]
+    assert by["hpsv3_qwen2vl_7b"]["timings"][0]["finite"] and by["hpsv3_qwen2vl_7b"]["seq_tokens"] > 256
+    assert 7.7e9 < full["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] < 7.8e9
