@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -453,18 +453,22 @@ class HPSv3Verifier(Verifier):
         self.pad_id = tokenizer.token_to_id("<|endoftext|>") or 0
         self.mean = OPENAI_MEAN
         self.std = OPENAI_STD
-        self._ids = lru_cache(maxsize=256)(self._token_ids)
+        self._ids: "OrderedDict[Tuple[str, int], Tuple[int, ...]]" = OrderedDict()  # (prompt, image tokens) -> ids
 
     def text(self, prompt: str, n_image_tokens: int) -> str:
         """The chat the package builds (apply_chat_template, then the processor's image-token expansion)."""
         return (CHAT_PREFIX + "<|vision_start|>" + "<|image_pad|>" * n_image_tokens + "<|vision_end|>"
                 + INSTRUCTION.format(text_prompt=prompt) + PROMPT_WITH_SPECIAL_TOKEN + CHAT_SUFFIX)
 
-    def _token_ids(self, prompt: str, n_image_tokens: int) -> Tuple[int, ...]:
-        return tuple(self.tokenizer.encode(self.text(prompt, n_image_tokens)).ids)
-
     def token_ids(self, prompt: str, n_image_tokens: int) -> List[int]:
-        return list(self._ids(prompt, n_image_tokens))
+        """The token ids of one row (cached: a search scores one prompt many times)."""
+        key = (prompt, n_image_tokens)
+        if key not in self._ids:
+            self._ids[key] = tuple(self.tokenizer.encode(self.text(prompt, n_image_tokens)).ids)
+            while len(self._ids) > self.TEXT_CACHE_SIZE:
+                self._ids.popitem(last=False)
+        self._ids.move_to_end(key)
+        return list(self._ids[key])
 
     def patches(self, images: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         """B x H x W x 3 in [0, 1] -> (B x N x C*T*P*P patches in Qwen2-VL's order, grid h, grid w)."""
