@@ -7,8 +7,8 @@ pins transformers==4.45.2 and imports its training stack (trl, peft, ...) from
 its inference module, so it runs in a throwaway virtual environment outside the
 repository:
 
-    python3 tools/hpsv3_reference.py --make-venv /tmp/hpsv3-ref-venv
-    /tmp/hpsv3-ref-venv/bin/python tools/hpsv3_reference.py --out tests/fixtures/hpsv3
+    python3 tools/hpsv3_reference.py --make-venv ../hpsv3-ref-venv
+    ../hpsv3-ref-venv/bin/python tools/hpsv3_reference.py --out tests/fixtures/hpsv3
 
 ``--make-venv`` installs (from PyPI) torch 2.14.1, torchvision 0.29.1,
 transformers==4.45.2 (the package's pin) and what its inference imports
