@@ -158,14 +158,25 @@ def test_hpsv3_file_errors(tiny_folder, tmp_path):
         hpsv3.load_hpsv3(str(cases["wrong_tokenizer"]))
 
 
-def test_hpsv3_keeps_bf16_weights_with_an_fp32_head(tiny_folder):
+def test_hpsv3_half_precision_keeps_an_fp32_head(tiny_folder):
+    """load_hpsv3(dtype=bf16), as the published bf16 file loads, and the loader node's GPU cast (cast_for_gpu:
+    bf16 where the GPU has it, else fp16): the reward head stays fp32 and scores stay finite."""
+    g = torch.Generator().manual_seed(5)
+    imgs = torch.rand(2, 64, 64, 3, generator=g)
     model, tok, iid = hpsv3.load_hpsv3(tiny_folder, dtype=torch.bfloat16)
     v = hpsv3.HPSv3Verifier(model, tok, iid)
-    assert v.keep_dtype and v.param_dtype() == torch.bfloat16
-    assert model.rm_head[0].weight.dtype == torch.float32 and model.model.norm.weight.dtype == torch.bfloat16
-    g = torch.Generator().manual_seed(5)
-    s = v.score(torch.rand(2, 64, 64, 3, generator=g), "a cat")
+    assert v.param_dtype() == torch.bfloat16 and model.model.norm.weight.dtype == torch.bfloat16
+    assert model.rm_head[0].weight.dtype == torch.float32
+    s = v.score(imgs, "a cat")
     assert s.dtype == torch.float32 and torch.isfinite(s).all()
+    for bf16_ok, dt in ((True, torch.bfloat16), (False, torch.float16)):
+        model, tok, iid = hpsv3.load_hpsv3(tiny_folder)
+        v = hpsv3.HPSv3Verifier(model, tok, iid)
+        v.cast_for_gpu(bf16_ok)
+        dtypes = {n.split(".")[1]: p.dtype for n, p in v.named_parameters()}
+        assert dtypes == {"visual": dt, "model": dt, "rm_head": torch.float32}
+    s16 = v.score(imgs, "a cat")  # fp16 on the CPU: finite, near the bf16 scores of the same weights
+    assert torch.isfinite(s16).all() and torch.allclose(s16, s, atol=0.05)
 
 
 def test_hpsv3_composes_with_ensembles_and_every_strategy(verifier):

@@ -442,7 +442,6 @@ def load_hpsv3(folder: str, dtype: Optional[torch.dtype] = None):
 class HPSv3Verifier(Verifier):
     name = "hpsv3"
     score_range = "unbounded reward (mu of the model's (mu, sigma)); higher is better"
-    keep_dtype = True  # bf16 weights with an fp32 head: never cast to fp16 (a 7B Qwen2 overflows there)
 
     def __init__(self, model: HPSv3Model, tokenizer, image_token_id: int, batch_size: int = 8):
         super().__init__(batch_size)
@@ -454,6 +453,15 @@ class HPSv3Verifier(Verifier):
         self.mean = OPENAI_MEAN
         self.std = OPENAI_STD
         self._ids: "OrderedDict[Tuple[str, int], Tuple[int, ...]]" = OrderedDict()  # (prompt, image tokens) -> ids
+
+    def cast_for_gpu(self, bf16_ok: bool) -> None:
+        """ComfyUI's half precision (nodes/verifier_models.shared_part): bfloat16 where the GPU has it (the
+        published checkpoint's dtype; a 7B Qwen2's activations can overflow float16), else float16.  The reward
+        head stays float32, as the package keeps it."""
+        dt = torch.bfloat16 if bf16_ok else torch.float16
+        for name, p in self.named_parameters():
+            if p.is_floating_point() and not name.startswith("model.rm_head."):
+                p.data = p.data.to(dt)
 
     def text(self, prompt: str, n_image_tokens: int) -> str:
         """The chat the package builds (apply_chat_template, then the processor's image-token expansion)."""
