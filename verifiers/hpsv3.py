@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Verifier
-from .loading import MismatchedWeightsError, VerifierFileError, check_keys, load_state_dict, missing_weights
+from .loading import VerifierFileError, check_keys, load_state_dict, missing_weights
 from .preprocess import OPENAI_MEAN, OPENAI_STD
 
 PUBLISHED = ("https://huggingface.co/MizzenAI/HPSv3 (HPSv3.safetensors) and "
