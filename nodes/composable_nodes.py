@@ -15,6 +15,7 @@ from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
 from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
+from ..verifiers.remote import failures_of
 
 
 class NoiseCandidateGenerator:
@@ -127,13 +128,19 @@ class VerifierScore:
         cands = identities(images.shape[0], noise)
         book = ScoreBook(verifier, prompt)  # an ensemble ranks / standardises over this batch
         labels = [c.label() for c in cands]
+        failed_before = failures_of(verifier)
         scores = checked_scores(book.add(images), len(cands), labels, verifier.name)
+        failed = failures_of(verifier) - failed_before
         for name, col, rows in book.columns():
             checked_scores(col, len(rows), [labels[r] for r in rows], name)
         report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
                                              verifier_scores=book.members(i))
                              for i, (c, s) in enumerate(zip(cands, scores))]
+        report.verifier_failures = failed
+        if failed:
+            report.notes.append(f"the remote grader gave no valid answer for {failed} image(s), scored -inf "
+                                "(on_failure = -inf): they rank last")
         report.finalize()
         pre = prefilter.summary(verifier, book.matrix())
         if pre is not None:

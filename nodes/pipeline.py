@@ -32,6 +32,7 @@ from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strat
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
 from ..verifiers import prefilter
+from ..verifiers.remote import failures_of
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, needs_preview
 from ..search.report import Finalist, SearchReport
 
@@ -68,6 +69,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
                                "leave held_out_verifier empty")
+    failed_before = failures_of(verifier)
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES))
     try:
@@ -114,6 +116,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
             report.held_out = held_out_report(host, report, finalists, images, verifier)
         if report.held_out["warning"]:
             report.notes.append(report.held_out["warning"])
+    report.verifier_failures = failures_of(verifier) - failed_before
+    if report.verifier_failures:
+        report.notes.append(f"the remote grader gave no valid answer for {report.verifier_failures} image(s), "
+                            "scored -inf (on_failure = -inf): they rank last")
     report.phases = plan.clock.to_dict(time.perf_counter() - t0)
     best = finalists[0]
     return (images[:1], output_latent(latent, latents[:1]), images, report) + winner_noise(plan, best)

@@ -22,12 +22,13 @@ class NonFiniteScoreError(ValueError):
 
 def checked_scores(scores: torch.Tensor, n: int, labels: Sequence[str], verifier: str = "verifier") -> List[float]:
     """The scores as floats, refused (with the first bad sample named) when a count is wrong or one is
-    NaN / inf.  The one NaN check of the pack: every algorithm and the composable scorer use it."""
+    NaN / +inf.  The one NaN check of the pack: every algorithm and the composable scorer use it.  -inf is
+    kept: a remote grader set to score a failed answer -inf (verifiers/remote.py) ranks that sample last."""
     s = scores.detach().float().cpu().reshape(-1)
     if s.numel() != n:
         raise ValueError(f"the {verifier} returned {s.numel()} scores for {n} samples")
     out = s.tolist()
-    bad = [lab for lab, v in zip(labels, out) if not math.isfinite(v)]
+    bad = [lab for lab, v in zip(labels, out) if not (math.isfinite(v) or v == -math.inf)]
     if bad:
         raise NonFiniteScoreError(
             f"the {verifier} returned a non-finite score (NaN or inf) for {len(bad)} sample(s), first: {bad[0]}. "

@@ -154,6 +154,11 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
         labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
         r = torch.tensor(checked_scores(score_x0(host, x0), k, labels, verifier), dtype=torch.float64)
         report.settings["reward_evaluations"] += k
+        dead = r == -math.inf  # a remote grader's failed answer: the particle gets weight 0
+        if bool(dead.all()):
+            raise ValueError(f"the {verifier} scored every particle -inf (failed answers) at step {end}: "
+                             "nothing to resample from; check the remote grader's server")
+        r = torch.where(dead, r[~dead].min(), r)
         run_max = torch.maximum(run_max, r)
         run_sum = run_sum + r
         if potential == "difference":
@@ -166,12 +171,12 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             inc = r.clone()
         if scale == "standardized":
             inc = standardized(inc)
-        logw = logw + lam * inc
+        logw = torch.where(dead, torch.full_like(logw, -math.inf), logw + lam * inc)
         prev = r
         ess = effective_sample_size(logw)
         report.settings["ess"].append(ess)
         report.trace.append({"round": seg + 1, "nfe": spent, "best": float(r.max()), "index": end})
-        reward = r  # each row's reward, rows reordered with the particles when they are resampled
+        reward = torch.where(dead, torch.full_like(r, -math.inf), r)  # each row's reward, reordered on resampling
         if ess_threshold == 0.0 or ess < ess_threshold * k:
             g = torch.Generator(device="cpu")
             g.manual_seed(derive_seed(base, TAG_PARTICLES, seg, 0xA5))
@@ -180,7 +185,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             lineage = [lineage[i] for i in idx]
             recipes = [recipes[i] for i in idx]
             sel = torch.as_tensor(idx, dtype=torch.long)
-            prev, run_max, run_sum, reward = prev[sel], run_max[sel], run_sum[sel], r[sel]
+            prev, run_max, run_sum, reward = prev[sel], run_max[sel], run_sum[sel], reward[sel]
             logw = torch.zeros(k, dtype=torch.float64)
             report.settings["resampled_at"].append(end)
         report.settings["lineages_alive"].append(len(set(lineage)))

@@ -101,6 +101,7 @@ class SearchReport:
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)  # {"denoise": {"seconds", "calls"}, ...}
     notes: List[str] = field(default_factory=list)  # what the user should know (budget left unspent, ...)
     held_out: Dict[str, Any] = field(default_factory=dict)  # the over-optimisation guard (search/guard.py), if on
+    verifier_failures: int = 0  # images a remote grader scored -inf for a failed answer (on_failure = -inf)
 
     def finalize(self) -> "SearchReport":
         """Ranks 1..N by score; ties go to the lower candidate index."""

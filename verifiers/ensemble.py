@@ -48,12 +48,18 @@ def mean_rank(matrix: torch.Tensor, weights: Optional[Sequence[float]] = None) -
 
 
 def zscore(matrix: torch.Tensor, weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """A -inf score (a remote grader's failed answer) stays -inf and is left out of its member's mean and
+    standard deviation; a member with weight 0 does not count at all."""
     m = matrix.reshape(matrix.shape[0], -1).double()
     w = _weights(weights, m.shape[1])
-    mu = m.mean(0, keepdim=True)
-    sd = m.std(0, unbiased=False, keepdim=True)
-    z = torch.where(sd > 0, (m - mu) / sd.clamp(min=1e-300), torch.zeros_like(m))
-    return (z * w).sum(1).float()
+    ok = torch.isfinite(m)
+    cnt = ok.sum(0, keepdim=True).clamp(min=1)
+    mf = torch.where(ok, m, torch.zeros_like(m))
+    mu = mf.sum(0, keepdim=True) / cnt
+    sd = (torch.where(ok, (m - mu) ** 2, torch.zeros_like(m)).sum(0, keepdim=True) / cnt).sqrt()
+    z = torch.where(sd > 0, (mf - mu) / sd.clamp(min=1e-300), torch.zeros_like(m))
+    z = torch.where(ok, z, m)  # -inf (NaN / +inf are refused by the search's own check)
+    return (z * w).where(w > 0, torch.zeros_like(z)).sum(1).float()
 
 
 def _weights(weights: Optional[Sequence[float]], m: int) -> torch.Tensor:
