@@ -38,6 +38,7 @@ NO_COMFYUI = {
 }
 ONE_TEST = {
     "test_install.py::test_install_beside_current_comfyui": "install",
+    "test_remote.py::test_real_openai_compatible_server": "verifiers",
 }
 COMFYUI_FIXTURES = {"comfy", "comfy_path", "models_dir"}
 
