@@ -367,8 +367,8 @@ def _free_port():
 def test_real_openai_compatible_server(tmp_path, guard):
     """``transformers serve`` (the server that ships with transformers) serving a tiny random Qwen2-VL whose
     language model is set to answer {"score": 7}: the images go through the real processor and vision tower.
-    transformers serve 5.24 accepts but ignores logprobs and response_format, so vqascore must say that the
-    server returned no logprobs, and yes_no must reject the rubric-shaped answer."""
+    transformers serve 5.24 accepts but ignores logprobs and response_format, so there vqascore must say that
+    the server returned no logprobs, and yes_no must reject the rubric-shaped answer."""
     pytest.importorskip("transformers")
     for mod in ("fastapi", "uvicorn", "openai"):
         try:
@@ -402,10 +402,17 @@ def test_real_openai_compatible_server(tmp_path, guard):
         g = torch.Generator().manual_seed(0)
         batch = torch.rand(3, 48, 40, 3, generator=g)
         assert v.score(batch, "a red cube").tolist() == [7.0, 7.0, 7.0]
-        with pytest.raises(RemoteGraderError, match="returned no logprobs"):
-            RemoteVLMVerifier(url, model_dir, mode="vqascore", timeout=60, retries=0).score(batch[:1], "a red cube")
-        with pytest.raises(RemoteGraderError, match=r'the answer is not \{"answer"'):
-            RemoteVLMVerifier(url, model_dir, mode="yes_no", timeout=60, retries=0).score(batch[:2], "a red cube")
+        # a later transformers serve may honour logprobs and response_format: then these must be valid scores
+        try:
+            p = RemoteVLMVerifier(url, model_dir, mode="vqascore", timeout=60, retries=0).score(batch[:2], "a cube")
+            assert ((p >= 0) & (p <= 1)).all(), p
+        except RemoteGraderError as e:
+            assert "returned no logprobs" in str(e)
+        try:
+            yn = RemoteVLMVerifier(url, model_dir, mode="yes_no", timeout=60, retries=0).score(batch[:2], "a cube")
+            assert set(yn.tolist()) <= {0.0, 1.0}, yn
+        except RemoteGraderError as e:
+            assert 'the answer is not {"answer": "yes" | "no"}' in str(e)
         assert {a for a in seen if isinstance(a, tuple)} == {("127.0.0.1", port)}
     finally:
         proc.terminate()
