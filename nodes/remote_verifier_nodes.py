@@ -28,7 +28,7 @@ class RemoteVLMVerifierLoader:
         "API) through its OpenAI-compatible chat-completions endpoint, one request per image. Modes: vqascore = "
         "P(\"Yes\") from the first answer token's logprobs for 'Does this figure show \"{prompt}\"? Please answer yes "
         "or no.' (VQAScore, range [0, 1]; needs a server that returns logprobs); rubric = a 1-10 rating as JSON "
-        "(JSON-schema output); yes_no = 1 for a JSON yes, 0 for no. Higher is better. Only the base URL you set is "
+        "(JSON-schema output); yes_no = 1 for a JSON yes, 0 for no; higher is better. Only the base URL you set is "
         "contacted (no proxy, no redirect); the API key is read from the environment variable you name and is never "
         "saved in the workflow, the PNG or the report.")
     CATEGORY = CATEGORY

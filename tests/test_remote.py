@@ -421,3 +421,55 @@ def test_real_openai_compatible_server(tmp_path, guard):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# --------------------------------------------------------------------------- the loader node on ComfyUI
+def test_server_remote_grader_in_a_search(comfy, stand_in, tmp_path):
+    """Search Loop on the real ComfyUI server with the remote grader: the stand-in grades brightness and gets
+    the key from the environment variable named on the node, one answer is garbage and scores -inf
+    (on_failure = -inf), and the report counts it; the key is in neither the report, the PNG nor the history."""
+    from comfy_server import TEST_API_KEY
+    from graphs import PREFIX, search_graph
+    seen, lock = [], threading.Lock()
+
+    def behave(handler, body):
+        with lock:
+            seen.append(handler.headers.get("Authorization"))
+            first = len(seen) == 1
+        if first:
+            return 200, b"{not json"
+        return rubric_from_image(handler, body)
+    srv = stand_in(behave)
+    info = comfy.object_info()[PREFIX + "RemoteVLMVerifier"]
+    assert info["category"] == "inference scaling" and "higher is better" in info["description"]
+    for name, spec in info["input"]["required"].items():
+        assert spec[1].get("tooltip"), name
+    loader = {"class_type": PREFIX + "RemoteVLMVerifier", "inputs": {
+        "base_url": srv.url, "model": "tiny", "mode": "rubric", "question": "", "api_key_env": "INFSCALE_TEST_API_KEY",
+        "concurrency": 3, "timeout": 20.0, "retries": 0, "on_failure": "-inf"}}
+    g = search_graph(seed=11, candidates=3, top_k=1, micro_batch=3, prefix="remote")
+    g["5"] = loader
+    g["11"] = {"class_type": PREFIX + "SaveSearchImage", "inputs": {"images": ["6", 0], "scores": ["6", 3],
+                                                                     "filename_prefix": "remote_meta"}}
+    entry = comfy.run_ok(g, timeout=300)
+    rep = json.loads(entry["outputs"]["8"]["text"][0])
+    scores = sorted(c["score"] for c in rep["candidates"])
+    assert rep["verifier_failures"] == 1 and scores[0] == -math.inf and all(1 <= s <= 10 for s in scores[1:])
+    assert any("-inf" in n for n in rep["notes"])
+    assert rep["verifier"].startswith("remote[rubric](tiny @ http://127.0.0.1:")
+    assert len(seen) == 4 and set(seen) == {"Bearer " + TEST_API_KEY}  # 3 candidates + the winner's re-render
+    png = comfy.output_file(entry["outputs"]["11"]["images"][0])
+    with open(png, "rb") as f:
+        data = f.read()
+    history = json.dumps(comfy.get("/history"))
+    for text in (data.decode("latin-1"), history, json.dumps(rep)):
+        assert TEST_API_KEY not in text
+    assert b"INFSCALE_TEST_API_KEY" in data  # the variable's name is the only trace, in the saved workflow
+    # settings errors are refused before the run: no URL, an unset key variable, a pasted key
+    for bad, msg in (({"base_url": ""}, "no base URL is set"),
+                     ({"api_key_env": "INFSCALE_UNSET_VARIABLE"}, "INFSCALE_UNSET_VARIABLE"),
+                     ({"api_key_env": "sk-abc123/def"}, "NAME of an environment variable")):
+        g["5"] = dict(loader, inputs=dict(loader["inputs"], **bad))
+        code, body = comfy.queue(g)
+        assert code == 400 and msg in json.dumps(body), (bad, body)
+    assert len(seen) == 4  # nothing was sent
