@@ -473,3 +473,38 @@ def test_server_remote_grader_in_a_search(comfy, stand_in, tmp_path):
         code, body = comfy.queue(g)
         assert code == 400 and msg in json.dumps(body), (bad, body)
     assert len(seen) == 4  # nothing was sent
+
+
+def test_server_remote_grader_with_verifier_score_and_best_pick(comfy, stand_in):
+    """Verifier Score + Best Pick over a stock KSampler batch, graded remotely: the failed answer scores -inf,
+    ranks last, is counted, and Best Pick returns the finite ones, best first."""
+    from graphs import PREFIX, base_graph
+    n, lock = [0], threading.Lock()
+
+    def behave(handler, body):
+        with lock:
+            n[0] += 1
+            first = n[0] == 1
+        return (200, b"[]") if first else rubric_from_image(handler, body)
+    srv = stand_in(behave)
+    g = base_graph("a grey square")
+    g["4"]["inputs"]["batch_size"] = 3
+    g["5"] = {"class_type": PREFIX + "RemoteVLMVerifier", "inputs": {
+        "base_url": srv.url, "model": "tiny", "mode": "rubric", "question": "Rate {prompt}: JSON score 1-10",
+        "api_key_env": "", "concurrency": 2, "timeout": 20.0, "retries": 1, "on_failure": "-inf"}}
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 8,
+        "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
+    g["12"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["7", 0], "verifier": ["5", 0],
+                                                                 "prompt": "a grey square"}}
+    g["13"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["7", 0], "scores": ["12", 0], "top_k": 2}}
+    g["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 2], "filename_prefix": "remote_pick"}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["12", 0]}}
+    entry = comfy.run_ok(g, timeout=300)
+    rep = json.loads(entry["outputs"]["8"]["text"][0])
+    ranked = [c["score"] for c in rep["candidates"]]
+    assert rep["verifier_failures"] == 1 and ranked[-1] == -math.inf and all(1 <= s <= 10 for s in ranked[:2])
+    assert math.isfinite(rep["best"]["score"]) and len(entry["outputs"]["14"]["images"]) == 2
+    assert n[0] == 3 and srv.requests[0]["body"]["messages"][0]["content"][1]["text"] == "Rate a grey square: " \
+                                                                                          "JSON score 1-10"
