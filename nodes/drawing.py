@@ -57,7 +57,10 @@ def score_plot(series: Dict[str, List[Sequence[float]]], title: str = "", width:
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     font = _font(12)
-    right_series = {k: v for k, v in (right_series or {}).items() if v}
+    # a -inf point (a remote grader's failed answer before any success) has no place on the axis
+    series = {k: [p for p in v if math.isfinite(p[1])] for k, v in series.items()}
+    right_series = {k: [p for p in v if math.isfinite(p[1])] for k, v in (right_series or {}).items()}
+    right_series = {k: v for k, v in right_series.items() if v}
     left, right, top, bottom = 64, (64 if right_series else 16), 28, 44
     pts = [p for s in series.values() for p in s] + [p for s in right_series.values() for p in s]
     d.text((left, 6), title, fill=(0, 0, 0), font=font)

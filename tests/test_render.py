@@ -48,3 +48,11 @@ def test_resample_sigmas_keeps_ends():
     flow = torch.linspace(1.0, 0.05, 11)
     r2 = resample_sigmas(flow, 20)
     assert r2.numel() == 21 and abs(float(r2[0]) - 1.0) < 1e-6 and abs(float(r2[-1]) - 0.05) < 1e-6
+
+
+def test_score_plot_and_caption_take_a_failed_minus_inf_score():
+    """A remote grader's failed answer (-inf) at the start of a trace is left off the plot's axis."""
+    series = {"random": [(4, float("-inf")), (8, 0.3), (12, 0.5)], "failed": [(4, float("-inf"))]}
+    img = score_plot(series, title="remote", width=200, height=120)
+    assert img.shape == (1, 120, 200, 3) and torch.isfinite(img).all() and img.min() < 1.0
+    assert "-inf" in caption(3, float("-inf"), 7)
