@@ -328,6 +328,13 @@ def test_remote_scores_compose_with_ensembles(stand_in, guard):
     # a zero-weight remote member does not poison the ensemble
     z = EnsembleVerifier([remote, Brightness()], [0.0, 1.0], "zscore")
     assert torch.isfinite(z.score(batch, "p")).all()
+    # as a pre-filter's main verifier: the failed answer ranks below the candidates the screen skipped
+    from verifiers.prefilter import PrefilterVerifier
+    pre = PrefilterVerifier(Brightness(), remote, keep=0.5, warmup=2)
+    before = failures_of(pre)
+    s = ScoreBook(pre, "p").add(grey_batch([0.6, 0.05, 0.9, 0.3, 0.2]))
+    assert failures_of(pre) - before == 1 and s[1] == -math.inf  # scored (warm-up), failed
+    assert torch.isfinite(s[[0, 2, 3, 4]]).all() and s[2] == s.max() and s[3] > s[4] > s[1]
 
 
 def test_remote_failures_compose_with_every_strategy():

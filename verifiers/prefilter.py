@@ -118,7 +118,8 @@ class PrefilterVerifier:
             main = mat[scored, :m]
             out[scored] = (self.main.combine(main).float().reshape(-1) if getattr(self.main, "relative", False)
                            else main[:, 0])
-            floor = float(out[scored].min())
+            finite = out[scored][torch.isfinite(out[scored])]  # a remote grader's failed answer (-inf) ranks last
+            floor = float(finite.min()) if finite.numel() else 0.0
         else:
             floor = 0.0
         rest = (~scored).nonzero().reshape(-1).tolist()
