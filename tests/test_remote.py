@@ -129,15 +129,25 @@ def grey_batch(levels):
 # --------------------------------------------------------------------------- tests
 def test_scores_come_back_per_candidate_and_only_the_configured_host_is_contacted(stand_in, guard):
     allowed, seen = guard
-    srv = stand_in(rubric_from_image)
+    active, most, lock = [0], [0], threading.Lock()
+
+    def counted(handler, body):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            return rubric_from_image(handler, body)
+        finally:
+            with lock:
+                active[0] -= 1
+    srv = stand_in(counted)
     allowed.add(("127.0.0.1", srv.port))
     levels = [0.9, 0.1, 0.5, 1.0, 0.0, 0.3]
-    v = RemoteVLMVerifier(srv.url, "tiny", mode="rubric", concurrency=6, timeout=10, retries=0)
-    t0 = time.monotonic()
+    v = RemoteVLMVerifier(srv.url, "tiny", mode="rubric", concurrency=3, timeout=10, retries=0)
     s = v.score(grey_batch(levels), "a grey square")
     expected = [1 + round(9 * round(x * 255) / 255.0) for x in levels]
     assert s.tolist() == expected  # each answer on its own candidate, though they arrived darkest last
-    assert time.monotonic() - t0 < 0.3 * 6  # concurrent, not one after another
+    assert 2 <= most[0] <= 3  # concurrent, within the limit
     assert len(srv.requests) == 6 and {r["path"] for r in srv.requests} == {"/v1/chat/completions"}
     body = srv.requests[0]["body"]
     assert body["model"] == "tiny" and body["response_format"]["type"] == "json_schema"
@@ -225,8 +235,11 @@ def test_a_hanging_server_fails_within_the_timeout(stand_in, guard):
         elapsed = time.monotonic() - t0
     finally:
         release.set()
-    assert 2.0 <= elapsed < 5.0, elapsed
-    assert len(srv.requests) >= 2  # retried
+    assert 2.0 <= elapsed < v.deadline() + 3.0, elapsed  # the stated deadline, plus scheduling slack
+    sent = len(srv.requests)
+    assert sent >= 2  # retried
+    time.sleep(1.6)  # past the in-flight attempts' timeout and a backoff: the failed batch sends nothing more
+    assert len(srv.requests) == sent
 
 
 def test_retries_on_5xx_and_429_then_succeeds(stand_in, guard):

@@ -79,6 +79,10 @@ class _BadAnswer(Exception):
     pass
 
 
+class _NotSent(Exception):
+    """A request not made because another one had already failed the batch (that one's error is reported)."""
+
+
 def parse_base_url(url: str):
     """(scheme, host, port, path prefix) of an OpenAI-compatible base URL such as http://127.0.0.1:8000/v1."""
     url = (url or "").strip()
@@ -264,16 +268,20 @@ class RemoteVLMVerifier(SingleVerifier):
             raise _BadAnswer(f'the answer is not {{"answer": "yes" | "no"}}: {text[:200]!r}')
         return 1.0 if a.strip().lower() == "yes" else 0.0
 
-    def score_one(self, image: torch.Tensor, prompt: str) -> float:
-        """One candidate's score, with the retries; raises RemoteGraderError / _BadAnswer."""
+    def score_one(self, image: torch.Tensor, prompt: str, stop: Optional[threading.Event] = None) -> float:
+        """One candidate's score, with the retries; raises RemoteGraderError / _BadAnswer.  ``stop``: set when
+        the batch has failed or was cancelled, so no further attempt is made."""
+        stop = stop or threading.Event()
         body = json.dumps(self.request_body(image, prompt)).encode("utf-8")
         for attempt in range(self.retries + 1):
+            if stop.is_set():
+                raise _NotSent()
             try:
                 return self.parse(self._post(body))
             except _Retryable as e:
                 if attempt == self.retries:
                     raise RemoteGraderError(f"no answer after {self.retries + 1} attempt(s): {e}") from None
-                time.sleep(self._backoff(attempt))
+                stop.wait(self._backoff(attempt))
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ the protocol
@@ -286,10 +294,18 @@ class RemoteVLMVerifier(SingleVerifier):
         errors = {}
         where = f"remote grader {self.name}"
         self._headers()  # a missing API key is a setting error, raised before any request
-        futures = {}
+        futures, stop = {}, threading.Event()
+
+        def one(i: int) -> float:
+            try:
+                return self.score_one(images[i], prompts[i], stop)
+            except (_BadAnswer, RemoteGraderError):
+                if self.on_failure == "error":
+                    stop.set()  # the batch fails: the workers start no further request
+                raise
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, max(n, 1)), thread_name_prefix="remote-grader")
         try:
-            futures = {pool.submit(self.score_one, images[i], prompts[i]): i for i in range(n)}
+            futures = {pool.submit(one, i): i for i in range(n)}
             end = time.monotonic() + self.deadline() + 5.0
             pending = set(futures)
             while pending:
@@ -305,6 +321,8 @@ class RemoteVLMVerifier(SingleVerifier):
                     i = futures[f]  # the candidate this request was for
                     try:
                         scores[i] = float(f.result())
+                    except _NotSent:
+                        continue  # the candidate whose failure stopped the batch raises below
                     except (_BadAnswer, RemoteGraderError) as e:
                         errors[i] = str(e)
                         if self.on_failure == "error":
@@ -312,7 +330,8 @@ class RemoteVLMVerifier(SingleVerifier):
                                 f"{where}: candidate {i} of this batch: {e}. Nothing was scored: fix the server or "
                                 "its model, or set on_failure to -inf to score such candidates -inf (the search "
                                 "report counts them)") from None
-        finally:
+        finally:  # on an error or Cancel: requests in flight end at their timeout, no new one is made
+            stop.set()
             for f in futures:
                 f.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
