@@ -289,7 +289,10 @@ def make_hpsv3(smoke, device, dtype):
     model = model.to(dtype).to_empty(device=device)
     bc.fill_random_(model)
     model.rm_head.float()
-    v = hpsv3.HPSv3Verifier(model.eval().requires_grad_(False), tok, text["image_token_id"])
+    # the tokenizer's own <|image_pad|> id: the tests' small tokenizer numbers it differently from the 7B config
+    image_id = tok.token_to_id("<|image_pad|>")
+    v = hpsv3.HPSv3Verifier(model.eval().requires_grad_(False), tok,
+                            text["image_token_id"] if image_id is None else int(image_id))
     v.seq_tokens = len(v.token_ids(PROMPT, 256))
     return v
 
