@@ -231,10 +231,13 @@ def make_qwen_vl(size, device, dtype, workdir):
     return QwenVL(model, processor, settings, description=f"qwen2_5_vl({size}, random)")
 
 
-def make_vqascore(size, smoke, device, dtype, workdir):
+def make_vqascore(size, smoke, device, dtype, workdir, pixels="native"):
+    """``pixels``: "native" (1036², a 1024² image unresized) or "default" (the loader's default, 512 tokens)."""
+    from verifiers.vlm import DEFAULT_MAX_PIXELS
     from verifiers.vqascore import VQAScoreVerifier
     vlm = make_qwen_vl("tiny" if smoke else size, device, dtype, workdir)
-    return VQAScoreVerifier(vlm, max_pixels=VLM_MAX_PIXELS["native"], batch_size=8)
+    cap = VLM_MAX_PIXELS["native"] if pixels == "native" else DEFAULT_MAX_PIXELS
+    return VQAScoreVerifier(vlm, max_pixels=cap, batch_size=8)
 
 
 class RubricMeanRank:
@@ -433,13 +436,15 @@ def main(argv=None) -> int:
         "image_reward": lambda: make_image_reward(args.smoke, device, dtype),
         "vqascore_qwen25vl_3b": lambda: make_vqascore("3b", args.smoke, device, vlm_dtype, workdir),
         "vqascore_qwen25vl_7b": lambda: make_vqascore("7b", args.smoke, device, vlm_dtype, workdir),
+        "vqascore_qwen25vl_3b_512tok": lambda: make_vqascore("3b", args.smoke, device, vlm_dtype, workdir,
+                                                             pixels="default"),
         "vlm_rubric_qwen25vl_3b": lambda: make_rubric("3b", args.smoke, device, vlm_dtype, workdir),
         "hpsv3_qwen2vl_7b": lambda: make_hpsv3(args.smoke, device, vlm_dtype),
     }
     classes = {"clipscore_vit_l14": "CLIPScoreVerifier", "aesthetic_laion_v2": "AestheticVerifier",
                "pickscore_vit_h14": "PickScoreVerifier", "hpsv2_vit_h14": "HPSVerifier",
                "image_reward": "ImageRewardVerifier", "vqascore_qwen25vl_3b": "VQAScoreVerifier",
-               "vqascore_qwen25vl_7b": "VQAScoreVerifier", "vlm_rubric_qwen25vl_3b": "RubricMeanRank",
+               "vqascore_qwen25vl_7b": "VQAScoreVerifier", "vqascore_qwen25vl_3b_512tok": "VQAScoreVerifier", "vlm_rubric_qwen25vl_3b": "RubricMeanRank",
                "hpsv3_qwen2vl_7b": "HPSv3Verifier"}
     names = args.only.split(",") if args.only else list(builders) + ["peer_style_pil_preprocess"]
     for name in names:
