@@ -104,7 +104,7 @@ def percent_to_sigma(model, percent: float) -> float:
 # --------------------------------------------------------------------------- the plan
 @dataclass
 class Generated:
-    latents: torch.Tensor        # B x C x H x W, final samples on the intermediate device
+    latents: torch.Tensor        # B x C x H x W (video: B x C x T x H x W), final samples on the intermediate device
     nfe: int                     # model calls per candidate
     batch: int                   # micro-batch size it ran in
     x0: Optional[torch.Tensor] = None  # the last step's x0-prediction (LATENT space), when asked for
@@ -141,25 +141,39 @@ class SamplingPlan:
     # ---------------------------------------------------------------- validation
     def _template(self, latent: Dict[str, Any]) -> torch.Tensor:
         samples = latent["samples"]
-        if samples.ndim == 5:
+        dims = compat.latent_dimensions(self.model)
+        if samples.ndim not in (4, 5):
+            raise SearchInputError(f"expected an image latent (B x C x H x W) or a video latent (B x C x T x H x W), "
+                                   f"got shape {tuple(samples.shape)}")
+        if samples.ndim == 5 and dims != 3:
             raise SearchInputError(
-                f"video latents (5-D, shape {tuple(samples.shape)}) are not supported yet: "
-                "SearchLoop searches image models; use a 4-D image latent")
-        if samples.ndim != 4:
-            raise SearchInputError(f"expected a 4-D image latent (B x C x H x W), got shape {tuple(samples.shape)}")
+                f"the latent is a video latent (5-D, shape {tuple(samples.shape)}) but this model samples images: "
+                "use a video model (Wan, HunyuanVideo, LTX-Video...) with it, or an image latent with this model")
+        if samples.ndim == 4 and dims == 3:
+            raise SearchInputError(
+                f"this is a video model but the latent is a 4-D image latent (shape {tuple(samples.shape)}): make "
+                "a video latent for it (Empty Hunyuan Latent Video for Wan 2.1 / HunyuanVideo, Wan22 Image To "
+                "Video Latent for Wan 2.2 5B, Empty LTXV Latent Video for LTX-Video); length 1 gives one frame")
         if samples.shape[0] != 1:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
+        if samples.ndim == 5 and latent.get("noise_mask") is not None:
+            raise SearchInputError("a noise mask on a video latent (inpainting, LTX-Video keyframe conditioning) is "
+                                   "not supported by the search yet: search without the mask (Wan image-to-video "
+                                   "conditioning lives in the conditioning, not the mask, and works)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
-        if fixed.ndim == 5:
-            raise SearchInputError("this model samples video (5-D) latents, which are not supported yet")
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:
             raise SearchInputError(
                 f"the latent has {fixed.shape[1]} channels but this model works on {want}-channel latents: "
                 "make the latent for this model (Empty Latent Image for it, or VAE Encode with its own VAE)")
         return fixed
+
+    @property
+    def video(self) -> bool:
+        """Candidates are videos (5-D latents)."""
+        return self.template.ndim == 5
 
     # ---------------------------------------------------------------- facts
     def sampler_function(self) -> str:
@@ -269,7 +283,10 @@ class SamplingPlan:
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """B x H x W x 3 images of image latents; B x T x H x W x 3 frames of video latents (5-D)."""
     images = vae.decode(latents)
+    if latents.ndim == 5:  # a video VAE: B x T x H x W x 3 (a 4-D answer is one video's frames)
+        return images.reshape(latents.shape[0], -1, *images.shape[-3:])
     if images.ndim == 5:  # some hosts return B x T x H x W x C for image VAEs too
         images = images.reshape(-1, *images.shape[-3:])
     return images

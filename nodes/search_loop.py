@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .pipeline import run_search
 from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
+from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING
 from ..search import guard
 from ..search.noise import SEED_MAX
 
@@ -90,12 +90,16 @@ class SearchLoop:
                                "section compares the winner with the median candidate on both verifiers, and a "
                                "warning appears on the node when the search score rose while the held-out score "
                                "fell below the median."}),
+                "video_scoring": (VIDEO_SCORING, {
+                    "tooltip": "Video models only: which frames of each candidate the image verifier scores and how "
+                               "they combine (a Video Scoring node). Absent: first, middle and last frame, mean. "
+                               "A video search returns frames (image, top_k_images: video after video)."}),
             },
         }
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
-               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None):
+               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -107,7 +111,7 @@ class SearchLoop:
         settings = {"scheduler": scheduler if plan.mode == "ksampler" else None, "cfg": float(cfg),
                     "denoise": float(denoise) if plan.mode == "ksampler" else None}
         out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
-                         bool(exact_winner), settings, held_out=held_out_verifier)
+                         bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring)
         if held_out_verifier is None:
             return out
         return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}

@@ -194,7 +194,7 @@ def _write_latent(comfy, name, tensor):
 BAD_CASES = {
     "top_k_gt_n": (lambda c: search_graph(candidates=2, top_k=3), "top_k (3) is larger than the number of candidates"),
     "channels": ("ch16.latent", "channels but this model works on 4-channel latents"),
-    "video": ("video.latent", "video latents (5-D"),
+    "video": ("video.latent", "is a video latent (5-D"),
     "batch2": ("batch2", "batch size 2"),
     "broken_file": (lambda c: search_graph(weights="broken-clip.safetensors"), "truncated"),
     "nan_scores": (lambda c: search_graph(weights="nan-clip.safetensors"), "non-finite score"),
