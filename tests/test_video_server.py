@@ -16,7 +16,7 @@ from graphs import PREFIX, verifier_node
 
 TEXT = "a cat walking on a beach"
 FRAMES = 5  # Wan: 1 + 4k frames; 5 frames = 2 latent frames
-SIZE = 32
+SIZE = 16
 
 
 @pytest.fixture(scope="module")
