@@ -185,19 +185,21 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
 
 
-WAN21_FILES = {"diffusion_models": ("wan21", "tiny-wan21.safetensors"),
-               "vae": ("wan21_vae", "tiny-wan21-vae.safetensors"),
-               "text_encoders": ("clip_l", "tiny-clip-l.safetensors")}
+WAN21_FILES = [("diffusion_models", "wan21", 0, "tiny-wan21.safetensors"),
+               ("diffusion_models", "wan21", 1, "tiny-wan21-low.safetensors"),  # a second expert (other weights)
+               ("diffusion_models", "wan21_i2v", 0, "tiny-wan21-i2v.safetensors"),
+               ("vae", "wan21_vae", 0, "tiny-wan21-vae.safetensors"),
+               ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
 
 
 def add_wan21(comfy_path: str, models_dir: dict) -> None:
     """The tiny Wan 2.1 files (tests/tiny_models.py) in the server's model folders, built once into the cache;
     current ComfyUI only (the caller skips on a ComfyUI without Wan)."""
     from tiny_models import ensure_checkpoint
-    for folder, (kind, name) in WAN21_FILES.items():
+    for folder, kind, seed, name in WAN21_FILES:
         link = os.path.join(models_dir["root"], folder, name)
         if not os.path.exists(link):
-            os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints")), link)
+            os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints"), seed=seed), link)
 
 
 @pytest.fixture(scope="session")

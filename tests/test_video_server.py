@@ -129,6 +129,88 @@ def test_min_of_evenly_spaced_frames(wan):
     assert rep["candidates"][0]["score"] == pytest.approx(min(by_hand[0]["score"], by_hand[-1]["score"]), abs=1e-5)
 
 
+def i2v_graph(search: bool, seed=0, prefix="wan_i2v"):
+    """Wan 2.1 image-to-video: Wan Image To Video encodes the start image into the conditioning (concat latent
+    + mask) and makes the empty video latent; Search Loop, or a stock KSampler, samples from it."""
+    g = wan_base()
+    g["1"]["inputs"]["unet_name"] = "tiny-wan21-i2v.safetensors"
+    g["30"] = {"class_type": "LoadImage", "inputs": {"image": "wan_start.png"}}
+    g["31"] = {"class_type": "WanImageToVideo", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "vae": ["12", 0], "width": SIZE, "height": SIZE,
+        "length": FRAMES, "batch_size": 1, "start_image": ["30", 0]}}
+    if search:
+        g["5"] = verifier_node()
+        g["6"] = {"class_type": PREFIX + "SearchLoop", "inputs": {
+            "model": ["1", 0], "positive": ["31", 0], "negative": ["31", 1], "latent": ["31", 2], "vae": ["12", 0],
+            "verifier": ["5", 0], "prompt": TEXT, "seed": seed, "candidates": 3, "top_k": 1,
+            "sampler_name": "euler", "scheduler": "simple", "steps": 3, "cfg": 5.0, "denoise": 1.0,
+            "micro_batch": 3}}
+        g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["6", 3]}}
+        g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 1], "filename_prefix": prefix + "_latent"}}
+    else:
+        g["6"] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["31", 0], "negative": ["31", 1], "latent_image": ["31", 2], "seed": seed,
+            "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+        g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix + "_latent"}}
+    return g
+
+
+def test_wan_image_to_video_search_reproduces_in_stock_ksampler(wan):
+    Image.new("RGB", (SIZE, SIZE), (30, 140, 220)).save(wan.input_dir + "/wan_start.png")
+    entry = wan.run_ok(i2v_graph(True, seed=40))
+    rep = report_of(entry)
+    assert len(rep["candidates"]) == 3 and rep["settings"]["micro_batch"] == 3
+    stock = wan.run_ok(i2v_graph(False, seed=rep["best"]["seed"], prefix="wan_i2v_stock"))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry))
+
+
+def two_expert_search(switch=2, steps=4, strategy=None, seed=60):
+    g = wan_search(seed=seed, candidates=3, top_k=1, steps=steps, micro_batch=3, prefix="wan_2x", strategy=strategy)
+    g["24"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-low.safetensors",
+                                                      "weight_dtype": "default"}}
+    g["6"]["inputs"].update(model_2=["24", 0], switch_step=switch)
+    return g
+
+
+def two_expert_stock(seed, switch=2, steps=4):
+    """ComfyUI's Wan 2.2 14B template: a high-noise KSamplerAdvanced returning with leftover noise, then a
+    low-noise one adding none."""
+    g = wan_base()
+    g["24"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-low.safetensors",
+                                                      "weight_dtype": "default"}}
+    common = {"positive": ["2", 0], "negative": ["3", 0], "steps": steps, "cfg": 5.0, "sampler_name": "euler",
+              "scheduler": "simple"}
+    g["6"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, model=["1", 0], add_noise="enable", noise_seed=seed, latent_image=["4", 0], start_at_step=0,
+        end_at_step=switch, return_with_leftover_noise="enable")}
+    g["7"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, model=["24", 0], add_noise="disable", noise_seed=0, latent_image=["6", 0], start_at_step=switch,
+        end_at_step=10000, return_with_leftover_noise="disable")}
+    g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "wan_2x_stock"}}
+    return g
+
+
+def test_two_experts_reproduce_in_the_stock_two_sampler_chain(wan):
+    entry = wan.run_ok(two_expert_search())
+    rep = report_of(entry)
+    assert rep["settings"]["switch_step"] == 2 and rep["nfe_total"] == 3 * 4
+    stock = wan.run_ok(two_expert_stock(rep["best"]["seed"]))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry)), \
+        "best_seed in the stock two-KSamplerAdvanced chain must give the winner exactly"
+    # the second expert matters: without it (model alone over all steps) the winner differs
+    one = wan.run_ok(stock_graph(rep["best"]["seed"], steps=4, prefix="wan_2x_one"))
+    assert not torch.equal(latent_file(wan, one), latent_file(wan, entry))
+    # a strategy that stops and re-noises runs across the switch too
+    paths = wan.run_ok(two_expert_search(strategy=("PathsStrategy", {
+        "paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5, "backward": 0.7, "budget_nfe": 0})))
+    assert report_of(paths)["algorithm"] == "paths"
+
+
+def test_two_experts_bad_switch_is_a_clear_error(wan):
+    err = execution_error(wan.run(two_expert_search(switch=4, steps=4)))
+    assert err is not None and "switch_step must be between 1 and steps - 1" in err["exception_message"], err
+
+
 VIDEO_STRATEGIES = {
     "zero_order": ("ZeroOrderStrategy", {"neighbours": 2, "cosine": 0.9, "budget_nfe": 0}),
     "paths": ("PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5,
@@ -182,8 +264,16 @@ def test_composable_verifier_score_takes_video_frames(wan):
     assert frames_of(wan, entry, "19").shape[0] == 1
 
 
+def ranked_grid_of_videos():
+    g = composable_graph(FRAMES)
+    g["22"] = {"class_type": PREFIX + "RankedGrid", "inputs": {"images": ["7", 0], "scores": ["14", 0], "columns": 2}}
+    g["23"] = {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "wan_grid"}}
+    return g
+
+
 BAD = {
     "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
+    "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
     "image_latent_with_video_model": (None, "this is a video model but the latent is a 4-D image latent"),
 }
 

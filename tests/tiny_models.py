@@ -88,13 +88,15 @@ import zlib
 # cache file name used by ensure_checkpoint.
 VERSION = 1
 
-KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l")
+KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v")
 
 # Wan 2.1 (current ComfyUI only), three files as the published ones are split:
 #   ``wan21``: the diffusion model alone (keys as wan2.1_t2v_1.3B_fp16.safetensors, no prefix):
 #     comfy.ldm.wan.model.WanModel t2v; model_detection reads dim from head.modulation (heads = dim // 128),
 #     ffn_dim, layers and in_dim from the keys; text_dim stays 4096.  Tiny: dim 128 (one head), ffn 256,
 #     one block (0.9 M params).
+#   ``wan21_i2v``: the same as image-to-video (model_type i2v: img_emb, the CLIP-vision projection, which
+#     model_detection reads as WAN21_I2V; in_dim 36 = 16 noise + 4 mask + 16 start-image latent channels).
 #   ``wan21_vae``: comfy.ldm.wan.vae.WanVAE at the size comfy.sd.VAE builds it for the key
 #     decoder.middle.0.residual.0.gamma (dim 96 is fixed there): 127 M params, 254 MB fp16.
 #   ``clip_l``: a CLIP-L text encoder file (keys text_model.*, 123.7 M params).  Wan's own text encoder,
@@ -104,6 +106,7 @@ KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l")
 WAN21 = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=128, ffn_dim=256, freq_dim=256,
              text_dim=4096, out_dim=16, num_heads=1, num_layers=1, window_size=(-1, -1), qk_norm=True,
              cross_attn_norm=True, eps=1e-6)
+WAN21_I2V = dict(WAN21, model_type="i2v", in_dim=36)
 WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
 
@@ -318,6 +321,9 @@ def _build_modules(kind):
         if kind == "wan21":
             from comfy.ldm.wan.model import WanModel
             return {"": WanModel(operations=ops, dtype=torch.float32, **WAN21)}
+        if kind == "wan21_i2v":
+            from comfy.ldm.wan.model import WanModel
+            return {"": WanModel(operations=ops, dtype=torch.float32, **WAN21_I2V)}
         if kind == "wan21_vae":
             import comfy.ldm.wan.vae
             return {"": comfy.ldm.wan.vae.WanVAE(**WAN21_VAE)}
