@@ -6,6 +6,7 @@ and peak VRAM.  No ComfyUI needed.
 
     python bench/gpu_verifiers.py --out $OUT/gpu_verifiers.json
     python bench/gpu_verifiers.py --smoke --out /tmp/v.json       # CPU, tiny configs
+    python bench/gpu_verifiers.py --only hpsv3_qwen2vl_7b --budget-s 600 --out $OUT/hpsv3.json   # HPSv3 alone
 
 Verifiers (all the pack's own classes, random weights):
     clipscore_vit_l14   CLIPScoreVerifier, open_clip ViT-L-14
@@ -13,6 +14,14 @@ Verifiers (all the pack's own classes, random weights):
     pickscore_vit_h14   PickScoreVerifier: transformers CLIPModel with PickScore's ViT-H-14 shapes
     hpsv2_vit_h14       HPSVerifier: open_clip ViT-H-14 (HPSv2's architecture, preprocessing and formula)
     image_reward        ImageRewardVerifier: BLIP ViT-L/16 + BERT-base "med" config with cross-attention + MLP
+    vqascore_qwen25vl_3b / _7b   VQAScoreVerifier on Qwen2.5-VL-3B / -7B shapes (bf16), 1024x1024 images at
+                        native resolution (max_pixels 1036*1036: 1369 visual tokens each), batch 8
+    vlm_rubric_qwen25vl_3b      VLMRubricVerifier (5 aspects, mean_rank members) on Qwen2.5-VL-3B shapes,
+                        images capped at the loader's default max_pixels (512 tokens), batch 2 (10 rows)
+    (the VLM cases score 64 images at 1024x1024 only; --smoke: tiny configs at 64/128 px)
+    hpsv3_qwen2vl_7b    HPSv3Verifier: Qwen2-VL-7B-Instruct (config as published) + HPSv3's reward head (bf16,
+                        fp32 head), 64 images at 1024x1024 only, as the VLM cases (resized to 448x448: 256 image
+                        tokens); the tests' tiny Qwen2 tokenizer (see make_hpsv3)
 plus peer_style_pil_preprocess: CPU time of the PIL + CLIPImageProcessor path the peer pack uses per image."""
 from __future__ import annotations
 
@@ -168,6 +177,123 @@ def make_image_reward(smoke, device, dtype):
     return ir.ImageRewardVerifier(model, tok)
 
 
+# Qwen2.5-VL-3B/7B-Instruct's config.json (huggingface.co/Qwen), the fields that set shapes; the tests check
+# them against the published parameter counts on the meta device (tests/test_vlm_verifiers.py)
+QWEN25_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                        spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                        fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+QWEN25_VL = {
+    "3b": dict(text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                         num_attention_heads=16, num_key_value_heads=2), out=2048, tied=True),
+    "7b": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4), out=3584, tied=False),
+    "tiny": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2), out=64, tied=False,
+                 vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
+                             fullatt_block_indexes=[1])),
+}
+VLM_MAX_PIXELS = {"native": 1036 * 1036}  # 1024 px rounds to 1036 = 37 x 28: native size, 1369 tokens
+
+
+def make_qwen_vl(size, device, dtype, workdir):
+    """The pack's QwenVL (verifiers/vlm.py) on a Qwen2.5-VL of the given shapes, random weights, with the
+    tests' Qwen2 tokenizer class and chat template (a small vocabulary for tokenising; the embedding and
+    output layers keep the published vocabulary size, so the cost is the real one)."""
+    import torch
+    import transformers
+    sys.path.insert(0, os.path.join(bc.REPO, "tests"))
+    from tiny_verifiers import QWEN_VL_CHAT_TEMPLATE, write_tiny_qwen_tokenizer, tiny_qwen_vl_config
+    from verifiers.vlm import QwenVL
+    folder = os.path.join(workdir, f"qwen_tok_{size}")
+    tok = write_tiny_qwen_tokenizer(folder)
+    spec = QWEN25_VL[size]
+    ids = tiny_qwen_vl_config("qwen2_5_vl", tok)
+    text = dict(ids["text_config"], **spec["text"], tie_word_embeddings=spec["tied"])
+    text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[2, 3, 3] if size == "tiny" else [16, 24, 24],
+                                   rope_theta=1000000.0)
+    text.setdefault("vocab_size", len(tok))
+    vision = dict(QWEN25_VL_VISION, out_hidden_size=spec["out"], **spec.get("vision", {}))
+    cfg = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=spec["tied"],
+                                        **{k: v for k, v in ids.items() if k.endswith("token_id")})
+    with torch.device(device):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(cfg)
+    bc.fill_random_(model)
+    for p in model.parameters():  # fill_random_ re-creates nothing: keep the module's own buffers (rotary)
+        p.data = p.data.to(dtype)
+    model = model.eval().requires_grad_(False)
+    ip = transformers.Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = transformers.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok,
+                                                 video_processor=transformers.Qwen2VLVideoProcessor(),
+                                                 chat_template=QWEN_VL_CHAT_TEMPLATE)
+    settings = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+                "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711),
+                "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
+    return QwenVL(model, processor, settings, description=f"qwen2_5_vl({size}, random)")
+
+
+def make_vqascore(size, smoke, device, dtype, workdir):
+    from verifiers.vqascore import VQAScoreVerifier
+    vlm = make_qwen_vl("tiny" if smoke else size, device, dtype, workdir)
+    return VQAScoreVerifier(vlm, max_pixels=VLM_MAX_PIXELS["native"], batch_size=8)
+
+
+class RubricMeanRank:
+    """The rubric's aspects as mean-rank ensemble members (verifiers/vlm_rubric.py), timed as Search Loop scores
+    them: every member over the batch (one shared forward pass), then the ensemble's combination."""
+
+    def __init__(self, rubric):
+        self.rubric = rubric
+        self.ensemble = rubric.ensemble("mean_rank")
+        self.batch_size = rubric.batch_size
+
+    def score(self, images, prompt):
+        return self.ensemble.score(images, prompt)
+
+    def memory_bytes(self):
+        return self.rubric.memory_bytes()
+
+    def param_dtype(self):
+        return self.rubric.param_dtype()
+
+    def parameters(self):
+        return self.rubric.parameters()
+
+
+def make_rubric(size, smoke, device, dtype, workdir):
+    from verifiers.vlm import DEFAULT_MAX_PIXELS
+    from verifiers.vlm_rubric import VLMRubricVerifier
+    vlm = make_qwen_vl("tiny" if smoke else size, device, dtype, workdir)
+    return RubricMeanRank(VLMRubricVerifier(vlm, max_pixels=DEFAULT_MAX_PIXELS, batch_size=2))
+
+
+# HPSv3: the published Qwen2-VL-7B-Instruct config.json and the tests' tiny tokenizer (tracked, travels to the
+# device); the vocabulary is the published one resized as the package resizes it (151657 tokens + <|Reward|>)
+HPSV3_DIR = os.path.join(bc.REPO, "tests", "fixtures", "hpsv3")
+HPSV3_VOCAB = 151658
+
+
+def make_hpsv3(smoke, device, dtype):
+    """The pack's HPSv3Verifier on HPSv3Model for the published Qwen2-VL-7B-Instruct config (--smoke: the tests'
+    tiny config), random weights, in ``dtype`` (bf16 on a GPU that has it, as the loader node casts it) with the
+    fp32 reward head the package keeps.  The tokenizer is the tests' 615-token byte-level BPE with Qwen2's special tokens: it
+    cuts the package's instruction into more tokens than Qwen2's 151k-token vocabulary would (the row length is
+    recorded as seq_tokens), so the language-model part is an upper bound."""
+    import torch
+    from verifiers import hpsv3
+    cfg = "config.json" if smoke else "qwen2_vl_7b_config.json"
+    text, vision = hpsv3.read_config(os.path.join(HPSV3_DIR, cfg))
+    tok = hpsv3.load_tokenizer(HPSV3_DIR)
+    vocab = tok.get_vocab_size(with_added_tokens=True) if smoke else HPSV3_VOCAB
+    with torch.device("meta"):
+        model = hpsv3.HPSv3Model(text, vision, vocab)
+    model = model.to(dtype).to_empty(device=device)
+    bc.fill_random_(model)
+    model.rm_head.float()
+    v = hpsv3.HPSv3Verifier(model.eval().requires_grad_(False), tok, text["image_token_id"])
+    v.seq_tokens = len(v.token_ids(PROMPT, 256))
+    return v
+
+
 def peer_style_preprocess(images, smoke):
     """What the peer pack does per candidate before CLIP: tensor -> PIL ->
     CLIPImageProcessor (resize 224 bicubic, crop, normalise) on the CPU."""
@@ -207,6 +333,26 @@ def full_size_check():
             int(torch.Size(s).numel()) for s in ir.expected_keys(dict(IR_MED_FULL)).values())
     except Exception as e:  # noqa: BLE001
         out["ImageReward (BLIP ViT-L/16 + med BERT + MLP)"] = f"error: {type(e).__name__}: {e}"
+    for size in ("3b", "7b"):
+        try:
+            import transformers
+            spec = QWEN25_VL[size]
+            text = dict(spec["text"], tie_word_embeddings=spec["tied"],
+                        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+            with torch.device("meta"):
+                m = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
+                    text_config=text, vision_config=dict(QWEN25_VL_VISION, out_hidden_size=spec["out"]),
+                    tie_word_embeddings=spec["tied"]))
+            out[f"Qwen2.5-VL-{size.upper()}"] = bc.param_count(m)
+        except Exception as e:  # noqa: BLE001
+            out[f"Qwen2.5-VL-{size.upper()}"] = f"error: {type(e).__name__}: {e}"
+    try:
+        from verifiers import hpsv3
+        text, vision = hpsv3.read_config(os.path.join(HPSV3_DIR, "qwen2_vl_7b_config.json"))
+        out["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] = sum(
+            int(torch.Size(s).numel()) for s in hpsv3.expected_keys(text, vision, HPSV3_VOCAB).values())
+    except Exception as e:  # noqa: BLE001
+        out["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] = f"error: {type(e).__name__}: {e}"
     try:
         from verifiers.aesthetic import AestheticMLP
         with torch.device("meta"):
@@ -262,6 +408,8 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device: use --smoke for the CPU test")
     device = torch.device("cpu" if cpu else "cuda")
     dtype = torch.float32 if cpu else torch.float16
+    # the VLMs run in bf16 on the GPU, as the pack casts them (verifiers/vlm.py QwenVL.cast_for_gpu)
+    vlm_dtype = torch.float32 if cpu else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     sizes = [64, 128] if args.smoke else [512, 1024]
     n_images = 4 if args.smoke else 64
     reps = args.reps or (1 if args.smoke else 3)
@@ -280,10 +428,16 @@ def main(argv=None) -> int:
         "pickscore_vit_h14": lambda: make_pickscore(args.smoke, device, dtype, workdir),
         "hpsv2_vit_h14": lambda: make_hps(args.smoke, device, dtype),
         "image_reward": lambda: make_image_reward(args.smoke, device, dtype),
+        "vqascore_qwen25vl_3b": lambda: make_vqascore("3b", args.smoke, device, vlm_dtype, workdir),
+        "vqascore_qwen25vl_7b": lambda: make_vqascore("7b", args.smoke, device, vlm_dtype, workdir),
+        "vlm_rubric_qwen25vl_3b": lambda: make_rubric("3b", args.smoke, device, vlm_dtype, workdir),
+        "hpsv3_qwen2vl_7b": lambda: make_hpsv3(args.smoke, device, vlm_dtype),
     }
     classes = {"clipscore_vit_l14": "CLIPScoreVerifier", "aesthetic_laion_v2": "AestheticVerifier",
                "pickscore_vit_h14": "PickScoreVerifier", "hpsv2_vit_h14": "HPSVerifier",
-               "image_reward": "ImageRewardVerifier"}
+               "image_reward": "ImageRewardVerifier", "vqascore_qwen25vl_3b": "VQAScoreVerifier",
+               "vqascore_qwen25vl_7b": "VQAScoreVerifier", "vlm_rubric_qwen25vl_3b": "RubricMeanRank",
+               "hpsv3_qwen2vl_7b": "HPSv3Verifier"}
     names = args.only.split(",") if args.only else list(builders) + ["peer_style_pil_preprocess"]
     for name in names:
         case = {"case": name}
@@ -316,9 +470,13 @@ def main(argv=None) -> int:
             case.update(verifier_class=type(v).__name__, params=params,
                         weights_gib=round(v.memory_bytes() / 2 ** 30, 3), dtype=str(v.param_dtype()),
                         build_s=round(build_s, 2))
+            if hasattr(v, "seq_tokens"):
+                case["seq_tokens"] = v.seq_tokens
             if type(v).__name__ != classes[name]:
                 raise RuntimeError(f"{name}: built {type(v).__name__}, expected the pack's {classes[name]}")
-            case.update(time_verifier(v, name, sizes, n_images, device, clock, mem, reps))
+            vlm_case = name.startswith(("vqascore_", "vlm_rubric_", "hpsv3_"))
+            case.update(time_verifier(v, name, sizes[-1:] if vlm_case else sizes, n_images, device, clock, mem,
+                                      min(reps, 2) if vlm_case else reps))
             case["status"] = "ok" if all(r["finite"] for r in case["timings"]) else "error"
             if case["status"] == "error":
                 case["error"] = "non-finite scores"

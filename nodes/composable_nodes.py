@@ -15,6 +15,7 @@ from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
 from ..search.video import VideoInputError, split_videos
+from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
 
 
@@ -146,13 +147,18 @@ class VerifierScore:
                                    "frames_per_video to the frame count of one video")
 
         def new_book(v):  # an ensemble ranks / standardises over this batch
-            return FrameBook(v, prompt, scoring) if scoring is not None else ScoreBook(v, prompt)
+            if scoring is None:
+                return ScoreBook(v, prompt)
+            try:
+                return FrameBook(v, prompt, scoring)
+            except VideoInputError as e:
+                raise SearchInputError(f"Verifier Score: {e}") from e
         cands = identities(images.shape[0], noise)
         book = new_book(verifier)
         labels = [c.label() for c in cands]
         scores = checked_scores(book.add(images), len(cands), labels, verifier.name)
-        for name, col in zip(book.member_names, book.matrix().T):
-            checked_scores(col, len(cands), labels, name)
+        for name, col, rows in book.columns():
+            checked_scores(col, len(rows), [labels[r] for r in rows], name)
         report = SearchReport(algorithm="external", verifier=verifier.name, prompt=prompt, top_k=1)
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
                                              verifier_scores=book.members(i))
@@ -160,6 +166,10 @@ class VerifierScore:
         if scoring is not None:
             report.settings["video"] = book.info()
         report.finalize()
+        pre = prefilter.summary(verifier, book.matrix())
+        if pre is not None:
+            report.settings["prefilter"] = pre
+            report.notes.append(prefilter.note(pre))
         if held_out_verifier is None:
             return (report,)
         if held_out_verifier is verifier:

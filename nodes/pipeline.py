@@ -32,6 +32,7 @@ from .video import as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
+from ..verifiers import prefilter
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, needs_preview
 from ..search.report import Finalist, SearchReport
 
@@ -70,6 +71,9 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         raise SearchInputError("the self-consistency verifier scores against a part-way preview, which video "
                                "candidates do not support yet: use an image verifier (it scores some frames of "
                                "each video, see Video Scoring)")
+    if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
+        raise SearchInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
+                               "frames yet: score video candidates with the main verifier itself")
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
@@ -114,6 +118,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "coarse_steps": int(strategy.coarse_steps)})
     if host.video is not None:
         report.settings["video"] = host.book.info()
+    pre = prefilter.summary(verifier, host.book.matrix())
+    if pre is not None:
+        report.settings["prefilter"] = pre
+        report.notes.append(prefilter.note(pre))
     if held_out is not None:
         with plan.clock.phase("verify"):
             report.held_out = held_out_report(host, report, finalists, images, verifier)

@@ -110,7 +110,8 @@ class SearchLoop:
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
-               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None, model_2=None, switch_step=0):
+               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None,
+               model_2=None, switch_step=0):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")

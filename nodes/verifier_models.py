@@ -68,7 +68,8 @@ def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Mo
             module = build()
             load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
             if load_device.type == "cuda" and mm.should_use_fp16(load_device):
-                module.half()
+                cast = getattr(module, "cast_for_gpu", None)  # a module choosing its half dtype (VLMs: bf16)
+                cast(bool(mm.should_use_bf16(load_device))) if cast else module.half()
             module.eval().requires_grad_(False)
             size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
             patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device,

@@ -1,5 +1,5 @@
 """Verifier nodes: the loaders (CLIPScore, LAION aesthetic, ImageReward,
-PickScore, HPS v2) and the ensemble."""
+PickScore, HPS v2, HPSv3) and the ensemble."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,10 @@ from . import files
 from .progress import byte_progress
 from .types import CATEGORY, VERIFIER
 from .verifier_models import HostVerifier, cached, shared_part
-from ..verifiers import aesthetic, clip_score, download, hps, image_reward, pick_score, self_consistency
+from ..verifiers import aesthetic, clip_score, download, hps, hpsv3, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights
+from ..verifiers.prefilter import PrefilterVerifier
 
 DOWNLOAD_TOOLTIP = ("Off (default): never touches the network; a missing file is an error naming where to get it. "
                     "On: a missing file with a known published source is downloaded from the Hugging Face Hub into "
@@ -342,6 +343,31 @@ class HPSVerifierLoader(VerifierLoader):
         return (cached(("hps",) + file_key(path), build),)
 
 
+class HPSv3VerifierLoader(FolderVerifierLoader):
+    DESCRIPTION = ("HPSv3 verifier (Human Preference Score v3, Ma et al. 2025): Qwen2-VL-7B with a reward head, "
+                   "trained on human preferences over a wide range of generators. It reads the image and the "
+                   "prompt in the package's rating instruction; score = mu of its (mu, sigma) at the <|Reward|> "
+                   "token: unbounded, higher is better. Runs in bf16 (about 16 GB of weights). Reads a folder in "
+                   "models/verifiers with HPSv3.safetensors (MizzenAI/HPSv3) and config.json + tokenizer.json "
+                   "(Qwen/Qwen2-VL-7B-Instruct, not its weights).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names, extra = _folder_choices(hpsv3.WEIGHT_NAMES, "HPSv3")
+        return {"required": {
+            "folder": (names, dict(extra, tooltip=(
+                "Folder in models/verifiers holding HPSv3.safetensors (from huggingface.co/MizzenAI/HPSv3) and "
+                "config.json + tokenizer.json (from huggingface.co/Qwen/Qwen2-VL-7B-Instruct; its weights are "
+                "not needed: the HPSv3 file holds the whole model)."))),
+        }}
+
+    KIND, PUBLISHED = "hpsv3", hpsv3.PUBLISHED
+
+    def build(self, path, folder):
+        model, tokenizer, image_token_id = hpsv3.load_hpsv3(path)
+        return HostVerifier(hpsv3.HPSv3Verifier(model, tokenizer, image_token_id), f"hpsv3({folder})")
+
+
 # --------------------------------------------------------------------------- ensemble
 MAX_MEMBERS = 6
 
@@ -388,6 +414,43 @@ class VerifierEnsemble:
             raise ValueError(f"Verifier Ensemble: {e}") from e
 
 
+class VerifierPrefilter:
+    DESCRIPTION = ("A pre-filter: a cheap screen (the self-consistency verifier, which needs no reward model, or "
+                   "any single verifier) scores every candidate, and the main verifier (ImageReward, a VLM grader, "
+                   "an ensemble) scores only those whose screen score is among the best 'keep' fraction of the "
+                   "candidates screened so far. Candidates the main verifier skips rank below every scored one. "
+                   "Saves main-verifier time, never sampling NFEs; the report's settings.prefilter says how many "
+                   "were skipped. Decided one candidate at a time in the search's order, so the micro-batch never "
+                   "changes the result.")
+    CATEGORY = CATEGORY
+    FUNCTION = "combine"
+    RETURN_TYPES = (VERIFIER,)
+    RETURN_NAMES = ("verifier",)
+    OUTPUT_TOOLTIPS = ("A verifier for SearchLoop / VerifierScore (relative: recombined over the whole search).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "screen": (VERIFIER, {"tooltip": "The cheap verifier that sees every candidate (a single verifier, "
+                                             "not an ensemble): e.g. Load Self-Consistency Verifier."}),
+            "verifier": (VERIFIER, {"tooltip": "The main (expensive) verifier: it scores only the candidates the "
+                                               "screen lets through, and its scores rank them."}),
+            "keep": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 1.0, "step": 0.05,
+                               "tooltip": "A candidate goes to the main verifier when its screen score is among "
+                                          "the best 'keep' fraction of all candidates screened so far (itself "
+                                          "included). 1.0 = the main verifier scores everything."}),
+            "warmup": ("INT", {"default": 8, "min": 0, "max": 4096,
+                               "tooltip": "The first this many candidates always go to the main verifier, so the "
+                                          "fraction has a population to stand on."}),
+        }}
+
+    def combine(self, screen, verifier, keep, warmup):
+        try:
+            return (PrefilterVerifier(screen, verifier, keep, warmup),)
+        except ValueError as e:
+            raise ValueError(f"Verifier Pre-filter: {e}") from e
+
+
 NODES = [
     (CLIPScoreVerifierLoader, "CLIPScoreVerifierLoader", "Load CLIPScore Verifier"),
     (AestheticVerifierLoader, "AestheticVerifierLoader", "Load LAION Aesthetic Verifier"),
@@ -396,4 +459,6 @@ NODES = [
     (PickScoreVerifierLoader, "PickScoreVerifierLoader", "Load PickScore Verifier"),
     (HPSVerifierLoader, "HPSVerifierLoader", "Load HPS v2 Verifier"),
     (SelfConsistencyVerifierLoader, "SelfConsistencyVerifierLoader", "Load Self-Consistency Verifier"),
+    (VerifierPrefilter, "VerifierPrefilter", "Verifier Pre-filter"),
+    (HPSv3VerifierLoader, "HPSv3VerifierLoader", "Load HPSv3 Verifier"),
 ]

@@ -15,6 +15,7 @@ import torch
 from .drawing import caption, ranked_grid
 from .types import CATEGORY, SCORES, VIDEO_SCORING
 from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring, split_videos
+from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
 
 DEFAULT = VideoScoring()
@@ -26,6 +27,9 @@ class FrameBook:
     every score handed out is per candidate, aggregated over its frames."""
 
     def __init__(self, verifier, prompt, scoring: VideoScoring):
+        if prefilter.is_prefilter(verifier):
+            raise VideoInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
+                                  "frames yet: score video candidates with the main verifier itself")
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
@@ -64,6 +68,13 @@ class FrameBook:
             return m
         cols = [self.scoring.combine(m[:, j], self.k) for j in range(m.shape[1])]
         return torch.stack(cols, dim=1)
+
+    def columns(self):
+        """(member name, its per-candidate scores, the candidates they belong to), as ``ScoreBook.columns``."""
+        m = self.matrix()
+        rows = list(range(m.shape[0]))
+        for name, col in zip(self.member_names, m.T):
+            yield name, col, rows
 
     def members(self, row: int) -> dict:
         if not self.relative:

@@ -181,7 +181,7 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     # held-out verifiers for the over-optimisation guard: exactly anti-correlated / correlated with it
     build_aesthetic_mlp(str(ver), "tiny-aesthetic-negated.pth", seed=2, gain=-1.0)
     build_aesthetic_mlp(str(ver), "tiny-aesthetic-doubled.pth", seed=2, gain=2.0)
-    build_tiny_verifiers_ii(str(ver))  # tiny-imagereward/, tiny-pickscore/, tiny-hps.pt
+    build_tiny_verifiers_ii(str(ver))  # tiny-imagereward/, tiny-pickscore/, tiny-hps.pt, tiny-hpsv3/
     return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
 
 

@@ -33,6 +33,8 @@ NO_COMFYUI = {
     "test_verifiers.py": "verifiers",
     "test_aesthetic_ensemble.py": "verifiers",
     "test_verifiers_ii.py": "verifiers",
+    "test_vlm_verifiers.py": "verifiers",
+    "test_hpsv3.py": "verifiers",
 }
 ONE_TEST = {
     "test_install.py::test_install_beside_current_comfyui": "install",

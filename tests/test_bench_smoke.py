@@ -109,7 +109,9 @@ def test_gpu_verifiers_smoke(tmp_path):
         assert by[name]["status"] == "ok", by[name]
     for name, cls in (("clipscore_vit_l14", "CLIPScoreVerifier"), ("aesthetic_laion_v2", "AestheticVerifier"),
                       ("pickscore_vit_h14", "PickScoreVerifier"), ("hpsv2_vit_h14", "HPSVerifier"),
-                      ("image_reward", "ImageRewardVerifier")):
+                      ("image_reward", "ImageRewardVerifier"), ("vqascore_qwen25vl_3b", "VQAScoreVerifier"),
+                      ("vqascore_qwen25vl_7b", "VQAScoreVerifier"), ("vlm_rubric_qwen25vl_3b", "RubricMeanRank"),
+                      ("hpsv3_qwen2vl_7b", "HPSv3Verifier")):
         assert by[name]["status"] == "ok", by[name]
         assert by[name]["verifier_class"] == cls
     full = doc["models"]["full_size_on_meta"]
@@ -117,6 +119,14 @@ def test_gpu_verifiers_smoke(tmp_path):
     assert full["transformers CLIP ViT-H-14 (PickScore)"] == 986109441
     assert 440e6 < full["ImageReward (BLIP ViT-L/16 + med BERT + MLP)"] < 460e6
     assert full["LAION aesthetic MLP"] == 927969
+    assert full["Qwen2.5-VL-3B"] == 3754622976 and full["Qwen2.5-VL-7B"] == 8292166656
+    for name in ("vqascore_qwen25vl_3b", "vqascore_qwen25vl_7b", "vlm_rubric_qwen25vl_3b"):
+        rows = by[name]["timings"]
+        assert [r["resolution"] for r in rows] == [128] and all(r["finite"] for r in rows)  # the largest size only
+    assert 0 < by["vqascore_qwen25vl_3b"]["timings"][0]["score_example"] < 1
+    assert [r["resolution"] for r in by["hpsv3_qwen2vl_7b"]["timings"]] == [128]
+    assert by["hpsv3_qwen2vl_7b"]["timings"][0]["finite"] and by["hpsv3_qwen2vl_7b"]["seq_tokens"] > 256
+    assert 7.7e9 < full["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] < 7.8e9
 
 
 def test_gpu_search_video_smoke(tmp_path):

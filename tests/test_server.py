@@ -16,7 +16,8 @@ from graphs import PREFIX, ksampler_graph, search_graph
 from comfy_server import execution_error
 
 NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON", "EarlyStop",
-                                 "SuccessiveHalvingStrategy", "SelfConsistencyVerifierLoader")]
+                                 "SuccessiveHalvingStrategy", "SelfConsistencyVerifierLoader",
+                                 "VerifierPrefilter")]
 
 
 def report_of(entry) -> dict:

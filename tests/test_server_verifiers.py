@@ -109,6 +109,45 @@ def _self_consistency(level=0.4):
             "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors", "level": level}}
 
 
+def _clip(mode="cosine"):
+    return {"class_type": PREFIX + "CLIPScoreVerifierLoader",
+            "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors", "mode": mode}}
+
+
+def _prefilter(screen, main, keep=0.5, warmup=1):
+    return {"class_type": PREFIX + "VerifierPrefilter",
+            "inputs": {"screen": screen, "verifier": main, "keep": keep, "warmup": warmup}}
+
+
+def test_a_self_consistency_prefilter_in_search_loop_and_a_prefilter_in_verifier_score(comfy):
+    """The self-supervised verifier as a free pre-filter: it screens every candidate, CLIPScore scores only the
+    admitted ones, the winner is a scored one, and the report says how many were skipped."""
+    from comfy_server import execution_error
+    g = search_graph(seed=12, candidates=6, top_k=1, steps=4, prefix="prefilter")
+    g["30"] = _self_consistency()
+    g["31"] = _clip()
+    g["5"] = _prefilter(["30", 0], ["31", 0], keep=0.3, warmup=1)
+    rep = report(comfy.run_ok(g))
+    pre = rep["settings"]["prefilter"]
+    assert pre["screened"] == 6 and 1 <= pre["main_scored"] < 6 and pre["main_skipped"] == 6 - pre["main_scored"]
+    assert any(n.startswith("pre-filter:") for n in rep["notes"])
+    scored = [c for c in rep["candidates"] if any(not k.startswith("screen:") for k in c["verifier_scores"])]
+    skipped = [c for c in rep["candidates"] if c not in scored]
+    assert len(scored) == pre["main_scored"] and rep["candidates"][0] in scored  # the first is in the warm-up
+    assert all(list(c["verifier_scores"]) == ["screen:self_consistency[0.4](ViT-L-14, tiny-clip.safetensors)"]
+               for c in skipped)
+    assert max(c["score"] for c in skipped) < min(c["score"] for c in scored)
+    assert rep["best"]["seed"] in {c["seed"] for c in scored}
+    # in Verifier Score, with a screen that needs no preview; a self-consistency screen is refused there
+    rep = report(comfy.run_ok(batch_score_graph({"30": _clip(), "31": _clip("clipscore"),
+                                                 "32": _prefilter(["30", 0], ["31", 0], keep=0.5, warmup=0)},
+                                                ["32", 0], batch=4)))
+    assert rep["settings"]["prefilter"]["screened"] == 4 and rep["settings"]["prefilter"]["main_scored"] >= 1
+    err = execution_error(comfy.run(batch_score_graph({"30": _self_consistency(), "31": _clip(),
+                                                       "32": _prefilter(["30", 0], ["31", 0])}, ["32", 0])))
+    assert err is not None and "Search Loop" in err["exception_message"]
+
+
 def test_self_consistency_verifier_in_search_loop(comfy):
     """The self-supervised verifier: each candidate against its own x0-prediction at noise level 0.4, through
     SearchLoop (random search and zero-order), alone and in an ensemble; refused where no preview exists."""

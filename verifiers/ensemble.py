@@ -81,6 +81,9 @@ class EnsembleVerifier:
             raise ValueError(f"{len(weights)} weights for {len(members)} verifiers")
         flat, flat_w = [], []
         for v, w in zip(members, weights):
+            if callable(getattr(v, "screen_rows", None)):
+                raise ValueError("a pre-filter cannot be an ensemble member (it screens candidates one at a time "
+                                 "over the whole search): make the ensemble the pre-filter's main verifier")
             if isinstance(v, EnsembleVerifier) and v.mode == mode:
                 inner = _weights(v.weights, len(v.members))
                 flat.extend(v.members)

@@ -13,6 +13,7 @@ only ever sees scores.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
@@ -99,6 +100,8 @@ class ScoreBook:
         candidates made part-way, for a verifier that needs them (``needs_preview``, the self-consistency
         verifier or an ensemble holding one); a verifier that needs them refuses to score without."""
         kw = {"previews": previews} if getattr(self.verifier, "needs_preview", False) else {}
+        if callable(getattr(self.verifier, "screen_rows", None)):  # a pre-filter reads the rows before (prefilter.py)
+            return self.add_matrix(self.verifier.screen_rows(images, self.prompt, history=self.matrix(), **kw))
         if self.relative:
             return self.add_matrix(self.verifier.score_members(images, self.prompt, **kw))
         return self.add_matrix(self.verifier.score(images, self.prompt, **kw).reshape(-1, 1))
@@ -115,7 +118,15 @@ class ScoreBook:
         """A row's raw member scores by member name (relative verifiers) or {} for a single verifier."""
         if not self.relative:
             return {}
-        return dict(zip(self.member_names, self.matrix()[int(row)].tolist()))
+        # a pre-filter's main verifier leaves the rows it skipped NaN: they are left out
+        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
+
+    def columns(self):
+        """(member name, its scores, the row numbers they belong to) for each member: a pre-filter's main
+        verifier skips rows (NaN in its columns), every other member scores each row."""
+        for name, col in zip(self.member_names, self.matrix().T):
+            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()
+            yield name, col[rows], rows
 
 
 __all__ = ["VerifierProtocol", "SingleVerifier", "ScoreBook", "recombine", "Prompts"]

@@ -1,0 +1,157 @@
+"""A pre-filter: a cheap verifier screens every candidate and the expensive one scores only the promising ones.
+
+The self-supervised verifier (``self_consistency``, needing only a CLIP image
+encoder) or any other cheap verifier is the *screen*; the *main* verifier (an
+ImageReward, a VLM grader, an ensemble) scores a candidate only when its screen
+score is among the best ``keep`` fraction of every candidate screened so far,
+itself included.  The first ``warmup`` candidates are always scored, so the
+fraction has something to stand on.
+
+The rule reads the candidates in the order the search scored them, one at a
+time, so a candidate's fate never depends on the micro-batch it came in.  Final
+scores: the main verifier's (recombined over the scored candidates when the
+main verifier is an ensemble); a candidate it never scored ranks below every
+scored one, ordered by its screen score.  That makes the pre-filter a
+*relative* verifier (its scores are recombined over the whole search, see
+``verifiers/protocol.py``).
+
+Member matrix: the main verifier's member columns (NaN where it did not score),
+then the screen's score.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+
+SCREEN_PREFIX = "screen:"
+
+
+class PrefilterVerifier:
+    relative = True
+
+    def __init__(self, screen, main, keep: float = 0.5, warmup: int = 8):
+        for role, v in (("screen", screen), ("main verifier", main)):
+            if isinstance(v, PrefilterVerifier):
+                raise ValueError(f"the {role} is itself a pre-filter: chain them the other way round (one "
+                                 "pre-filter whose main verifier is an ensemble)")
+        if getattr(screen, "relative", False):
+            raise ValueError(f"the screen '{getattr(screen, 'name', 'verifier')}' is relative (an ensemble): its "
+                             "score of a candidate changes with the others, so it cannot screen one at a time; "
+                             "screen with a single verifier")
+        if not 0.0 < float(keep) <= 1.0:
+            raise ValueError(f"keep is the fraction the main verifier scores, in (0, 1], got {keep}")
+        if int(warmup) < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        levels = {float(v.preview_level) for v in (screen, main) if getattr(v, "needs_preview", False)}
+        if len(levels) > 1:
+            raise ValueError(f"the screen and the main verifier want previews at different noise levels "
+                             f"({', '.join(f'{x:g}' for x in sorted(levels))}): give them one level")
+        self.needs_preview = bool(levels)
+        self.preview_level = levels.pop() if levels else None
+        self.screen, self.main = screen, main
+        self.keep, self.warmup = float(keep), int(warmup)
+
+    @property
+    def name(self) -> str:
+        return (f"prefilter({getattr(self.screen, 'name', 'verifier')} keeps {self.keep:g} -> "
+                f"{getattr(self.main, 'name', 'verifier')})")
+
+    @property
+    def main_members(self) -> List[str]:
+        names = list(getattr(self.main, "member_names", []) or [])
+        return names or [getattr(self.main, "name", "verifier")]
+
+    @property
+    def member_names(self) -> List[str]:
+        return self.main_members + [SCREEN_PREFIX + getattr(self.screen, "name", "verifier")]
+
+    # ------------------------------------------------------------------ scoring
+    @staticmethod
+    def _call(v, images, prompt, previews, members: bool) -> torch.Tensor:
+        kw = {"previews": previews} if getattr(v, "needs_preview", False) else {}
+        if members and getattr(v, "relative", False):
+            return v.score_members(images, prompt, **kw).float().cpu().reshape(images.shape[0], -1)
+        return v.score(images, prompt, **kw).float().cpu().reshape(-1, 1)
+
+    def admits(self, screened: List[float], value: float) -> bool:
+        """The rule for one candidate: ``screened`` = the screen scores before it, in order."""
+        n = len(screened) + 1
+        if n <= self.warmup:
+            return True
+        better = sum(1 for s in screened if s > value)  # ties keep the candidate
+        return better < math.ceil(self.keep * n)
+
+    def screen_rows(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None,
+                    history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """B x (M + 1) member rows for a batch, the candidates before it given as ``history`` (their rows)."""
+        b = images.shape[0]
+        m = len(self.main_members)
+        screen = self._call(self.screen, images, prompt, previews, members=False)[:, 0]
+        if not bool(torch.isfinite(screen).all()):
+            raise ValueError(f"the screen '{getattr(self.screen, 'name', 'verifier')}' returned a non-finite score: "
+                             "check its weights, or run the VAE in fp32 (--fp32-vae)")
+        seen = [] if history is None or history.numel() == 0 else history[:, -1].tolist()
+        keep = []
+        for j, v in enumerate(screen.tolist()):
+            if self.admits(seen, v):
+                keep.append(j)
+            seen.append(v)
+        rows = torch.full((b, m + 1), float("nan"))
+        rows[:, -1] = screen
+        if keep:
+            idx = torch.as_tensor(keep, dtype=torch.long)
+            sub_prev = previews[idx] if previews is not None else None
+            rows[idx, :m] = self._call(self.main, images[idx], prompt, sub_prev, members=True).reshape(len(keep), m)
+        return rows
+
+    def score_members(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.screen_rows(images, prompt, previews)
+
+    def combine(self, matrix: torch.Tensor) -> torch.Tensor:
+        mat = matrix.float().reshape(matrix.shape[0], -1)
+        m = mat.shape[1] - 1
+        scored = ~torch.isnan(mat[:, 0])
+        out = torch.empty(mat.shape[0])
+        if scored.any():
+            main = mat[scored, :m]
+            out[scored] = (self.main.combine(main).float().reshape(-1) if getattr(self.main, "relative", False)
+                           else main[:, 0])
+            floor = float(out[scored].min())
+        else:
+            floor = 0.0
+        rest = (~scored).nonzero().reshape(-1).tolist()
+        rest.sort(key=lambda i: (-float(mat[i, -1]), i))  # best screen score first
+        for r, i in enumerate(rest):
+            out[i] = floor - 1.0 - r / max(1, len(rest))
+        return out
+
+    def score(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores relative to this batch (the whole batch screened in order)."""
+        return self.combine(self.score_members(images, prompt, previews))
+
+
+def is_prefilter(verifier) -> bool:
+    return callable(getattr(verifier, "screen_rows", None))
+
+
+def summary(verifier, matrix: torch.Tensor) -> Optional[dict]:
+    """What a pre-filter saved, from the search's member matrix: None for any other verifier."""
+    if not is_prefilter(verifier):
+        return None
+    mat = matrix.float().reshape(matrix.shape[0], -1)
+    n = int(mat.shape[0])
+    scored = int((~torch.isnan(mat[:, 0])).sum()) if n else 0
+    return {"screen": getattr(verifier.screen, "name", "verifier"), "main": getattr(verifier.main, "name", "verifier"),
+            "keep": verifier.keep, "warmup": verifier.warmup, "screened": n, "main_scored": scored,
+            "main_skipped": n - scored}
+
+
+def note(pre: dict) -> str:
+    return (f"pre-filter: {pre['main']} scored {pre['main_scored']} of the {pre['screened']} images {pre['screen']} "
+            f"screened (keep {pre['keep']:g}, warm-up {pre['warmup']}); the {pre['main_skipped']} it skipped rank "
+            "below, by their screen score")
+
+
+__all__ = ["PrefilterVerifier", "is_prefilter", "summary", "note", "SCREEN_PREFIX"]
