@@ -271,7 +271,17 @@ def ranked_grid_of_videos():
     return g
 
 
+def prefilter_search():
+    g = wan_search(prefix="bad_pre")
+    g["25"] = verifier_node(mode="cosine")
+    g["26"] = {"class_type": PREFIX + "VerifierPrefilter", "inputs": {"screen": ["25", 0], "verifier": ["5", 0],
+                                                                      "keep": 0.5, "warmup": 1}}
+    g["6"]["inputs"]["verifier"] = ["26", 0]
+    return g
+
+
 BAD = {
+    "prefilter_on_video": (prefilter_search, "the Verifier Pre-filter screens images one by one"),
     "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
     "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
     "image_latent_with_video_model": (None, "this is a video model but the latent is a 4-D image latent"),
