@@ -299,7 +299,7 @@ def composable_random_search():
     pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
     count = 8
     lat = empty_latent(g, 512, batch=count)
-    ver = clipscore(g, (X[3], 560))
+    ver = clipscore(g, (X[3], 660))
     noise = g.node(P + "NoiseCandidateGenerator", (X[1], 480), [0, "randomize", count, 0],
                    outputs=[("noise", "NOISE")], size=(340, 130))
     guider = g.node("CFGGuider", (X[2], 0), [7.0], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
@@ -329,7 +329,7 @@ def composable_random_search():
     g.link((dec, 0), score, "images")
     g.link((ver, 0), score, "verifier")
     g.link((noise, 0), score, "noise")
-    pick = g.node(P + "BestPick", (X[3], 300), [2],
+    pick = g.node(P + "BestPick", (X[3], 400), [2],
                   inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES"), ("latent", "LATENT"),
                           ("noise", "NOISE")],
                   outputs=[("best_image", "IMAGE"), ("best_latent", "LATENT"), ("top_k_images", "IMAGE"),
@@ -414,7 +414,7 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
     search = search_loop(g, prompt, candidates=candidates, top_k=1, sampler=sampler, steps=steps)
     vae = None
     if reroute_vae:
-        rr = g.node("Reroute", (X[2] - 30, 640), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
+        rr = g.node("Reroute", (X[2] - 30, 820), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
         g.nodes[rr - 1]["properties"] = {"showOutputText": False, "horizontal": False}
         g.link((ckpt, "VAE"), rr, "")
         vae = (rr, 0)
