@@ -15,6 +15,11 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
                                                     paths, coarse-to-fine random (equal NFEs; equal candidates)
                                                     and plain random as the baseline
     flux.limit flux.ours flux.peer                  FLUX-size DiT (11.9B) bf16, 512x512, 20 Euler steps, CFG 1
+    wan21.limit wan21.ours                          Wan-2.1-1.3B-size DiT fp16 + the Wan 2.1 VAE, 832x480, 33 frames,
+                                                    20 Euler steps, CFG 5; N = 4 and 8; first/middle/last frames scored
+    wan22.limit wan22.ours                          Wan-2.2-5B-size DiT (48-channel latents) fp16 + the Wan 2.2 VAE, the
+                                                    same video (--smoke: only its detection check; the 705 M-parameter
+                                                    VAE is too heavy for a CPU smoke run)
 Every measurement is one timed run after a warm-up, with torch.cuda.synchronize
 around each timed region; candidates/s counts every candidate's full
 generation, its decode and its score (and, for SearchLoop, the re-render of the
@@ -67,22 +72,38 @@ FLUX_DIT = {
     "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19,
     "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
 }
+# Wan: exactly the keys comfy.model_detection reads off wan2.1_t2v_1.3B / wan2.2_ti2v_5B (text_dim stays 4096)
+WAN21_DIT = {
+    "image_model": "wan2.1", "model_type": "t2v", "dim": 1536, "out_dim": 16, "num_heads": 12, "ffn_dim": 8960,
+    "num_layers": 30, "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
+    "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16,
+}
+WAN22_DIT = dict(WAN21_DIT, dim=3072, out_dim=48, num_heads=24, ffn_dim=14336, in_dim=48)
+# comfy.sd.VAE's configs for the Wan VAEs (fixed there), and their spatial compression
+WAN_VAE = {"wan21": ({"dim": 96, "z_dim": 16}, 8), "wan22": ({"dim": 160, "z_dim": 48}, 16)}
+VIDEO = {"width": 832, "height": 480, "frames": 33}  # 480p-class, 33 frames (9 latent frames)
+VIDEO_SMOKE = {"width": 16, "height": 16, "frames": 5}
+VIDEO_KINDS = ("wan21", "wan22")
 # Tiny configs for --smoke (same classes, same supported-model configs).
 TINY_SD15 = dict(SD15_UNET, model_channels=64, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                  transformer_depth_output=[1, 1])
 TINY_SDXL = dict(SDXL_UNET, model_channels=64, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                  transformer_depth_middle=1, transformer_depth_output=[1, 1])
 TINY_FLUX = dict(FLUX_DIT, hidden_size=128, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 24, 24])
+TINY_WAN21 = dict(WAN21_DIT, dim=128, num_heads=1, ffn_dim=256, num_layers=1)
+TINY_WAN22 = dict(WAN22_DIT, dim=128, num_heads=1, ffn_dim=256, num_layers=1)
 
 # name -> (supported_models class, unet config, tiny config, expected parameter count of the full model)
 MODELS = {
     "sd15": ("SD15", SD15_UNET, TINY_SD15),
     "sdxl": ("SDXL", SDXL_UNET, TINY_SDXL),
     "flux": ("Flux", FLUX_DIT, TINY_FLUX),
+    "wan21": ("WAN21_T2V", WAN21_DIT, TINY_WAN21),
+    "wan22": ("WAN22_T2V", WAN22_DIT, TINY_WAN22),
 }
 # Output layers scaled down (real models zero-initialise them): keeps 20 CFG-7
 # steps of a random network finite in fp16.
-OUTPUT_GAINS = {"out.2": 0.1, "final_layer.linear": 0.1}
+OUTPUT_GAINS = {"out.2": 0.1, "final_layer.linear": 0.1, "head.head": 0.1}
 
 SD_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
@@ -118,6 +139,9 @@ class Plan:
             self.n256 = 4
             self.caps_gb = [12]
             self.cap_n = 2
+            self.video = VIDEO_SMOKE
+            self.limit_batches.update(wan21=[2], wan22=[2])
+            self.ours_n.update(wan21=[2], wan22=[2])
         else:
             self.res = {"sd15": 512, "sdxl": 1024, "flux": 512}
             self.limit_batches = {"sd15": [8, 16, 32, 64], "sdxl": [1, 2, 4, 8], "flux": [1, 4, 8]}
@@ -127,6 +151,9 @@ class Plan:
             self.n256 = 256
             self.caps_gb = [12, 24]
             self.cap_n = 16
+            self.video = VIDEO
+            self.limit_batches.update(wan21=[1, 2, 4, 8], wan22=[1, 2, 4, 8])
+            self.ours_n.update(wan21=[4, 8], wan22=[4, 8])
         # strategies case (SD1.5): N, coarse-to-fine's coarse steps (of self.steps) and finalists re-rendered
         # the micro-batch SearchLoop is asked for: its own sizing (0) on a GPU; in the CPU smoke run the whole N,
         # since on the CPU SearchLoop's own default is one candidate at a time
@@ -136,11 +163,11 @@ class Plan:
         # search at N and N/2 (the CPU quality benchmark's digits model matched random's N=32 with half the NFEs)
         self.coarse_steps = 1 if smoke else 8
         self.rerender = 2 if smoke else 4
-        self.cfg = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0}
-        self.scheduler = {"sd15": "normal", "sdxl": "normal", "flux": "simple"}
+        self.cfg = {"sd15": 7.0, "sdxl": 7.0, "flux": 1.0, "wan21": 5.0, "wan22": 5.0}
+        self.scheduler = {"sd15": "normal", "sdxl": "normal", "flux": "simple", "wan21": "simple", "wan22": "simple"}
         # seconds per candidate before anything is measured (first guesses for an H100-class card), for the time budget
-        self.guess_batched = {"sd15": 0.12, "sdxl": 1.2, "flux": 2.0}
-        self.guess_serial = {"sd15": 1.0, "sdxl": 2.5, "flux": 2.5}
+        self.guess_batched = {"sd15": 0.12, "sdxl": 1.2, "flux": 2.0, "wan21": 10.0, "wan22": 30.0}
+        self.guess_serial = {"sd15": 1.0, "sdxl": 2.5, "flux": 2.5, "wan21": 12.0, "wan22": 35.0}
 
 
 # ---------------------------------------------------------------------------- building
@@ -150,6 +177,9 @@ def model_class(comfy_name: str):
 
 
 def diffusion_module_ctor(kind: str):
+    if kind in VIDEO_KINDS:
+        from comfy.ldm.wan.model import WanModel
+        return WanModel
     if kind == "flux":
         from comfy.ldm.flux.model import Flux
         return Flux
@@ -257,6 +287,31 @@ def build_vae(latent_channels: int, seed: int = 0):
                  "build_s": round(time.perf_counter() - t0, 2)}
 
 
+def build_wan_vae(kind: str, seed: int = 0):
+    """comfy.sd.VAE from a random state dict of the Wan 2.1 or 2.2 VAE (the classes and sizes comfy.sd.VAE
+    builds for their keys)."""
+    import torch
+    import comfy.sd
+    t0 = time.perf_counter()
+    cfg = dict(WAN_VAE[kind][0], dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True], dropout=0.0)
+    if kind == "wan22":
+        import comfy.ldm.wan.vae2_2 as wv
+    else:
+        import comfy.ldm.wan.vae as wv
+    m = wv.WanVAE(**cfg)
+    n = bc.fill_random_(m, seed)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    for k in sd:
+        if k.endswith(".gamma"):  # RMS_norm scales: 1, as a Norm layer's weight
+            sd[k] = torch.ones_like(sd[k])
+    del m
+    with torch.inference_mode():
+        vae = comfy.sd.VAE(sd=sd)
+    return vae, {"class": f"{wv.__name__}.WanVAE", "latent_channels": cfg["z_dim"], "params": n,
+                 "dtype": str(getattr(vae, "vae_dtype", "?")), "build_s": round(time.perf_counter() - t0, 2)}
+
+
 def build_our_verifier(pack, device, smoke: bool, seed: int = 0):
     """The pack's CLIPScoreVerifier (open_clip ViT-L-14, random weights) behind
     the pack's HostVerifier, exactly what the loader node returns."""
@@ -290,6 +345,8 @@ def conditioning(kind: str, res: int, seed: int = 0):
     def r(*shape):
         return torch.randn(*shape, generator=g)
 
+    if kind in VIDEO_KINDS:  # UMT5-XXL's 512 tokens x 4096
+        return [[r(1, 512, 4096), {}]], [[r(1, 512, 4096), {}]]
     if kind == "sd15":
         return [[r(1, 77, 768), {}]], [[r(1, 77, 768), {}]]
     if kind == "sdxl":
@@ -324,6 +381,14 @@ def build_bundle(kind: str, plan: Plan, device, verifier, seed: int = 0, offload
         dtype = torch.bfloat16 if kind == "flux" else torch.float16
     import torch as _t
     patcher, minfo = build_diffusion(kind, cfg, device, dtype, seed, build_device=_t.device("cpu") if offload else None)
+    if kind in VIDEO_KINDS:
+        vae, vinfo = build_wan_vae(kind, seed + 1)
+        v, comp = plan.video, WAN_VAE[kind][1]
+        pos, neg = conditioning(kind, 0, seed)
+        shape = [1, WAN_VAE[kind][0]["z_dim"], (v["frames"] - 1) // 4 + 1, v["height"] // comp, v["width"] // comp]
+        info = {"diffusion": minfo, "vae": vinfo, "resolution": f"{v['width']}x{v['height']}", "frames": v["frames"],
+                "latent_shape": shape, "tiny": plan.smoke}
+        return Bundle(kind, patcher, vae, verifier, pos, neg, shape, info)
     ch = 16 if kind == "flux" else 4
     if plan.smoke and kind == "sdxl":  # same AutoencoderKL path as sd15: not built again on a slow CPU
         vae, vinfo = None, {"latent_channels": ch, "full_size": "not built in --smoke (same path as sd15)"}
@@ -580,6 +645,9 @@ class Runner:
                                       denoise=1.0, disable_pbar=True, seed=seed)
         t1 = self.clock.now()
         images = b.vae.decode(samples)
+        if samples.ndim == 5:  # video: the frames a search scores by default (first, middle, last)
+            t = images.shape[1]
+            images = images[:, sorted({0, (t - 1) // 2, t - 1})]
         if images.ndim == 5:
             images = images.reshape(-1, *images.shape[-3:])
         t2 = self.clock.now()
@@ -925,17 +993,17 @@ def run_caps(args, plan: Plan, results: bc.Results, deadline: bc.Deadline) -> No
 def parse_cases(spec: str) -> List[str]:
     allc = ["sd15.limit", "sd15.ours", "sd15.serial", "sd15.peer", "sdxl.limit", "sdxl.ours", "sdxl.serial",
             "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer", "sd15.halving",
-            "flux.halving"]
+            "flux.halving", "wan21.limit", "wan21.ours", "wan22.limit", "wan22.ours"]
     out = []
     for tok in [t.strip() for t in spec.split(",") if t.strip()]:
         if tok == "all":
             out += allc
-        elif tok in ("sd15", "sdxl", "flux"):
+        elif tok in ("sd15", "sdxl", "flux") + VIDEO_KINDS:
             out += [c for c in allc if c.startswith(tok + ".")]
         elif tok in allc:
             out.append(tok)
         else:
-            raise SystemExit(f"unknown case '{tok}'; known: {', '.join(allc)}, sd15, sdxl, flux, all")
+            raise SystemExit(f"unknown case '{tok}'; known: {', '.join(allc)}, sd15, sdxl, flux, wan21, wan22, all")
     return list(dict.fromkeys(out))
 
 
@@ -979,6 +1047,18 @@ def summarize(results: bc.Results) -> None:
                 c["candidates_per_s"] / lim, 3)
     if lim_ratio:
         s["ours_over_limit"] = lim_ratio
+    # video: the share of decode + verify in SearchLoop's time (target <= 15 %), and its peak memory
+    video: Dict[str, Any] = {}
+    for name, c in cases.items():
+        kind = name.partition(".")[0]
+        if kind in VIDEO_KINDS and c.get("status") == "ok" and c.get("split") and c.get("total_s"):
+            sp = c["split"]
+            video[name] = {"decode_share": round(sp["decode_s"] / c["total_s"], 3),
+                           "verify_share": round(sp["verify_s"] / c["total_s"], 3),
+                           "decode_verify_share": round((sp["decode_s"] + sp["verify_s"]) / c["total_s"], 3),
+                           "peak_allocated_gib": c.get("peak_allocated_gib")}
+    if video:
+        s["video"] = video
     strat = {k[len("sd15.strat."):]: c for k, c in cases.items()
              if k.startswith("sd15.strat.") and c.get("status") == "ok"}
     if strat:
@@ -999,7 +1079,8 @@ def summarize(results: bc.Results) -> None:
                 "c2f_over_random_time": round(eq["total_s"] / rnd["total_s"], 3),
                 "coarse_candidates": (eq.get("settings") or {}).get("coarse_candidates")}
         s["sd15_strategies"] = st
-    s["targets"] = {"sd15_n16_ours_over_peer": ">= 5", "sdxl_n8_ours_over_peer": ">= 1.4"}
+    s["targets"] = {"sd15_n16_ours_over_peer": ">= 5", "sdxl_n8_ours_over_peer": ">= 1.4",
+                    "video_ours_noexact_over_limit": ">= 0.9", "video_decode_verify_share": "<= 0.15"}
     results.doc["summary"] = s
     results.write()
 
@@ -1045,10 +1126,14 @@ def main(argv=None) -> int:
     have_flux = os.path.isdir(os.path.join(args.comfyui, "comfy", "ldm", "flux"))
     have_fix = "fix_empty_latent_channels" in open(os.path.join(args.comfyui, "comfy", "sample.py")).read()
 
+    have_wan = os.path.isdir(os.path.join(args.comfyui, "comfy", "ldm", "wan"))
     # configs of the full-size models as ComfyUI's model detection sees them (meta device, no memory)
-    for kind in ("sd15", "sdxl", "flux"):
+    for kind in ("sd15", "sdxl", "flux") + VIDEO_KINDS:
         if kind == "flux" and not have_flux:
             results.doc["models"]["detect_" + kind] = {"ok": None, "reason": "this ComfyUI has no FLUX"}
+            continue
+        if kind in VIDEO_KINDS and not have_wan:
+            results.doc["models"]["detect_" + kind] = {"ok": None, "reason": "this ComfyUI has no Wan"}
             continue
         if any(c.startswith(kind) for c in cases) or args.smoke:
             try:
@@ -1111,6 +1196,33 @@ def main(argv=None) -> int:
                                  "traceback": traceback.format_exc()[-3000:]})
                 finally:
                     free_bundle(b)
+
+    for kind in VIDEO_KINDS:
+        sub = [c for c in cases if c.startswith(kind + ".")]
+        if not sub:
+            continue
+        if not have_wan:
+            results.add({"case": kind, "status": "skipped", "reason": "this ComfyUI has no Wan (comfy/ldm/wan)"})
+            continue
+        if args.smoke and kind == "wan22":
+            results.add({"case": kind, "status": "skipped",
+                         "reason": "--smoke: the Wan 2.2 VAE (705 M parameters) is too heavy for the CPU smoke run; "
+                                   "its diffusion model's detection is checked above"})
+            continue
+        case = {"case": f"{kind}.build"}
+        if runner.fits(case, 120):
+            b = None
+            try:
+                b = build_bundle(kind, plan, device, hv)
+                results.doc["models"][kind] = b.info
+                results.write()
+                bc.log(f"{kind} built: {b.info}")
+                run_model_cases(runner, b, kind, sub, have_fix)
+            except Exception as e:  # noqa: BLE001
+                results.add({"case": f"{kind}.build", "status": "error", "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc()[-3000:]})
+            finally:
+                free_bundle(b)
 
     summarize(results)
     results.doc["meta"]["wall_s"] = round(deadline.elapsed(), 1)

@@ -49,6 +49,12 @@ def fix_empty_latent_channels(model, latent: torch.Tensor) -> torch.Tensor:
     return fix(model, latent) if fix is not None else latent
 
 
+def latent_dimensions(model) -> int:
+    """The model's latent dimensions: 3 for a video model (B x C x T x H x W latents), 2 for an image model
+    (the 2024 host has no video models and no ``latent_dimensions``)."""
+    return int(getattr(model_object(model, "latent_format"), "latent_dimensions", 2))
+
+
 def ksampler_target(model):
     """What ``comfy.samplers.KSampler`` takes: the ModelPatcher (current) or its BaseModel (2024)."""
     return model if hasattr(model, "get_model_object") else model.model

@@ -8,11 +8,13 @@ import torch
 
 from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
 from .sampling import SearchInputError
-from .types import CATEGORY, NOISE, SCORES, VERIFIER
+from .types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
+from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
 from ..search import guard
 from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
+from ..search.video import VideoInputError, split_videos
 from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
 from ..verifiers.remote import failures_of
@@ -119,14 +121,41 @@ class VerifierScore:
                            "image; the report's held_out section compares the best image (by the verifier above) "
                            "with the median one on both, and a warning appears on the node when the best is below "
                            "the median on the held-out verifier."}),
+            "frames_per_video": ("INT", {
+                "default": 0, "min": 0, "max": 100000,
+                "tooltip": "0: every image is a candidate. Above 0: the images are videos' frames, video after "
+                           "video (VAE Decode of a video latent batch), this many per video; each video is one "
+                           "candidate, scored on some of its frames (video_scoring)."}),
+            "video_scoring": (VIDEO_SCORING, {
+                "tooltip": "With frames_per_video: which frames of each video are scored and how they combine (a "
+                           "Video Scoring node). Absent: first, middle and last frame, mean."}),
         }}
 
-    def score(self, images, verifier, prompt, noise=None, held_out_verifier=None):
+    def score(self, images, verifier, prompt, noise=None, held_out_verifier=None, frames_per_video=0,
+              video_scoring=None):
         if images.shape[0] == 0:
             raise SearchInputError("Verifier Score got an empty IMAGE batch (0 images): connect the decoded "
                                    "candidates (VAE Decode of the sampler's output)")
+        scoring = None
+        if int(frames_per_video) > 0:
+            try:
+                images = split_videos(images, int(frames_per_video))  # N x T x H x W x 3
+            except VideoInputError as e:
+                raise SearchInputError(f"Verifier Score: {e}") from e
+            scoring = video_scoring or DEFAULT_VIDEO_SCORING
+        elif video_scoring is not None:
+            raise SearchInputError("Verifier Score got a video_scoring but frames_per_video is 0: set "
+                                   "frames_per_video to the frame count of one video")
+
+        def new_book(v):  # an ensemble ranks / standardises over this batch
+            if scoring is None:
+                return ScoreBook(v, prompt)
+            try:
+                return FrameBook(v, prompt, scoring)
+            except VideoInputError as e:
+                raise SearchInputError(f"Verifier Score: {e}") from e
         cands = identities(images.shape[0], noise)
-        book = ScoreBook(verifier, prompt)  # an ensemble ranks / standardises over this batch
+        book = new_book(verifier)
         labels = [c.label() for c in cands]
         failed_before = failures_of(verifier)
         scores = checked_scores(book.add(images), len(cands), labels, verifier.name)
@@ -141,6 +170,8 @@ class VerifierScore:
         if failed:
             report.notes.append(f"the remote grader gave no valid answer for {failed} image(s), scored -inf "
                                 "(on_failure = -inf): they rank last")
+        if scoring is not None:
+            report.settings["video"] = book.info()
         report.finalize()
         pre = prefilter.summary(verifier, book.matrix())
         if pre is not None:
@@ -151,7 +182,7 @@ class VerifierScore:
         if held_out_verifier is verifier:
             raise SearchInputError("Verifier Score: the held-out verifier is the verifier that ranks, so it cannot "
                                    "tell whether the ranking fooled it: connect a different verifier")
-        held = checked_scores(ScoreBook(held_out_verifier, prompt).add(images), len(cands), labels,
+        held = checked_scores(new_book(held_out_verifier).add(images), len(cands), labels,
                               held_out_verifier.name)
         order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
         best = order[0]
@@ -191,6 +222,10 @@ class BestPick:
 
     def pick(self, images, scores, top_k, latent=None, noise=None):
         cands = sorted(scores.candidates, key=lambda c: c.index)
+        t = int(((scores.settings or {}).get("video") or {}).get("frames_per_video") or 0)
+        if t and images.ndim == 4 and images.shape[0] == t * len(cands):  # scored videos: pick whole videos, return their frames
+            picked = self.pick(split_videos(images, t), scores, top_k, latent, noise)
+            return (as_frames(picked[0]), picked[1], as_frames(picked[2])) + picked[3:]
         n = images.shape[0]
         if n == 0:
             raise SearchInputError("Best Pick got an empty IMAGE batch (0 images): connect the scored candidates")

@@ -39,6 +39,7 @@ from ..search.noise import candidate_noises
 from ..search.schedule import resample_sigmas
 from ..verifiers.protocol import ScoreBook
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, PreviewRequired, preview_level
+from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook
 
 
 class ComfyHost:
@@ -47,8 +48,10 @@ class ComfyHost:
     def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: Progress,
                  micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0,
                  book: Optional[ScoreBook] = None, keep_images: int = 0, held_out=None, held_stride: int = 1,
-                 watch: Optional[Dict] = None):
+                 watch: Optional[Dict] = None, video=None):
         self.plan = plan
+        # video candidates: an image verifier scores some frames of each (search/video.py), one score per video
+        self.video = (video or DEFAULT_VIDEO_SCORING) if plan.video else None
         self.clock = plan.clock
         self.vae = vae
         self.verifier = verifier
@@ -58,7 +61,7 @@ class ComfyHost:
         self.sigmas = (plan.sigmas if sigmas is None else sigmas).detach().cpu().float()
         self.sampler_name = plan.sampler_function()
         self._levels: Optional[List[float]] = None
-        self.book = book if book is not None else ScoreBook(verifier, prompt)  # one per search
+        self.book = book if book is not None else self._book(verifier, prompt)  # one per search
         self._mask = None
         self._mask_noise = None
         self._mask_seed = mask_seed
@@ -75,7 +78,10 @@ class ComfyHost:
         self.watch = watch if watch is not None else {
             "nfe": 0, "finished": 0, "rows": [], "held_out": held_out, "stride": max(1, int(held_stride)),
             "row_nfe": [],  # model calls counted for each row sampled, in order (what adaptive samplers really spent)
-            "book": ScoreBook(held_out, prompt) if held_out is not None else None}
+            "book": self._book(held_out, prompt) if held_out is not None else None}
+
+    def _book(self, verifier, prompt):
+        return FrameBook(verifier, prompt, self.video) if self.video is not None else ScoreBook(verifier, prompt)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -296,5 +302,6 @@ class ComfyHost:
             sig = resample_sigmas(self.sigmas, steps)
         # one score book: a relative verifier ranks the coarse and the full candidates together
         return ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
-                         sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book, watch=self.watch)
+                         sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book, watch=self.watch,
+                         video=self.video)
 

@@ -68,6 +68,9 @@ class RankedGrid:
         if images.shape[0] == 0 or not scores.candidates:
             raise ValueError("Ranked Grid got an empty batch (0 images or 0 scores): connect the scored candidates; "
                              "no placeholder image is made")
+        if (scores.settings or {}).get("video"):
+            raise ValueError("Ranked Grid got the scores of videos (their images are frames, video after video): "
+                             "use Video Contact Sheet, which draws one row per video")
         imgs, results = _ordered(images, scores)
         labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in results]
         return (ranked_grid(imgs, labels, columns),)

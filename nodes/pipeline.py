@@ -28,6 +28,7 @@ from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
 from .sampling import SamplingPlan, SearchInputError, decode, output_latent
+from .video import as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
@@ -42,8 +43,10 @@ HELD_OUT_SAMPLES = 32  # finished candidates the held-out verifier scores (besid
 
 def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifier, prompt: str, seed: int,
                candidates: int, top_k: int, micro_batch: int = 0, exact_winner: bool = True,
-               settings: Dict[str, Any] = None, held_out=None):
-    """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise)."""
+               settings: Dict[str, Any] = None, held_out=None, video=None):
+    """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise).
+    ``video``: how video candidates are scored (a ``search.video.VideoScoring``; None = its default); for a video
+    search the images are IMAGE batches of frames, video after video."""
     t0 = time.perf_counter()
     strategy = strategy if strategy is not None else Strategy("random")
     n, seed = int(candidates), int(seed)
@@ -65,13 +68,21 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                 f"the self-consistency verifier stops each candidate's run at its preview step and continues it, "
                 f"which sampler '{plan.sampler_label}' does not allow (a multistep or adaptive sampler would "
                 f"change). Pick one of: {', '.join(names_where(segmentable=True))}")
+    if plan.video and (needs_preview(verifier) or (held_out is not None and needs_preview(held_out))):
+        raise SearchInputError("the self-consistency verifier scores against a part-way preview, which video "
+                               "candidates do not support yet: use an image verifier (it scores some frames of "
+                               "each video, see Video Scoring)")
+    if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
+        raise SearchInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
+                               "frames yet: score video candidates with the main verifier itself")
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
                                "leave held_out_verifier empty")
     failed_before = failures_of(verifier)
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
-                     held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES))
+                     held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
+                     video=video)
     try:
         report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
                                          verifier=getattr(verifier, "name", "verifier"))
@@ -107,6 +118,8 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
+    if host.video is not None:
+        report.settings["video"] = host.book.info()
     pre = prefilter.summary(verifier, host.book.matrix())
     if pre is not None:
         report.settings["prefilter"] = pre
@@ -122,7 +135,8 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                             "scored -inf (on_failure = -inf): they rank last")
     report.phases = plan.clock.to_dict(time.perf_counter() - t0)
     best = finalists[0]
-    return (images[:1], output_latent(latent, latents[:1]), images, report) + winner_noise(plan, best)
+    return (as_frames(images[:1]), output_latent(latent, latents[:1]), as_frames(images), report) + \
+        winner_noise(plan, best)
 
 
 def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport, finalists: List[Finalist],
@@ -144,8 +158,12 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
                 img = decode(vae, lat)
                 # a relative verifier has no meaning for one image alone, and a self-consistency one has no
                 # preview of a stock re-render: they keep their search score
-                res.final_score = res.score if relative or needs_preview(verifier) else \
-                    float(verifier.score(img, prompt)[0])
+                if relative or needs_preview(verifier):
+                    res.final_score = res.score
+                elif host.video is not None:
+                    res.final_score = float(score_videos(verifier, prompt, img, host.video)[0])
+                else:
+                    res.final_score = float(verifier.score(img, prompt)[0])
             report.rerender_nfe += nfe_gen
             res.replay = kind
         else:

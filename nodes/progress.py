@@ -52,8 +52,10 @@ class Progress:
 
 
 def latent_grid(x: torch.Tensor, max_items: int = 16) -> torch.Tensor:
-    """B x C x H x W -> 1 x C x (rows*H) x (cols*W): the stock previewer shows
+    """B x C x H x W (or B x C x T x H x W) -> 1 x C x (rows*H) x (cols*W): the stock previewer shows
     only item 0, so the micro-batch is tiled into one latent."""
+    if x.ndim == 5:  # video: B x C x T x H x W -> its middle frame
+        x = x[:, :, x.shape[2] // 2]
     x = x[:max_items]
     b = x.shape[0]
     cols = int(b ** 0.5 + 0.999)

@@ -104,7 +104,7 @@ def percent_to_sigma(model, percent: float) -> float:
 # --------------------------------------------------------------------------- the plan
 @dataclass
 class Generated:
-    latents: torch.Tensor        # B x C x H x W, final samples on the intermediate device
+    latents: torch.Tensor        # B x C x H x W (video: B x C x T x H x W), final samples on the intermediate device
     nfe: int                     # model calls per candidate
     batch: int                   # micro-batch size it ran in
     x0: Optional[torch.Tensor] = None  # the last step's x0-prediction (LATENT space), when asked for
@@ -116,7 +116,7 @@ class SamplingPlan:
 
     def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
                  scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,
-                 clock: Optional[PhaseClock] = None):
+                 clock: Optional[PhaseClock] = None, model_2=None, switch_step: int = 0):
         self.guider = guider
         self.model = compat.guider_model(guider) if guider is not None else model
         self.positive, self.negative, self.cfg = positive, negative, cfg
@@ -137,29 +137,82 @@ class SamplingPlan:
         self.template = self._template(latent)
         self.noise_mask = latent.get("noise_mask")
         self.separable = per_candidate_noise_supported(self.base_sampler)
+        self.model_2, self.switch = None, 0
+        if model_2 is not None:
+            self._two_experts(model_2, int(switch_step))
+
+    def _two_experts(self, model_2, switch: int) -> None:
+        """Wan 2.2 14B's two experts: ``self.model`` samples steps 0..switch, ``model_2`` the rest, as two
+        KSamplerAdvanced chained in ComfyUI's templates (the first returns with leftover noise, the second
+        adds none)."""
+        if self.mode != "ksampler":
+            raise SearchInputError("a second model (two experts) works with the KSampler widgets only: disconnect "
+                                   "sampler / sigmas / guider, or leave model_2 empty")
+        if self.denoise != 1.0:
+            raise SearchInputError(f"a second model (two experts) samples the whole schedule, as two chained "
+                                   f"KSamplerAdvanced do: set denoise to 1.0 (it is {self.denoise})")
+        steps = int(self.sigmas.numel() - 1)
+        if not 1 <= switch < steps:
+            raise SearchInputError(f"switch_step must be between 1 and steps - 1 ({steps - 1}) when model_2 is "
+                                   f"connected, got {switch}: it is the first KSamplerAdvanced's end_at_step")
+        other = compute_sigmas(model_2, self.steps, self.sampler_name, self.scheduler, self.denoise)
+        if other.shape != self.sigmas.shape or not torch.allclose(other.float(), self.sigmas, rtol=0, atol=1e-6):
+            raise SearchInputError("the two models give different noise schedules for these widgets (a different "
+                                   "shift?): apply the same ModelSamplingSD3 shift to both experts")
+        if latent_channels(model_2) != latent_channels(self.model):
+            raise SearchInputError("model_2 works on a different latent than model: connect the two experts of "
+                                   "one model family")
+        self.model_2, self.switch = model_2, switch
+
+    def _experts(self, sigmas: torch.Tensor):
+        """(model, sigmas) runs that make one run over ``sigmas``: split at the switch when it falls inside."""
+        if self.model_2 is None:
+            return [(self.model, sigmas)]
+        s_switch = float(self.sigmas[self.switch])
+        vals = sigmas.tolist()
+        if vals[-1] >= s_switch:
+            return [(self.model, sigmas)]
+        if vals[0] <= s_switch:
+            return [(self.model_2, sigmas)]
+        k = next(i for i, v in enumerate(vals) if v <= s_switch)
+        return [(self.model, sigmas[:k + 1]), (self.model_2, sigmas[k:])]
 
     # ---------------------------------------------------------------- validation
     def _template(self, latent: Dict[str, Any]) -> torch.Tensor:
         samples = latent["samples"]
-        if samples.ndim == 5:
+        dims = compat.latent_dimensions(self.model)
+        if samples.ndim not in (4, 5):
+            raise SearchInputError(f"expected an image latent (B x C x H x W) or a video latent (B x C x T x H x W), "
+                                   f"got shape {tuple(samples.shape)}")
+        if samples.ndim == 5 and dims != 3:
             raise SearchInputError(
-                f"video latents (5-D, shape {tuple(samples.shape)}) are not supported yet: "
-                "SearchLoop searches image models; use a 4-D image latent")
-        if samples.ndim != 4:
-            raise SearchInputError(f"expected a 4-D image latent (B x C x H x W), got shape {tuple(samples.shape)}")
+                f"the latent is a video latent (5-D, shape {tuple(samples.shape)}) but this model samples images: "
+                "use a video model (Wan, HunyuanVideo, LTX-Video...) with it, or an image latent with this model")
+        if samples.ndim == 4 and dims == 3:
+            raise SearchInputError(
+                f"this is a video model but the latent is a 4-D image latent (shape {tuple(samples.shape)}): make "
+                "a video latent for it (Empty Hunyuan Latent Video for Wan 2.1 / HunyuanVideo, Wan22 Image To "
+                "Video Latent for Wan 2.2 5B, Empty LTXV Latent Video for LTX-Video); length 1 gives one frame")
         if samples.shape[0] != 1:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
+        if samples.ndim == 5 and latent.get("noise_mask") is not None:
+            raise SearchInputError("a noise mask on a video latent (inpainting, LTX-Video keyframe conditioning) is "
+                                   "not supported by the search yet: search without the mask (Wan image-to-video "
+                                   "conditioning lives in the conditioning, not the mask, and works)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
-        if fixed.ndim == 5:
-            raise SearchInputError("this model samples video (5-D) latents, which are not supported yet")
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:
             raise SearchInputError(
                 f"the latent has {fixed.shape[1]} channels but this model works on {want}-channel latents: "
                 "make the latent for this model (Empty Latent Image for it, or VAE Encode with its own VAE)")
         return fixed
+
+    @property
+    def video(self) -> bool:
+        """Candidates are videos (5-D latents)."""
+        return self.template.ndim == 5
 
     # ---------------------------------------------------------------- facts
     def sampler_function(self) -> str:
@@ -192,6 +245,8 @@ class SamplingPlan:
         if self.model.load_device.type == "cpu" and not requested:
             return 1
         per = memory.memory_per_candidate(self.model, self.template.shape, self.cfg_multiplier())
+        if self.model_2 is not None and per is not None:
+            per = max(per, memory.memory_per_candidate(self.model_2, self.template.shape, self.cfg_multiplier()) or 0)
         return plan_micro_batch(n, memory.free_memory(self.model), per, requested, cap=64)
 
     # ---------------------------------------------------------------- sampling
@@ -233,9 +288,14 @@ class SamplingPlan:
                 box["x0"] = x0
             progress.preview(x0)
         with self.clock.phase("denoise"):
-            out = sample_with_sampler(self.model, noises.to(self.template.dtype), self.cfg, wrapped, sigmas,
-                                      self.positive, self.negative, latent_image.to(self.template.dtype),
-                                      self.noise_mask, callback, int(seeds[0]), self.guider)
+            noise, lat = noises.to(self.template.dtype), latent_image.to(self.template.dtype)
+            calls = 0
+            for model, part in self._experts(sigmas):  # one run, or two experts chained at the switch
+                out = sample_with_sampler(model, noise, self.cfg, wrapped, part, self.positive, self.negative, lat,
+                                          self.noise_mask, callback, int(seeds[0]), self.guider)
+                calls += box.get("calls", 0)
+                noise, lat = torch.zeros_like(out), out  # the next expert adds no noise, as KSamplerAdvanced
+            box["calls"] = calls
         x0 = None
         if want_x0 and box.get("x0") is not None:
             x0 = latent_out(self.model, box["x0"]).to(out.device, out.dtype)
@@ -256,6 +316,16 @@ class SamplingPlan:
             progress.set(start + (step + 1) * nfe_hint // steps_total, x0)
 
         s = int(seed) if seed is not None else 0
+        if self.model_2 is not None:  # two KSamplerAdvanced: leftover noise at the switch, then no noise added
+            mid = comfy.sample.sample(self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler,
+                                      self.positive, self.negative, self.template, denoise=1.0, disable_noise=False,
+                                      start_step=0, last_step=self.switch, force_full_denoise=False,
+                                      noise_mask=self.noise_mask, callback=callback, disable_pbar=True, seed=s)
+            zeros = torch.zeros(mid.size(), dtype=mid.dtype, layout=mid.layout, device="cpu")
+            return comfy.sample.sample(self.model_2, zeros, self.steps, self.cfg, self.sampler_name, self.scheduler,
+                                       self.positive, self.negative, mid, denoise=1.0, disable_noise=True,
+                                       start_step=self.switch, last_step=10000, force_full_denoise=True,
+                                       noise_mask=self.noise_mask, callback=callback, disable_pbar=True, seed=s)
         if self.mode == "ksampler":
             return sample_like_ksampler(self.model, noise, self.steps, self.cfg, self.sampler_name,
                                         self.scheduler, self.positive, self.negative, self.template,
@@ -269,7 +339,10 @@ class SamplingPlan:
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """B x H x W x 3 images of image latents; B x T x H x W x 3 frames of video latents (5-D)."""
     images = vae.decode(latents)
+    if latents.ndim == 5:  # a video VAE: B x T x H x W x 3 (a 4-D answer is one video's frames)
+        return images.reshape(latents.shape[0], -1, *images.shape[-3:])
     if images.ndim == 5:  # some hosts return B x T x H x W x C for image VAEs too
         images = images.reshape(-1, *images.shape[-3:])
     return images

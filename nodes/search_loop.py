@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .pipeline import run_search
 from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER
+from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING
 from ..search import guard
 from ..search.noise import SEED_MAX
 
@@ -90,12 +90,28 @@ class SearchLoop:
                                "section compares the winner with the median candidate on both verifiers, and a "
                                "warning appears on the node when the search score rose while the held-out score "
                                "fell below the median."}),
+                "video_scoring": (VIDEO_SCORING, {
+                    "tooltip": "Video models only: which frames of each candidate the image verifier scores and how "
+                               "they combine (a Video Scoring node). Absent: first, middle and last frame, mean. "
+                               "A video search returns frames (image, top_k_images: video after video)."}),
+                "model_2": ("MODEL", {
+                    "tooltip": "Two experts (Wan 2.2 14B): the low-noise model. 'model' samples steps 0 to "
+                               "switch_step, model_2 the rest, as ComfyUI's template chains two KSamplerAdvanced "
+                               "(the first returns with leftover noise, the second adds none). KSampler widgets "
+                               "only, denoise 1; both need the same schedule (the same shift)."}),
+                "switch_step": ("INT", {
+                    "default": 0, "min": 0, "max": 10000,
+                    "tooltip": "With model_2: the step where sampling switches to it (the first KSamplerAdvanced's "
+                               "end_at_step, the second's start_at_step). The winner replays in that chain with "
+                               "best_seed as the first sampler's noise_seed (and the second's too for ancestral / "
+                               "SDE samplers)."}),
             },
         }
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
-               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None):
+               guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None,
+               model_2=None, switch_step=0):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -103,11 +119,14 @@ class SearchLoop:
             raise SearchInputError(f"top_k ({top_k}) is larger than the number of candidates ({n}): "
                                    "lower top_k or raise candidates")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
-                            sampler=sampler, sigmas=sigmas, guider=guider)
+                            sampler=sampler, sigmas=sigmas, guider=guider, model_2=model_2,
+                            switch_step=int(switch_step))
         settings = {"scheduler": scheduler if plan.mode == "ksampler" else None, "cfg": float(cfg),
                     "denoise": float(denoise) if plan.mode == "ksampler" else None}
+        if plan.model_2 is not None:
+            settings["switch_step"] = plan.switch
         out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
-                         bool(exact_winner), settings, held_out=held_out_verifier)
+                         bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring)
         if held_out_verifier is None:
             return out
         return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}

@@ -6,4 +6,5 @@ CATEGORY = "inference scaling"
 VERIFIER = "INFSCALE_VERIFIER"
 SCORES = "INFSCALE_SCORES"
 STRATEGY = "INFSCALE_STRATEGY"
+VIDEO_SCORING = "INFSCALE_VIDEO_SCORING"
 NOISE = "NOISE"  # ComfyUI's own type: our noise objects follow its protocol

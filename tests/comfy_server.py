@@ -170,6 +170,8 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     cached = ensure_checkpoint(comfy_path, "sd15", os.path.join(CACHE, "checkpoints"))
     os.symlink(cached, ckpt_dir / "tiny-sd15.safetensors")
     (root / "loras").mkdir()
+    for d in ("diffusion_models", "vae", "text_encoders"):  # split model files (video models): add_wan21
+        (root / d).mkdir()
     ver = root / "verifiers"
     build_tiny_clip(str(ver), "tiny-clip", seed=0)
     build_tiny_clip(str(ver), "nan-clip", seed=0, poison_nan=True)
@@ -184,6 +186,23 @@ def models_dir(comfy_path, tmp_path_factory) -> dict:
     build_aesthetic_mlp(str(ver), "tiny-aesthetic-doubled.pth", seed=2, gain=2.0)
     build_tiny_verifiers_ii(str(ver))  # tiny-imagereward/, tiny-pickscore/, tiny-hps.pt, tiny-hpsv3/
     return {"root": str(root), "checkpoints": str(ckpt_dir), "verifiers": str(ver)}
+
+
+WAN21_FILES = [("diffusion_models", "wan21", 0, "tiny-wan21.safetensors"),
+               ("diffusion_models", "wan21", 1, "tiny-wan21-low.safetensors"),  # a second expert (other weights)
+               ("diffusion_models", "wan21_i2v", 0, "tiny-wan21-i2v.safetensors"),
+               ("vae", "wan21_vae", 0, "tiny-wan21-vae.safetensors"),
+               ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
+
+
+def add_wan21(comfy_path: str, models_dir: dict) -> None:
+    """The tiny Wan 2.1 files (tests/tiny_models.py) in the server's model folders, built once into the cache;
+    current ComfyUI only (the caller skips on a ComfyUI without Wan)."""
+    from tiny_models import ensure_checkpoint
+    for folder, kind, seed, name in WAN21_FILES:
+        link = os.path.join(models_dir["root"], folder, name)
+        if not os.path.exists(link):
+            os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints"), seed=seed), link)
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +222,9 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
         "    checkpoints: checkpoints\n"
         "    verifiers: verifiers\n"
         "    loras: loras\n"
+        "    diffusion_models: diffusion_models\n"
+        "    vae: vae\n"
+        "    text_encoders: text_encoders\n"
         f"    custom_nodes: {custom}\n")
     port = free_port()
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),

@@ -127,3 +127,28 @@ def test_gpu_verifiers_smoke(tmp_path):
     assert [r["resolution"] for r in by["hpsv3_qwen2vl_7b"]["timings"]] == [128]
     assert by["hpsv3_qwen2vl_7b"]["timings"][0]["finite"] and by["hpsv3_qwen2vl_7b"]["seq_tokens"] > 256
     assert 7.7e9 < full["HPSv3 (Qwen2-VL-7B + reward head, no lm_head)"] < 7.8e9
+
+
+def test_gpu_search_video_smoke(tmp_path):
+    """The video cases (Wan-2.1 and Wan-2.2 size) on the CPU: the full-size configs' detection, and SearchLoop
+    against raw batched sampling on a tiny Wan 2.1 with the real Wan 2.1 VAE (current ComfyUI only)."""
+    comfy = comfyui_dir()
+    if not os.path.isdir(os.path.join(comfy, "comfy", "ldm", "wan")):
+        pytest.skip("this ComfyUI has no Wan (the 2024 host): the video cases run on current ComfyUI")
+    out = tmp_path / "video.json"
+    run([os.path.join(BENCH, "gpu_search.py"), "--smoke", "--comfyui", comfy, "--cases", "wan21,wan22",
+         "--out", str(out), "--workdir", str(tmp_path / "work")])
+    doc = json.loads(out.read_text())
+    by = {c["case"]: c for c in doc["cases"]}
+    for kind, params in (("wan21", 1.3e9), ("wan22", 4.9e9)):
+        det = doc["models"]["detect_" + kind]
+        assert det["ok"] and det["params"] > params, det
+    assert doc["models"]["wan21"]["latent_shape"] == [1, 16, 2, 2, 2]
+    for name in ("wan21.limit", "wan21.ours.n2", "wan21.ours_noexact.n2"):
+        assert by[name]["status"] == "ok", by[name]
+    ours = by["wan21.ours.n2"]
+    assert ours["all_scores_finite"] and ours["nfe_total"] == 2 * 2 and ours["replay"] == "ksampler"
+    assert by["wan22"]["status"] == "skipped"
+    shares = doc["summary"]["video"]["wan21.ours.n2"]
+    assert 0 < shares["decode_verify_share"] < 1
+    assert set(doc["summary"]["ours_over_limit"]["wan21.n2"]) == {"exact_winner_on", "exact_winner_off"}

@@ -43,7 +43,8 @@ def test_object_info_lists_every_node(comfy):
                          "candidates", "top_k", "sampler_name", "scheduler", "steps", "cfg", "denoise"]
     assert list(info[PREFIX + "SearchLoop"]["input"]["optional"]) == ["sampler", "sigmas", "strategy", "guider",
                                                                        "micro_batch", "exact_winner",
-                                                                       "held_out_verifier"]
+                                                                       "held_out_verifier", "video_scoring",
+                                                                       "model_2", "switch_step"]
     assert info[PREFIX + "SearchLoop"]["output_name"] == ["image", "latent", "top_k_images", "scores",
                                                           "winner_noise", "best_seed", "noise"]
     weights = info[PREFIX + "CLIPScoreVerifierLoader"]["input"]["required"]["weights"][0]
@@ -195,7 +196,7 @@ def _write_latent(comfy, name, tensor):
 BAD_CASES = {
     "top_k_gt_n": (lambda c: search_graph(candidates=2, top_k=3), "top_k (3) is larger than the number of candidates"),
     "channels": ("ch16.latent", "channels but this model works on 4-channel latents"),
-    "video": ("video.latent", "video latents (5-D"),
+    "video": ("video.latent", "is a video latent (5-D"),
     "batch2": ("batch2", "batch size 2"),
     "broken_file": (lambda c: search_graph(weights="broken-clip.safetensors"), "truncated"),
     "nan_scores": (lambda c: search_graph(weights="nan-clip.safetensors"), "non-finite score"),

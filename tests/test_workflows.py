@@ -30,9 +30,16 @@ TINY = {
     "ViT-L-14-openai.safetensors": "tiny-clip-768.safetensors",  # + tiny-clip-768.json, its config
     "sac+logos+ava1-l14-linearMSE.pth": "tiny-aesthetic.pth",
     "ImageReward": "tiny-imagereward",
+    "wan2.1_t2v_1.3B_fp16.safetensors": "tiny-wan21.safetensors",
+    "wan_2.1_vae.safetensors": "tiny-wan21-vae.safetensors",
+    # UMT5-XXL has a fixed 5.7 G-parameter config: a tiny CLIP-L loaded as SD3's text encoder (its context
+    # padded to 4096 wide, what Wan takes) stands in; "wan" is only ever the CLIPLoader's type widget
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "tiny-clip-l.safetensors",
+    "wan": "sd3",
 }
 # nodes the 2024 host (ComfyUI a28a9dc8) lacks: a workflow that needs one of them skips there
-NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage"}
+NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage",
+                        "EmptyHunyuanLatentVideo"}
 INPUT_IMAGE = "example.png"
 
 
@@ -40,7 +47,7 @@ INPUT_IMAGE = "example.png"
 def server(comfy, comfy_path, models_dir):
     """The server with the tiny checkpoints the workflows need and an input image;
     /object_info fetched afresh (file lists change)."""
-    from comfy_server import CACHE
+    from comfy_server import CACHE, add_wan21
     from tiny_models import ensure_checkpoint
     from PIL import Image
     cache = os.path.join(CACHE, "checkpoints")
@@ -51,6 +58,8 @@ def server(comfy, comfy_path, models_dir):
         link = os.path.join(models_dir["checkpoints"], f"tiny-{kind}.safetensors")
         if not os.path.exists(link):
             os.symlink(ensure_checkpoint(comfy_path, kind, cache), link)
+    if comfy.has_node("EmptyHunyuanLatentVideo"):  # current ComfyUI: the tiny Wan 2.1 files
+        add_wan21(comfy_path, models_dir)
     Image.new("RGB", (64, 64), (200, 120, 40)).save(os.path.join(comfy.input_dir, INPUT_IMAGE))
     comfy._object_info = comfy.get("/object_info")
     return comfy
@@ -158,6 +167,8 @@ def shrink(api):
         t, inp = node["class_type"], node["inputs"]
         if t in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inp.update(width=64, height=64, batch_size=1 if inp.get("batch_size", 1) == 1 else 3)
+        elif t == "EmptyHunyuanLatentVideo":
+            inp.update(width=16, height=16, length=5)
         elif t == "InfScale_NoiseCandidateGenerator":
             inp.update(count=3)
         elif t == "InfScale_SearchLoop":
@@ -179,7 +190,7 @@ def test_there_are_workflows():
     names = {os.path.basename(p) for p in WORKFLOWS}
     assert {"sd15_random_search.json", "sdxl_ensemble_search.json", "sd3_guider_search.json",
             "composable_random_search.json", "img2img_search.json", "zero_order_search.json",
-            "paths_search.json", "particle_search.json", "coarse_to_fine_search.json"} <= names
+            "paths_search.json", "particle_search.json", "coarse_to_fine_search.json", "wan21_t2v_search.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
@@ -228,5 +239,5 @@ def test_workflow_validates_and_runs(server, path):
     assert not any(n["class_type"] in UI_ONLY for n in api.values())
     entry = server.run_ok(api)
     for nid, node in api.items():
-        if node["class_type"] in ("SaveImage", "PreviewImage", "InfScale_SaveSearchImage"):
+        if node["class_type"] in ("SaveImage", "PreviewImage", "InfScale_SaveSearchImage", "SaveAnimatedWEBP"):
             assert entry["outputs"].get(nid, {}).get("images"), f"output node {nid} ({node['class_type']}) saved nothing"

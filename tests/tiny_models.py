@@ -88,7 +88,27 @@ import zlib
 # cache file name used by ensure_checkpoint.
 VERSION = 1
 
-KINDS = ("sd15", "sd3", "sdxl")
+KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v")
+
+# Wan 2.1 (current ComfyUI only), three files as the published ones are split:
+#   ``wan21``: the diffusion model alone (keys as wan2.1_t2v_1.3B_fp16.safetensors, no prefix):
+#     comfy.ldm.wan.model.WanModel t2v; model_detection reads dim from head.modulation (heads = dim // 128),
+#     ffn_dim, layers and in_dim from the keys; text_dim stays 4096.  Tiny: dim 128 (one head), ffn 256,
+#     one block (0.9 M params).
+#   ``wan21_i2v``: the same as image-to-video (model_type i2v: img_emb, the CLIP-vision projection, which
+#     model_detection reads as WAN21_I2V; in_dim 36 = 16 noise + 4 mask + 16 start-image latent channels).
+#   ``wan21_vae``: comfy.ldm.wan.vae.WanVAE at the size comfy.sd.VAE builds it for the key
+#     decoder.middle.0.residual.0.gamma (dim 96 is fixed there): 127 M params, 254 MB fp16.
+#   ``clip_l``: a CLIP-L text encoder file (keys text_model.*, 123.7 M params).  Wan's own text encoder,
+#     UMT5-XXL, has a fixed 4096-wide 24-layer config (umt5_config_xxl.json, 5.7 G params), so the tests
+#     load this CLIP-L with CLIPLoader type "sd3" instead: SD3's CLIP-L-only text encoder pads its context
+#     to 4096 wide, which is what Wan's text_embedding takes.
+WAN21 = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=128, ffn_dim=256, freq_dim=256,
+             text_dim=4096, out_dim=16, num_heads=1, num_layers=1, window_size=(-1, -1), qk_norm=True,
+             cross_attn_norm=True, eps=1e-6)
+WAN21_I2V = dict(WAN21, model_type="i2v", in_dim=36)
+WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
 
 # Hyper-parameters of the tiny models (kept here so they are easy to find).
 SD15_UNET = dict(
@@ -152,6 +172,7 @@ SD3_POOLED_DIM = 768 + 1280
 OUTPUT_GAIN = {
     "model.diffusion_model.out.2": 0.1,                # UNet final conv
     "model.diffusion_model.final_layer.linear": 0.1,   # MMDiT final linear
+    "head.head": 0.1,                                  # Wan final linear (diffusion-model-only file)
 }
 
 # comfy.latent_formats scale/shift of each family: a TAESD expects latents in
@@ -297,6 +318,18 @@ def _build_modules(kind):
                 "": clip,
                 "first_stage_model.": taesd,
             }
+        if kind == "wan21":
+            from comfy.ldm.wan.model import WanModel
+            return {"": WanModel(operations=ops, dtype=torch.float32, **WAN21)}
+        if kind == "wan21_i2v":
+            from comfy.ldm.wan.model import WanModel
+            return {"": WanModel(operations=ops, dtype=torch.float32, **WAN21_I2V)}
+        if kind == "wan21_vae":
+            import comfy.ldm.wan.vae
+            return {"": comfy.ldm.wan.vae.WanVAE(**WAN21_VAE)}
+        if kind == "clip_l":
+            clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32)
+            return {"": clip}
     raise ValueError("unknown kind {!r}".format(kind))
 
 
@@ -354,6 +387,8 @@ def _fill(key, shape, dtype, owner, seed, kind):
     g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % (2 ** 63))
     noise = torch.randn(shape, generator=g, dtype=torch.float32)
     gain = OUTPUT_GAIN.get(key.rsplit(".", 1)[0], 1.0)
+    if leaf == "gamma":  # the Wan VAE's RMS_norm scale
+        return 1.0 + 0.01 * noise
     if "Norm" in owner:  # LayerNorm, GroupNorm, RMSNorm and their comfy.ops variants
         return (1.0 if leaf in ("weight", "scale") else 0.0) + 0.01 * noise
     if "Embedding" in owner or leaf in ("pos_embed", "positional_embedding"):
@@ -387,6 +422,10 @@ def build_checkpoint(kind, out, seed=0):
                 # that current ComfyUI then leaves that layer uninitialised, so
                 # the SD1.5 *pooled* output is meaningless, as with real files.)
                 continue
+            if kind == "clip_l":  # a text-encoder file: text_model.* (+ text_projection), as clip_l.safetensors
+                if not key.startswith("transformer."):
+                    continue
+                key = key[len("transformer."):]
             t = _fill(prefix + key, shape, dtype, owner, seed, kind)
             if t.dtype.is_floating_point:
                 t = t.to(torch.float16)
@@ -398,9 +437,10 @@ def build_checkpoint(kind, out, seed=0):
     # TAESD decodes straight to [0, 1] pixels; with a ~zero output bias half
     # the random image clamps to black.  Centre it on mid-grey instead: the
     # decoder's last layer is its highest-numbered direct child conv.
-    last = max((k for k in state if re.fullmatch(r"first_stage_model\.taesd_decoder\.\d+\.bias", k)),
-               key=lambda k: int(k.split(".")[2]))
-    state[last] = (state[last].float() + 0.5).to(torch.float16)
+    taesd = [k for k in state if re.fullmatch(r"first_stage_model\.taesd_decoder\.\d+\.bias", k)]
+    if taesd:
+        last = max(taesd, key=lambda k: int(k.split(".")[2]))
+        state[last] = (state[last].float() + 0.5).to(torch.float16)
 
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)

@@ -34,6 +34,9 @@ IMAGEREWARD = "ImageReward"                     # folder: ImageReward.pt, med_co
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 SD35M = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"  # Comfy-Org's single-file SD3.5 medium
+WAN21 = "wan2.1_t2v_1.3B_fp16.safetensors"      # Comfy-Org's repackaged Wan 2.1 files
+WAN_TE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
 
 # column x positions, so every workflow reads left to right
 X = [0, 380, 760, 1180, 1600]
@@ -128,10 +131,10 @@ def clipscore(g, pos=(X[1], 480)):
 
 
 def search_loop(g, prompt, seed=0, candidates=16, top_k=4, sampler="euler", scheduler="normal", steps=20, cfg=7.0,
-                denoise=1.0, pos=(X[2], 0), title=None):
+                denoise=1.0, pos=(X[2], 0), title=None, extra_inputs=()):
     return g.node(P + "SearchLoop", pos,
                   [prompt, seed, "randomize", candidates, top_k, sampler, scheduler, steps, cfg, denoise, 0, True],
-                  inputs=SEARCH_INPUTS, outputs=SEARCH_OUTPUTS, size=(380, 600), title=title)
+                  inputs=SEARCH_INPUTS + list(extra_inputs), outputs=SEARCH_OUTPUTS, size=(380, 600), title=title)
 
 
 def wire_search(g, search, ckpt, pos, neg, latent, verifier, vae=None):
@@ -296,7 +299,7 @@ def composable_random_search():
     pos, neg = text_encoders(g, ckpt, prompt, "blurry, low quality")
     count = 8
     lat = empty_latent(g, 512, batch=count)
-    ver = clipscore(g, (X[3], 560))
+    ver = clipscore(g, (X[3], 660))
     noise = g.node(P + "NoiseCandidateGenerator", (X[1], 480), [0, "randomize", count, 0],
                    outputs=[("noise", "NOISE")], size=(340, 130))
     guider = g.node("CFGGuider", (X[2], 0), [7.0], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
@@ -326,7 +329,7 @@ def composable_random_search():
     g.link((dec, 0), score, "images")
     g.link((ver, 0), score, "verifier")
     g.link((noise, 0), score, "noise")
-    pick = g.node(P + "BestPick", (X[3], 300), [2],
+    pick = g.node(P + "BestPick", (X[3], 400), [2],
                   inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES"), ("latent", "LATENT"),
                           ("noise", "NOISE")],
                   outputs=[("best_image", "IMAGE"), ("best_latent", "LATENT"), ("top_k_images", "IMAGE"),
@@ -411,7 +414,7 @@ def strategy_workflow(name, strategy_type, widgets, inputs_sizes, note, sampler=
     search = search_loop(g, prompt, candidates=candidates, top_k=1, sampler=sampler, steps=steps)
     vae = None
     if reroute_vae:
-        rr = g.node("Reroute", (X[2] - 30, 640), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
+        rr = g.node("Reroute", (X[2] - 30, 820), [], inputs=[("", "*")], outputs=[("", "VAE")], size=(75, 26))
         g.nodes[rr - 1]["properties"] = {"showOutputText": False, "horizontal": False}
         g.link((ckpt, "VAE"), rr, "")
         vae = (rr, 0)
@@ -497,8 +500,62 @@ def coarse_to_fine_search():
         candidates=16, coarse=(8, 4), primitive_prompt=True)
 
 
+def wan21_t2v_search():
+    g = Graph()
+    prompt = "a red fox running through fresh snow in a pine forest, tracking shot, soft morning light"
+    unet = g.node("UNETLoader", (X[0], 0), [WAN21, "default"], outputs=[("MODEL", "MODEL")], size=(340, 90))
+    te = g.node("CLIPLoader", (X[0], 130), [WAN_TE, "wan", "default"], outputs=[("CLIP", "CLIP")], size=(340, 110))
+    vae = g.node("VAELoader", (X[0], 280), [WAN_VAE], outputs=[("VAE", "VAE")], size=(340, 60))
+    pos, neg = text_encoders(g, te, prompt, "static, blurry, low quality, deformed, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")],
+                 size=(340, 130), title="Video size and length")
+    ver = clipscore(g, pos=(X[1], 500))
+    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean"],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
+    search = search_loop(g, prompt, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0,
+                         extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
+    g.link((unet, "MODEL"), search, "model")
+    g.link((pos, 0), search, "positive")
+    g.link((neg, 0), search, "negative")
+    g.link((lat, 0), search, "latent")
+    g.link((vae, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((scoring, 0), search, "video_scoring")
+    webp = g.node("SaveAnimatedWEBP", (X[3], 0), ["wan_search", 16.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")], size=(380, 420), title="The winner (16 fps)")
+    g.link((search, "image"), webp, "images")
+    sheet = g.node(P + "VideoContactSheet", (X[3], 460), [], inputs=[("images", "IMAGE"),
+                                                                      ("scores", "INFSCALE_SCORES")],
+                   outputs=[("contact_sheet", "IMAGE")], size=(300, 60))
+    g.link((search, "top_k_images"), sheet, "images")
+    g.link((search, "scores"), sheet, "scores")
+    prev = g.node("PreviewImage", (X[3], 560), [], inputs=[("images", "IMAGE")], size=(380, 320),
+                  title="Top k: the frames scored, ranked")
+    g.link((sheet, 0), prev, "images")
+    score_plot(g, (search, "scores"))
+    g.note((X[0], 380), "\n\n".join([
+        "## Wan 2.1 text-to-video: search over video noises",
+        "Search Loop takes the 5-D video latent (Empty Hunyuan Latent Video: Wan 2.1 uses the same 16-channel "
+        "latent) and samples N candidate videos with ComfyUI's own sampler. Candidate i's starting noise is "
+        "exactly what a stock KSampler draws for seed `seed + i`, so `best_seed` in a KSampler with these settings "
+        "(uni_pc, simple, 30 steps, cfg 6) gives the winning video bit for bit.",
+        "Scoring: an image verifier scores a few decoded frames of each candidate (**Video Scoring**: first / "
+        "middle / last, or k evenly spaced) and the candidate's score is their mean or min (a video is as good "
+        "as its worst frame). Without the Video Scoring node: first/middle/last, mean.",
+        "Outputs: `image` is the winner's frames (Save Animated WEBP here; Create Video + Save Video work too), "
+        "`top_k_images` the top-k videos' frames, video after video; **Video Contact Sheet** shows one row per "
+        "candidate with the frames its score came from, captioned rank · score · seed.",
+        "Cost: each candidate is a whole video (33 frames at 832×480 here): N = 4 costs four generations plus "
+        "the decodes. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; switch it off to "
+        "return the search's own samples.",
+        f"Files: `{WAN21}` in models/diffusion_models, `{WAN_TE}` in models/text_encoders, `{WAN_VAE}` in "
+        "models/vae (Comfy-Org's repackaged Wan 2.1). " + CLIP_NOTE,
+        SEED_NOTE]), size=(340, 700), markdown=True)
+    g.dump("wan21_t2v_search.json")
+
+
 ALL = [sd15_random_search, sdxl_ensemble_search, sd3_guider_search, composable_random_search, img2img_search,
-       zero_order_search, paths_search, particle_search, coarse_to_fine_search]
+       zero_order_search, paths_search, particle_search, coarse_to_fine_search, wan21_t2v_search]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Video candidates: which frames an image verifier scores, and how their scores make one.
+
+A video latent is 5-D, ``B x C x T x H x W``; the search algorithms never look
+inside a latent, so they run on it unchanged.  What is particular to video is
+scoring: an image verifier scores ``k`` decoded frames of each candidate and
+the candidate's score is their ``mean`` or ``min``.  Nothing here imports
+ComfyUI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import torch
+
+PICKS = ("first/middle/last", "evenly spaced")
+AGGREGATES = ("mean", "min")
+
+
+class VideoInputError(ValueError):
+    """A frame count or setting that does not fit the video: the message says what to do."""
+
+
+def frame_indices(total: int, frames: int, pick: str) -> List[int]:
+    """The frames (0-based, increasing, distinct) scored of a ``total``-frame video.
+
+    ``first/middle/last``: frames 0, (total-1)//2 and total-1 (``frames`` is not used);
+    ``evenly spaced``: ``frames`` frames from the first to the last, evenly spaced (rounded)."""
+    total = int(total)
+    if total < 1:
+        raise VideoInputError(f"a video with {total} frames has nothing to score")
+    if pick == "first/middle/last":
+        idx = [0, (total - 1) // 2, total - 1]
+    elif pick == "evenly spaced":
+        k = int(frames)
+        if k < 1:
+            raise VideoInputError(f"frames must be at least 1, got {k}")
+        if k == 1:
+            idx = [(total - 1) // 2]
+        else:
+            idx = [int(round(i * (total - 1) / (k - 1))) for i in range(k)]
+    else:
+        raise VideoInputError(f"unknown frame pick {pick!r}: use one of {', '.join(PICKS)}")
+    return sorted(set(idx))
+
+
+def aggregate(scores: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, k) frame scores -> (B,) candidate scores."""
+    s = scores.float()
+    if how == "mean":
+        return s.mean(dim=1)
+    if how == "min":
+        return s.min(dim=1).values
+    raise VideoInputError(f"unknown frame aggregate {how!r}: use one of {', '.join(AGGREGATES)}")
+
+
+@dataclass(frozen=True)
+class VideoScoring:
+    """How a video candidate is scored with an image verifier."""
+
+    pick: str = "first/middle/last"
+    frames: int = 3
+    aggregate: str = "mean"
+
+    def __post_init__(self):
+        if self.pick not in PICKS:
+            raise VideoInputError(f"unknown frame pick {self.pick!r}: use one of {', '.join(PICKS)}")
+        if self.aggregate not in AGGREGATES:
+            raise VideoInputError(f"unknown frame aggregate {self.aggregate!r}: use one of {', '.join(AGGREGATES)}")
+        if int(self.frames) < 1:
+            raise VideoInputError(f"frames must be at least 1, got {self.frames}")
+
+    def indices(self, total: int) -> List[int]:
+        return frame_indices(total, self.frames, self.pick)
+
+    def select(self, videos: torch.Tensor) -> torch.Tensor:
+        """``B x T x H x W x 3`` videos -> ``(B*k) x H x W x 3`` frames, candidate by candidate."""
+        if videos.ndim != 5:
+            raise VideoInputError(f"expected videos as B x T x H x W x 3, got shape {tuple(videos.shape)}")
+        idx = torch.as_tensor(self.indices(videos.shape[1]), dtype=torch.long)
+        return videos[:, idx].reshape(-1, *videos.shape[2:])
+
+    def combine(self, frame_scores: torch.Tensor, k: int) -> torch.Tensor:
+        """``(B*k,)`` frame scores, candidate by candidate -> ``(B,)`` candidate scores."""
+        s = frame_scores.reshape(-1)
+        if s.numel() % int(k):
+            raise VideoInputError(f"{s.numel()} frame scores do not split into candidates of {k} frames")
+        return aggregate(s.reshape(-1, int(k)), self.aggregate)
+
+    def to_dict(self) -> dict:
+        return {"pick": self.pick, "frames": int(self.frames), "aggregate": self.aggregate}
+
+
+def split_videos(frames: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+    """An IMAGE batch of ``N*T`` frames (video after video) -> ``N x T x H x W x 3``."""
+    t = int(frames_per_video)
+    n = int(frames.shape[0])
+    if t < 1:
+        raise VideoInputError(f"frames_per_video must be at least 1, got {t}")
+    if n % t:
+        raise VideoInputError(f"the IMAGE batch has {n} frames, which is not a whole number of {t}-frame videos: "
+                              "set frames_per_video to the frame count of one video (VAE Decode of a video "
+                              "latent gives frames video after video)")
+    return frames.reshape(n // t, t, *frames.shape[1:])
+
+
+def pick_videos(videos: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    return videos[torch.as_tensor(list(rows), dtype=torch.long)]

@@ -1,0 +1,300 @@
+"""Video search on the real server with a tiny Wan 2.1 (tests/tiny_models.py: the diffusion model, the Wan 2.1
+VAE and a CLIP-L text encoder loaded as SD3's, which gives the 4096-wide context Wan takes).  Current ComfyUI
+only: the 2024 host has no Wan and no video latents, and these tests skip there with that reason."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from comfy_server import add_wan21, execution_error
+from graphs import PREFIX, verifier_node
+
+TEXT = "a cat walking on a beach"
+FRAMES = 5  # Wan: 1 + 4k frames; 5 frames = 2 latent frames
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def wan(comfy, comfy_path, models_dir):
+    if not comfy.has_node("EmptyHunyuanLatentVideo"):
+        pytest.skip(f"this ComfyUI ({comfy.version}) has no Wan and no video latents (the 2024 host): "
+                    "the video tests run on current ComfyUI")
+    add_wan21(comfy_path, models_dir)
+    return comfy
+
+
+def wan_base(frames=FRAMES, batch=1):
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21.safetensors", "weight_dtype": "default"}},
+        "11": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny-clip-l.safetensors", "type": "sd3"}},
+        "12": {"class_type": "VAELoader", "inputs": {"vae_name": "tiny-wan21-vae.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": TEXT, "clip": ["11", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "static, blurry", "clip": ["11", 0]}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo",
+              "inputs": {"width": SIZE, "height": SIZE, "length": frames, "batch_size": batch}},
+    }
+
+
+def wan_search(seed=3, candidates=3, top_k=2, steps=3, cfg=5.0, sampler="euler", micro_batch=2, scoring=None,
+               prefix="wan", strategy=None):
+    g = wan_base()
+    g["5"] = verifier_node()
+    g["6"] = {"class_type": PREFIX + "SearchLoop", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "vae": ["12", 0],
+        "verifier": ["5", 0], "prompt": TEXT, "seed": seed, "candidates": candidates, "top_k": top_k,
+        "sampler_name": sampler, "scheduler": "simple", "steps": steps, "cfg": cfg, "denoise": 1.0,
+        "micro_batch": micro_batch}}
+    if scoring is not None:
+        g["20"] = {"class_type": PREFIX + "VideoScoring", "inputs": dict(scoring)}
+        g["6"]["inputs"]["video_scoring"] = ["20", 0]
+    if strategy is not None:
+        g["40"] = {"class_type": PREFIX + strategy[0], "inputs": dict(strategy[1])}
+        g["6"]["inputs"]["strategy"] = ["40", 0]
+    g["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["6", 3]}}
+    g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 1], "filename_prefix": prefix + "_latent"}}
+    g["10"] = {"class_type": PREFIX + "VideoContactSheet", "inputs": {"images": ["6", 2], "scores": ["6", 3]}}
+    g["13"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": prefix + "_sheet"}}
+    return g
+
+
+def stock_graph(seed, steps=3, cfg=5.0, sampler="euler", prefix="wanstock"):
+    """A stock Wan T2V graph: KSampler -> VAE Decode, the frames scored one by one by Verifier Score."""
+    g = wan_base()
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+        "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "simple", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["12", 0]}}
+    g["8"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}}
+    g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix + "_latent"}}
+    g["5"] = verifier_node()
+    g["14"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["7", 0], "verifier": ["5", 0],
+                                                                  "prompt": TEXT}}
+    g["15"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["14", 0]}}
+    return g
+
+
+def report_of(entry, node="8") -> dict:
+    return json.loads(entry["outputs"][node]["text"][0])
+
+
+def latent_file(comfy, entry, node="9") -> torch.Tensor:
+    return safetensors.torch.load_file(comfy.output_file(entry["outputs"][node]["latents"][0]))["latent_tensor"]
+
+
+def frames_of(comfy, entry, node) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(comfy.output_file(it))) for it in entry["outputs"][node]["images"]])
+
+
+def test_wan_search_reproduces_in_stock_ksampler_and_scores_the_frames(wan):
+    entry = wan.run_ok(wan_search(seed=11, candidates=3, top_k=2, micro_batch=2, prefix="wan_t2v"))
+    rep = report_of(entry)
+    assert [c["seed"] for c in sorted(rep["candidates"], key=lambda c: c["index"])] == [11, 12, 13]
+    video = rep["settings"]["video"]
+    assert video == {"pick": "first/middle/last", "frames": 3, "aggregate": "mean", "frames_per_video": FRAMES,
+                     "scored_frames": [0, 2, 4]}
+    assert rep["settings"]["micro_batch"] == 2
+    lat = latent_file(wan, entry)
+    assert lat.shape == (1, 16, 2, SIZE // 8, SIZE // 8)
+    # the winner as frames (5 x 32 x 32), and a contact sheet of the top 2 (one row each)
+    assert len(entry["outputs"]["7"]["images"]) == FRAMES
+    sheet = frames_of(wan, entry, "13")
+    assert sheet.shape[0] == 1 and sheet.shape[2] > 3 * SIZE and sheet.shape[1] > 2 * SIZE
+
+    best = rep["best"]
+    stock = wan.run_ok(stock_graph(best["seed"], prefix="wan_stock"))
+    assert torch.equal(latent_file(wan, stock), lat), "best_seed in a stock KSampler must give the winner exactly"
+    assert np.array_equal(frames_of(wan, stock, "8"), frames_of(wan, entry, "7"))
+    # the winner's score is the mean of its first, middle and last frames scored by hand (Verifier Score)
+    by_hand = sorted(report_of(stock, "15")["candidates"], key=lambda c: c["index"])
+    assert len(by_hand) == FRAMES
+    want = np.mean([by_hand[i]["score"] for i in (0, 2, 4)])
+    winner = rep["candidates"][0]
+    assert winner["final_score"] == pytest.approx(want, abs=1e-5)
+    assert winner["score"] == pytest.approx(want, abs=1e-3)  # the batched search sample, up to round-off
+
+
+def test_min_of_evenly_spaced_frames(wan):
+    entry = wan.run_ok(wan_search(seed=21, candidates=2, top_k=1, micro_batch=1, prefix="wan_min",
+                                  scoring={"pick": "evenly spaced", "frames": 2, "aggregate": "min"}))
+    rep = report_of(entry)
+    assert rep["settings"]["video"]["scored_frames"] == [0, FRAMES - 1]
+    stock = wan.run_ok(stock_graph(rep["best"]["seed"], prefix="wan_min_stock"))
+    by_hand = sorted(report_of(stock, "15")["candidates"], key=lambda c: c["index"])
+    assert rep["candidates"][0]["score"] == pytest.approx(min(by_hand[0]["score"], by_hand[-1]["score"]), abs=1e-5)
+
+
+def i2v_graph(search: bool, seed=0, prefix="wan_i2v"):
+    """Wan 2.1 image-to-video: Wan Image To Video encodes the start image into the conditioning (concat latent
+    + mask) and makes the empty video latent; Search Loop, or a stock KSampler, samples from it."""
+    g = wan_base()
+    g["1"]["inputs"]["unet_name"] = "tiny-wan21-i2v.safetensors"
+    g["30"] = {"class_type": "LoadImage", "inputs": {"image": "wan_start.png"}}
+    g["31"] = {"class_type": "WanImageToVideo", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "vae": ["12", 0], "width": SIZE, "height": SIZE,
+        "length": FRAMES, "batch_size": 1, "start_image": ["30", 0]}}
+    if search:
+        g["5"] = verifier_node()
+        g["6"] = {"class_type": PREFIX + "SearchLoop", "inputs": {
+            "model": ["1", 0], "positive": ["31", 0], "negative": ["31", 1], "latent": ["31", 2], "vae": ["12", 0],
+            "verifier": ["5", 0], "prompt": TEXT, "seed": seed, "candidates": 3, "top_k": 1,
+            "sampler_name": "euler", "scheduler": "simple", "steps": 3, "cfg": 5.0, "denoise": 1.0,
+            "micro_batch": 3}}
+        g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["6", 3]}}
+        g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 1], "filename_prefix": prefix + "_latent"}}
+    else:
+        g["6"] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["31", 0], "negative": ["31", 1], "latent_image": ["31", 2], "seed": seed,
+            "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+        g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix + "_latent"}}
+    return g
+
+
+def test_wan_image_to_video_search_reproduces_in_stock_ksampler(wan):
+    Image.new("RGB", (SIZE, SIZE), (30, 140, 220)).save(wan.input_dir + "/wan_start.png")
+    entry = wan.run_ok(i2v_graph(True, seed=40))
+    rep = report_of(entry)
+    assert len(rep["candidates"]) == 3 and rep["settings"]["micro_batch"] == 3
+    stock = wan.run_ok(i2v_graph(False, seed=rep["best"]["seed"], prefix="wan_i2v_stock"))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry))
+
+
+def two_expert_search(switch=2, steps=4, strategy=None, seed=60):
+    g = wan_search(seed=seed, candidates=3, top_k=1, steps=steps, micro_batch=3, prefix="wan_2x", strategy=strategy)
+    g["24"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-low.safetensors",
+                                                      "weight_dtype": "default"}}
+    g["6"]["inputs"].update(model_2=["24", 0], switch_step=switch)
+    return g
+
+
+def two_expert_stock(seed, switch=2, steps=4):
+    """ComfyUI's Wan 2.2 14B template: a high-noise KSamplerAdvanced returning with leftover noise, then a
+    low-noise one adding none."""
+    g = wan_base()
+    g["24"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-wan21-low.safetensors",
+                                                      "weight_dtype": "default"}}
+    common = {"positive": ["2", 0], "negative": ["3", 0], "steps": steps, "cfg": 5.0, "sampler_name": "euler",
+              "scheduler": "simple"}
+    g["6"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, model=["1", 0], add_noise="enable", noise_seed=seed, latent_image=["4", 0], start_at_step=0,
+        end_at_step=switch, return_with_leftover_noise="enable")}
+    g["7"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, model=["24", 0], add_noise="disable", noise_seed=0, latent_image=["6", 0], start_at_step=switch,
+        end_at_step=10000, return_with_leftover_noise="disable")}
+    g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "wan_2x_stock"}}
+    return g
+
+
+def test_two_experts_reproduce_in_the_stock_two_sampler_chain(wan):
+    entry = wan.run_ok(two_expert_search())
+    rep = report_of(entry)
+    assert rep["settings"]["switch_step"] == 2 and rep["nfe_total"] == 3 * 4
+    stock = wan.run_ok(two_expert_stock(rep["best"]["seed"]))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry)), \
+        "best_seed in the stock two-KSamplerAdvanced chain must give the winner exactly"
+    # the second expert matters: without it (model alone over all steps) the winner differs
+    one = wan.run_ok(stock_graph(rep["best"]["seed"], steps=4, prefix="wan_2x_one"))
+    assert not torch.equal(latent_file(wan, one), latent_file(wan, entry))
+    # a strategy that stops and re-noises runs across the switch too
+    paths = wan.run_ok(two_expert_search(strategy=("PathsStrategy", {
+        "paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5, "backward": 0.7, "budget_nfe": 0})))
+    assert report_of(paths)["algorithm"] == "paths"
+
+
+def test_two_experts_bad_switch_is_a_clear_error(wan):
+    err = execution_error(wan.run(two_expert_search(switch=4, steps=4)))
+    assert err is not None and "switch_step must be between 1 and steps - 1" in err["exception_message"], err
+
+
+VIDEO_STRATEGIES = {
+    "zero_order": ("ZeroOrderStrategy", {"neighbours": 2, "cosine": 0.9, "budget_nfe": 0}),
+    "paths": ("PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5,
+                                "backward": 0.7, "budget_nfe": 0}),
+    "particles": ("ParticleStrategy", {"particles": 2, "potential": "max", "lam": 10.0, "interval": 2,
+                                       "ess_threshold": 0.0, "budget_nfe": 0}),
+    "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
+                                              "last_level": 0.4, "budget_nfe": 0}),
+}
+
+
+@pytest.mark.parametrize("name", list(VIDEO_STRATEGIES))
+def test_strategies_search_wan_videos(wan, name):
+    sampler = "euler_ancestral" if name == "particles" else "euler"
+    entry = wan.run_ok(wan_search(seed=5, candidates=3, top_k=1, steps=4, sampler=sampler, micro_batch=0,
+                                  prefix=f"wan_{name}", strategy=VIDEO_STRATEGIES[name]))
+    rep = report_of(entry)
+    assert rep["algorithm"] == name and 0 < rep["nfe_total"] <= 3 * 4
+    assert rep["settings"]["video"]["frames_per_video"] == FRAMES
+    assert len(entry["outputs"]["7"]["images"]) == FRAMES
+    assert latent_file(wan, entry).shape == (1, 16, 2, SIZE // 8, SIZE // 8)
+
+
+def composable_graph(frames_per_video, batch=2):
+    g = wan_base(batch=batch)
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 9,
+        "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["12", 0]}}
+    g["5"] = verifier_node()
+    g["14"] = {"class_type": PREFIX + "VerifierScore", "inputs": {
+        "images": ["7", 0], "verifier": ["5", 0], "prompt": TEXT, "frames_per_video": frames_per_video}}
+    g["15"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["14", 0]}}
+    g["16"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["7", 0], "scores": ["14", 0], "top_k": 2}}
+    g["17"] = {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": "wan_pick"}}
+    g["18"] = {"class_type": PREFIX + "VideoContactSheet", "inputs": {"images": ["7", 0], "scores": ["14", 0]}}
+    g["19"] = {"class_type": "SaveImage", "inputs": {"images": ["18", 0], "filename_prefix": "wan_comp_sheet"}}
+    g["21"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "wan_comp_all"}}
+    return g
+
+
+def test_composable_verifier_score_takes_video_frames(wan):
+    entry = wan.run_ok(composable_graph(FRAMES))
+    rep = report_of(entry, "15")
+    assert len(rep["candidates"]) == 2 and rep["settings"]["video"]["frames_per_video"] == FRAMES
+    assert len(entry["outputs"]["21"]["images"]) == 2 * FRAMES
+    allf = frames_of(wan, entry, "21")
+    best = rep["best"]["index"]
+    # Best Pick returns the winning video's frames
+    assert np.array_equal(frames_of(wan, entry, "17"), allf[best * FRAMES:(best + 1) * FRAMES])
+    assert frames_of(wan, entry, "19").shape[0] == 1
+
+
+def ranked_grid_of_videos():
+    g = composable_graph(FRAMES)
+    g["22"] = {"class_type": PREFIX + "RankedGrid", "inputs": {"images": ["7", 0], "scores": ["14", 0], "columns": 2}}
+    g["23"] = {"class_type": "SaveImage", "inputs": {"images": ["22", 0], "filename_prefix": "wan_grid"}}
+    return g
+
+
+def prefilter_search():
+    g = wan_search(prefix="bad_pre")
+    g["25"] = verifier_node(mode="cosine")
+    g["26"] = {"class_type": PREFIX + "VerifierPrefilter", "inputs": {"screen": ["25", 0], "verifier": ["5", 0],
+                                                                      "keep": 0.5, "warmup": 1}}
+    g["6"]["inputs"]["verifier"] = ["26", 0]
+    return g
+
+
+BAD = {
+    "prefilter_on_video": (prefilter_search, "the Verifier Pre-filter screens images one by one"),
+    "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
+    "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
+    "image_latent_with_video_model": (None, "this is a video model but the latent is a 4-D image latent"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_video_inputs_are_clear_errors(wan, case):
+    make, needle = BAD[case]
+    if make is None:
+        g = wan_search(prefix="bad")
+        g["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+    else:
+        g = make()
+    err = execution_error(wan.run(g))
+    assert err is not None and needle in err["exception_message"], err
