@@ -43,10 +43,11 @@ HELD_OUT_SAMPLES = 32  # finished candidates the held-out verifier scores (besid
 
 def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifier, prompt: str, seed: int,
                candidates: int, top_k: int, micro_batch: int = 0, exact_winner: bool = True,
-               settings: Dict[str, Any] = None, held_out=None, video=None):
+               settings: Dict[str, Any] = None, held_out=None, video=None, workers=None):
     """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise).
     ``video``: how video candidates are scored (a ``search.video.VideoScoring``; None = its default); for a video
-    search the images are IMAGE batches of frames, video after video."""
+    search the images are IMAGE batches of frames, video after video.
+    ``workers``: (WorkerConfig, prompt, node id) to shard a random search over worker machines."""
     t0 = time.perf_counter()
     strategy = strategy if strategy is not None else Strategy("random")
     n, seed = int(candidates), int(seed)
@@ -75,6 +76,9 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
         raise SearchInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
                                "frames yet: score video candidates with the main verifier itself")
+    if workers is not None:
+        from .worker_nodes import check_workers_allowed
+        check_workers_allowed(strategy, plan, verifier, held_out)
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
@@ -84,8 +88,13 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
                      video=video)
     try:
-        report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
-                                         verifier=getattr(verifier, "name", "verifier"))
+        if workers is not None:  # the many-machines seam: shards of candidates on worker ComfyUI servers
+            from .worker_nodes import sharded_search
+            report, finalists = sharded_search(workers[0], workers[1], workers[2], plan, strategy, host, n, top_k,
+                                               seed, verifier, prompt, vae, progress)
+        else:
+            report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
+                                             verifier=getattr(verifier, "name", "verifier"))
     except (UnsupportedSamplerError, ValueError) as e:
         if isinstance(e, compat.InterruptProcessingException):
             raise
@@ -149,7 +158,7 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
     for f in finalists:
         res, kind = f.result, f.replay
         alone = f.batch == 1 and compat.SEEDED_DEFAULT_NOISE  # the stock call already made it
-        if exact and kind and not alone:
+        if (exact or f.latent is None) and kind and not alone:  # no latent: scored on a worker machine
             with plan.clock.phase("rerender"):
                 if kind == "ksampler":
                     lat = plan.render_stock(res.seed, None, progress, nfe_gen)

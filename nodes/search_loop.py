@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .pipeline import run_search
 from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING
+from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
 from ..search import guard
 from ..search.noise import SEED_MAX
 
@@ -105,13 +105,19 @@ class SearchLoop:
                                "end_at_step, the second's start_at_step). The winner replays in that chain with "
                                "best_seed as the first sampler's noise_seed (and the second's too for ancestral / "
                                "SDE samplers)."}),
+                "workers": (WORKERS, {
+                    "tooltip": "Optional: a Search Workers node. Other ComfyUI servers sample and score shards of the "
+                               "candidates (random search) and send back scores only; this machine picks the "
+                               "winners and re-renders them."}),
             },
+            # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)
+            "hidden": {"infscale_graph": "PROMPT", "infscale_node": "UNIQUE_ID"},
         }
 
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
                guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None,
-               model_2=None, switch_step=0):
+               model_2=None, switch_step=0, workers=None, infscale_graph=None, infscale_node=None):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -126,7 +132,8 @@ class SearchLoop:
         if plan.model_2 is not None:
             settings["switch_step"] = plan.switch
         out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
-                         bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring)
+                         bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
+                         workers=None if workers is None else (workers, infscale_graph, infscale_node))
         if held_out_verifier is None:
             return out
         return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}

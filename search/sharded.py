@@ -1,0 +1,213 @@
+"""Random search split into shards of candidates that can run anywhere.
+
+Random search is embarrassingly parallel: candidate ``i`` has seed
+``base + i``, its noise and its score depend on nothing else (the micro-batch
+included), so a shard ``(start, count)`` of candidates gives the same scores
+wherever it runs.  :func:`sharded_random_search` is random search with the
+candidates cut into shards and handed to a *dispatcher*, which decides where
+each shard runs (``run_local`` on this host, or elsewhere: a worker ComfyUI
+over HTTP, ``nodes/workers.py``; another GPU of this machine could be one
+more dispatcher) and returns every shard's :class:`ShardRows`.  The rows are
+put back in candidate order and ranked here, with a relative verifier's
+member scores recombined over all N at once, so the winner and the ranking
+equal the unsharded search's whoever ran which shard.
+
+A shard that ran elsewhere comes back as scores only (raw member scores and
+NFEs per candidate); its finalists carry no latent, and the finalist step
+re-renders them from their seed.  :func:`check_answer` is the one validation
+of a shard that came from outside this process.
+
+Nothing here imports ComfyUI or does I/O.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .common import TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, render
+from .host import SearchHost
+from .noise import seeds_for, wrap_seed
+from .report import CandidateResult, Finalist, SearchReport
+
+PROTOCOL = 1  # the shard answer's format (check_answer)
+
+
+class ShardAnswerError(ValueError):
+    """A shard answer that cannot be trusted: wrong counts, ids, seeds or non-finite scores."""
+
+
+@dataclass
+class ShardRows:
+    """What one shard gives back: ``rows`` (count × M raw member scores, M = 1 for a single verifier), in
+    candidate order, the NFEs of each candidate, where it ran, and (local shards only) the best candidates'
+    latents, so the finalist step can reuse them."""
+    start: int
+    count: int
+    rows: torch.Tensor
+    nfe: List[int]
+    where: str = "local"
+    kept: Dict[int, Finalist] = field(default_factory=dict)
+
+
+def plan_shards(n: int, parts: int) -> List[Tuple[int, int]]:
+    """``n`` candidates cut into about ``parts`` contiguous shards (start, count), in order."""
+    n, parts = int(n), max(1, int(parts))
+    size = max(1, math.ceil(n / parts))
+    return [(s, min(size, n - s)) for s in range(0, n, size)]
+
+
+def member_rows(host: SearchHost, first: int, count: int, scores: Sequence[float]) -> torch.Tensor:
+    """The raw member scores of the ``count`` rows the host scored from row ``first`` on: its score book's rows
+    for a relative verifier (``host.member_matrix``), else the scores themselves as one column."""
+    if bool(getattr(host, "relative", False)):
+        get = getattr(host, "member_matrix", None)
+        if get is None:
+            raise ValueError("this host cannot give raw member scores, which a relative verifier needs to be "
+                             "split over shards")
+        return get(first, count).detach().float().cpu().reshape(count, -1)
+    return torch.tensor([float(s) for s in scores], dtype=torch.float32).reshape(-1, 1)
+
+
+def run_shard(host: SearchHost, base_seed: int, start: int, count: int, keep: int = 0,
+              verifier: str = "verifier") -> ShardRows:
+    """Candidates ``start .. start+count-1`` of a random search with base seed ``base_seed``, sampled and
+    scored on ``host`` exactly as :func:`~.random_search.random_search` samples them (same seeds, same
+    noise, ``host.micro_batch`` at a time); ``keep`` best (absolute verifiers) are kept with their latents."""
+    gen = generation_nfe(host)
+    seeds = seeds_for(wrap_seed(base_seed), int(start), int(count))
+    relative = bool(getattr(host, "relative", False))
+    topk = TopK(max(1, keep))
+    parts: List[torch.Tensor] = []
+    i = 0
+    while i < count:
+        size = int(getattr(host, "micro_batch", 0) or count)
+        chunk = list(range(i, min(count, i + max(1, size))))
+        cs = [seeds[j] for j in chunk]
+        noise = host.initial_noise(cs)
+        latents, _, batch = render(host, noise, cs)
+        first = int(getattr(host, "scored_rows", 0))
+        scores = checked_scores(host.score(latents), len(chunk), [f"seed {s}" for s in cs], verifier)
+        parts.append(member_rows(host, first, len(chunk), scores))
+        if keep and not relative:
+            for r, j in enumerate(chunk):
+                topk.offer(scores[r], start + j, finalist(latents[r:r + 1], noise[r:r + 1], cs[r], batch=batch[r]))
+        i += len(chunk)
+    kept = {idx: f for _, idx, f in topk.items} if keep and not relative else {}
+    return ShardRows(int(start), int(count), torch.cat(parts) if parts else torch.zeros(0, 1), [gen] * int(count),
+                     kept=kept)
+
+
+Dispatch = Callable[[List[Tuple[int, int]], Callable[[int, int], ShardRows]], List[ShardRows]]
+
+
+def sharded_random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int, dispatch: Dispatch,
+                          shards: int, recombine: Callable[[torch.Tensor], torch.Tensor],
+                          member_names: Sequence[str] = (), verifier: str = "verifier"
+                          ) -> Tuple[SearchReport, List[Finalist]]:
+    """Random search (the same candidates, scores, ranking and finalists as ``random_search``) with its
+    candidates cut into about ``shards`` shards, run wherever ``dispatch`` sends them.
+
+    ``dispatch(plan, run_local)`` returns one :class:`ShardRows` per planned shard (any order);
+    ``run_local(start, count)`` runs a shard on this host.  ``recombine(matrix)``: the N scores of the
+    N × M member matrix in candidate order (a relative verifier's own rule; column 0 otherwise)."""
+    gen = generation_nfe(host)
+    check_budget(budget_nfe, gen, "random search (one full generation)")
+    n = int(budget_nfe) // gen
+    check_top_k(top_k, n, f"the {n} candidates the budget buys")
+    base = wrap_seed(seed)
+    plan = plan_shards(n, shards)
+
+    def run_local(start: int, count: int) -> ShardRows:
+        return run_shard(host, base, start, count, keep=top_k, verifier=verifier)
+
+    done = dispatch(plan, run_local)
+    by_start = {s.start: s for s in done}
+    if sorted((s.start, s.count) for s in done) != plan:
+        raise ShardAnswerError(f"the shards that came back ({sorted((s.start, s.count) for s in done)}) are not "
+                               f"the shards planned ({plan})")
+    matrix = torch.cat([by_start[s].rows for s, _ in plan])
+    nfe = [v for s, _ in plan for v in by_start[s].nfe]
+    scores = recombine(matrix).reshape(-1).tolist()
+    checked_scores(torch.tensor(scores), n, [f"seed {wrap_seed(base + i)}" for i in range(n)], verifier)
+    relative = bool(getattr(host, "relative", False))
+    seeds = seeds_for(base, 0, n)
+    report = SearchReport(algorithm="random", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
+                          settings={"candidates": n, "budget_nfe": int(budget_nfe)})
+    results = {}
+    for i in range(n):
+        res = CandidateResult(index=i, seed=seeds[i], score=float(scores[i]), nfe=int(nfe[i]))
+        if relative and member_names:
+            res.verifier_scores = {k: float(v) for k, v in zip(member_names, matrix[i].tolist()) if math.isfinite(v)}
+        results[i] = res
+    report.candidates = [results[i] for i in range(n)]
+    best = -math.inf
+    for i, res in enumerate(report.candidates):
+        best = max(best, res.score)
+        report.trace.append({"nfe": (i + 1) * gen, "best": best})
+    report.nfe_total = int(sum(nfe))
+    report.finalize()
+    kept = {i: f for s in done for i, f in s.kept.items()}
+    keep = TopK(top_k)
+    for i in range(n):
+        f = kept.get(i)
+        if f is None:  # scored elsewhere (or a relative verifier's): re-rendered from its seed
+            f = Finalist(latent=None, result=None, noise=host.initial_noise([seeds[i]]),  # type: ignore[arg-type]
+                         seed=seeds[i], batch=None)
+        keep.offer(results[i].score, i, f)
+    report.settings["shards"] = [{"start": s, "count": c, "ran_on": by_start[s].where} for s, c in plan]
+    return report, keep.finalists(results)
+
+
+def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members: int, nfe: Optional[int],
+                 token: str, source: str) -> ShardRows:
+    """A shard answer from outside this process (a worker's JSON), validated before any of it is used:
+    the protocol and token, exactly the candidates of the shard in order, their seeds, ``members`` finite
+    member scores each and positive NFEs (``nfe`` each when the sampler's NFEs are known)."""
+    def bad(why: str) -> ShardAnswerError:
+        return ShardAnswerError(f"the answer of {source} for candidates {start}..{start + count - 1} is malformed: "
+                                f"{why}. Its scores were not used")
+
+    if not isinstance(answer, dict):
+        raise bad(f"expected a JSON object, got {type(answer).__name__}")
+    if answer.get("protocol") != PROTOCOL:
+        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
+    if answer.get("token") != token:
+        raise bad("it answers another request (its token differs)")
+    cands = answer.get("candidates")
+    if not isinstance(cands, list) or len(cands) != count:
+        raise bad(f"expected {count} candidates, got {len(cands) if isinstance(cands, list) else cands!r}")
+    seeds = seeds_for(wrap_seed(base_seed), start, count)
+    rows, nfes = [], []
+    for j, c in enumerate(cands):
+        if not isinstance(c, dict):
+            raise bad(f"candidate entry {j} is not an object")
+        idx = c.get("index")
+        if type(idx) is not int or idx != start + j:
+            raise bad(f"entry {j} names candidate {idx!r}, expected {start + j} (ids must be the shard's, in order)")
+        if c.get("seed") != seeds[j]:
+            raise bad(f"candidate {idx} has seed {c.get('seed')!r}, expected {seeds[j]}")
+        m = c.get("members")
+        if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
+            raise bad(f"candidate {idx} has member scores {m!r}, expected {members} number(s)")
+        if not all(math.isfinite(v) for v in m):
+            raise bad(f"candidate {idx} has a non-finite score {m!r}")
+        v = c.get("nfe")
+        if type(v) is not int or v < 1 or (nfe is not None and v != nfe):
+            raise bad(f"candidate {idx} spent {v!r} NFEs, expected {nfe if nfe is not None else 'a positive count'}")
+        rows.append([float(x) for x in m])
+        nfes.append(v)
+    return ShardRows(start, count, torch.tensor(rows, dtype=torch.float32).reshape(count, members), nfes,
+                     where=source)
+
+
+def answer(rows: ShardRows, *, base_seed: int, token: str, fingerprint: Dict[str, str]) -> Dict[str, Any]:
+    """A shard's answer as plain data (the worker side of :func:`check_answer`): ids, seeds, raw member scores,
+    NFEs and the fingerprint of what made them; never an image."""
+    seeds = seeds_for(wrap_seed(base_seed), rows.start, rows.count)
+    return {"protocol": PROTOCOL, "token": token, "start": rows.start, "count": rows.count,
+            "fingerprint": dict(fingerprint), "refused": None,
+            "candidates": [{"index": rows.start + j, "seed": seeds[j], "members": [float(v) for v in rows.rows[j]],
+                            "nfe": int(rows.nfe[j])} for j in range(rows.count)]}

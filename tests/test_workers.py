@@ -1,0 +1,397 @@
+"""Core tier: random search in shards (search/sharded.py) on the toy host, the shard answer's validation, and
+the worker dispatcher (nodes/workers.py) against small fake ComfyUI servers over real HTTP on loopback:
+re-assignment of a failed worker's shard, errors for refusals and malformed answers, no other address
+contacted.  The two-real-servers tests are in test_workers_server.py."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from toy_host import gaussian_host
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_pack_parts():
+    """nodes/workers.py imports no ComfyUI: load it (and search/) as parts of a package without running
+    nodes/__init__.py, which would need ComfyUI."""
+    if "infscale_core" not in sys.modules:
+        pkg = types.ModuleType("infscale_core")
+        pkg.__path__ = [REPO]
+        sys.modules["infscale_core"] = pkg
+        sub = types.ModuleType("infscale_core.nodes")
+        sub.__path__ = [os.path.join(REPO, "nodes")]
+        sys.modules["infscale_core.nodes"] = sub
+    return (importlib.import_module("infscale_core.nodes.workers"),
+            importlib.import_module("infscale_core.search.sharded"),
+            importlib.import_module("infscale_core.search"))
+
+
+workers, sharded, search_pkg = _load_pack_parts()
+
+SEED, N, TOP_K, STEPS = 11, 12, 3, 6
+
+
+def host(micro_batch=0):
+    return gaussian_host(steps=STEPS, micro_batch=micro_batch)
+
+
+def reference():
+    return search_pkg.random_search(host(micro_batch=4), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K)
+
+
+def recombine(m):
+    return m[:, 0]
+
+
+def local_dispatch(plan, run_local):
+    return [run_local(s, c) for s, c in plan]
+
+
+def same_search(a, b):
+    (ra, fa), (rb, fb) = a, b
+    assert [c.score for c in ra.candidates] == [c.score for c in rb.candidates]
+    assert [c.rank for c in ra.candidates] == [c.rank for c in rb.candidates]
+    assert [c.seed for c in ra.candidates] == [c.seed for c in rb.candidates]
+    assert [f.result.index for f in fa] == [f.result.index for f in fb]
+    assert ra.nfe_total == rb.nfe_total
+
+
+@pytest.mark.parametrize("shards", [1, 3, 5, 12])
+def test_sharded_random_search_equals_random_search(shards):
+    got = sharded.sharded_random_search(host(micro_batch=2), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                        dispatch=local_dispatch, shards=shards, recombine=recombine)
+    same_search(got, reference())
+    assert [f.latent is not None for f in got[1]] == [True] * TOP_K  # local shards keep their finalists' latents
+    assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}
+                                         for s, c in sharded.plan_shards(N, shards)]
+
+
+def remote_dispatch(fail=()):
+    """Shards with an odd index run on a second host, through the JSON answer and its check."""
+    other = host(micro_batch=3)
+
+    def dispatch(plan, run_local):
+        out = []
+        for k, (s, c) in enumerate(plan):
+            if k % 2 and k not in fail:
+                rows = sharded.run_shard(other, SEED, s, c)
+                ans = json.loads(json.dumps(sharded.answer(rows, base_seed=SEED, token="t", fingerprint={"a": "1"})))
+                out.append(sharded.check_answer(ans, start=s, count=c, base_seed=SEED, members=1, nfe=STEPS,
+                                                token="t", source="worker W"))
+            else:
+                out.append(run_local(s, c))
+        return out[::-1]  # any order
+    return dispatch
+
+
+def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_latents():
+    report, finalists = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                                      dispatch=remote_dispatch(), shards=4, recombine=recombine)
+    same_search((report, finalists), reference())
+    where = {s["start"]: s["ran_on"] for s in report.settings["shards"]}
+    assert sorted(set(where.values())) == ["local", "worker W"]
+    for f in finalists:  # a remote finalist: no latent, its seed's noise, so a stock KSampler replays it
+        remote = where[f.result.index // 3 * 3] != "local"
+        assert (f.latent is None) == remote
+        assert f.replay == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
+        assert torch.equal(f.noise, host().initial_noise([f.seed]))
+
+
+def test_relative_verifier_rows_are_recombined_over_every_candidate():
+    """Two members, combined by mean rank over all N: shards give the raw rows, the ranking comes from all."""
+    def two(hst):
+        hst.relative = True
+        book = []
+        score = hst.score
+
+        def scored(latents):
+            s = score(latents)
+            book.append(torch.stack([s, -latents.flatten(1).abs().mean(1)], 1))
+            return s
+        hst.score = scored
+        hst.member_matrix = lambda first, count: torch.cat(book)[first:first + count]
+        return hst
+
+    def ranks(m):
+        r = torch.zeros_like(m)
+        for j in range(m.shape[1]):
+            r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
+        return r.mean(1)
+
+    full = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                         dispatch=local_dispatch, shards=1, recombine=ranks, member_names=["a", "b"])
+    split = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                          dispatch=local_dispatch, shards=4, recombine=ranks, member_names=["a", "b"])
+    same_search(full, split)
+    assert set(full[0].candidates[0].verifier_scores) == {"a", "b"}
+    assert all(f.latent is None for f in split[1])  # relative: every finalist is re-rendered
+
+
+def test_check_answer_refuses_every_malformed_answer():
+    rows = sharded.run_shard(host(), SEED, 4, 3)
+    good = sharded.answer(rows, base_seed=SEED, token="tok", fingerprint={})
+    kw = dict(start=4, count=3, base_seed=SEED, members=1, nfe=STEPS, token="tok", source="worker X")
+    got = sharded.check_answer(json.loads(json.dumps(good)), **kw)
+    assert torch.equal(got.rows, rows.rows) and got.where == "worker X"
+
+    def broken(edit):
+        a = json.loads(json.dumps(good))
+        edit(a)
+        with pytest.raises(sharded.ShardAnswerError, match="worker X.*malformed") as e:
+            sharded.check_answer(a, **kw)
+        return str(e.value)
+
+    assert "expected 3 candidates" in broken(lambda a: a["candidates"].pop())
+    assert "expected 5" in broken(lambda a: a["candidates"][1].update(index=99))
+    assert "seed" in broken(lambda a: a["candidates"][0].update(seed=1))
+    assert "non-finite" in broken(lambda a: a["candidates"][2].update(members=[float("nan")]))
+    assert "non-finite" in broken(lambda a: a["candidates"][2].update(members=[float("inf")]))
+    assert "number" in broken(lambda a: a["candidates"][2].update(members=["0.5"]))
+    assert "number" in broken(lambda a: a["candidates"][2].update(members=[0.1, 0.2]))
+    assert "NFEs" in broken(lambda a: a["candidates"][0].update(nfe=STEPS + 1))
+    assert "NFEs" in broken(lambda a: a["candidates"][0].update(nfe=True))
+    assert "token" in broken(lambda a: a.update(token="other"))
+    assert "protocol" in broken(lambda a: a.update(protocol=99))
+    with pytest.raises(sharded.ShardAnswerError, match="JSON object"):
+        sharded.check_answer([1, 2], **kw)
+
+
+def test_plan_shards_covers_every_candidate_once():
+    for n in (1, 2, 7, 64):
+        for parts in (1, 2, 3, 8, 100):
+            plan = sharded.plan_shards(n, parts)
+            assert [i for s, c in plan for i in range(s, s + c)] == list(range(n))
+            assert len(plan) <= parts
+
+
+# --------------------------------------------------------------------------- configuration
+def test_worker_urls_are_parsed_strictly():
+    assert workers.parse_urls("http://a:8188/\n# a comment\nhttps://b.example/comfy , http://a:8188") == \
+        ["http://a:8188", "https://b.example/comfy"]
+    for bad in ("ftp://a", "a:8188", "http://", "http://u:p@a:1", "http://a:1/?x=1"):
+        with pytest.raises(ValueError, match="not a worker URL"):
+            workers.parse_urls(bad)
+
+
+def test_auth_header_comes_from_the_environment_only(monkeypatch):
+    monkeypatch.delenv(workers.AUTH_ENV, raising=False)
+    assert workers.auth_headers() == {}
+    monkeypatch.setenv(workers.AUTH_ENV, "X-Distributed-Token: s3cret")
+    assert workers.auth_headers() == {"X-Distributed-Token": "s3cret"}
+    monkeypatch.setenv(workers.AUTH_ENV, "tok")
+    assert workers.auth_headers() == {"Authorization": "Bearer tok"}
+    cfg = workers.WorkerConfig(("http://a:1",), "node")
+    assert "tok" not in repr(cfg)  # the config that travels in the graph never holds it
+
+
+def test_comfyui_distributed_config_and_workers_file(tmp_path, monkeypatch):
+    custom = tmp_path / "custom_nodes"
+    (custom / "ComfyUI-Distributed").mkdir(parents=True)
+    (custom / "ComfyUI-Distributed" / "gpu_config.json").write_text(json.dumps({"workers": [
+        {"id": "1", "host": "10.0.0.5", "port": 8189, "enabled": True},
+        {"id": "2", "host": "10.0.0.6", "port": 8190, "enabled": False},
+        {"id": "3", "host": "pod.proxy.runpod.net", "port": 443, "type": "cloud", "enabled": True}]}))
+    fake = types.SimpleNamespace(get_folder_paths=lambda name: [str(custom)], base_path=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    monkeypatch.delenv(workers.WORKERS_FILE_ENV, raising=False)
+    urls, source = workers.configured_urls("")
+    assert urls == ["http://10.0.0.5:8189", "https://pod.proxy.runpod.net"] and "gpu_config.json" in source
+    assert workers.configured_urls("http://x:1")[0] == ["http://x:1"]  # the node's list wins
+    (custom / "ComfyUI-Distributed" / "gpu_config.json").unlink()
+    with pytest.raises(ValueError, match="no worker URL"):
+        workers.configured_urls("")
+    listing = tmp_path / "w.txt"
+    listing.write_text("# workers\nhttp://127.0.0.1:9001\n")
+    monkeypatch.setenv(workers.WORKERS_FILE_ENV, str(listing))
+    assert workers.configured_urls("") == (["http://127.0.0.1:9001"], str(listing))
+
+
+# --------------------------------------------------------------------------- the dispatcher over HTTP
+class FakeComfy:
+    """A ComfyUI stand-in on loopback: POST /prompt runs the shard on a toy host (``mode`` says how it
+    misbehaves), GET /history/<id> answers as ComfyUI does; every request is recorded."""
+
+    def __init__(self, mode="ok", answer_edit=None, redirect_to=None):
+        self.mode, self.answer_edit, self.redirect_to = mode, answer_edit, redirect_to
+        self.requests, self.history, self.interrupted = [], {}, []
+        self.shards = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, code, body, headers=()):
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path, dict(self.headers)))
+                pid = self.path.rsplit("/", 1)[-1]
+                self._reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(("POST", self.path, dict(self.headers)))
+                if self.path != "/prompt":
+                    if self.path == "/interrupt":
+                        fake.interrupted.append(body.get("prompt_id"))
+                    return self._reply(200, {})
+                if fake.mode == "redirect":
+                    return self._reply(302, {}, [("Location", fake.redirect_to)])
+                if fake.mode == "refuse":
+                    return self._reply(400, {"error": {"message": "Prompt outputs failed validation"},
+                                             "node_errors": {"1": {"class_type": "CheckpointLoaderSimple", "errors": [
+                                                 {"message": "Value not in list", "details": "ckpt_name: x"}]}}})
+                pid = f"p{len(fake.history)}"
+                spec = json.loads(body["prompt"]["1"]["inputs"]["shard"])
+                fake.shards.append((spec["start"], spec["count"]))
+                self._reply(200, {"prompt_id": pid, "number": 0})
+                if fake.mode == "hang":
+                    return
+                if fake.mode == "error":
+                    fake.history[pid] = {"outputs": {}, "status": {"status_str": "error", "completed": False,
+                                         "messages": [["execution_error", {"exception_type": "RuntimeError",
+                                                                            "exception_message": "CUDA lost"}]]}}
+                    return
+                rows = sharded.run_shard(host(), spec["seed"], spec["start"], spec["count"])
+                ans = sharded.answer(rows, base_seed=spec["seed"], token=spec["token"], fingerprint={"k": "v"})
+                if fake.answer_edit:
+                    fake.answer_edit(ans)
+                fake.history[pid] = {"outputs": {"1": {"text": [json.dumps(ans)]}},
+                                     "status": {"status_str": "success", "completed": True, "messages": []}}
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fakes():
+    made = []
+
+    def make(*a, **kw):
+        f = FakeComfy(*a, **kw)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.close()
+
+
+def dead_url():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connection refused
+
+
+def run_with(urls, local=True, timeout_s=30.0):
+    cfg = workers.WorkerConfig(tuple(urls), "test", timeout_s=timeout_s, local=local)
+
+    def check(url, job, ans):
+        return sharded.check_answer(ans, start=job.start, count=job.count, base_seed=SEED, members=1, nfe=STEPS,
+                                    token=job.token, source=f"worker {url}")
+
+    def graph_for(job):
+        spec = {"start": job.start, "count": job.count, "seed": SEED, "token": job.token}
+        return {"1": {"class_type": "InfScale_SearchShard", "inputs": {"shard": json.dumps(spec)}}}
+
+    remote = []
+    d = workers.WorkerDispatch(cfg, graph_for, "1", check, lambda: None, on_remote=remote.append, poll=0.02)
+    got = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=d,
+                                        shards=d.parts(), recombine=recombine)
+    return got, d, remote
+
+
+def test_workers_share_the_search_and_give_the_local_result(fakes, monkeypatch):
+    monkeypatch.setenv(workers.AUTH_ENV, "X-Distributed-Token: s3cret")
+    a, b = fakes(), fakes()
+    got, d, remote = run_with([a.url, b.url], local=False)
+    same_search(got, reference())
+    assert a.shards and b.shards and sum(r.count for r in remote) == N  # every shard ran on a worker
+    assert {r.where for r in remote} == {f"worker {a.url}", f"worker {b.url}"}
+    assert all(h.get("X-Distributed-Token") == "s3cret" for f in (a, b) for _, _, h in f.requests)
+    assert d.notes == []
+
+
+@pytest.mark.parametrize("mode", ["unreachable", "error", "hang"])
+def test_a_failing_worker_has_its_shard_reassigned_and_the_result_is_unchanged(fakes, mode):
+    good = fakes()
+    bad = dead_url() if mode == "unreachable" else fakes(mode).url
+    got, d, _ = run_with([bad, good.url], local=mode != "hang", timeout_s=1.0 if mode == "hang" else 30.0)
+    same_search(got, reference())
+    assert len(d.notes) == 1 and d.notes[0].startswith(f"worker {bad} ")
+    assert {"unreachable": "unreachable (", "error": "RuntimeError: CUDA lost",
+            "hang": "timed out after 1 s"}[mode] in d.notes[0]
+    assert "was re-assigned" in d.notes[0]
+
+
+def test_when_every_worker_fails_the_shards_run_locally(fakes):
+    got, d, _ = run_with([dead_url(), fakes("error").url], local=False)
+    same_search(got, reference())
+    assert {s["ran_on"] for s in got[0].settings["shards"]} == {"local"} and len(d.notes) == 2
+
+
+def test_a_malformed_answer_stops_the_search_naming_the_worker(fakes):
+    bad = fakes(answer_edit=lambda a: a["candidates"][0].update(members=[float("nan")]))
+    with pytest.raises(sharded.ShardAnswerError, match=f"worker {bad.url} .*malformed.*non-finite"):
+        run_with([bad.url], local=False)
+    bad2 = fakes(answer_edit=lambda a: a["candidates"][0].update(index=1000))
+    with pytest.raises(sharded.ShardAnswerError, match="ids must be the shard's"):
+        run_with([bad2.url], local=False)
+
+
+def test_a_refused_prompt_stops_the_search_with_comfyuis_reason(fakes):
+    bad = fakes("refuse")
+    with pytest.raises(workers.WorkerRefused, match=f"worker {bad.url} refused.*Value not in list.*ckpt_name"):
+        run_with([bad.url])
+
+
+def test_no_request_goes_to_an_address_not_configured(fakes):
+    """A worker (or a proxy in front of it) that redirects elsewhere is refused: the other address is never
+    contacted."""
+    elsewhere = fakes()
+    bad = fakes("redirect", redirect_to=elsewhere.url + "/prompt")
+    with pytest.raises(workers.WorkerRefused, match="redirect .*refused"):
+        run_with([bad.url])
+    assert elsewhere.requests == []
+    assert all(p in ("/prompt",) for _, p, _ in bad.requests)
+
+
+def test_cancel_interrupts_the_workers_prompts(fakes):
+    hang = fakes("hang")
+    cfg = workers.WorkerConfig((hang.url,), "test", local=False)
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        if len(calls) > 5 and hang.shards:
+            raise KeyboardInterrupt("cancel")
+
+    d = workers.WorkerDispatch(cfg, lambda job: {"1": {"class_type": "X", "inputs": {"shard": json.dumps(
+        {"start": job.start, "count": job.count, "seed": SEED, "token": job.token})}}}, "1",
+        lambda *a: None, interrupted, poll=0.02)
+    with pytest.raises(KeyboardInterrupt):
+        d([(0, 4), (4, 4)], lambda s, c: None)
+    assert set(hang.interrupted) == {"p0"}  # the running prompt is stopped (and dropped from the queue)
