@@ -134,6 +134,9 @@ class SearchLoop:
         out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
                          bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
                          workers=None if workers is None else (workers, infscale_graph, infscale_node))
+        faults = (out[3].settings.get("workers") or {}).get("faults")
+        if faults:  # shards re-assigned from failing workers: shown on the node
+            return {"ui": {"text": ["\n".join(faults)]}, "result": out}
         if held_out_verifier is None:
             return out
         return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}

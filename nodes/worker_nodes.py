@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from typing import Any, Dict, List
 
 import torch
@@ -225,7 +226,9 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     node_id = str(node_id)
     gen = plan.nfe_per_generation()
     budget = int(strategy.budget_nfe) if strategy is not None and strategy.budget_nfe else int(candidates) * gen
+    t0 = time.perf_counter()
     mine = fingerprint(plan, vae, verifier, prompt)
+    fingerprint_s = time.perf_counter() - t0
     book = ScoreBook(verifier, prompt)
     members = len(book.member_names) if book.relative else 1
     base = int(seed)
@@ -262,7 +265,8 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
         raise SearchInputError(str(e)) from None
     ran = report.settings.get("shards", [])
     report.settings["workers"] = {"urls": list(config.urls), "source": config.source, "local": bool(config.local),
-                                  "timeout_s": float(config.timeout_s)}
+                                  "timeout_s": float(config.timeout_s), "faults": list(dispatch.notes),
+                                  "fingerprint_s": round(fingerprint_s, 3)}
     by = {}
     for s in ran:
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])

@@ -205,9 +205,10 @@ def add_wan21(comfy_path: str, models_dir: dict) -> None:
             os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints"), seed=seed), link)
 
 
-@pytest.fixture(scope="session")
-def comfy(comfy_path, models_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("comfy")
+def launch(comfy_path: str, work, models: dict) -> ComfyClient:
+    """A ComfyUI server in ``work`` (its own output/input/temp/user folders, this pack in its custom_nodes)
+    on a free loopback port, reading models from ``models`` ({"base_path": ..., "checkpoints": ..., ...} as
+    extra_model_paths.yaml takes them).  ``shutdown(client)`` stops it; ``client.proc`` is the process."""
     custom = work / "custom_nodes"
     custom.mkdir()
     os.symlink(REPO, custom / PACK_NAME)
@@ -216,16 +217,8 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
     for d in ("output", "input", "temp", "user"):
         (work / d).mkdir()
     cfg = work / "extra_model_paths.yaml"
-    cfg.write_text(
-        "infscale_tests:\n"
-        f"    base_path: {models_dir['root']}\n"
-        "    checkpoints: checkpoints\n"
-        "    verifiers: verifiers\n"
-        "    loras: loras\n"
-        "    diffusion_models: diffusion_models\n"
-        "    vae: vae\n"
-        "    text_encoders: text_encoders\n"
-        f"    custom_nodes: {custom}\n")
+    cfg.write_text("infscale_tests:\n" + "".join(f"    {k}: {v}\n" for k, v in models.items())
+                   + f"    custom_nodes: {custom}\n")
     port = free_port()
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--extra-model-paths-config", str(cfg), "--output-directory", str(work / "output"),
@@ -256,13 +249,26 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
             time.sleep(0.5)
     client.log_path = str(work / "server.log")
     client.version = comfyui_version(comfy_path)
-    yield client
-    proc.terminate()
+    client.proc, client.log = proc, log
+    return client
+
+
+def shutdown(client: ComfyClient) -> None:
+    client.proc.terminate()
     try:
-        proc.wait(20)
+        client.proc.wait(20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        client.proc.kill()
+    client.log.close()
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_path, models_dir, tmp_path_factory):
+    client = launch(comfy_path, tmp_path_factory.mktemp("comfy"), {
+        "base_path": models_dir["root"], "checkpoints": "checkpoints", "verifiers": "verifiers", "loras": "loras",
+        "diffusion_models": "diffusion_models", "vae": "vae", "text_encoders": "text_encoders"})
+    yield client
+    shutdown(client)
 
 
 def pytest_report_header(config):

@@ -1,0 +1,253 @@
+"""Server tier: searching with a worker machine, on two real ComfyUI servers (two ports, the pack in both,
+the same model files).  A search sharded over the worker gives the same ranking and the same winner (bit for
+bit) as the local search; a worker with a different checkpoint under the same name is refused; an unreachable
+worker's shard runs locally, said on the node; a malformed answer and a redirect to an address not configured
+are errors; killing the worker mid-search gives the same result (its shard re-run).
+
+The worker's requests go through a recording proxy (the only URL configured), so every request the master
+makes is seen.  The worker is killed in the last test of the module."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from comfy_server import execution_error, free_port, launch, shutdown
+from graphs import PREFIX, search_graph
+
+SEED, N = 321, 4
+
+
+def report_of(entry) -> dict:
+    return json.loads(entry["outputs"]["8"]["text"][0])
+
+
+def image_of(comfy, entry, node="7") -> np.ndarray:
+    return np.asarray(Image.open(comfy.output_file(entry["outputs"][node]["images"][0])))
+
+
+def latent_of(comfy, entry, node="9") -> torch.Tensor:
+    return safetensors.torch.load_file(comfy.output_file(entry["outputs"][node]["latents"][0]))["latent_tensor"]
+
+
+@pytest.fixture(scope="module")
+def worker(comfy_path, models_dir, tmp_path_factory):
+    """A second ComfyUI on another port: the same tiny-sd15 file and verifiers, and under the name
+    'tiny-other.safetensors' a checkpoint whose diffusion model differs (the master has the original there)."""
+    root = tmp_path_factory.mktemp("worker_models")
+    ckpts = root / "checkpoints"
+    ckpts.mkdir()
+    src = os.path.realpath(os.path.join(models_dir["checkpoints"], "tiny-sd15.safetensors"))
+    os.symlink(src, ckpts / "tiny-sd15.safetensors")
+    sd = safetensors.torch.load_file(src)
+    key = sorted(k for k in sd if k.startswith("model.diffusion_model.") and k.endswith(".weight"))[0]
+    sd[key] = sd[key] * 1.5
+    safetensors.torch.save_file(sd, str(ckpts / "tiny-other.safetensors"))
+    del sd
+    other = os.path.join(models_dir["checkpoints"], "tiny-other.safetensors")
+    if not os.path.exists(other):
+        os.symlink(src, other)
+    client = launch(comfy_path, tmp_path_factory.mktemp("worker"), {
+        "base_path": str(root), "checkpoints": "checkpoints", "verifiers": models_dir["verifiers"]})
+    yield client
+    if client.proc.poll() is None:
+        shutdown(client)
+    else:
+        client.log.close()
+
+
+class Proxy:
+    """The worker URL the master is given: forwards to the worker, records every request, and can tamper with
+    the worker's /history answers or answer /prompt with a redirect."""
+
+    def __init__(self, target: str):
+        self.target, self.requests, self.tamper, self.redirect = target, [], None, None
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _forward(self, body=None):
+                proxy.requests.append((self.command, self.path))
+                if proxy.redirect and self.path == "/prompt":
+                    self.send_response(307)
+                    self.send_header("Location", proxy.redirect + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                req = urllib.request.Request(proxy.target + self.path, data=body, method=self.command,
+                                             headers={"Content-Type": "application/json"} if body else {})
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        code, raw = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    code, raw = e.code, e.read()
+                except OSError:  # the worker is gone: so is the proxy's answer
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if proxy.tamper and self.path.startswith("/history/"):
+                    raw = proxy.tamper(raw)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._forward()
+
+            def do_POST(self):
+                self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(worker):
+    p = Proxy(worker.base)
+    yield p
+    p.close()
+
+
+def with_workers(g, urls, local=True, timeout_s=300):
+    g["11"] = {"class_type": PREFIX + "SearchWorkers",
+               "inputs": {"worker_urls": "\n".join(urls), "timeout_s": timeout_s, "local_shards": local}}
+    g["6"]["inputs"]["workers"] = ["11", 0]
+    return g
+
+
+_LOCAL = {}
+
+
+def local_search(comfy):
+    if "entry" not in _LOCAL:
+        _LOCAL["entry"] = comfy.run_ok(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_local"))
+    return _LOCAL["entry"]
+
+
+def assert_same_search(comfy, entry, ref):
+    a, b = report_of(entry), report_of(ref)
+    assert [(c["index"], c["seed"], c["rank"]) for c in a["candidates"]] == \
+        [(c["index"], c["seed"], c["rank"]) for c in b["candidates"]]
+    assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=1e-5)
+    assert a["best"]["seed"] == b["best"]["seed"]
+    assert torch.equal(latent_of(comfy, entry), latent_of(comfy, ref)), "the winner's re-render must be bit-identical"
+    assert np.array_equal(image_of(comfy, entry), image_of(comfy, ref))
+    return a
+
+
+def worker_prompts(worker):
+    return worker.get("/history")
+
+
+def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, proxy):
+    ref = local_search(comfy)
+    before = len(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_shard"),
+                                      [proxy.url]))
+    rep = assert_same_search(comfy, entry, ref)
+    ran = {s["ran_on"] for s in rep["settings"]["shards"]}
+    assert ran == {"local", f"worker {proxy.url}"}, rep["settings"]["shards"]
+    assert rep["settings"]["workers"]["urls"] == [proxy.url] and rep["settings"]["workers"]["faults"] == []
+    assert any("re-rendered on this machine" in n for n in rep["notes"])
+    # the worker ran Search Shard prompts only, answered JSON text and saved no image
+    hist = worker_prompts(worker)
+    assert len(hist) > before
+    for pid, h in hist.items():
+        (nid, out), = h["outputs"].items()
+        assert set(out) == {"text"}
+        ans = json.loads(out["text"][0])
+        assert ans["refused"] is None and all(set(c) == {"index", "seed", "members", "nfe"} for c in ans["candidates"])
+    assert os.listdir(worker.output_dir) == []
+    # every request the master made went to the configured URL: /prompt, /history, nothing else
+    assert proxy.requests and {p.split("/")[1] for _, p in proxy.requests} <= {"prompt", "history"}
+
+
+def test_a_worker_with_a_different_checkpoint_is_refused_naming_it(comfy, worker, proxy):
+    g = with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_other"), [proxy.url], local=False)
+    g["1"]["inputs"]["ckpt_name"] = "tiny-other.safetensors"
+    err = execution_error(comfy.run(g))
+    assert err is not None, "the search must stop"
+    msg = err["exception_message"]
+    assert f"worker {proxy.url} is refused" in msg and "diffusion model" in msg, msg
+    assert "conditioning" not in msg and "verifier" not in msg  # only what differs is named
+
+
+def test_an_unreachable_worker_has_its_shard_run_locally_and_says_so(comfy):
+    dead = f"http://127.0.0.1:{free_port()}"
+    entry = comfy.run_ok(with_workers(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_dead"), [dead]))
+    rep = assert_same_search(comfy, entry, local_search(comfy))
+    (fault,) = rep["settings"]["workers"]["faults"]
+    assert fault.startswith(f"worker {dead} unreachable (") and "re-assigned" in fault
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} == {"local"}
+    assert fault in entry["outputs"]["6"]["text"][0]  # shown on the node
+
+
+def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
+    def tamper(raw):
+        hist = json.loads(raw)
+        for h in hist.values():
+            for out in h.get("outputs", {}).values():
+                ans = json.loads(out["text"][0])
+                ans["candidates"][0]["index"] += 1000
+                out["text"][0] = json.dumps(ans)
+        return json.dumps(hist).encode()
+    proxy.tamper = tamper
+    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_bad"),
+                                                 [proxy.url], local=False)))
+    assert err is not None
+    msg = err["exception_message"]
+    assert f"worker {proxy.url}" in msg and "malformed" in msg and "ids must be the shard's" in msg, msg
+
+
+def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
+    """The configured URL redirects to the (real, working) worker: the redirect is refused, so the worker,
+    an address the user did not configure, never gets the prompt."""
+    proxy.redirect = worker.base
+    before = len(worker_prompts(worker))
+    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_redir"),
+                                                 [proxy.url], local=False)))
+    assert err is not None and "redirect" in err["exception_message"] and "refused" in err["exception_message"]
+    assert len(worker_prompts(worker)) == before
+    assert proxy.requests == [("POST", "/prompt")]
+
+
+def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, proxy):
+    """Runs last: the worker process is killed while it samples a shard."""
+    ref = local_search(comfy)
+    code, body = comfy.queue(with_workers(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_kill"),
+                                          [proxy.url]))
+    assert code == 200, body
+    t0 = time.time()
+    while time.time() - t0 < 120:  # a shard of the master's prompt is running on the worker
+        q = worker.get("/queue")
+        if q.get("queue_running"):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the worker never ran a shard")
+    worker.proc.kill()
+    worker.proc.wait(20)
+    entry = comfy.wait(body["prompt_id"], 300)
+    assert execution_error(entry) is None, execution_error(entry)
+    rep = assert_same_search(comfy, entry, ref)
+    faults = rep["settings"]["workers"]["faults"]
+    assert len(faults) == 1 and faults[0].startswith(f"worker {proxy.url} ") and "re-assigned" in faults[0], faults
