@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from comfy_server import execution_error, free_port, launch, shutdown
-from graphs import PREFIX, search_graph
+from graphs import PREFIX, base_graph, search_graph, verifier_node
+from test_composable import custom_sampling, need
 
 SEED, N = 321, 4
 
@@ -228,6 +229,49 @@ def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
     assert err is not None and "redirect" in err["exception_message"] and "refused" in err["exception_message"]
     assert len(worker_prompts(worker)) == before
     assert proxy.requests == [("POST", "/prompt")]
+
+
+def composable_range(g, seed, count, offset, ids):
+    """One participant's part of a composable search: its range of candidates, sampled and decoded."""
+    nid, dec = str(ids), str(ids + 5)
+    g[nid] = {"class_type": PREFIX + "NoiseCandidateGenerator", "inputs": {"seed": seed, "count": count,
+                                                                          "offset": offset}}
+    sc = custom_sampling(g, (nid, 0), ids=(ids + 1, ids + 2, ids + 3, ids + 4))
+    g[dec] = {"class_type": "VAEDecode", "inputs": {"samples": [sc, 0], "vae": ["1", 2]}}
+    return dec
+
+
+def test_composable_search_in_ranges_as_comfyui_distributed_runs_it(comfy):
+    """The composable search split as a ComfyUI-Distributed setup splits it: each participant samples its range
+    (NoiseCandidateGenerator offset), the images are gathered master first then the workers (what its
+    collector does, here the stock Image Batch), and the master scores the whole batch, named by a
+    NoiseCandidateGenerator over all N, and picks: the same candidates, scores and winner as Search Loop."""
+    need(comfy, "SamplerCustomAdvanced", "CFGGuider")
+    half = N // 2
+    g = base_graph()
+    g["5"] = verifier_node()
+    master, worker_part = composable_range(g, SEED, half, 0, 20), composable_range(g, SEED, half, half, 30)
+    g["40"] = {"class_type": "ImageBatch", "inputs": {"image1": [master, 0], "image2": [worker_part, 0]}}
+    g["41"] = {"class_type": PREFIX + "NoiseCandidateGenerator", "inputs": {"seed": SEED, "count": N, "offset": 0}}
+    g["42"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["40", 0], "verifier": ["5", 0],
+                                                                 "prompt": "a red apple on a table",
+                                                                 "noise": ["41", 0]}}
+    g["43"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["40", 0], "scores": ["42", 0], "top_k": 1,
+                                                            "noise": ["41", 0]}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["42", 0]}}
+    g["44"] = {"class_type": "SaveImage", "inputs": {"images": ["43", 0], "filename_prefix": "wk_comp"}}
+    comp = report_of(comfy.run_ok(g))
+    ref = report_of(local_search(comfy))
+    assert comp["best"]["seed"] == ref["best"]["seed"]
+    a = {c["seed"]: c["score"] for c in comp["candidates"]}
+    b = {c["seed"]: c["score"] for c in ref["candidates"]}
+    assert a.keys() == b.keys() and all(a[s] == pytest.approx(b[s], abs=1e-3) for s in a)
+    # a participant whose images never arrive (a failed worker): the batch is short, and the naming NOISE
+    # refuses it instead of giving the remaining images the wrong seeds
+    g["42"]["inputs"]["images"] = [master, 0]
+    g["43"]["inputs"]["images"] = [master, 0]
+    err = execution_error(comfy.run(g))
+    assert err is not None and f"names {N} candidates but the image batch has {half}" in err["exception_message"]
 
 
 def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, proxy):
