@@ -168,12 +168,14 @@ def differences(mine: Dict[str, str], theirs: Any) -> List[str]:
 # --------------------------------------------------------------------------- the worker graph
 def shard_graph(graph: Dict[str, Any], node_id: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     """The prompt a worker runs: the Search Loop node's upstream graph, the node turned into a Search Shard
-    node (no workers, no held-out verifier) that carries ``spec``."""
+    node (only the inputs Search Shard takes: no strategy, workers or held-out verifier) that carries ``spec``."""
     if node_id not in graph:
         raise SearchInputError(f"Search Loop (node {node_id}) is not in the prompt ComfyUI gave it: cannot build "
                                "the workers' prompt")
     node = copy.deepcopy(graph[node_id])
-    inputs = {k: v for k, v in node.get("inputs", {}).items() if k not in ("workers", "held_out_verifier")}
+    spec_inputs = SearchShard.INPUT_TYPES()
+    known = set(spec_inputs["required"]) | set(spec_inputs["optional"])
+    inputs = {k: v for k, v in node.get("inputs", {}).items() if k in known and k != "shard"}
     inputs["shard"] = json.dumps(spec, sort_keys=True)
     out = {node_id: {"class_type": PREFIX + SHARD_NODE, "inputs": inputs}}
     todo = [v[0] for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)]
@@ -350,9 +352,9 @@ class SearchShard:
         if spec.get("protocol") != PROTOCOL:
             raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
                                    f"{PROTOCOL}: install the same pack version on both machines")
-        if start < 0 or count < 1 or start + count > int(candidates) or base != int(seed):
-            raise SearchInputError(f"shard {start}..{start + count - 1} is outside the search's {candidates} "
-                                   "candidates")
+        if start < 0 or count < 1 or base != int(seed):
+            raise SearchInputError(f"shard {start}..{start + count - 1} of seed {base} does not belong to this "
+                                   f"search (seed {seed})")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
         mine = fingerprint(plan, vae, verifier, prompt)
