@@ -212,7 +212,7 @@ def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
                 out["text"][0] = json.dumps(ans)
         return json.dumps(hist).encode()
     proxy.tamper = tamper
-    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_bad"),
+    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_bad"),
                                                  [proxy.url], local=False)))
     assert err is not None
     msg = err["exception_message"]
