@@ -55,8 +55,9 @@ def worker(comfy_path, models_dir, tmp_path_factory):
     sd[key] = sd[key] * 1.5
     safetensors.torch.save_file(sd, str(ckpts / "tiny-other.safetensors"))
     del sd
-    other = os.path.join(models_dir["checkpoints"], "tiny-other.safetensors")
-    if not os.path.exists(other):
+    other = os.path.join(models_dir["checkpoints"], "tiny-other.safetensors")  # the master's: the original
+    made = not os.path.lexists(other)
+    if made:
         os.symlink(src, other)
     client = launch(comfy_path, tmp_path_factory.mktemp("worker"), {
         "base_path": str(root), "checkpoints": "checkpoints", "verifiers": models_dir["verifiers"]})
@@ -65,6 +66,8 @@ def worker(comfy_path, models_dir, tmp_path_factory):
         shutdown(client)
     else:
         client.log.close()
+    if made:  # the master's checkpoint list is as the other modules expect it again
+        os.remove(other)
 
 
 class Proxy:
