@@ -1,5 +1,5 @@
 """Server tier: searching with a worker machine, on two real ComfyUI servers (two ports, the pack in both,
-the same model files).  A search sharded over the worker gives the same ranking and the same winner (bit for
+the same model files).  A search sharded over the worker (a relative verifier: an ensemble) gives the same ranking and the same winner (bit for
 bit) as the local search, with an unreachable worker's shard re-assigned (said on the node); a worker with a
 different checkpoint under the same name is refused; a malformed answer and a redirect to an address not
 configured are errors; killing the worker mid-search gives the same result (its shard re-run).
@@ -25,6 +25,7 @@ from PIL import Image
 from comfy_server import execution_error, free_port, launch, shutdown
 from graphs import PREFIX, base_graph, search_graph, verifier_node
 from test_composable import custom_sampling, need
+from test_server_verifiers import aesthetic_node
 
 SEED, N = 321, 4
 
@@ -138,12 +139,28 @@ def with_workers(g, urls, local=True, timeout_s=300):
     return g
 
 
+def with_ensemble(g):
+    """A relative verifier (mean rank of an aesthetic and a CLIPScore verifier): workers send raw member
+    scores, and the master ranks over all N."""
+    g["30"] = aesthetic_node()
+    g["31"] = {"class_type": PREFIX + "VerifierEnsemble", "inputs": {"mode": "mean_rank", "verifier_1": ["30", 0],
+                                                                    "weight_1": 1.0, "verifier_2": ["5", 0],
+                                                                    "weight_2": 1.0}}
+    if "6" in g:
+        g["6"]["inputs"]["verifier"] = ["31", 0]
+    return g
+
+
+def ensemble_search(prefix):
+    return with_ensemble(search_graph(seed=SEED, candidates=N, top_k=1, prefix=prefix))
+
+
 _LOCAL = {}
 
 
 def local_search(comfy):
     if "entry" not in _LOCAL:
-        _LOCAL["entry"] = comfy.run_ok(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_local"))
+        _LOCAL["entry"] = comfy.run_ok(ensemble_search("wk_local"))
     return _LOCAL["entry"]
 
 
@@ -168,9 +185,10 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
     ref = local_search(comfy)
     before = len(worker_prompts(worker))
     dead = f"http://127.0.0.1:{free_port()}"
-    entry = comfy.run_ok(with_workers(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_shard"),
-                                      [proxy.url, dead]))
+    entry = comfy.run_ok(with_workers(ensemble_search("wk_shard"), [proxy.url, dead]))
     rep = assert_same_search(comfy, entry, ref)
+    assert all(set(c["verifier_scores"]) == set(r["verifier_scores"]) and len(c["verifier_scores"]) == 2
+               for c, r in zip(rep["candidates"], report_of(ref)["candidates"]))
     ran = {s["ran_on"] for s in rep["settings"]["shards"]}
     assert f"worker {proxy.url}" in ran and f"worker {dead}" not in ran, rep["settings"]["shards"]
     assert rep["settings"]["workers"]["urls"] == [proxy.url, dead]
@@ -185,7 +203,8 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
         (nid, out), = h["outputs"].items()
         assert set(out) == {"text"}
         ans = json.loads(out["text"][0])
-        assert ans["refused"] is None and all(set(c) == {"index", "seed", "members", "nfe"} for c in ans["candidates"])
+        assert ans["refused"] is None and all(set(c) == {"index", "seed", "members", "nfe"} and len(c["members"]) == 2
+                                              for c in ans["candidates"])
     assert os.listdir(worker.output_dir) == []
     # every request the master made to the worker went to the configured URL: /prompt, /history, nothing else
     assert proxy.requests and {p.split("/")[1] for _, p in proxy.requests} <= {"prompt", "history"}
@@ -249,10 +268,11 @@ def test_composable_search_in_ranges_as_comfyui_distributed_runs_it(comfy):
     half = N // 2
     g = base_graph()
     g["5"] = verifier_node()
-    master, worker_part = composable_range(g, SEED, half, 0, 20), composable_range(g, SEED, half, half, 30)
+    with_ensemble(g)
+    master, worker_part = composable_range(g, SEED, half, 0, 20), composable_range(g, SEED, half, half, 50)
     g["40"] = {"class_type": "ImageBatch", "inputs": {"image1": [master, 0], "image2": [worker_part, 0]}}
     g["41"] = {"class_type": PREFIX + "NoiseCandidateGenerator", "inputs": {"seed": SEED, "count": N, "offset": 0}}
-    g["42"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["40", 0], "verifier": ["5", 0],
+    g["42"] = {"class_type": PREFIX + "VerifierScore", "inputs": {"images": ["40", 0], "verifier": ["31", 0],
                                                                  "prompt": "a red apple on a table",
                                                                  "noise": ["41", 0]}}
     g["43"] = {"class_type": PREFIX + "BestPick", "inputs": {"images": ["40", 0], "scores": ["42", 0], "top_k": 1,
@@ -276,8 +296,7 @@ def test_composable_search_in_ranges_as_comfyui_distributed_runs_it(comfy):
 def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, proxy):
     """Runs last: the worker process is killed while it samples a shard."""
     ref = local_search(comfy)
-    code, body = comfy.queue(with_workers(search_graph(seed=SEED, candidates=N, top_k=1, prefix="wk_kill"),
-                                          [proxy.url]))
+    code, body = comfy.queue(with_workers(ensemble_search("wk_kill"), [proxy.url]))
     assert code == 200, body
     t0 = time.time()
     while time.time() - t0 < 120:  # a shard of the master's prompt is running on the worker
