@@ -1,8 +1,9 @@
 """Server tier: searching with a worker machine, on two real ComfyUI servers (two ports, the pack in both,
-the same model files).  A search sharded over the worker (a relative verifier: an ensemble) gives the same ranking and the same winner (bit for
-bit) as the local search, with an unreachable worker's shard re-assigned (said on the node); a worker with a
-different checkpoint under the same name is refused; a malformed answer and a redirect to an address not
-configured are errors; killing the worker mid-search gives the same result (its shard re-run).
+the same model files).  A search sharded over the worker (with a relative verifier, a mean-rank ensemble)
+gives the same ranking and the same winner (bit for bit) as the local search, with an unreachable worker's
+shard re-assigned (said on the node); a worker with a different checkpoint under the same name is refused; a
+malformed answer and a redirect to an address not configured are errors; killing the worker mid-search gives
+the same result (its shard re-run).
 
 The worker's requests go through a recording proxy (the only URL configured), so every request the master
 makes is seen.  The worker is killed in the last test of the module."""
