@@ -305,7 +305,6 @@ class ComfyHost:
                          sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book, watch=self.watch,
                          video=self.video)
 
-
     def member_matrix(self, first: int, count: int) -> torch.Tensor:
         """The raw member scores (count × M) of the rows scored from row ``first`` on (sharded search)."""
         return self.book.matrix()[int(first):int(first) + int(count)]
