@@ -164,8 +164,8 @@ def sharded_random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k
 def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members: int, nfe: Optional[int],
                  token: str, source: str) -> ShardRows:
     """A shard answer from outside this process (a worker's JSON), validated before any of it is used:
-    the protocol and token, exactly the candidates of the shard in order, their seeds, ``members`` finite
-    member scores each and positive NFEs (``nfe`` each when the sampler's NFEs are known)."""
+    the protocol and token, exactly the candidates of the shard in order, their seeds, ``members`` member
+    scores each, finite or -inf (as ``checked_scores`` allows: a remote grader's failed answer), and positive NFEs (``nfe`` each when the sampler's NFEs are known)."""
     def bad(why: str) -> ShardAnswerError:
         return ShardAnswerError(f"the answer of {source} for candidates {start}..{start + count - 1} is malformed: "
                                 f"{why}. Its scores were not used")
@@ -192,7 +192,7 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
         m = c.get("members")
         if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
             raise bad(f"candidate {idx} has member scores {m!r}, expected {members} number(s)")
-        if not all(math.isfinite(v) for v in m):
+        if not all(math.isfinite(v) or v == -math.inf for v in m):  # -inf: a remote grader's failed answer
             raise bad(f"candidate {idx} has a non-finite score {m!r}")
         v = c.get("nfe")
         if type(v) is not int or v < 1 or (nfe is not None and v != nfe):
