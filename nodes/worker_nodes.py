@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -273,6 +274,11 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     for s in ran:
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])
     report.notes.extend(dispatch.notes)
+    where = {i: s["ran_on"] for s in ran for i in range(s["start"], s["start"] + s["count"])}
+    lost = sum(1 for c in report.candidates if c.score == -math.inf and where.get(c.index, "local") != "local")
+    if lost:  # this machine's own count (report.verifier_failures) sees only its own grader calls
+        report.notes.append(f"{lost} candidate(s) scored on worker machines got -inf (a remote grader gave no valid "
+                            "answer there): they rank last")
     report.notes.append("candidates sampled and scored: " + ", ".join(f"{v} on {k}" for k, v in by.items())
                         + "; the finalists were re-rendered on this machine")
     return report, finalists
