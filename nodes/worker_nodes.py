@@ -208,6 +208,10 @@ def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> N
     if strategy is not None and strategy.stop is not None and strategy.stop.active:
         raise SearchInputError("early stopping reads candidates in order, which shards on several machines do not "
                                "have: turn early stopping off or disconnect Search Workers")
+    if getattr(plan, "video", False) or getattr(plan, "model_2", None) is not None:
+        raise SearchInputError("searching with worker machines is implemented for image models with one diffusion "
+                               "model; video candidates and two experts (model_2) run on this machine only: "
+                               "disconnect Search Workers")
     if plan.nfe_per_generation() is None:
         raise SearchInputError(f"sampler '{plan.sampler_label}' picks its own steps, so a worker's NFEs cannot be "
                                "checked: pick a fixed-step sampler to search with worker machines")
