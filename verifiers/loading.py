@@ -6,9 +6,10 @@ failure names the file, what is wrong and what to do."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import torch
 
@@ -39,6 +40,38 @@ def missing_weights(filename: str, searched: Iterable[str], published: str) -> M
         f"verifier weights '{filename}' not found. Searched: {folders}. "
         f"Download it from {published} and put it in one of those folders "
         "(or map the 'verifiers' folder in extra_model_paths.yaml), then press Refresh.")
+
+
+def read_json(path: str, what: str, published: str) -> dict:
+    """A JSON file of a published model folder: a missing one names the folder and the source."""
+    if not os.path.isfile(path):
+        raise missing_weights(os.path.basename(path), [os.path.dirname(path)], published)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VerifierFileError(f"'{path}' is not valid JSON ({e}); download {what} again from {published}") from e
+
+
+def folder_weight_files(folder: str, published: str, singles: Sequence[str] = ("model.safetensors",),
+                        indexes: Sequence[str] = ("model.safetensors.index.json",)) -> List[str]:
+    """The weight files of a Hugging Face model folder: the first single file there, else the shards a
+    ``*.index.json`` names (each must be present)."""
+    for name in singles:
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            return [p]
+    for name in indexes:
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            shards = sorted(set(read_json(p, name, published).get("weight_map", {}).values()))
+            if not shards:
+                raise VerifierFileError(f"'{p}' names no weight files; download it again from {published}")
+            missing = [sh for sh in shards if not os.path.isfile(os.path.join(folder, sh))]
+            if missing:
+                raise missing_weights(missing[0], [folder], published)
+            return [os.path.join(folder, sh) for sh in shards]
+    raise missing_weights(f"{singles[0]} (or {indexes[0]} with its shards)", [folder], published)
 
 
 def load_state_dict(path: str, published: str = "") -> Dict[str, torch.Tensor]:

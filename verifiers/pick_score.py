@@ -14,14 +14,14 @@ huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K (``preprocessor_config.json
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Tuple
 
 import torch
 
 from .base import Verifier
-from .loading import VerifierFileError, check_keys, load_state_dict, missing_weights, no_init
+from .loading import VerifierFileError, check_keys, folder_weight_files, load_state_dict, missing_weights, no_init
+from .loading import read_json as _read_json
 from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize, resize_center_crop
 
 PUBLISHED = ("https://huggingface.co/yuvalkirstain/PickScore_v1 (config.json + model weights) with the processor "
@@ -32,29 +32,11 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def weight_files(folder: str) -> List[str]:
-    for name in SINGLE_FILES:
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            return [p]
-    for name in INDEX_FILES:
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            with open(p) as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-            if not shards:
-                raise VerifierFileError(f"'{p}' names no weight files; download it again")
-            return [os.path.join(folder, s) for s in shards]
-    raise missing_weights("model.safetensors", [folder], PUBLISHED)
+    return folder_weight_files(folder, PUBLISHED, SINGLE_FILES, INDEX_FILES)
 
 
 def read_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise missing_weights(os.path.basename(path), [os.path.dirname(path)], PUBLISHED)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise VerifierFileError(f"'{path}' is not valid JSON ({e}); download {what} again") from e
+    return _read_json(path, what, PUBLISHED)
 
 
 def image_settings(folder: str) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:

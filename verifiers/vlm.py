@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .loading import VerifierFileError, check_keys, load_state_dict, missing_weights, no_init
+from .loading import (VerifierFileError, check_keys, folder_weight_files, load_state_dict, missing_weights,
+                      no_init, read_json)
 
 PUBLISHED = ("https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct (or Qwen/Qwen2.5-VL-3B-Instruct, "
              "Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-4B-Instruct, Qwen/Qwen3-VL-2B-Instruct): every file of the "
@@ -47,13 +48,7 @@ DEFAULT_MAX_PIXELS = 512 * 28 * 28  # at most 512 visual tokens per image at Qwe
 
 
 def _read_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise missing_weights(os.path.basename(path), [os.path.dirname(path)], PUBLISHED)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise VerifierFileError(f"'{path}' is not valid JSON ({e}); download {what} again from {PUBLISHED}") from e
+    return read_json(path, what, PUBLISHED)
 
 
 def model_type(folder: str) -> str:
@@ -71,21 +66,7 @@ def is_vlm_folder(folder: str) -> bool:
 
 
 def weight_files(folder: str) -> List[str]:
-    for name in SINGLE_FILES:
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            return [p]
-    for name in INDEX_FILES:
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            shards = sorted(set(_read_json(p, name).get("weight_map", {}).values()))
-            if not shards:
-                raise VerifierFileError(f"'{p}' names no weight files; download it again from {PUBLISHED}")
-            missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
-            if missing:
-                raise missing_weights(missing[0], [folder], PUBLISHED)
-            return [os.path.join(folder, s) for s in shards]
-    raise missing_weights("model.safetensors (or model.safetensors.index.json with its shards)", [folder], PUBLISHED)
+    return folder_weight_files(folder, PUBLISHED, SINGLE_FILES, INDEX_FILES)
 
 
 def to_model_keys(sd: Dict[str, torch.Tensor], expected: Sequence[str]) -> Dict[str, torch.Tensor]:
