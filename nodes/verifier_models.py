@@ -118,6 +118,10 @@ class HostVerifier(SingleVerifier):
         return bool(getattr(self.verifier, "needs_preview", False))
 
     @property
+    def video_native(self) -> bool:
+        return bool(getattr(self.verifier, "video_native", False))
+
+    @property
     def preview_level(self):
         return getattr(self.verifier, "preview_level", None)
 

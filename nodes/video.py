@@ -16,7 +16,7 @@ from .drawing import caption, ranked_grid
 from .types import CATEGORY, SCORES, VIDEO_SCORING
 from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring, split_videos
 from ..verifiers import prefilter
-from ..verifiers.protocol import ScoreBook
+from ..verifiers.protocol import ScoreBook, is_video_native
 
 DEFAULT = VideoScoring()
 
@@ -33,6 +33,8 @@ class FrameBook:
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
+        # a video-native verifier (verifiers/protocol.py) scores each candidate's picked frames as one clip
+        self.native = is_video_native(verifier)
         self.k: Optional[int] = None
         self.total: Optional[int] = None
 
@@ -56,7 +58,12 @@ class FrameBook:
     def add(self, videos: torch.Tensor, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
         if previews is not None:
             raise VideoInputError("a verifier that scores against the x0-preview cannot score video candidates yet")
-        return self.scoring.combine(self.book.add(self.frames(videos)), self.k)
+        frames = self.frames(videos)
+        if self.native:  # one row per candidate: its k frames as a B x k x H x W x 3 clip
+            clips = frames.reshape(videos.shape[0], -1, *frames.shape[1:])
+            self.k = 1
+            return self.book.add(clips)
+        return self.scoring.combine(self.book.add(frames), self.k)
 
     def all(self) -> torch.Tensor:
         return self.scoring.combine(self.book.all(), self.k) if self.k else torch.zeros(0)
@@ -84,6 +91,8 @@ class FrameBook:
     def info(self) -> Dict:
         """What the report records: the frame count, the frames scored and how they combine."""
         out = self.scoring.to_dict()
+        if self.native:
+            out["aggregate"] = "the verifier's own (video-native)"
         if self.total is not None:
             out.update(frames_per_video=int(self.total), scored_frames=self.scoring.indices(self.total))
         return out

@@ -76,3 +76,29 @@ def test_coarse_to_fine_on_video_latents():
     host = gaussian_host(steps=8, shape=VIDEO_SHAPE)
     rep, fin = run_strategy(Strategy("random", {}, coarse_steps=2), host, candidates=6, top_k=2, seed=3)
     assert fin[0].latent.shape == VIDEO_SHAPE and rep.nfe_total <= 6 * 8
+
+
+def test_the_video_native_attribute_and_ensembles():
+    """verifiers/protocol.py's video-native verifiers score whole clips; an ensemble is one kind or the other."""
+    from verifiers.ensemble import EnsembleVerifier
+    from verifiers.protocol import is_video_native
+
+    class Image:
+        name, relative = "img", False
+
+        def score(self, images, prompt):
+            return images.mean(dim=(1, 2, 3))
+
+    class Clip(Image):
+        name, video_native = "clip", True
+
+        def score(self, clips, prompt):
+            return clips.mean(dim=(1, 2, 3, 4))
+
+    assert is_video_native(Clip()) and not is_video_native(Image())
+    assert EnsembleVerifier([Clip(), Clip()]).video_native
+    assert not EnsembleVerifier([Image(), Image()]).video_native
+    with pytest.raises(ValueError, match="one kind per ensemble"):
+        EnsembleVerifier([Clip(), Image()])
+    clips = torch.rand(3, 4, 2, 2, 3)
+    assert EnsembleVerifier([Clip(), Clip()], mode="zscore").score(clips, "p").shape == (3,)

@@ -129,6 +129,24 @@ def test_min_of_evenly_spaced_frames(wan):
     assert rep["candidates"][0]["score"] == pytest.approx(min(by_hand[0]["score"], by_hand[-1]["score"]), abs=1e-5)
 
 
+def test_a_video_native_verifier_scores_each_candidate_as_one_clip(wan):
+    """The video-native protocol: a verifier with ``video_native`` gets each candidate's picked frames as one
+    B x k x H x W x 3 clip (the test verifier's score is 1000 k + the clip's mean), in Search Loop and in
+    Verifier Score."""
+    g = wan_search(seed=31, candidates=3, top_k=1, micro_batch=2, prefix="wan_native",
+                   scoring={"pick": "evenly spaced", "frames": 4, "aggregate": "min"})
+    g["5"] = {"class_type": "InfScaleTest_ClipVerifier", "inputs": {}}
+    rep = report_of(wan.run_ok(g))
+    assert rep["settings"]["video"]["aggregate"] == "the verifier's own (video-native)"
+    k = len(rep["settings"]["video"]["scored_frames"])
+    assert k == 4 and all(1000 * k <= c["score"] < 1000 * k + 1 for c in rep["candidates"])
+    assert rep["best"]["score"] == max(c["score"] for c in rep["candidates"])
+    g = composable_graph(FRAMES, batch=2)
+    g["5"] = {"class_type": "InfScaleTest_ClipVerifier", "inputs": {}}
+    rep = report_of(wan.run_ok(g), "15")
+    assert len(rep["candidates"]) == 2 and all(3000 <= c["score"] < 3001 for c in rep["candidates"])
+
+
 def i2v_graph(search: bool, seed=0, prefix="wan_i2v"):
     """Wan 2.1 image-to-video: Wan Image To Video encodes the start image into the conditioning (concat latent
     + mask) and makes the empty video latent; Search Loop, or a stock KSampler, samples from it."""

@@ -104,6 +104,11 @@ class EnsembleVerifier:
         if len(levels) > 1:
             raise ValueError(f"the ensemble's self-consistency members want previews at different noise levels "
                              f"({', '.join(f'{x:g}' for x in sorted(levels))}): give them one level")
+        native = {bool(getattr(v, "video_native", False)) for v in flat}
+        if len(native) > 1:
+            raise ValueError("the ensemble mixes video-native verifiers (they score whole clips) with image "
+                             "verifiers (they score frames): use one kind per ensemble")
+        self.video_native = native.pop()
         self.needs_preview = bool(levels)
         self.preview_level = levels.pop() if levels else None
         self.members: List = flat

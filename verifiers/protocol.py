@@ -21,6 +21,14 @@ import torch
 Prompts = Union[str, Sequence[str]]
 
 
+def is_video_native(verifier) -> bool:
+    """A *video-native* verifier (``video_native = True``) scores whole clips: ``score(clips, prompt)`` with
+    ``clips`` B x k x H x W x 3 (the k frames picked of each candidate video, in time order) -> B scores.  The
+    other verifiers score images, and a video candidate's score is then the mean or min of its frames' scores.
+    A video reward model plugs into the search through this attribute alone."""
+    return bool(getattr(verifier, "video_native", False))
+
+
 @runtime_checkable
 class VerifierProtocol(Protocol):
     relative: bool
