@@ -528,3 +528,18 @@ def test_server_remote_grader_with_verifier_score_and_best_pick(comfy, stand_in)
     assert math.isfinite(rep["best"]["score"]) and len(entry["outputs"]["14"]["images"]) == 2
     assert n[0] == 3 and srv.requests[0]["body"]["messages"][0]["content"][1]["text"] == "Rate a grey square: " \
                                                                                           "JSON score 1-10"
+
+
+def test_failures_of_reads_lists_of_members_only():
+    """An object whose ``members`` is a method (the VLM rubric's) is not an ensemble: it has no remote failures."""
+    from verifiers.remote import failures_of
+
+    class Rubric:
+        def members(self):
+            return []
+
+    class Host:
+        def __init__(self, inner):
+            self.verifier = inner
+
+    assert failures_of(Host(Rubric())) == 0

@@ -350,7 +350,8 @@ def failures_of(verifier) -> int:
     pre-filter's screen and main verifier included)."""
     if isinstance(verifier, RemoteVLMVerifier):
         return verifier.failures
-    inner = list(getattr(verifier, "members", None) or [])
+    members = getattr(verifier, "members", None)  # an ensemble's list (a rubric's members() is a method)
+    inner = list(members) if isinstance(members, (list, tuple)) else []
     inner += [v for v in (getattr(verifier, a, None) for a in ("verifier", "screen", "main")) if v is not None]
     return sum(failures_of(v) for v in inner if v is not verifier)
 
