@@ -198,7 +198,7 @@ def sd15_random_search():
     save = g.node("SaveImage", (X[3], 0), ["infscale_winner"], inputs=[("images", "IMAGE")], size=(380, 400))
     g.link((search, "image"), save, "images")
     ranked_grid(g, search)
-    js = g.node(P + "ScoresToJSON", (X[2], 660), [], inputs=[("scores", "INFSCALE_SCORES")],
+    js = g.node(P + "ScoresToJSON", (X[2], 880), [], inputs=[("scores", "INFSCALE_SCORES")],
                 outputs=[("json", "STRING")], size=(300, 60))
     g.link((search, "scores"), js, "scores")
     g.note((X[0], 160), "\n\n".join([
@@ -226,7 +226,7 @@ def sdxl_ensemble_search():
     ir = g.node(P + "ImageRewardVerifierLoader", (X[1], 840), [IMAGEREWARD],
                 outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 80))
     ens_inputs = [("verifier_1", "INFSCALE_VERIFIER")] + [(f"verifier_{i}", "INFSCALE_VERIFIER") for i in range(2, 7)]
-    ens = g.node(P + "VerifierEnsemble", (X[2], 660), ["mean_rank", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ens = g.node(P + "VerifierEnsemble", (X[2], 880), ["mean_rank", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
                  inputs=ens_inputs, outputs=[("verifier", "INFSCALE_VERIFIER")], size=(340, 330))
     g.link((clip, 0), ens, "verifier_1")
     g.link((aes, 0), ens, "verifier_2")
