@@ -7,6 +7,7 @@ import comfy.samplers
 import torch
 
 from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
+from .pipeline import note_verifier
 from .sampling import SearchInputError
 from .types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
 from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
@@ -15,7 +16,6 @@ from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
 from ..search.report import CandidateResult, SearchReport
 from ..search.video import VideoInputError, split_videos
-from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook
 from ..verifiers.remote import failures_of
 
@@ -166,17 +166,11 @@ class VerifierScore:
         report.candidates = [CandidateResult(index=c.index, seed=c.seed, noise_id=c.noise_id, score=s, nfe=0,
                                              verifier_scores=book.members(i))
                              for i, (c, s) in enumerate(zip(cands, scores))]
-        report.verifier_failures = failed
-        if failed:
-            report.notes.append(f"the remote grader gave no valid answer for {failed} image(s), scored -inf "
-                                "(on_failure = -inf): they rank last")
+        note_verifier(report, verifier, failed=failed)
         if scoring is not None:
             report.settings["video"] = book.info()
         report.finalize()
-        pre = prefilter.summary(verifier, book.matrix())
-        if pre is not None:
-            report.settings["prefilter"] = pre
-            report.notes.append(prefilter.note(pre))
+        note_verifier(report, verifier, book.matrix())
         if held_out_verifier is None:
             return (report,)
         if held_out_verifier is verifier:

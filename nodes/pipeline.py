@@ -28,7 +28,7 @@ from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
 from .sampling import SamplingPlan, SearchInputError, decode, output_latent
-from .video import as_frames, score_videos
+from .video import PREFILTER_ON_VIDEO, as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
@@ -74,8 +74,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                                "candidates do not support yet: use an image verifier (it scores some frames of "
                                "each video, see Video Scoring)")
     if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
-        raise SearchInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
-                               "frames yet: score video candidates with the main verifier itself")
+        raise SearchInputError(PREFILTER_ON_VIDEO)
     if workers is not None:
         from .worker_nodes import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)
@@ -129,23 +128,32 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "coarse_steps": int(strategy.coarse_steps)})
     if host.video is not None:
         report.settings["video"] = host.book.info()
-    pre = prefilter.summary(verifier, host.book.matrix())
-    if pre is not None:
-        report.settings["prefilter"] = pre
-        report.notes.append(prefilter.note(pre))
+    note_verifier(report, verifier, host.book.matrix())
     if held_out is not None:
         with plan.clock.phase("verify"):
             report.held_out = held_out_report(host, report, finalists, images, verifier)
         if report.held_out["warning"]:
             report.notes.append(report.held_out["warning"])
-    report.verifier_failures = failures_of(verifier) - failed_before
-    if report.verifier_failures:
-        report.notes.append(f"the remote grader gave no valid answer for {report.verifier_failures} image(s), "
-                            "scored -inf (on_failure = -inf): they rank last")
+    note_verifier(report, verifier, failed=failures_of(verifier) - failed_before)
     report.phases = plan.clock.to_dict(time.perf_counter() - t0)
     best = finalists[0]
     return (as_frames(images[:1]), output_latent(latent, latents[:1]), as_frames(images), report) + \
         winner_noise(plan, best)
+
+
+def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None) -> None:
+    """What the verifier itself says in a report (Search Loop's and Verifier Score's): a pre-filter's savings
+    (from the search's member ``matrix``) and a remote grader's failed answers (``failed``, scored -inf)."""
+    if matrix is not None:
+        pre = prefilter.summary(verifier, matrix)
+        if pre is not None:
+            report.settings["prefilter"] = pre
+            report.notes.append(prefilter.note(pre))
+    if failed is not None:
+        report.verifier_failures = int(failed)
+        if failed:
+            report.notes.append(f"the remote grader gave no valid answer for {failed} image(s), scored -inf "
+                                "(on_failure = -inf): they rank last")
 
 
 def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport, finalists: List[Finalist],

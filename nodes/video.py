@@ -19,6 +19,8 @@ from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook, is_video_native
 
 DEFAULT = VideoScoring()
+PREFILTER_ON_VIDEO = ("the Verifier Pre-filter screens images one by one, which does not fit a video's frames yet: "
+                      "score video candidates with the main verifier itself")
 
 
 class FrameBook:
@@ -28,8 +30,7 @@ class FrameBook:
 
     def __init__(self, verifier, prompt, scoring: VideoScoring):
         if prefilter.is_prefilter(verifier):
-            raise VideoInputError("the Verifier Pre-filter screens images one by one, which does not fit a video's "
-                                  "frames yet: score video candidates with the main verifier itself")
+            raise VideoInputError(PREFILTER_ON_VIDEO)
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
