@@ -387,12 +387,12 @@ LONG = 9  # 3 latent frames
 
 @pytest.mark.parametrize("pick,frame,decoded", [("first", 0, 1), ("middle", 4, 2)])
 def test_a_prefix_decode_scores_what_the_full_decode_scores(wan, pick, frame, decoded):
-    """Scoring one early frame decodes only the latent frames it needs; each candidate's score is its frame's
-    score in a stock KSampler -> VAE Decode of the whole video (micro_batch 1: the candidates are the stock
-    samples)."""
+    """Scoring one early frame decodes only the latent frames it needs; the candidate's score is its frame's
+    score in a stock KSampler -> VAE Decode of the whole video (micro_batch 1: the candidate is the stock
+    sample)."""
     scoring = ({"pick": "first", "frames": 1, "aggregate": "mean"} if pick == "first" else
                {"pick": "evenly spaced", "frames": 1, "aggregate": "mean"})
-    rep = report_of(wan.run_ok(wan_search(seed=70, candidates=2, top_k=1, micro_batch=1, scoring=scoring,
+    rep = report_of(wan.run_ok(wan_search(seed=70, candidates=1, top_k=1, micro_batch=1, scoring=scoring,
                                           frames=LONG, prefix=f"wan_prefix_{pick}")))
     assert rep["settings"]["video"]["scored_frames"] == [frame]
     assert rep["settings"]["video"]["decoded_latent_frames"] == [decoded, 3]
