@@ -342,18 +342,19 @@ class ComfyHost:
             sub = latents if len(keep) == b else latents[torch.as_tensor(keep, dtype=torch.long)]
             images = self.decode(sub[:, :, :n_lat] if n_lat < t_lat else sub)
         first = self.book.count
+        whole = None if n_lat == t_lat else total  # a whole decode says its own frame count
         with self.clock.phase("verify"):
             if decide is not None:
-                scores = self.book.add(images, decide, total)
+                scores = self.book.add(images, decide, whole)
             else:
-                scores = self.book.add(images, total=total)
+                scores = self.book.add(images, total=whole)
         w = self.watch
         if finished and w["book"] is not None:  # the held-out sample: decoded candidates only
             pick = [(p, j) for p, j in enumerate(keep) if (w["finished"] + j) % w["stride"] == 0]
             w["finished"] += b
             if pick:
                 with self.clock.phase("verify"):
-                    w["book"].add(images[torch.as_tensor([p for p, _ in pick], dtype=torch.long)], total=total)
+                    w["book"].add(images[torch.as_tensor([p for p, _ in pick], dtype=torch.long)], total=whole)
                 w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for _, j in pick)
         if self._keep_images and not self.relative and n_lat == t_lat:  # whole videos only: finals are whole
             for j, sc in enumerate(scores.tolist()):

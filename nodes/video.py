@@ -229,8 +229,9 @@ class PrunedBook:
                                   "set preview_keep to 1")
         return self.gate(scores)
 
-    def add(self, videos: Optional[torch.Tensor], decode: List[bool], total: int) -> torch.Tensor:
-        """Books a batch: ``videos`` are the decoded candidates (those with ``decode`` True, in order)."""
+    def add(self, videos: Optional[torch.Tensor], decode: List[bool], total: Optional[int]) -> torch.Tensor:
+        """Books a batch: ``videos`` are the decoded candidates (those with ``decode`` True, in order);
+        ``total`` as for :meth:`FrameBook.add`."""
         n = self.inner.count
         if videos is not None and videos.shape[0]:
             self.inner.add(videos, total=total)
