@@ -197,10 +197,6 @@ class SamplingPlan:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
-        if samples.ndim == 5 and latent.get("noise_mask") is not None:
-            raise SearchInputError("a noise mask on a video latent (inpainting, LTX-Video keyframe conditioning) is "
-                                   "not supported by the search yet: search without the mask (Wan image-to-video "
-                                   "conditioning lives in the conditioning, not the mask, and works)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:
