@@ -135,6 +135,25 @@ def test_ltx_image_to_video_search_keeps_the_keyframe_and_reproduces_in_stock_ks
     assert torch.equal(latent_file(ltx, stock), lat), "best_seed in a stock KSampler must give the winner exactly"
 
 
+def test_ltx_image_to_video_with_ltxv_scheduler_reproduces_in_sampler_custom(ltx):
+    """As the workflow (and ComfyUI's LTX template): LTXV Scheduler's sigmas (shifted for the latent's size)
+    and KSampler Select's SAMPLER into Search Loop; best_seed as SamplerCustom's noise_seed gives the winner."""
+    def custom(g):
+        g["17"] = {"class_type": "LTXVScheduler", "inputs": {"steps": STEPS, "max_shift": 2.05, "base_shift": 0.95,
+                                                             "stretch": True, "terminal": 0.1, "latent": ["4", 2]}}
+        g["18"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        return g
+    g = custom(search_graph(True, seed=60, prefix="ltx_sched", candidates=2, micro_batch=2))
+    g["7"]["inputs"].update(model=["1", 0], sampler=["18", 0], sigmas=["17", 0])
+    entry = ltx.run_ok(g)
+    rep = report_of(entry)
+    stock = custom(stock_graph(True, rep["best"]["seed"], prefix="ltx_sched_stock"))
+    stock["7"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["1", 0], "add_noise": True, "noise_seed": rep["best"]["seed"], "cfg": 3.0, "positive": ["5", 0],
+        "negative": ["5", 1], "sampler": ["18", 0], "sigmas": ["17", 0], "latent_image": ["4", 2]}}
+    assert torch.equal(latent_file(ltx, ltx.run_ok(stock)), latent_file(ltx, entry))
+
+
 def test_ltx_keyframe_survives_strategies_that_renoise(ltx):
     """Paths stops candidates mid-schedule, re-noises and resumes (the host re-composes the masked frames each
     segment, nodes/host.py): the keyframe still ends as the start image's latent."""
@@ -146,3 +165,41 @@ def test_ltx_keyframe_survives_strategies_that_renoise(ltx):
     lat, keyframe = latent_file(ltx, entry), latent_file(ltx, entry, "33")
     assert torch.allclose(lat[:, :, :1], keyframe[:, :, :1], atol=1e-4)
     assert (lat[:, :, 1:] - keyframe[:, :, 1:]).abs().max() > 0.1
+
+
+def guide_graph(search: bool, seed: int, prefix: str):
+    """A keyframe as the last frame with LTXV Add Guide: it appends the start image's latent after the video
+    (one more latent frame, noise mask 0) and its position to the conditioning (keyframe_idxs).  The stock
+    template samples, then LTXV Crop Guides drops the appended frame before VAE Decode."""
+    g = search_graph(False, seed, prefix) if search else stock_graph(False, seed, prefix)
+    g["30"] = {"class_type": "LoadImage", "inputs": {"image": "ltx_start.png"}}
+    g["31"] = {"class_type": "LTXVAddGuide", "inputs": {
+        "positive": ["12", 0], "negative": ["13", 0], "vae": ["1", 2], "latent": ["4", 0], "image": ["30", 0],
+        "frame_idx": -1, "strength": 1.0}}
+    g["5"]["inputs"].update(positive=["31", 0], negative=["31", 1])
+    g["14"]["inputs"]["latent"] = ["31", 2]
+    g["33"] = {"class_type": "SaveLatent", "inputs": {"samples": ["31", 2], "filename_prefix": prefix + "_guided"}}
+    if search:
+        g["7"]["inputs"]["latent"] = ["31", 2]
+    else:
+        g["7"]["inputs"]["latent_image"] = ["31", 2]
+        g["16"] = {"class_type": "LTXVCropGuides", "inputs": {"positive": ["5", 0], "negative": ["5", 1],
+                                                              "latent": ["7", 0]}}
+        g["15"]["inputs"]["samples"] = ["16", 2]
+    return g
+
+
+def test_ltx_add_guide_keyframe_search_scores_the_video_without_the_guide_frames(ltx):
+    entry = ltx.run_ok(guide_graph(True, seed=50, prefix="ltx_guide"))
+    rep = report_of(entry)
+    guided = latent_file(ltx, entry, "33")
+    assert guided.shape[2] == 3  # two video frames + the appended guide
+    lat = latent_file(ltx, entry)
+    assert lat.shape == guided.shape  # the latent output keeps the guide, for LTXV Crop Guides after it
+    assert torch.allclose(lat[:, :, 2:], guided[:, :, 2:], atol=1e-4)
+    # image (and what the verifier scored): the video alone, as LTXV Crop Guides + VAE Decode give it
+    assert len(entry["outputs"]["10"]["images"]) == FRAMES
+    assert rep["settings"]["video"]["frames_per_video"] == FRAMES
+    stock = ltx.run_ok(guide_graph(False, rep["best"]["seed"], prefix="ltx_guide_stock"))
+    assert torch.equal(latent_file(ltx, stock), lat), "best_seed in a stock KSampler must give the winner exactly"
+    assert np.array_equal(frames_of(ltx, stock), frames_of(ltx, entry))
