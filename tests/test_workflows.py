@@ -44,7 +44,8 @@ TINY = {
 }
 # nodes the 2024 host (ComfyUI a28a9dc8) lacks: a workflow that needs one of them skips there
 NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage",
-                        "EmptyHunyuanLatentVideo", "LTXVImgToVideo", "LTXVConditioning", "LTXVScheduler"}
+                        "EmptyHunyuanLatentVideo", "LTXVImgToVideo", "LTXVConditioning", "LTXVScheduler",
+                        "LTXVPreprocess"}
 INPUT_IMAGE = "example.png"
 
 

@@ -574,7 +574,10 @@ def ltxv_i2v_search():
     g.link((pos, 0), i2v, "positive")
     g.link((neg, 0), i2v, "negative")
     g.link((ckpt, "VAE"), i2v, "vae")
-    g.link((image, "IMAGE"), i2v, "image")
+    prep = g.node("LTXVPreprocess", (X[0], 650), [40], inputs=[("image", "IMAGE")],
+                  outputs=[("output_image", "IMAGE")], size=(340, 80))
+    g.link((image, "IMAGE"), prep, "image")
+    g.link((prep, 0), i2v, "image")
     cond = g.node("LTXVConditioning", (X[1], 610), [25.0], inputs=[("positive", "CONDITIONING"),
                                                                    ("negative", "CONDITIONING")],
                   outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], size=(340, 80))
@@ -584,8 +587,8 @@ def ltxv_i2v_search():
                    outputs=[("SIGMAS", "SIGMAS")], size=(340, 180))
     g.link((i2v, "latent"), sched, "latent")
     sampler = g.node("KSamplerSelect", (X[1], 950), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
-    ver = clipscore(g, pos=(X[2], 640))
-    scoring = g.node(P + "VideoScoring", (X[2], 810), ["evenly spaced", 4, "mean"],
+    ver = clipscore(g, pos=(X[2], 920))  # below Search Loop's room to grow
+    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean"],
                      outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
     search = search_loop(g, prompt, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=30, cfg=3.0,
                          extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
@@ -610,8 +613,9 @@ def ltxv_i2v_search():
                   title="Top k: the frames scored, ranked")
     g.link((sheet, 0), prev, "images")
     score_plot(g, (search, "scores"))
-    g.note((X[0], 660), "\n\n".join([
+    g.note((X[0], 770), "\n\n".join([
         "## LTX-Video image-to-video: search over video noises from one start image",
+        "**LTXV Preprocess** gives the start image the light compression LTX-Video was trained with; "
         "**LTXV Img To Video** encodes the start image into the first latent frame and marks it with a "
         "per-frame noise mask (strength 1: that frame is kept as it is). Search Loop passes the mask to "
         "ComfyUI's sampler exactly as a stock sampler does, so every candidate starts from the same image and "
