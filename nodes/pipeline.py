@@ -28,7 +28,7 @@ from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
 from .sampling import SamplingPlan, SearchInputError, decode, output_latent, scoring_vae
-from .video import PREFILTER_ON_VIDEO, as_frames, score_videos
+from .video import as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
@@ -73,8 +73,6 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         raise SearchInputError("the self-consistency verifier scores against a part-way preview, which video "
                                "candidates do not support yet: use an image verifier (it scores some frames of "
                                "each video, see Video Scoring)")
-    if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
-        raise SearchInputError(PREFILTER_ON_VIDEO)
     if workers is not None:
         from .worker_nodes import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)
@@ -128,8 +126,8 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
     if host.video is not None:
-        report.settings["video"] = host.book.info()
-    note_verifier(report, verifier, host.book.matrix())
+        report.settings["video"] = host.video_info()
+    note_verifier(report, verifier, host.book.matrix(), unit="videos" if host.video is not None else "images")
     if held_out is not None:
         with plan.clock.phase("verify"):
             report.held_out = held_out_report(host, report, finalists, images, verifier)
@@ -142,14 +140,15 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         winner_noise(plan, best)
 
 
-def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None) -> None:
+def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None,
+                  unit: str = "images") -> None:
     """What the verifier itself says in a report (Search Loop's and Verifier Score's): a pre-filter's savings
     (from the search's member ``matrix``) and a remote grader's failed answers (``failed``, scored -inf)."""
     if matrix is not None:
         pre = prefilter.summary(verifier, matrix)
         if pre is not None:
             report.settings["prefilter"] = pre
-            report.notes.append(prefilter.note(pre))
+            report.notes.append(prefilter.note(pre, unit))
     if failed is not None:
         report.verifier_failures = int(failed)
         if failed:

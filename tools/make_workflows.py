@@ -512,8 +512,8 @@ def wan21_t2v_search():
     lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")],
                  size=(340, 130), title="Video size and length")
     ver = clipscore(g, pos=(X[1], 500))
-    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean"],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
+    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
     search = search_loop(g, prompt, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0,
                          extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
     g.link((unet, "MODEL"), search, "model")
@@ -543,7 +543,9 @@ def wan21_t2v_search():
         "(uni_pc, simple, 30 steps, cfg 6) gives the winning video bit for bit.",
         "Scoring: an image verifier scores a few decoded frames of each candidate (**Video Scoring**: first / "
         "middle / last, or k evenly spaced) and the candidate's score is their mean or min (a video is as good "
-        "as its worst frame). Without the Video Scoring node: first/middle/last, mean.",
+        "as its worst frame). Without the Video Scoring node: first/middle/last, mean. Wan's VAE decodes only the "
+        "latent frames the scored frames need ('first' decodes one); preview_keep below 1 scores each candidate "
+        "on its latent preview first and decodes only the best fraction.",
         "Outputs: `image` is the winner's frames (Save Animated WEBP here; Create Video + Save Video work too), "
         "`top_k_images` the top-k videos' frames, video after video; **Video Contact Sheet** shows one row per "
         "candidate with the frames its score came from, captioned rank · score · seed.",
