@@ -364,6 +364,15 @@ class GuideCroppedVAE:
     def decode_tiled(self, samples, *args, **kwargs):
         return self._vae.decode_tiled(self._crop(samples), *args, **kwargs)
 
+    @property
+    def upscale_ratio(self):
+        """The VAE's, its temporal part (latent frames -> frames) counting the video's latent frames only."""
+        ratio = self._vae.upscale_ratio
+        if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
+            frames_of, n = ratio[0], self._frames
+            return (lambda t: frames_of(t - n),) + tuple(ratio[1:])
+        return ratio
+
     def __getattr__(self, name):
         return getattr(self._vae, name)
 

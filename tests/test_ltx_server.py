@@ -200,6 +200,15 @@ def test_ltx_add_guide_keyframe_search_scores_the_video_without_the_guide_frames
     # image (and what the verifier scored): the video alone, as LTXV Crop Guides + VAE Decode give it
     assert len(entry["outputs"]["10"]["images"]) == FRAMES
     assert rep["settings"]["video"]["frames_per_video"] == FRAMES
+    assert rep["settings"]["video"]["scored_frames"] == [0, FRAMES // 2, FRAMES - 1]
+    # pruning on the latent preview (LTX has preview factors) previews the video's frames, not the guide's
+    g = guide_graph(True, seed=50, prefix="ltx_guide_pruned")
+    g["20"] = {"class_type": PREFIX + "VideoScoring", "inputs": {"pick": "first/middle/last", "frames": 3,
+                                                                 "aggregate": "mean", "preview_keep": 0.5,
+                                                                 "preview_warmup": 1}}
+    g["7"]["inputs"]["video_scoring"] = ["20", 0]
+    pruned = report_of(ltx.run_ok(g))["settings"]["video"]
+    assert pruned["frames_per_video"] == FRAMES and pruned["preview_decoded"] + pruned["preview_pruned"] == 3
     stock = ltx.run_ok(guide_graph(False, rep["best"]["seed"], prefix="ltx_guide_stock"))
     assert torch.equal(latent_file(ltx, stock), lat), "best_seed in a stock KSampler must give the winner exactly"
     assert np.array_equal(frames_of(ltx, stock), frames_of(ltx, entry))
