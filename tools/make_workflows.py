@@ -590,7 +590,7 @@ def ltxv_i2v_search():
     g.link((i2v, "latent"), sched, "latent")
     sampler = g.node("KSamplerSelect", (X[1], 950), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
     ver = clipscore(g, pos=(X[2], 920))  # below Search Loop's room to grow
-    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean"],
+    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean", 1.0, 2],
                      outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
     search = search_loop(g, prompt, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=30, cfg=3.0,
                          extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
