@@ -17,7 +17,11 @@ the model's own ``noise_scaling``; the result is written back as a
 
 Inpainting: the unmasked area of every segment is re-composed from the
 original latent and one fixed noise, so ComfyUI's inpainting blend keeps it
-at the original image, noised to the current sigma, as in one stock run."""
+at the original image, noised to the current sigma, as in one stock run.
+Video masks too: LTX-Video's keyframes (LTX Image To Video, LTXV Add Guide)
+are a per-frame mask (B x 1 x T x 1 x 1) that ComfyUI's prepare_mask spreads
+over the template's C x T x H x W; LTX's blend keeps those frames at the
+clean latent (its scale_latent_inpaint adds no noise), whatever the noise."""
 from __future__ import annotations
 
 import hashlib

@@ -27,7 +27,7 @@ from . import compat
 from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
-from .sampling import SamplingPlan, SearchInputError, decode, output_latent
+from .sampling import SamplingPlan, SearchInputError, decode, output_latent, scoring_vae
 from .video import as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
@@ -81,6 +81,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
                                "leave held_out_verifier empty")
     failed_before = failures_of(verifier)
+    vae = scoring_vae(plan, vae)  # LTX-Video guide frames (LTXV Add Guide) are not decoded as video
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
                      video=video)

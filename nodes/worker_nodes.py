@@ -28,7 +28,7 @@ import torch
 from . import compat
 from .host import ComfyHost
 from .progress import Progress, throw_if_interrupted
-from .sampling import SamplingPlan, SearchInputError
+from .sampling import SamplingPlan, SearchInputError, scoring_vae
 from .search_loop import SearchLoop
 from .types import CATEGORY, PREFIX, WORKERS
 from .workers import (AUTH_ENV, WORKERS_FILE, WORKERS_FILE_ENV, ShardJob, WorkerConfig, WorkerDispatch,
@@ -375,8 +375,8 @@ class SearchShard:
         else:
             gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
             progress = Progress(total=count * gen, model=plan.model)
-            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed))
+            host = ComfyHost(plan, scoring_vae(plan, vae), verifier, prompt, progress,
+                             plan.micro_batch(count, int(micro_batch)), mask_seed=int(seed))
             rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
         text = json.dumps(out)

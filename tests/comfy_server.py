@@ -195,14 +195,29 @@ WAN21_FILES = [("diffusion_models", "wan21", 0, "tiny-wan21.safetensors"),
                ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
 
 
-def add_wan21(comfy_path: str, models_dir: dict) -> None:
-    """The tiny Wan 2.1 files (tests/tiny_models.py) in the server's model folders, built once into the cache;
-    current ComfyUI only (the caller skips on a ComfyUI without Wan)."""
+# LTX-Video: one checkpoint (diffusion model + VAE, as the published ltx-video-2b files) and the CLIP-L that
+# stands in for T5-XXL (CLIPLoader type "sd3"; tests/tiny_models.py)
+LTXV_FILES = [("checkpoints", "ltxv", 0, "tiny-ltxv.safetensors"),
+              ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
+
+
+def _add_files(comfy_path: str, models_dir: dict, files) -> None:
     from tiny_models import ensure_checkpoint
-    for folder, kind, seed, name in WAN21_FILES:
+    for folder, kind, seed, name in files:
         link = os.path.join(models_dir["root"], folder, name)
         if not os.path.exists(link):
             os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints"), seed=seed), link)
+
+
+def add_wan21(comfy_path: str, models_dir: dict) -> None:
+    """The tiny Wan 2.1 files (tests/tiny_models.py) in the server's model folders, built once into the cache;
+    current ComfyUI only (the caller skips on a ComfyUI without Wan)."""
+    _add_files(comfy_path, models_dir, WAN21_FILES)
+
+
+def add_ltxv(comfy_path: str, models_dir: dict) -> None:
+    """The tiny LTX-Video checkpoint and text encoder, as add_wan21 (current ComfyUI only)."""
+    _add_files(comfy_path, models_dir, LTXV_FILES)
 
 
 def launch(comfy_path: str, work, models: dict) -> ComfyClient:

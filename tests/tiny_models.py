@@ -88,7 +88,7 @@ import zlib
 # cache file name used by ensure_checkpoint.
 VERSION = 1
 
-KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v")
+KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v", "ltxv")
 
 # Wan 2.1 (current ComfyUI only), three files as the published ones are split:
 #   ``wan21``: the diffusion model alone (keys as wan2.1_t2v_1.3B_fp16.safetensors, no prefix):
@@ -109,6 +109,28 @@ WAN21 = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=128, ffn_dim
 WAN21_I2V = dict(WAN21, model_type="i2v", in_dim=36)
 WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
+
+# LTX-Video (current ComfyUI only), ``ltxv``: one checkpoint for CheckpointLoaderSimple, as the published
+# ltx-video-2b-v0.9*.safetensors (diffusion model + VAE, no text encoder):
+#   ``model.diffusion_model.*``: comfy.ldm.lightricks.model.LTXVModel; model_detection reads it as LTXV from
+#     adaln_single.emb.timestep_embedder.linear_1.bias, with 32 heads of attn2.to_k.weight rows // 32 wide and
+#     cross_attention_dim its columns (= the inner width).  Tiny: head dim 4 (inner width 128), one block; the
+#     caption projection still takes 4096-wide text (0.9 M params).
+#   ``vae.*``: comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE (the causal video VAE, 128 latent
+#     channels, 8x temporal and 32x spatial compression, which comfy.sd.VAE fixes).  Its width is fixed (128
+#     base channels) but its blocks come from the file's "config" metadata ({"vae": ...}, as the published
+#     0.9.1+ files carry it): patch size 4 and three compress_all blocks give the 8 x 32 x 32 compression, one
+#     res_x block is what detection keys on (decoder.up_blocks.0.res_blocks.0.conv1), 11.5 M params.
+#   The text encoder: LTX's T5-XXL has a fixed 4096-wide 24-layer config (t5_config_xxl.json), so the tests
+#   load the tiny CLIP-L (``clip_l``) with CLIPLoader type "sd3", whose context is padded to 4096 wide, as for
+#   Wan.
+LTXV = dict(in_channels=128, num_attention_heads=32, attention_head_dim=4, cross_attention_dim=128,
+            caption_channels=4096, num_layers=1)
+LTXV_VAE = {"_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+            "latent_channels": 128, "blocks": [["compress_all", 1], ["compress_all", 1], ["compress_all", 1],
+                                               ["res_x", 1]],
+            "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+            "use_quant_conv": False, "causal_decoder": False}
 
 # Hyper-parameters of the tiny models (kept here so they are easy to find).
 SD15_UNET = dict(
@@ -173,6 +195,7 @@ OUTPUT_GAIN = {
     "model.diffusion_model.out.2": 0.1,                # UNet final conv
     "model.diffusion_model.final_layer.linear": 0.1,   # MMDiT final linear
     "head.head": 0.1,                                  # Wan final linear (diffusion-model-only file)
+    "model.diffusion_model.proj_out": 0.1,             # LTX-Video final linear
 }
 
 # comfy.latent_formats scale/shift of each family: a TAESD expects latents in
@@ -330,6 +353,11 @@ def _build_modules(kind):
         if kind == "clip_l":
             clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32)
             return {"": clip}
+        if kind == "ltxv":
+            from comfy.ldm.lightricks.model import LTXVModel
+            from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+            return {"model.diffusion_model.": LTXVModel(operations=ops, dtype=torch.float32, **LTXV),
+                    "vae.": VideoVAE(config=LTXV_VAE)}
     raise ValueError("unknown kind {!r}".format(kind))
 
 
@@ -383,6 +411,8 @@ def _fill(key, shape, dtype, owner, seed, kind):
         return torch.full(shape, TAESD_SCALE_SHIFT[kind][0])
     if leaf == "vae_shift":
         return torch.full(shape, TAESD_SCALE_SHIFT[kind][1])
+    if ".per_channel_statistics." in key:  # the LTX VAE's latent statistics: identity (mean 0, std 1)
+        return torch.full(shape, 1.0 if leaf in ("std-of-means", "mean-of-stds") else 0.0)
 
     g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % (2 ** 63))
     noise = torch.randn(shape, generator=g, dtype=torch.float32)
@@ -446,8 +476,12 @@ def build_checkpoint(kind, out, seed=0):
     os.makedirs(out_dir, exist_ok=True)
     # One metadata entry only: safetensors writes the metadata map in hash
     # order, so several entries would make same-seed builds differ byte-wise.
-    info = json.dumps({"kind": kind, "version": VERSION, "seed": seed}, sort_keys=True)
-    save_file(state, out, metadata={"tiny_model": info})
+    info = {"kind": kind, "version": VERSION, "seed": seed}
+    if kind == "ltxv":  # ComfyUI reads the VAE's blocks from "config" (see LTXV_VAE); the tag rides inside it
+        metadata = {"config": json.dumps({"vae": LTXV_VAE, "tiny_model": info}, sort_keys=True)}
+    else:
+        metadata = {"tiny_model": json.dumps(info, sort_keys=True)}
+    save_file(state, out, metadata=metadata)
     return os.path.getsize(out)
 
 

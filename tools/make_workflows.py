@@ -37,6 +37,8 @@ SD35M = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"  # Comfy-Org's sing
 WAN21 = "wan2.1_t2v_1.3B_fp16.safetensors"      # Comfy-Org's repackaged Wan 2.1 files
 WAN_TE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 WAN_VAE = "wan_2.1_vae.safetensors"
+LTXV = "ltx-video-2b-v0.9.5.safetensors"       # Lightricks' LTX-Video checkpoint (diffusion model + VAE)
+LTXV_TE = "t5xxl_fp16.safetensors"
 
 # column x positions, so every workflow reads left to right
 X = [0, 380, 760, 1180, 1600]
@@ -556,8 +558,90 @@ def wan21_t2v_search():
     g.dump("wan21_t2v_search.json")
 
 
+def ltxv_i2v_search():
+    g = Graph()
+    prompt = ("a paper boat drifts across a puddle after rain, ripples spreading, reflections of trees, "
+              "slow camera push-in")
+    ckpt = checkpoint(g, LTXV)
+    te = g.node("CLIPLoader", (X[0], 140), [LTXV_TE, "ltxv", "default"], outputs=[("CLIP", "CLIP")],
+                size=(340, 110))
+    image = g.node("LoadImage", (X[0], 290), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                   size=(340, 320), title="Start image (the first frame)")
+    pos, neg = text_encoders(g, te, prompt, "low quality, worst quality, deformed, distorted, watermark, static")
+    i2v = g.node("LTXVImgToVideo", (X[1], 330), [768, 512, 97, 1, 1.0],
+                 inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                         ("image", "IMAGE")],
+                 outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                 size=(340, 240), title="LTXV Img To Video: size, length, keyframe strength")
+    g.link((pos, 0), i2v, "positive")
+    g.link((neg, 0), i2v, "negative")
+    g.link((ckpt, "VAE"), i2v, "vae")
+    prep = g.node("LTXVPreprocess", (X[0], 650), [40], inputs=[("image", "IMAGE")],
+                  outputs=[("output_image", "IMAGE")], size=(340, 80))
+    g.link((image, "IMAGE"), prep, "image")
+    g.link((prep, 0), i2v, "image")
+    cond = g.node("LTXVConditioning", (X[1], 610), [25.0], inputs=[("positive", "CONDITIONING"),
+                                                                   ("negative", "CONDITIONING")],
+                  outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], size=(340, 80))
+    g.link((i2v, "positive"), cond, "positive")
+    g.link((i2v, "negative"), cond, "negative")
+    sched = g.node("LTXVScheduler", (X[1], 730), [30, 2.05, 0.95, True, 0.1], inputs=[("latent", "LATENT")],
+                   outputs=[("SIGMAS", "SIGMAS")], size=(340, 180))
+    g.link((i2v, "latent"), sched, "latent")
+    sampler = g.node("KSamplerSelect", (X[1], 950), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
+    ver = clipscore(g, pos=(X[2], 920))  # below Search Loop's room to grow
+    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
+    search = search_loop(g, prompt, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=30, cfg=3.0,
+                         extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
+    g.link((ckpt, "MODEL"), search, "model")
+    g.link((cond, "positive"), search, "positive")
+    g.link((cond, "negative"), search, "negative")
+    g.link((i2v, "latent"), search, "latent")
+    g.link((ckpt, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((sampler, 0), search, "sampler")
+    g.link((sched, 0), search, "sigmas")
+    g.link((scoring, 0), search, "video_scoring")
+    webp = g.node("SaveAnimatedWEBP", (X[3], 0), ["ltxv_search", 25.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")], size=(380, 420), title="The winner (25 fps)")
+    g.link((search, "image"), webp, "images")
+    sheet = g.node(P + "VideoContactSheet", (X[3], 460), [], inputs=[("images", "IMAGE"),
+                                                                      ("scores", "INFSCALE_SCORES")],
+                   outputs=[("contact_sheet", "IMAGE")], size=(300, 60))
+    g.link((search, "top_k_images"), sheet, "images")
+    g.link((search, "scores"), sheet, "scores")
+    prev = g.node("PreviewImage", (X[3], 560), [], inputs=[("images", "IMAGE")], size=(380, 320),
+                  title="Top k: the frames scored, ranked")
+    g.link((sheet, 0), prev, "images")
+    score_plot(g, (search, "scores"))
+    g.note((X[0], 770), "\n\n".join([
+        "## LTX-Video image-to-video: search over video noises from one start image",
+        "**LTXV Preprocess** gives the start image the light compression LTX-Video was trained with; "
+        "**LTXV Img To Video** encodes the start image into the first latent frame and marks it with a "
+        "per-frame noise mask (strength 1: that frame is kept as it is). Search Loop passes the mask to "
+        "ComfyUI's sampler exactly as a stock sampler does, so every candidate starts from the same image and "
+        "only the rest of the video differs. **LTXV Conditioning** (frame rate) and **LTXV Scheduler**'s "
+        "sigmas (its shift follows the latent's size) reach the sampler unchanged.",
+        "Candidate i's starting noise is exactly what a stock sampler draws for seed `seed + i`: `best_seed` as "
+        "SamplerCustom's noise_seed (add_noise on, cfg 3, the same KSampler Select and LTXV Scheduler) gives "
+        "the winning video bit for bit. Search Loop's own sampler_name / scheduler / steps widgets are unused "
+        "while SAMPLER and SIGMAS are connected.",
+        "Scoring: the verifier scores 4 evenly spaced decoded frames of each candidate (**Video Scoring**) and "
+        "takes their mean; the first frame is the start image in every candidate, so min would mostly compare "
+        "the others. **Video Contact Sheet** shows the ranked candidates with the frames their scores came from.",
+        "Cost: each candidate is a whole video (97 frames at 768×512 here); N = 4 costs four generations plus "
+        "the decodes. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; switch it off "
+        "to return the search's own samples.",
+        f"Files: `{LTXV}` in models/checkpoints (model and VAE; its CLIP output is empty), `{LTXV_TE}` in "
+        "models/text_encoders (CLIPLoader type ltxv), the start image in ComfyUI's input folder. " + CLIP_NOTE,
+        SEED_NOTE]), size=(340, 760), markdown=True)
+    g.dump("ltxv_i2v_search.json")
+
+
 ALL = [sd15_random_search, sdxl_ensemble_search, sd3_guider_search, composable_random_search, img2img_search,
-       zero_order_search, paths_search, particle_search, coarse_to_fine_search, wan21_t2v_search]
+       zero_order_search, paths_search, particle_search, coarse_to_fine_search, wan21_t2v_search,
+       ltxv_i2v_search]
 
 
 if __name__ == "__main__":
