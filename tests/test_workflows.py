@@ -34,6 +34,10 @@ TINY = {
     "wan_2.1_vae.safetensors": "tiny-wan21-vae.safetensors",
     "wan2.2_ti2v_5B_fp16.safetensors": "tiny-wan22.safetensors",
     "wan2.2_vae.safetensors": "tiny-wan22-vae.safetensors",  # full size (its widths are fixed in comfy.sd)
+    # Wan 2.2 14B's two experts have the Wan 2.1 architecture (16 channels, the Wan 2.1 VAE): two tiny Wan 2.1
+    # files with different weights
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "tiny-wan21.safetensors",
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "tiny-wan21-low.safetensors",
     # UMT5-XXL has a fixed 5.7 G-parameter config: a tiny CLIP-L loaded as SD3's text encoder (its context
     # padded to 4096 wide, what Wan takes) stands in; "wan" is only ever the CLIPLoader's type widget
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "tiny-clip-l.safetensors",
@@ -179,6 +183,8 @@ def shrink(api):
             inp.update(count=3)
         elif t == "InfScale_SearchLoop":
             inp.update(candidates=3, top_k=1, steps=3)
+            if inp.get("switch_step"):  # two experts: switch inside the 3 steps
+                inp.update(switch_step=2)
         elif t == "BasicScheduler":
             inp.update(steps=3)
         elif t == "InfScale_CoarseToFine":
@@ -197,7 +203,7 @@ def test_there_are_workflows():
     assert {"sd15_random_search.json", "sdxl_ensemble_search.json", "sd3_guider_search.json",
             "composable_random_search.json", "img2img_search.json", "zero_order_search.json",
             "paths_search.json", "particle_search.json", "coarse_to_fine_search.json", "wan21_t2v_search.json",
-            "wan22_5b_t2v_search.json"} <= names
+            "wan22_5b_t2v_search.json", "wan22_14b_t2v_search.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
