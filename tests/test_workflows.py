@@ -32,6 +32,12 @@ TINY = {
     "ImageReward": "tiny-imagereward",
     "wan2.1_t2v_1.3B_fp16.safetensors": "tiny-wan21.safetensors",
     "wan_2.1_vae.safetensors": "tiny-wan21-vae.safetensors",
+    "wan2.2_ti2v_5B_fp16.safetensors": "tiny-wan22.safetensors",
+    "wan2.2_vae.safetensors": "tiny-wan22-vae.safetensors",  # full size (its widths are fixed in comfy.sd)
+    # Wan 2.2 14B's two experts have the Wan 2.1 architecture (16 channels, the Wan 2.1 VAE): two tiny Wan 2.1
+    # files with different weights
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "tiny-wan21.safetensors",
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "tiny-wan21-low.safetensors",
     # UMT5-XXL has a fixed 5.7 G-parameter config: a tiny CLIP-L loaded as SD3's text encoder (its context
     # padded to 4096 wide, what Wan takes) stands in; "wan" is only ever the CLIPLoader's type widget
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "tiny-clip-l.safetensors",
@@ -45,7 +51,7 @@ TINY = {
 # nodes the 2024 host (ComfyUI a28a9dc8) lacks: a workflow that needs one of them skips there
 NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage",
                         "EmptyHunyuanLatentVideo", "LTXVImgToVideo", "LTXVConditioning", "LTXVScheduler",
-                        "LTXVPreprocess"}
+                        "LTXVPreprocess", "Wan22ImageToVideoLatent", "ModelSamplingSD3"}
 INPUT_IMAGE = "example.png"
 
 
@@ -53,7 +59,7 @@ INPUT_IMAGE = "example.png"
 def server(comfy, comfy_path, models_dir):
     """The server with the tiny checkpoints the workflows need and an input image;
     /object_info fetched afresh (file lists change)."""
-    from comfy_server import CACHE, add_ltxv, add_wan21
+    from comfy_server import CACHE, WAN22_FILES, add_ltxv, add_model_files, add_wan21
     from tiny_models import ensure_checkpoint
     from PIL import Image
     cache = os.path.join(CACHE, "checkpoints")
@@ -67,6 +73,8 @@ def server(comfy, comfy_path, models_dir):
     if comfy.has_node("EmptyHunyuanLatentVideo"):  # current ComfyUI: the tiny Wan 2.1 and LTX-Video files
         add_wan21(comfy_path, models_dir)
         add_ltxv(comfy_path, models_dir)
+    if comfy.has_node("Wan22ImageToVideoLatent"):  # the tiny Wan 2.2 5B files
+        add_model_files(comfy_path, models_dir, WAN22_FILES)
     Image.new("RGB", (64, 64), (200, 120, 40)).save(os.path.join(comfy.input_dir, INPUT_IMAGE))
     comfy._object_info = comfy.get("/object_info")
     return comfy
@@ -180,10 +188,14 @@ def shrink(api):
             inp.update(width=64, height=64, length=9)
         elif t == "LTXVScheduler":
             inp.update(steps=3)
+        elif t == "Wan22ImageToVideoLatent":
+            inp.update(width=32, height=32, length=5)  # the node's smallest size (16x spatial compression)
         elif t == "InfScale_NoiseCandidateGenerator":
             inp.update(count=3)
         elif t == "InfScale_SearchLoop":
             inp.update(candidates=3, top_k=1, steps=3)
+            if inp.get("switch_step"):  # two experts: switch inside the 3 steps
+                inp.update(switch_step=2)
         elif t == "BasicScheduler":
             inp.update(steps=3)
         elif t == "InfScale_CoarseToFine":
@@ -218,7 +230,8 @@ def test_there_are_workflows():
     assert {"sd15_random_search.json", "sdxl_ensemble_search.json", "sd3_guider_search.json",
             "composable_random_search.json", "img2img_search.json", "zero_order_search.json",
             "paths_search.json", "particle_search.json", "coarse_to_fine_search.json", "wan21_t2v_search.json",
-            "ltxv_i2v_search.json"} <= names
+            "ltxv_i2v_search.json",
+            "wan22_5b_t2v_search.json", "wan22_14b_t2v_search.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
