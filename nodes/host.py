@@ -292,19 +292,27 @@ class ComfyHost:
         """Scores of x0-predictions part-way through the schedule: never in the held-out sample."""
         return self._score(latents, finished=False)
 
+    def _preview_latents(self, latents: torch.Tensor, finished: bool) -> Optional[torch.Tensor]:
+        """The x0-prediction latents kept for these final latents (a self-consistency verifier), or None; each
+        is handed out once (the memory goes)."""
+        if self._preview_level is None:
+            return None
+        if not finished:
+            raise PreviewRequired(PREVIEW_MESSAGE)
+        keys = [self._key(latents[j]) for j in range(latents.shape[0])]
+        if any(k not in self._previews for k in keys):
+            raise PreviewRequired(PREVIEW_MESSAGE)
+        out = torch.cat([self._previews[k] for k in keys])
+        for k in set(keys):
+            del self._previews[k]
+        return out
+
     def _score(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
         if self.video is not None:
             return self._score_videos(latents, finished)
-        previews = None
-        if self._preview_level is not None:
-            if not finished:
-                raise PreviewRequired(PREVIEW_MESSAGE)
-            keys = [self._key(latents[j]) for j in range(latents.shape[0])]
-            if any(k not in self._previews for k in keys):
-                raise PreviewRequired(PREVIEW_MESSAGE)
-            previews = self.decode(torch.cat([self._previews[k] for k in keys]))
-            for k in set(keys):  # scored once: the memory goes
-                del self._previews[k]
+        previews = self._preview_latents(latents, finished)
+        if previews is not None:
+            previews = self.decode(previews)
         images = self.decode(latents)
         first = self.book.count
         with self.clock.phase("verify"):
@@ -341,17 +349,20 @@ class ComfyHost:
             keep = [j for j, d in enumerate(decide) if d]
         n_lat = decode_prefix(self._causal, t_lat, idx) if idx else t_lat
         self._decoded_latent_frames = (n_lat, t_lat)
+        previews = self._preview_latents(latents, finished)  # a self-consistency verifier (never with pruning)
         images = None
         if keep:
             sub = latents if len(keep) == b else latents[torch.as_tensor(keep, dtype=torch.long)]
             images = self.decode(sub[:, :, :n_lat] if n_lat < t_lat else sub)
+            if previews is not None:  # decoded as far as the videos: the same frames are paired
+                previews = self.decode(previews[:, :, :n_lat] if n_lat < t_lat else previews)
         first = self.book.count
         whole = None if n_lat == t_lat else total  # a whole decode says its own frame count
         with self.clock.phase("verify"):
             if decide is not None:
                 scores = self.book.add(images, decide, whole)
             else:
-                scores = self.book.add(images, total=whole)
+                scores = self.book.add(images, previews, total=whole)
         w = self.watch
         if finished and w["book"] is not None:  # the held-out sample: decoded candidates only
             pick = [(p, j) for p, j in enumerate(keep) if (w["finished"] + j) % w["stride"] == 0]

@@ -69,10 +69,6 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                 f"the self-consistency verifier stops each candidate's run at its preview step and continues it, "
                 f"which sampler '{plan.sampler_label}' does not allow (a multistep or adaptive sampler would "
                 f"change). Pick one of: {', '.join(names_where(segmentable=True))}")
-    if plan.video and (needs_preview(verifier) or (held_out is not None and needs_preview(held_out))):
-        raise SearchInputError("the self-consistency verifier scores against a part-way preview, which video "
-                               "candidates do not support yet: use an image verifier (it scores some frames of "
-                               "each video, see Video Scoring)")
     if workers is not None:
         from .worker_nodes import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)

@@ -122,9 +122,20 @@ class FrameBook:
 
     def add(self, videos: torch.Tensor, previews: Optional[torch.Tensor] = None,
             total: Optional[int] = None) -> torch.Tensor:
+        """Scores and books ``B x T x H x W x 3`` videos.  ``previews``: the decoded x0-predictions of the same
+        videos part-way through the schedule (a self-consistency verifier; decoded as far as ``videos``):
+        each scored frame is paired with the same frame of its preview."""
+        frames = self.frames(videos, total)
+        paired = None
         if previews is not None:
-            raise VideoInputError("a verifier that scores against the x0-preview cannot score video candidates yet")
-        return self._add_frames(self.frames(videos, total), int(videos.shape[0]))
+            if tuple(previews.shape) != tuple(videos.shape):
+                raise VideoInputError(f"previews of shape {tuple(previews.shape)} do not match the videos' "
+                                      f"{tuple(videos.shape)}")
+            if self.native:
+                raise VideoInputError("a video-native verifier scores clips, not frames against their previews")
+            idx = torch.as_tensor(self.scoring.indices(self.total), dtype=torch.long)
+            paired = previews[:, idx].reshape(-1, *previews.shape[2:])
+        return self._add_frames(frames, int(videos.shape[0]), paired)
 
     def add_picked(self, clips: torch.Tensor, total: int) -> torch.Tensor:
         """Books frames already picked: ``B x k x H x W x 3``, the scored frames of ``total``-frame videos."""
@@ -137,16 +148,17 @@ class FrameBook:
         self.total, self.k = t, k
         return self._add_frames(clips.reshape(-1, *clips.shape[2:]), int(clips.shape[0]))
 
-    def _add_frames(self, frames: torch.Tensor, b: int) -> torch.Tensor:
+    def _add_frames(self, frames: torch.Tensor, b: int, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.prefilter is not None:  # the rule runs per candidate, on its k frames' aggregated screen score
-            rows = self.prefilter.screen_rows(frames, self.book.prompt, history=self.book.matrix(), group=self.k,
+            rows = self.prefilter.screen_rows(frames, self.book.prompt, previews=previews,
+                                              history=self.book.matrix(), group=self.k,
                                               aggregate=lambda s: self.scoring.combine(s.reshape(-1), self.k))
             return self.scoring.combine(self.book.add_matrix(rows), self.k)
         if self.native:  # one row per candidate: its k frames as a B x k x H x W x 3 clip
             clips = frames.reshape(b, -1, *frames.shape[1:])
             self.k = 1
             return self.book.add(clips)
-        return self.scoring.combine(self.book.add(frames), self.k)
+        return self.scoring.combine(self.book.add(frames, previews), self.k)
 
     def all(self) -> torch.Tensor:
         return self.scoring.combine(self.book.all(), self.k) if self.k else torch.zeros(0)
@@ -197,6 +209,11 @@ class PrunedBook:
                 f"pruning by latent preview ranks each candidate's preview by the verifier's own score, one at a "
                 f"time; '{getattr(verifier, 'name', 'verifier')}' is relative (an ensemble or a pre-filter: its "
                 "score of a candidate changes with the others): use a single verifier, or set preview_keep to 1")
+        if getattr(verifier, "needs_preview", False):
+            raise VideoInputError(
+                "pruning by latent preview scores a latent's RGB preview alone, which the self-consistency "
+                "verifier cannot score (it compares a video with its own x0-prediction): set preview_keep to 1, "
+                "or put the self-consistency verifier in a Verifier Pre-filter as its screen")
         self.inner = FrameBook(verifier, prompt, scoring)
         self.preview = FrameBook(verifier, prompt, scoring)
         self.scoring = scoring

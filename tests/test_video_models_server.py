@@ -160,3 +160,33 @@ def test_t2v_search_reproduces_in_stock_ksampler_and_scores_the_frames(server, n
     # the candidates differ (a model that ignored its noise would make the search moot)
     scores = [c["score"] for c in rep["candidates"]]
     assert len(set(scores)) == len(scores)
+
+
+def test_wan22_image_to_video_search_keeps_the_start_frame_and_reproduces(server):
+    """Wan 2.2 5B image-to-video: Wan22 Image To Video Latent encodes the start image into the first latent
+    frame and masks it from the noise (noise_mask); every candidate keeps it and best_seed in a stock
+    KSampler replays the winner bit for bit."""
+    from PIL import Image
+    Image.new("RGB", (32, 32), (40, 160, 90)).save(os.path.join(server.input_dir, "wan22_start.png"))
+
+    def with_start(g):
+        g["31"] = {"class_type": "LoadImage", "inputs": {"image": "wan22_start.png"}}
+        g["4"]["inputs"]["start_image"] = ["31", 0]
+        g["32"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "wan22_i2v_in"}}
+        return g
+
+    g = with_start(search_graph("wan22_5b", seed=23))
+    g["7"]["inputs"]["filename_prefix"] = "wan22_i2v"
+    g["9"]["inputs"]["filename_prefix"] = "wan22_i2v_latent"
+    entry = server.run_ok(g)
+    rep = report_of(entry)
+    lat = latent_file(server, entry)
+    start = latent_file(server, entry, "32")
+    assert lat.shape == (1, 48, 2, 2, 2)
+    assert torch.allclose(lat[:, :, :1], start[:, :, :1], atol=1e-4), "the start frame must be kept"
+    assert not torch.allclose(lat[:, :, 1:], start[:, :, 1:], atol=1e-2), "the other frames are sampled"
+    stock = with_start(stock_graph("wan22_5b", rep["best"]["seed"]))
+    stock["9"]["inputs"]["filename_prefix"] = "wan22_i2v_stock_latent"
+    stock["32"]["inputs"]["filename_prefix"] = "wan22_i2v_stock_in"
+    out = server.run_ok(stock)
+    assert torch.equal(latent_file(server, out), lat), "best_seed in a stock KSampler must give the winner exactly"

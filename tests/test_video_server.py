@@ -434,3 +434,48 @@ def test_preview_pruning_decodes_about_the_kept_fraction_and_the_winner_reproduc
     stock = wan.run_ok(stock_graph(rep["best"]["seed"], prefix="wan_preview_stock"))
     assert torch.equal(latent_file(wan, stock), latent_file(wan, entry))
     assert np.array_equal(frames_of(wan, stock, "8"), frames_of(wan, entry, "7"))
+
+
+def self_consistency(level=0.4):
+    return {"class_type": PREFIX + "SelfConsistencyVerifierLoader",
+            "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors", "level": level}}
+
+
+def test_the_self_consistency_verifier_scores_video_candidates(wan):
+    """The self-supervised verifier on videos: each scored frame against the same frame of the candidate's own
+    x0-prediction at the level; the winner still replays in a stock KSampler; as a pre-filter's screen it
+    screens videos; pruning by latent preview refuses it (a preview alone has nothing to compare with)."""
+    g = wan_search(seed=71, candidates=3, top_k=1, steps=4, micro_batch=2, prefix="wan_selfc")
+    g["5"] = self_consistency()
+    entry = wan.run_ok(g)
+    rep = report_of(entry)
+    assert rep["verifier"].startswith("self_consistency[0.4](")
+    scores = {c["seed"]: c["score"] for c in rep["candidates"]}
+    assert len(scores) == 3 and all(-1.0 <= s <= 1.0 for s in scores.values())
+    assert rep["settings"]["video"]["scored_frames"] == [0, 2, 4]
+    stock = wan.run_ok(stock_graph(rep["best"]["seed"], steps=4, prefix="wan_selfc_stock"))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry)), \
+        "splitting each run at the preview step must not change the video"
+    # an earlier, noisier preview scores differently (deterministic runs)
+    g["5"] = self_consistency(level=0.9)
+    g["7"]["inputs"]["filename_prefix"] = "wan_selfc09"
+    early = {c["seed"]: c["score"] for c in report_of(wan.run_ok(g))["candidates"]}
+    assert early.keys() == scores.keys() and any(early[s] != scores[s] for s in scores)
+    # the free pre-filter on video: the self-consistency screen sees every video, CLIPScore only the kept ones
+    g = wan_search(seed=72, candidates=4, top_k=1, steps=4, micro_batch=3, prefix="wan_selfc_pre")
+    g["25"] = self_consistency()
+    g["26"] = {"class_type": PREFIX + "VerifierPrefilter", "inputs": {"screen": ["25", 0], "verifier": ["5", 0],
+                                                                      "keep": 0.3, "warmup": 1}}
+    g["6"]["inputs"]["verifier"] = ["26", 0]
+    rep = report_of(wan.run_ok(g))
+    pre = rep["settings"]["prefilter"]
+    assert pre["screened"] == 4 and 1 <= pre["main_scored"] < 4
+    scored = [c for c in rep["candidates"] if any(not k.startswith("screen:") for k in c["verifier_scores"])]
+    assert len(scored) == pre["main_scored"] and rep["best"]["seed"] in {c["seed"] for c in scored}
+    # pruning by latent preview cannot use it
+    g = wan_search(seed=73, candidates=2, top_k=1, steps=4, prefix="wan_selfc_prune",
+                   scoring={"pick": "first", "frames": 1, "aggregate": "mean", "preview_keep": 0.5,
+                            "preview_warmup": 1})
+    g["5"] = self_consistency()
+    err = execution_error(wan.run(g))
+    assert err is not None and "self-consistency verifier cannot score" in err["exception_message"]

@@ -699,8 +699,9 @@ def wan22_5b_t2v_search():
         "N = 4 costs four generations. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; "
         "switch it off to return the search's own samples. Start with a short length (e.g. 41 frames) and a "
         "small N to try prompts.",
-        "Image-to-video: a start image on Wan22 Image To Video Latent puts it in the latent with a noise mask, "
-        "which the search does not take yet (it says so); use this workflow for text-to-video.",
+        "Image-to-video: connect a start image to Wan22 Image To Video Latent's start_image. It is put in the "
+        "first latent frame with a noise mask; Search Loop hands the mask to the sampler as a stock KSampler "
+        "does, so every candidate keeps the start frame and best_seed replays the winner.",
         f"Files: `{WAN22_5B}` in models/diffusion_models, `{WAN_TE}` in models/text_encoders, `{WAN22_VAE}` in "
         "models/vae (Comfy-Org's repackaged Wan 2.2). " + CLIP_NOTE,
         SEED_NOTE]), size=(340, 700), markdown=True)
