@@ -326,11 +326,7 @@ class ComfyHost:
                     w["book"].add(images[pick])
                 w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for j in pick)
         if self._keep_images and not self.relative:
-            for j, sc in enumerate(scores.tolist()):
-                if math.isfinite(sc):
-                    self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))
-            self._images.sort(key=lambda t: (-t[0], t[1]))
-            del self._images[self._keep_images:]
+            self._keep_best(scores, first, latents, images)
         return scores
 
     def _score_videos(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
@@ -372,12 +368,17 @@ class ComfyHost:
                     w["book"].add(images[torch.as_tensor([p for p, _ in pick], dtype=torch.long)], total=whole)
                 w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for _, j in pick)
         if self._keep_images and not self.relative and n_lat == t_lat:  # whole videos only: finals are whole
-            for j, sc in enumerate(scores.tolist()):
-                if math.isfinite(sc):
-                    self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))
-            self._images.sort(key=lambda t: (-t[0], t[1]))
-            del self._images[self._keep_images:]
+            self._keep_best(scores, first, latents, images)
         return scores
+
+    def _keep_best(self, scores: torch.Tensor, first: int, latents: torch.Tensor, images: torch.Tensor) -> None:
+        """Keeps the decoded images of the best rows scored so far (rows ``first`` on are these), for the
+        finalist step."""
+        for j, sc in enumerate(scores.tolist()):
+            if math.isfinite(sc):
+                self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))
+        self._images.sort(key=lambda t: (-t[0], t[1]))
+        del self._images[self._keep_images:]
 
     def image_of(self, latent: torch.Tensor) -> Optional[torch.Tensor]:
         """The decoded image of a latent this host scored among its best rows, or None."""

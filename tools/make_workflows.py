@@ -152,6 +152,19 @@ def wire_search(g, search, ckpt, pos, neg, latent, verifier, vae=None):
     g.link((verifier, 0), search, "verifier")
 
 
+def video_scoring(g, pos, widgets=("first/middle/last", 3, "mean", 1.0, 2), size=(340, 160)):
+    """A Video Scoring node (pick, frames, aggregate, preview_keep, preview_warmup)."""
+    return g.node(P + "VideoScoring", pos, list(widgets), outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")],
+                  size=size)
+
+
+def wire_video_search(g, search, model, pos, neg, latent, vae, verifier, scoring):
+    """wire_search for a video graph: the model from ``model``'s MODEL output, the VAE from a VAE loader, and
+    the Video Scoring node."""
+    wire_search(g, search, model, pos, neg, latent, verifier, vae=(vae, "VAE"))
+    g.link((scoring, 0), search, "video_scoring")
+
+
 def save_with_report(g, search, prefix, pos=(X[3], 0)):
     n = g.node(P + "SaveSearchImage", pos, [prefix], inputs=[("images", "IMAGE"), ("scores", "INFSCALE_SCORES")],
                size=(380, 400))
@@ -547,17 +560,10 @@ def wan21_t2v_search():
     lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")],
                  size=(340, 130), title="Video size and length")
     ver = clipscore(g, pos=(X[1], 500))
-    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean", 1.0, 2],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    scoring = video_scoring(g, (X[1], 670))
     search = search_loop(g, prompt, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0,
                          extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
-    g.link((unet, "MODEL"), search, "model")
-    g.link((pos, 0), search, "positive")
-    g.link((neg, 0), search, "negative")
-    g.link((lat, 0), search, "latent")
-    g.link((vae, "VAE"), search, "vae")
-    g.link((ver, 0), search, "verifier")
-    g.link((scoring, 0), search, "video_scoring")
+    wire_video_search(g, search, unet, pos, neg, lat, vae, ver, scoring)
     video_outputs(g, search, "wan_search", 16)
     g.note((X[0], 380), "\n\n".join([
         "## Wan 2.1 text-to-video: search over video noises",
@@ -608,8 +614,7 @@ def ltxv_i2v_search():
     g.link((i2v, "latent"), sched, "latent")
     sampler = g.node("KSamplerSelect", (X[1], 950), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
     ver = clipscore(g, pos=(X[2], 920))  # below Search Loop's room to grow
-    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean", 1.0, 2],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
+    scoring = video_scoring(g, (X[2], 1090), ("evenly spaced", 4, "mean", 1.0, 2), size=(340, 110))
     search = search_loop(g, prompt, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=30, cfg=3.0,
                          extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
     g.link((ckpt, "MODEL"), search, "model")
@@ -621,18 +626,7 @@ def ltxv_i2v_search():
     g.link((sampler, 0), search, "sampler")
     g.link((sched, 0), search, "sigmas")
     g.link((scoring, 0), search, "video_scoring")
-    webp = g.node("SaveAnimatedWEBP", (X[3], 0), ["ltxv_search", 25.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")], size=(380, 420), title="The winner (25 fps)")
-    g.link((search, "image"), webp, "images")
-    sheet = g.node(P + "VideoContactSheet", (X[3], 460), [], inputs=[("images", "IMAGE"),
-                                                                      ("scores", "INFSCALE_SCORES")],
-                   outputs=[("contact_sheet", "IMAGE")], size=(300, 60))
-    g.link((search, "top_k_images"), sheet, "images")
-    g.link((search, "scores"), sheet, "scores")
-    prev = g.node("PreviewImage", (X[3], 560), [], inputs=[("images", "IMAGE")], size=(380, 320),
-                  title="Top k: the frames scored, ranked")
-    g.link((sheet, 0), prev, "images")
-    score_plot(g, (search, "scores"))
+    video_outputs(g, search, "ltxv_search", 25)
     g.note((X[0], 770), "\n\n".join([
         "## LTX-Video image-to-video: search over video noises from one start image",
         "**LTXV Preprocess** gives the start image the light compression LTX-Video was trained with; "
@@ -673,17 +667,10 @@ def wan22_5b_t2v_search():
                  size=(340, 170), title="Video size and length")
     g.link((vae, "VAE"), lat, "vae")
     ver = clipscore(g, pos=(X[1], 580))
-    scoring = g.node(P + "VideoScoring", (X[1], 750), ["first/middle/last", 3, "mean", 1.0, 2],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    scoring = video_scoring(g, (X[1], 750))
     search = search_loop(g, WAN22_PROMPT, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=20,
                          cfg=5.0, extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
-    g.link((shift, "MODEL"), search, "model")
-    g.link((pos, 0), search, "positive")
-    g.link((neg, 0), search, "negative")
-    g.link((lat, 0), search, "latent")
-    g.link((vae, "VAE"), search, "vae")
-    g.link((ver, 0), search, "verifier")
-    g.link((scoring, 0), search, "video_scoring")
+    wire_video_search(g, search, shift, pos, neg, lat, vae, ver, scoring)
     video_outputs(g, search, "wan22_search", 24)
     g.note((X[0], 380), "\n\n".join([
         "## Wan 2.2 5B text-to-video: search over video noises",
@@ -729,20 +716,13 @@ def wan22_14b_t2v_search():
     lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [640, 640, 81, 1], outputs=[("LATENT", "LATENT")],
                  size=(340, 130), title="Video size and length")
     ver = clipscore(g, pos=(X[1], 500))
-    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean", 1.0, 2],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    scoring = video_scoring(g, (X[1], 670))
     search = search_loop(g, WAN22_PROMPT, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=20,
                          cfg=3.5, extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING"), ("model_2", "MODEL")])
     g.nodes[search - 1]["widgets_values"].append(10)  # switch_step: the first KSamplerAdvanced's end_at_step
     g.nodes[search - 1]["size"] = [380, 640]
-    g.link((high_shift, "MODEL"), search, "model")
+    wire_video_search(g, search, high_shift, pos, neg, lat, vae, ver, scoring)
     g.link((low_shift, "MODEL"), search, "model_2")
-    g.link((pos, 0), search, "positive")
-    g.link((neg, 0), search, "negative")
-    g.link((lat, 0), search, "latent")
-    g.link((vae, "VAE"), search, "vae")
-    g.link((ver, 0), search, "verifier")
-    g.link((scoring, 0), search, "video_scoring")
     video_outputs(g, search, "wan22_14b_search", 16)
     g.note((X[0], 380), "\n\n".join([
         "## Wan 2.2 14B text-to-video: search with two experts",
