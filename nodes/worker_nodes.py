@@ -29,6 +29,7 @@ from . import compat
 from .host import ComfyHost
 from .progress import Progress, throw_if_interrupted
 from .sampling import SamplingPlan, SearchInputError
+from .devices import build as device_set
 from .search_loop import SearchLoop
 from .types import CATEGORY, PREFIX, WORKERS
 from .workers import (AUTH_ENV, WORKERS_FILE, WORKERS_FILE_ENV, ShardJob, WorkerConfig, WorkerDispatch,
@@ -376,7 +377,7 @@ class SearchShard:
             gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
             progress = Progress(total=count * gen, model=plan.model)
             host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed))
+                             mask_seed=int(seed), devices=device_set(plan, "all"))  # every GPU of the worker
             rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
         text = json.dumps(out)
