@@ -73,7 +73,7 @@ class SearchLoop:
                 "guider": ("GUIDER", {"tooltip": "Current ComfyUI: any GUIDER (CFGGuider, BasicGuider for FLUX...). "
                                                  "Replaces model/positive/negative/cfg for sampling."}),
                 "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "Candidates sampled together. 0 = sized from free VRAM (on the "
+                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from free VRAM (on the "
                                                    "CPU: one at a time, so Cancel lands within one step); halved "
                                                    "automatically on out-of-memory."}),
                 "exact_winner": ("BOOLEAN", {
