@@ -191,3 +191,18 @@ def total_memory(device: torch.device) -> Optional[int]:
 def model_size(model) -> int:
     """The bytes of a ModelPatcher's weights."""
     return int(model.model_size())
+
+
+def device_vae(vae, device: torch.device):
+    """A copy of a VAE with its own weights, decoding on ``device`` (its own ModelPatcher there), or None for a
+    VAE object without the usual ``first_stage_model`` / ``patcher`` (then it decodes where it is)."""
+    import copy
+    model, patcher = getattr(vae, "first_stage_model", None), getattr(vae, "patcher", None)
+    if model is None or patcher is None or getattr(patcher, "model", None) is not model:
+        return None
+    offload = patcher.offload_device
+    v = copy.copy(vae)
+    v.first_stage_model = copy.deepcopy(model).to(offload)
+    v.device = torch.device(device)
+    v.patcher = patcher.__class__(v.first_stage_model, load_device=v.device, offload_device=offload)
+    return v

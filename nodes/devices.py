@@ -6,8 +6,10 @@ other device with a deep clone of it made through ComfyUI's model management
 cuts the rows of one sampling call into contiguous per-device chunks
 (``search.devices.split_rows``), runs each chunk in its own thread, and returns
 the chunks' results in row order; ``ComfyHost`` calls it for every sampling
-call, so every strategy runs on every device.  Decoding, scoring and the exact
-re-render of the winners stay on the main device."""
+call, so every strategy runs on every device.  With the VAE on the main device,
+each other device gets a copy of it and decodes its share of the rows too;
+scoring (one ScoreBook over every candidate) and the exact re-render of the
+winners stay on the main device."""
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +36,7 @@ class Lane:
     plan: SamplingPlan
     rows: int = 0             # rows this device sampled (a row = one candidate in one sampling call)
     micro_batch: int = 0      # 0: the host's; lowered on this device's out-of-memory
+    vae: Any = None           # this device's VAE copy (None: decoding stays on the main device)
 
 
 @dataclass
@@ -47,25 +50,30 @@ class DeviceSet:
     def parallel(self) -> bool:
         return len(self.lanes) > 1
 
+    @property
+    def decoders(self) -> bool:
+        """Every device has a VAE of its own: decoding is cut over the devices too."""
+        return self.parallel and all(ln.vae is not None for ln in self.lanes)
+
     def info(self) -> Dict[str, Any]:
         """The report's ``settings["devices"]``: which devices ran how many rows."""
         return {"requested": self.requested, "used": [ln.device for ln in self.lanes],
                 "rows": {f"{i}:{ln.device}" if self._repeated(ln.device) else ln.device: ln.rows
                          for i, ln in enumerate(self.lanes)},
-                "left_out": list(self.notes)}
+                "left_out": list(self.notes), "decode_on_every_device": self.decoders}
 
     def _repeated(self, name: str) -> bool:
         return sum(1 for ln in self.lanes if ln.device == name) > 1
 
-    def run(self, rows: Sequence[int], work: Callable[[Lane, Sequence[int]], Any]) -> List[Any]:
+    def run(self, rows: Sequence[int], work: Callable[[Lane, Sequence[int]], Any], count: bool = True) -> List[Any]:
         """``[work(lane, chunk), ...]`` over contiguous chunks of ``rows``, in row order; the chunks run at once,
         one thread per device.  The first failure (Cancel included) stops the other devices at their next model
-        call and is raised."""
+        call and is raised.  ``count``: the rows are sampled ones (the report's rows per device)."""
         rows = list(rows)
         chunks = split_rows(len(rows), [1.0] * len(self.lanes)) if rows else []
         if len(chunks) <= 1:
             lane = self.lanes[chunks[0][0]] if chunks else self.lanes[0]
-            lane.rows += len(rows)
+            lane.rows += len(rows) if count else 0
             return [work(lane, rows)]
         self.stop.clear()
         results: List[Any] = [None] * len(chunks)
@@ -86,7 +94,7 @@ class DeviceSet:
         with compat.serialized_model_loading():
             for k, (i, a, b) in enumerate(chunks):
                 lane = self.lanes[i]
-                lane.rows += b - a
+                lane.rows += (b - a) if count else 0
                 ctx = contextvars.copy_context()  # ComfyUI's executing-node context, for the progress bar
                 t = threading.Thread(target=ctx.run, args=(target, k, lane, rows[a:b]),
                                      name=f"infscale-{lane.device}", daemon=True)
@@ -143,6 +151,18 @@ def _fits(plan: SamplingPlan, device: torch.device) -> Optional[str]:
 _CLONES: Dict[tuple, tuple] = {}
 
 
+def _clone_vae(vae, device: torch.device, lane: int):
+    key = (str(device), "vae", lane)
+    hit = _CLONES.get(key)
+    if hit is not None and hit[0]() is vae.first_stage_model:
+        return hit[2]
+    _CLONES.pop(key, None)
+    clone = compat.device_vae(vae, device)
+    if clone is not None:
+        _CLONES[key] = (weakref.ref(vae.first_stage_model), None, clone)
+    return clone
+
+
 def _clone(model, device: torch.device, role: str, lane: int):
     key = (str(device), role, lane)
     made_from = (getattr(model, "patches_uuid", None),
@@ -158,8 +178,9 @@ def _clone(model, device: torch.device, role: str, lane: int):
     return clone
 
 
-def build(plan: SamplingPlan, text: Optional[str]) -> DeviceSet:
-    """The devices a search samples on, one lane each (the main device's lane uses the graph's own model)."""
+def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
+    """The devices a search samples on, one lane each (the main device's lane uses the graph's own model).
+    With ``vae`` on the main device, each other device gets a copy of it and decodes its share too."""
     main = str(plan.model.load_device)
     try:
         names = parse_devices(text, [str(d) for d in compat.torch_devices()], main)
@@ -205,4 +226,8 @@ def build(plan: SamplingPlan, text: Optional[str]) -> DeviceSet:
     if not lanes:
         notes.append(f"every device named was left out: sampling on {main}")
         return DeviceSet([Lane(main, plan)], requested, notes)
+    if vae is not None and len(lanes) > 1 and str(getattr(vae, "device", "")) == main:
+        for i, lane in enumerate(lanes):  # a VAE copy per device (the main device's is the graph's own)
+            lane.vae = vae if lane.device == main and lane.plan.model is plan.model else \
+                _clone_vae(vae, torch.device(lane.device), i)
     return DeviceSet(lanes, requested, notes, stop)

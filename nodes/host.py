@@ -250,6 +250,12 @@ class ComfyHost:
 
     # ------------------------------------------------------------------ scoring
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.devices is not None and self.devices.decoders and latents.shape[0] > 1:
+            def lane_decode(lane, part):  # this device's rows, with its own VAE copy
+                return torch.cat([decode(lane.vae, latents[part[i]:part[i] + len(part[i:i + self.batch])]).cpu()
+                                  for i in range(0, len(part), self.batch)])
+            with self.clock.phase("decode"):
+                return torch.cat(self.devices.run(range(latents.shape[0]), lane_decode, count=False))
         outs = []
         for i in range(0, latents.shape[0], self.batch):
             with self.clock.phase("decode"):

@@ -85,7 +85,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
                                "leave held_out_verifier empty")
     failed_before = failures_of(verifier)
-    lanes = device_set(plan, devices)
+    lanes = device_set(plan, devices, vae)
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
                      video=video, devices=lanes)

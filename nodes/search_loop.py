@@ -114,8 +114,8 @@ class SearchLoop:
                     "tooltip": "The devices of this machine that sample the candidates: 'all' = every GPU ComfyUI "
                                "can use; or GPU numbers such as '0,1' (or 'cuda:0,cuda:1'). Each GPU gets its own "
                                "copy of the model and a share of every round's candidates, sampled at once; the "
-                               "results do not depend on the GPU, and decoding, scoring and the winner's exact "
-                               "re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
+                               "results do not depend on the GPU; each GPU decodes its share with its own VAE "
+                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
                                "(said on the node and in the report). 'cpu' (it may repeat) is for testing."}),
             },
             # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)

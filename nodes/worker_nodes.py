@@ -377,7 +377,7 @@ class SearchShard:
             gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
             progress = Progress(total=count * gen, model=plan.model)
             host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed), devices=device_set(plan, "all"))  # every GPU of the worker
+                             mask_seed=int(seed), devices=device_set(plan, "all", vae))  # every GPU of the worker
             rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
         text = json.dumps(out)

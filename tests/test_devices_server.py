@@ -57,6 +57,7 @@ def test_two_devices_random_search_equals_one_device(comfy):
     assert one[0]["settings"]["devices"]["rows"] == {"cpu": 4}
     assert two[0]["settings"]["devices"]["rows"] == {"0:cpu": 2, "1:cpu": 2}
     assert two[0]["settings"]["devices"]["used"] == ["cpu", "cpu"]
+    assert two[0]["settings"]["devices"]["decode_on_every_device"]  # a VAE copy per device
     default = run(comfy, None, "dev_default", **kw)  # "all": the one CPU device here
     same_search(one, default)
     assert default[0]["settings"]["devices"]["requested"] == "all"
