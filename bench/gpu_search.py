@@ -24,6 +24,12 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
     wan22.limit wan22.ours                          Wan-2.2-5B-size DiT (48-channel latents) fp16 + the Wan 2.2 VAE, the
                                                     same video (--smoke: only its detection check; the 705 M-parameter
                                                     VAE is too heavy for a CPU smoke run)
+    wan21.ours_preview wan22.ours_preview           the same search (exact_winner off) pruning on the latent preview:
+                                                    Video Scoring's preview_keep 0.5, preview_warmup 1
+    wan21.ours_first wan22.ours_first               the same search (exact_winner off) scoring the first frame alone
+                                                    (the causal VAE decodes one latent frame per candidate)
+                                                    (these four run only when named: 'wan22' alone selects the
+                                                    cases above)
 Every measurement is one timed run after a warm-up, with torch.cuda.synchronize
 around each timed region; candidates/s counts every candidate's full
 generation, its decode and its score (and, for SearchLoop, the re-render of the
@@ -665,7 +671,8 @@ class Runner:
 
     # -------------------------------------------------------------- ours
     def searchloop(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
-                   exact_winner: bool = True, strategy=None, devices: Optional[str] = None) -> Dict[str, Any]:
+                   exact_winner: bool = True, strategy=None, video_scoring=None,
+                   devices: Optional[str] = None) -> Dict[str, Any]:
         """``SearchLoop().search(...)`` in-process (the node's own call, nothing of the pack wrapped), timed
         with torch.cuda.synchronize around it; the split, NFEs and micro-batch come from its report."""
         SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
@@ -673,6 +680,8 @@ class Runner:
         mem0 = self.mem.reset()
         ooms0 = self.mem.num_ooms()
         extra = {"strategy": strategy} if strategy is not None else {}
+        if video_scoring is not None:
+            extra["video_scoring"] = video_scoring
         if devices is not None:
             extra["devices"] = devices
         t0 = self.clock.now()
@@ -706,6 +715,8 @@ class Runner:
                "replay": report.ranked()[0].replay if scores else None,
                "all_scores_finite": bool(scores) and all(math.isfinite(s) for s in scores),
                "devices": st.get("devices"), "ranking": [c.index for c in report.ranked()]}
+        if video_scoring is not None:
+            res["video"] = st.get("video")
         if strategy is not None:
             gen_nfe = report.nfe_per_generation or self.plan.steps
             keep = {k: st[k] for k in ("budget_nfe", "coarse_steps", "micro_batch", "pivot_moves", "start_index",
@@ -736,6 +747,14 @@ class Runner:
     def ours(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
              exact_winner: bool = True) -> Dict[str, Any]:
         return self.searchloop(b, n, micro_batch, top_k, seed, exact_winner)
+
+    def video_scoring(self, pick: str, preview_keep: float = 1.0, preview_warmup: int = 2):
+        """A Video Scoring node's output (frames 3, mean)."""
+        node = self.pack.NODE_CLASS_MAPPINGS["InfScale_VideoScoring"]()
+        return node.make(pick, 3, "mean", preview_keep, preview_warmup)[0]
+
+    def ours_video(self, b: Bundle, n: int, micro_batch: int, scoring) -> Dict[str, Any]:
+        return self.searchloop(b, n, micro_batch, 1, 1000, False, None, scoring)
 
     def strategy_run(self, b: Bundle, strategy, n: int, top_k: int = 1, seed: int = 1000,
                      micro_batch: int = 0) -> Dict[str, Any]:
@@ -1001,16 +1020,18 @@ def parse_cases(spec: str) -> List[str]:
     allc = ["sd15.limit", "sd15.ours", "sd15.serial", "sd15.peer", "sdxl.limit", "sdxl.ours", "sdxl.serial",
             "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer", "sd15.halving",
             "flux.halving", "sd15.devices", "wan21.limit", "wan21.ours", "wan22.limit", "wan22.ours"]
+    named = [f"{k}.{c}" for k in VIDEO_KINDS for c in ("ours_preview", "ours_first")]  # selected by name only
     out = []
     for tok in [t.strip() for t in spec.split(",") if t.strip()]:
         if tok == "all":
             out += allc
         elif tok in ("sd15", "sdxl", "flux") + VIDEO_KINDS:
             out += [c for c in allc if c.startswith(tok + ".")]
-        elif tok in allc:
+        elif tok in allc or tok in named:
             out.append(tok)
         else:
-            raise SystemExit(f"unknown case '{tok}'; known: {', '.join(allc)}, sd15, sdxl, flux, wan21, wan22, all")
+            raise SystemExit(f"unknown case '{tok}'; known: {', '.join(allc + named)}, sd15, sdxl, flux, wan21, "
+                             "wan22, all")
     return list(dict.fromkeys(out))
 
 
@@ -1261,6 +1282,17 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
             case = {"case": f"{kind}.ours_noexact.n{n}", "model": kind, "mode": "ours, exact_winner off"}
             if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + 3):
                 runner.run_case(case, runner.ours, b, n, mb, 1, 1000, False)
+    cheap = {"ours_preview": ("ours, exact_winner off, preview_keep 0.5 (warm-up 1)",
+                              lambda: runner.video_scoring("first/middle/last", 0.5, 1)),
+             "ours_first": ("ours, exact_winner off, the first frame scored alone",
+                            lambda: runner.video_scoring("first"))}
+    for name, (mode, scoring) in cheap.items():
+        if f"{kind}.{name}" not in sub:
+            continue
+        for n in plan.ours_n[kind]:
+            case = {"case": f"{kind}.{name}.n{n}", "model": kind, "mode": mode}
+            if runner.fits(case, n * runner.per_cand_batched[kind] * 1.5 + 3):
+                runner.run_case(case, runner.ours_video, b, n, plan.ours_micro_batch(n), scoring())
     if kind + ".halving" in sub:
         run_halving_cases(runner, b, kind)
     if kind + ".serial" in sub:
@@ -1392,7 +1424,7 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
                     "group": "devices", "devices_requested": devices}
             if not runner.fits(case, est):
                 continue
-            res = runner.run_case(case, runner.searchloop, b, n, 0, 1, 1000, True, strat, devices)
+            res = runner.run_case(case, lambda s=strat, d=devices: runner.searchloop(b, n, strategy=s, devices=d))
             timed[label] = res
         if "one" in timed and "all" in timed and timed["one"].get("total_s") and timed["all"].get("total_s"):
             runner.results.add({

@@ -80,6 +80,19 @@ def guider_model(guider):
     return guider.model_patcher
 
 
+def latent_rgb(model):
+    """``(latent_format, factors C x 3, bias 3 or None)``: the linear latent -> RGB preview ComfyUI draws
+    while sampling (``latent_rgb_factors`` of the model's latent format, applied to the model-space latent),
+    or None when the latent format has no such factors."""
+    fmt = model_object(model, "latent_format")
+    factors = getattr(fmt, "latent_rgb_factors", None)
+    if factors is None:
+        return None
+    bias = getattr(fmt, "latent_rgb_factors_bias", None)
+    return (fmt, torch.tensor(factors, dtype=torch.float32),
+            None if bias is None else torch.tensor(bias, dtype=torch.float32))
+
+
 # --------------------------------------------------------------------------- several devices of one machine
 def torch_devices() -> List[torch.device]:
     """The devices ComfyUI can run a model on: its own list where it has one (newer ComfyUI), else every visible

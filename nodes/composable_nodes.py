@@ -169,8 +169,11 @@ class VerifierScore:
         note_verifier(report, verifier, failed=failed)
         if scoring is not None:
             report.settings["video"] = book.info()
+            if scoring.pruning:
+                report.notes.append("preview_keep prunes Search Loop's candidates before decoding; Verifier Score "
+                                    "gets frames already decoded and scores them all")
         report.finalize()
-        note_verifier(report, verifier, book.matrix())
+        note_verifier(report, verifier, book.matrix(), unit="videos" if scoring is not None else "images")
         if held_out_verifier is None:
             return (report,)
         if held_out_verifier is verifier:

@@ -17,7 +17,11 @@ the model's own ``noise_scaling``; the result is written back as a
 
 Inpainting: the unmasked area of every segment is re-composed from the
 original latent and one fixed noise, so ComfyUI's inpainting blend keeps it
-at the original image, noised to the current sigma, as in one stock run."""
+at the original image, noised to the current sigma, as in one stock run.
+Video masks too: LTX-Video's keyframes (LTX Image To Video, LTXV Add Guide)
+are a per-frame mask (B x 1 x T x 1 x 1) that ComfyUI's prepare_mask spreads
+over the template's C x T x H x W; LTX's blend keeps those frames at the
+clean latent (its scale_latent_inpaint adds no noise), whatever the noise."""
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +34,8 @@ import comfy.samplers
 
 from . import compat, memory
 from .progress import Progress
-from .sampling import (SamplingPlan, compute_sigmas, decode, noise_scaling_coefficients, percent_to_sigma,
-                       starts_at_max_denoise)
+from .sampling import (SamplingPlan, SearchInputError, compute_sigmas, decode, noise_scaling_coefficients,
+                       percent_to_sigma, starts_at_max_denoise)
 from ..search import nfe_per_generation
 from ..search.batching import run_in_micro_batches
 from ..search.host import State
@@ -39,7 +43,9 @@ from ..search.noise import candidate_noises
 from ..search.schedule import resample_sigmas
 from ..verifiers.protocol import ScoreBook
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, PreviewRequired, preview_level
-from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook
+from .video import (DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, PrunedBook, causal_frame_count, decode_prefix,
+                    preview_videos, spatial_upscale)
+from ..search.video import VideoInputError
 
 
 class ComfyHost:
@@ -62,7 +68,8 @@ class ComfyHost:
         self.sigmas = (plan.sigmas if sigmas is None else sigmas).detach().cpu().float()
         self.sampler_name = plan.sampler_function()
         self._levels: Optional[List[float]] = None
-        self.book = book if book is not None else self._book(verifier, prompt)  # one per search
+        self._video_setup(vae)
+        self.book = book if book is not None else self._book(verifier, prompt, main=True)  # one per search
         self._mask = None
         self._mask_noise = None
         self._mask_seed = mask_seed
@@ -81,8 +88,47 @@ class ComfyHost:
             "row_nfe": [],  # model calls counted for each row sampled, in order (what adaptive samplers really spent)
             "book": self._book(held_out, prompt) if held_out is not None else None}
 
-    def _book(self, verifier, prompt):
-        return FrameBook(verifier, prompt, self.video) if self.video is not None else ScoreBook(verifier, prompt)
+    def _book(self, verifier, prompt, main: bool = False):
+        if self.video is None:
+            return ScoreBook(verifier, prompt)
+        try:
+            if main and self.video.pruning:
+                return PrunedBook(verifier, prompt, self.video)
+            return FrameBook(verifier, prompt, self.video)
+        except VideoInputError as e:
+            raise SearchInputError(str(e)) from e
+
+    def _video_setup(self, vae) -> None:
+        """Video: the VAE's temporal upscale (latent frames -> frames), whether it decodes a latent prefix
+        exactly (a causal VAE: only the leading latent frames the scored frames need are decoded), and the
+        latent -> RGB preview when pruning by preview."""
+        self._frames_of = self._causal = self._rgb = None
+        self._decoded_latent_frames: Optional[Tuple[int, int]] = None  # (decoded, of) for the report
+        if self.video is None:
+            return
+        ratio = getattr(vae, "upscale_ratio", None)
+        if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
+            self._frames_of = ratio[0]
+        self._causal = causal_frame_count(vae)
+        if not self.video.pruning:
+            return
+        self._rgb = compat.latent_rgb(self.plan.model)
+        if self._rgb is None:
+            raise SearchInputError(
+                f"preview_keep below 1 prunes candidates on ComfyUI's latent preview, which this model's latent "
+                f"format ({type(compat.model_object(self.plan.model, 'latent_format')).__name__}) has no factors "
+                "for: set preview_keep to 1 in Video Scoring")
+        if self._frames_of is None:
+            raise SearchInputError("preview_keep below 1 needs to know which latent frame each scored frame comes "
+                                   "from, which this VAE does not say (no temporal upscale_ratio): set preview_keep "
+                                   "to 1 in Video Scoring")
+
+    def video_info(self) -> Dict:
+        """The report's settings["video"]: the scoring, and how much of each candidate was decoded."""
+        out = self.book.info()
+        if self._decoded_latent_frames is not None and self._decoded_latent_frames[0] < self._decoded_latent_frames[1]:
+            out["decoded_latent_frames"] = list(self._decoded_latent_frames)
+        return out
 
     # ------------------------------------------------------------------ facts
     @property
@@ -278,6 +324,8 @@ class ComfyHost:
         return self._score(latents, finished=False)
 
     def _score(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
+        if self.video is not None:
+            return self._score_videos(latents, finished)
         previews = None
         if self._preview_level is not None:
             if not finished:
@@ -301,6 +349,49 @@ class ComfyHost:
                     w["book"].add(images[pick])
                 w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for j in pick)
         if self._keep_images and not self.relative:
+            for j, sc in enumerate(scores.tolist()):
+                if math.isfinite(sc):
+                    self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))
+            self._images.sort(key=lambda t: (-t[0], t[1]))
+            del self._images[self._keep_images:]
+        return scores
+
+    def _score_videos(self, latents: torch.Tensor, finished: bool) -> torch.Tensor:
+        """Video candidates: pruned on their latent preview (preview_keep < 1), the rest decoded (only the
+        leading latent frames the scored frames need, with a causal VAE) and scored on their picked frames."""
+        b, t_lat = int(latents.shape[0]), int(latents.shape[2])
+        total = int(self._frames_of(t_lat)) if self._frames_of is not None else None
+        idx = self.video.indices(total) if total else None
+        keep = list(range(b))
+        decide = None
+        if isinstance(self.book, PrunedBook):
+            sh, sw = spatial_upscale(self.vae)
+            size = (int(latents.shape[-2]) * sh, int(latents.shape[-1]) * sw)
+            with self.clock.phase("verify"):
+                decide = self.book.screen(preview_videos(latents, self._rgb, idx, self._frames_of, size), total)
+            keep = [j for j, d in enumerate(decide) if d]
+        n_lat = decode_prefix(self._causal, t_lat, idx) if idx else t_lat
+        self._decoded_latent_frames = (n_lat, t_lat)
+        images = None
+        if keep:
+            sub = latents if len(keep) == b else latents[torch.as_tensor(keep, dtype=torch.long)]
+            images = self.decode(sub[:, :, :n_lat] if n_lat < t_lat else sub)
+        first = self.book.count
+        whole = None if n_lat == t_lat else total  # a whole decode says its own frame count
+        with self.clock.phase("verify"):
+            if decide is not None:
+                scores = self.book.add(images, decide, whole)
+            else:
+                scores = self.book.add(images, total=whole)
+        w = self.watch
+        if finished and w["book"] is not None:  # the held-out sample: decoded candidates only
+            pick = [(p, j) for p, j in enumerate(keep) if (w["finished"] + j) % w["stride"] == 0]
+            w["finished"] += b
+            if pick:
+                with self.clock.phase("verify"):
+                    w["book"].add(images[torch.as_tensor([p for p, _ in pick], dtype=torch.long)], total=whole)
+                w["rows"].extend({"row": first + j, "nfe": w["nfe"]} for _, j in pick)
+        if self._keep_images and not self.relative and n_lat == t_lat:  # whole videos only: finals are whole
             for j, sc in enumerate(scores.tolist()):
                 if math.isfinite(sc):
                     self._images.append((float(sc), first + j, latents[j:j + 1].detach().cpu(), images[j:j + 1]))

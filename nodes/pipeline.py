@@ -28,8 +28,8 @@ from .devices import build as device_set
 from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
-from .sampling import SamplingPlan, SearchInputError, decode, output_latent
-from .video import PREFILTER_ON_VIDEO, as_frames, score_videos
+from .sampling import SamplingPlan, SearchInputError, decode, output_latent, scoring_vae
+from .video import as_frames, score_videos
 from ..search import Strategy, UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
@@ -75,8 +75,6 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         raise SearchInputError("the self-consistency verifier scores against a part-way preview, which video "
                                "candidates do not support yet: use an image verifier (it scores some frames of "
                                "each video, see Video Scoring)")
-    if plan.video and (prefilter.is_prefilter(verifier) or prefilter.is_prefilter(held_out)):
-        raise SearchInputError(PREFILTER_ON_VIDEO)
     if workers is not None:
         from .worker_nodes import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)
@@ -85,6 +83,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                                "search fooled it: connect a different verifier (another model or an ensemble), or "
                                "leave held_out_verifier empty")
     failed_before = failures_of(verifier)
+    vae = scoring_vae(plan, vae)  # LTX-Video guide frames (LTXV Add Guide) are not decoded as video
     lanes = device_set(plan, devices, vae)
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
@@ -130,10 +129,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
     if host.video is not None:
-        report.settings["video"] = host.book.info()
+        report.settings["video"] = host.video_info()
     report.settings["devices"] = lanes.info()
     report.notes.extend(lanes.notes)
-    note_verifier(report, verifier, host.book.matrix())
+    note_verifier(report, verifier, host.book.matrix(), unit="videos" if host.video is not None else "images")
     if held_out is not None:
         with plan.clock.phase("verify"):
             report.held_out = held_out_report(host, report, finalists, images, verifier)
@@ -146,14 +145,15 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
         winner_noise(plan, best)
 
 
-def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None) -> None:
+def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None,
+                  unit: str = "images") -> None:
     """What the verifier itself says in a report (Search Loop's and Verifier Score's): a pre-filter's savings
     (from the search's member ``matrix``) and a remote grader's failed answers (``failed``, scored -inf)."""
     if matrix is not None:
         pre = prefilter.summary(verifier, matrix)
         if pre is not None:
             report.settings["prefilter"] = pre
-            report.notes.append(prefilter.note(pre))
+            report.notes.append(prefilter.note(pre, unit))
     if failed is not None:
         report.verifier_failures = int(failed)
         if failed:

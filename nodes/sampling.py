@@ -139,6 +139,8 @@ class SamplingPlan:
         self.latent = latent
         self.template = self._template(latent)
         self.noise_mask = latent.get("noise_mask")
+        self.guide_frames = guide_frames(positive if guider is None else
+                                         (getattr(guider, "original_conds", None) or {}).get("positive"))
         self.separable = per_candidate_noise_supported(self.base_sampler)
         self.model_2, self.switch = None, 0
         if model_2 is not None:
@@ -213,10 +215,6 @@ class SamplingPlan:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
-        if samples.ndim == 5 and latent.get("noise_mask") is not None:
-            raise SearchInputError("a noise mask on a video latent (inpainting, LTX-Video keyframe conditioning) is "
-                                   "not supported by the search yet: search without the mask (Wan image-to-video "
-                                   "conditioning lives in the conditioning, not the mask, and works)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:
@@ -352,6 +350,53 @@ class SamplingPlan:
 
     def initial_noises(self, seeds: Sequence[int]) -> torch.Tensor:
         return candidate_noises(self.template.shape, seeds, dtype=self.template.dtype)
+
+
+def guide_frames(conditioning) -> int:
+    """The latent frames that LTXV Add Guide appended after the video (its keyframe_idxs in the conditioning),
+    counted as LTXV Crop Guides counts them: sampled with the video, but not part of it."""
+    for item in conditioning or []:
+        values = item[1] if isinstance(item, (list, tuple)) else item
+        idx = values.get("keyframe_idxs") if isinstance(values, dict) else None
+        if idx is not None:
+            return int(torch.unique(idx[:, 0]).shape[0])
+    return 0
+
+
+class GuideCroppedVAE:
+    """The VAE, decoding a video latent without the guide frames at its end: what LTXV Crop Guides before VAE
+    Decode gives in ComfyUI's LTX-Video templates, so the verifier scores (and ``image`` shows) the video
+    alone.  Everything else is the VAE's own."""
+
+    def __init__(self, vae, frames: int):
+        self._vae, self._frames = vae, int(frames)
+
+    def _crop(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples[:, :, :samples.shape[2] - self._frames] if samples.ndim == 5 else samples
+
+    def decode(self, samples, *args, **kwargs):
+        return self._vae.decode(self._crop(samples), *args, **kwargs)
+
+    def decode_tiled(self, samples, *args, **kwargs):
+        return self._vae.decode_tiled(self._crop(samples), *args, **kwargs)
+
+    @property
+    def upscale_ratio(self):
+        """The VAE's, its temporal part (latent frames -> frames) counting the video's latent frames only."""
+        ratio = self._vae.upscale_ratio
+        if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
+            frames_of, n = ratio[0], self._frames
+            return (lambda t: frames_of(t - n),) + tuple(ratio[1:])
+        return ratio
+
+    def __getattr__(self, name):
+        return getattr(self._vae, name)
+
+
+def scoring_vae(plan: SamplingPlan, vae):
+    """The VAE the search decodes candidates with: the guide-cropping view when LTXV Add Guide appended
+    frames (the ``latent`` output keeps them, for LTXV Crop Guides after it, as after a KSampler)."""
+    return GuideCroppedVAE(vae, plan.guide_frames) if plan.video and plan.guide_frames else vae
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,8 @@ class SearchLoop:
                 "negative": ("CONDITIONING", {"tooltip": "Negative conditioning, as for KSampler."}),
                 "latent": ("LATENT", {"tooltip": "A batch-1 latent: an empty latent sets the size (text-to-image); "
                                                  "an encoded image with denoise < 1 gives image-to-image; a noise "
-                                                 "mask (Set Latent Noise Mask) gives inpainting."}),
+                                                 "mask (Set Latent Noise Mask) gives inpainting; LTX-Video "
+                                                 "keyframes (LTXV Img To Video, LTXV Add Guide) are kept."}),
                 "vae": ("VAE", {"tooltip": "Decodes candidates for the verifier."}),
                 "verifier": (VERIFIER, {"tooltip": "What 'better' means: a verifier loader or an ensemble."}),
                 "prompt": ("STRING", {"multiline": True, "default": "",

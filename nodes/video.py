@@ -8,19 +8,76 @@ their mean or min.  Outputs that go to stock nodes (Save Video, Create
 Video, Save Animated WEBP) are IMAGE batches of frames, video after video."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import math
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from .drawing import caption, ranked_grid
 from .types import CATEGORY, SCORES, VIDEO_SCORING
-from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring, split_videos
+from ..search.video import (AGGREGATES, PICKS, VideoInputError, VideoScoring, latent_frame_of, latent_frames_needed,
+                            split_videos)
 from ..verifiers import prefilter
 from ..verifiers.protocol import ScoreBook, is_video_native
 
 DEFAULT = VideoScoring()
-PREFILTER_ON_VIDEO = ("the Verifier Pre-filter screens images one by one, which does not fit a video's frames yet: "
-                      "score video candidates with the main verifier itself")
+PREFILTER_NATIVE = ("the Verifier Pre-filter scores frames, and a video-native verifier scores whole clips: connect "
+                    "the video-native verifier to Search Loop directly, or pre-filter with image verifiers")
+
+# Video VAEs that decode causally, latent frame by latent frame (a feature cache carries the past forward and
+# nothing looks ahead), so decoding the first L latent frames gives exactly the first frames of the full decode:
+# Wan 2.1's and Wan 2.2's.  HunyuanVideo's VAE normalises over all frames (GroupNorm on 5-D) and LTX-Video's
+# decoder is not causal, so they are decoded whole.  Keyed by the VAE model class (module, name).
+CAUSAL_VAES = {("comfy.ldm.wan.vae", "WanVAE"), ("comfy.ldm.wan.vae2_2", "WanVAE")}
+
+
+def causal_frame_count(vae) -> Optional[Callable[[int], int]]:
+    """The temporal upscale ``latent frames -> pixel frames`` of a VAE that decodes a latent prefix exactly
+    (``CAUSAL_VAES``), from its own ``upscale_ratio``; None for any other VAE (decoded whole)."""
+    inner = getattr(vae, "first_stage_model", None)
+    ratio = getattr(vae, "upscale_ratio", None)
+    if inner is None or (type(inner).__module__, type(inner).__name__) not in CAUSAL_VAES:
+        return None
+    if not isinstance(ratio, (tuple, list)) or not callable(ratio[0]):
+        return None
+    return ratio[0]
+
+
+def spatial_upscale(vae) -> tuple:
+    """(height, width) pixels per latent pixel of a video VAE (its ``upscale_ratio``; 8 when it has none)."""
+    ratio = getattr(vae, "upscale_ratio", 8)
+    if isinstance(ratio, (tuple, list)):
+        return int(ratio[-2]), int(ratio[-1])
+    return int(ratio), int(ratio)
+
+
+def preview_videos(latents: torch.Tensor, rgb, frames: Sequence[int], frame_count: Callable[[int], int],
+                   size: tuple) -> torch.Tensor:
+    """Latent-preview frames ``B x k x H x W x 3`` in [0, 1] of video latents ``B x C x T x h x w``: for each
+    pixel frame in ``frames``, its latent frame through ComfyUI's linear latent -> RGB preview (``rgb`` =
+    ``compat.latent_rgb(model)``, applied to the model-space latent as ComfyUI's own previewer does), upscaled
+    bilinearly to ``size`` (H, W) = the decoded frames' size."""
+    fmt, factors, bias = rgb
+    t = int(latents.shape[2])
+    idx = torch.as_tensor([latent_frame_of(frame_count, t, f) for f in frames], dtype=torch.long)
+    x = fmt.process_in(latents.float())[:, :, idx]                    # B x C x k x h x w
+    img = torch.einsum("bckhw,cr->bkhwr", x, factors.to(x))
+    if bias is not None:
+        img = img + bias.to(x)
+    img = ((img + 1.0) / 2.0).clamp(0, 1)                              # as ComfyUI's preview_to_image
+    b, k, h, w, _ = img.shape
+    img = torch.nn.functional.interpolate(img.reshape(b * k, h, w, 3).permute(0, 3, 1, 2), size=tuple(size),
+                                          mode="bilinear", align_corners=False)
+    return img.permute(0, 2, 3, 1).reshape(b, k, int(size[0]), int(size[1]), 3).clamp(0, 1)
+
+
+def decode_prefix(frame_count: Optional[Callable[[int], int]], latent_frames: int, frames: Sequence[int]) -> int:
+    """How many leading latent frames to decode so that every frame in ``frames`` is exact: all of them for a
+    VAE that is not causal (``frame_count`` None)."""
+    t = int(latent_frames)
+    if frame_count is None or not frames:
+        return t
+    return latent_frames_needed(frame_count, t, max(frames))
 
 
 class FrameBook:
@@ -29,13 +86,15 @@ class FrameBook:
     every score handed out is per candidate, aggregated over its frames."""
 
     def __init__(self, verifier, prompt, scoring: VideoScoring):
-        if prefilter.is_prefilter(verifier):
-            raise VideoInputError(PREFILTER_ON_VIDEO)
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
         # a video-native verifier (verifiers/protocol.py) scores each candidate's picked frames as one clip
         self.native = is_video_native(verifier)
+        # a pre-filter screens each candidate from its frames, aggregated as the scoring says (prefilter.py)
+        self.prefilter = verifier if prefilter.is_prefilter(verifier) else None
+        if self.prefilter is not None and any(is_video_native(v) for v in (verifier.screen, verifier.main)):
+            raise VideoInputError(PREFILTER_NATIVE)
         self.k: Optional[int] = None
         self.total: Optional[int] = None
 
@@ -47,21 +106,44 @@ class FrameBook:
     def count(self) -> int:
         return self.book.count // self.k if self.k else 0
 
-    def frames(self, videos: torch.Tensor) -> torch.Tensor:
-        """The frames scored of ``B x T x H x W x 3`` videos, ``(B*k) x H x W x 3``."""
-        t = int(videos.shape[1])
+    def frames(self, videos: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
+        """The frames scored of ``B x T x H x W x 3`` videos, ``(B*k) x H x W x 3``.  ``total``: the frame count
+        of the whole videos when ``videos`` holds only their first frames (a causal VAE's prefix decode)."""
+        t = int(videos.shape[1] if total is None else total)
         if self.total is not None and t != self.total:
             raise VideoInputError(f"candidates of one search have {self.total} frames, this one {t}")
+        idx = self.scoring.indices(t)
+        if idx[-1] >= videos.shape[1]:
+            raise VideoInputError(f"frame {idx[-1]} is scored but only the first {videos.shape[1]} frames were "
+                                  "decoded")
         self.total = t
-        self.k = len(self.scoring.indices(t))
-        return self.scoring.select(videos)
+        self.k = len(idx)
+        return videos[:, torch.as_tensor(idx, dtype=torch.long)].reshape(-1, *videos.shape[2:])
 
-    def add(self, videos: torch.Tensor, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def add(self, videos: torch.Tensor, previews: Optional[torch.Tensor] = None,
+            total: Optional[int] = None) -> torch.Tensor:
         if previews is not None:
             raise VideoInputError("a verifier that scores against the x0-preview cannot score video candidates yet")
-        frames = self.frames(videos)
+        return self._add_frames(self.frames(videos, total), int(videos.shape[0]))
+
+    def add_picked(self, clips: torch.Tensor, total: int) -> torch.Tensor:
+        """Books frames already picked: ``B x k x H x W x 3``, the scored frames of ``total``-frame videos."""
+        t = int(total)
+        if self.total is not None and t != self.total:
+            raise VideoInputError(f"candidates of one search have {self.total} frames, this one {t}")
+        k = len(self.scoring.indices(t))
+        if clips.ndim != 5 or clips.shape[1] != k:
+            raise VideoInputError(f"expected the {k} scored frames of each video, got shape {tuple(clips.shape)}")
+        self.total, self.k = t, k
+        return self._add_frames(clips.reshape(-1, *clips.shape[2:]), int(clips.shape[0]))
+
+    def _add_frames(self, frames: torch.Tensor, b: int) -> torch.Tensor:
+        if self.prefilter is not None:  # the rule runs per candidate, on its k frames' aggregated screen score
+            rows = self.prefilter.screen_rows(frames, self.book.prompt, history=self.book.matrix(), group=self.k,
+                                              aggregate=lambda s: self.scoring.combine(s.reshape(-1), self.k))
+            return self.scoring.combine(self.book.add_matrix(rows), self.k)
         if self.native:  # one row per candidate: its k frames as a B x k x H x W x 3 clip
-            clips = frames.reshape(videos.shape[0], -1, *frames.shape[1:])
+            clips = frames.reshape(b, -1, *frames.shape[1:])
             self.k = 1
             return self.book.add(clips)
         return self.scoring.combine(self.book.add(frames), self.k)
@@ -79,15 +161,14 @@ class FrameBook:
 
     def columns(self):
         """(member name, its per-candidate scores, the candidates they belong to), as ``ScoreBook.columns``."""
-        m = self.matrix()
-        rows = list(range(m.shape[0]))
-        for name, col in zip(self.member_names, m.T):
-            yield name, col, rows
+        for name, col in zip(self.member_names, self.matrix().T):
+            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()  # a pre-filter's main skips candidates
+            yield name, col[rows], rows
 
     def members(self, row: int) -> dict:
         if not self.relative:
             return {}
-        return dict(zip(self.member_names, self.matrix()[int(row)].tolist()))
+        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
 
     def info(self) -> Dict:
         """What the report records: the frame count, the frames scored and how they combine."""
@@ -96,6 +177,103 @@ class FrameBook:
             out["aggregate"] = "the verifier's own (video-native)"
         if self.total is not None:
             out.update(frames_per_video=int(self.total), scored_frames=self.scoring.indices(self.total))
+        return out
+
+
+class PrunedBook:
+    """Latent-preview pruning in front of a :class:`FrameBook`: each candidate's scored frames are first made
+    from its latent (``preview_videos``) and scored by the search's own verifier; the candidate is decoded and
+    scored for real only when its preview score is among the best ``preview_keep`` fraction of every candidate
+    seen so far, in the search's order (``prefilter.admits``: the pre-filter's rule, so the decision never
+    depends on the micro-batch).  A pruned candidate ranks below every decoded one, by its preview score; the
+    scores are therefore relative (recombined over the whole search), as a pre-filter's are."""
+
+    relative = True
+    PREVIEW_PREFIX = "preview:"
+
+    def __init__(self, verifier, prompt, scoring: VideoScoring):
+        if getattr(verifier, "relative", False):
+            raise VideoInputError(
+                f"pruning by latent preview ranks each candidate's preview by the verifier's own score, one at a "
+                f"time; '{getattr(verifier, 'name', 'verifier')}' is relative (an ensemble or a pre-filter: its "
+                "score of a candidate changes with the others): use a single verifier, or set preview_keep to 1")
+        self.inner = FrameBook(verifier, prompt, scoring)
+        self.preview = FrameBook(verifier, prompt, scoring)
+        self.scoring = scoring
+        self.gate = prefilter.SequentialGate(scoring.preview_keep, scoring.preview_warmup)
+        self.decoded: List[Optional[int]] = []   # each candidate's row in ``inner``, None when pruned
+        self.name = getattr(verifier, "name", "verifier")
+
+    @property
+    def count(self) -> int:
+        return len(self.decoded)
+
+    @property
+    def k(self):
+        return self.inner.k or self.preview.k
+
+    @property
+    def total(self):
+        return self.inner.total or self.preview.total
+
+    @property
+    def member_names(self) -> List[str]:
+        return self.inner.member_names + [self.PREVIEW_PREFIX + self.name]
+
+    def screen(self, previews: torch.Tensor, total: int) -> List[bool]:
+        """Scores ``B x k x H x W x 3`` preview frames (the scored frames of ``total``-frame videos) and decides,
+        candidate by candidate: True = decode it."""
+        scores = self.preview.add_picked(previews, total).tolist()
+        if not all(math.isfinite(v) for v in scores):
+            raise VideoInputError(f"the verifier '{self.name}' returned a non-finite score for a latent preview: "
+                                  "set preview_keep to 1")
+        return self.gate(scores)
+
+    def add(self, videos: Optional[torch.Tensor], decode: List[bool], total: Optional[int]) -> torch.Tensor:
+        """Books a batch: ``videos`` are the decoded candidates (those with ``decode`` True, in order);
+        ``total`` as for :meth:`FrameBook.add`."""
+        n = self.inner.count
+        if videos is not None and videos.shape[0]:
+            self.inner.add(videos, total=total)
+        for d in decode:
+            self.decoded.append(n if d else None)
+            n += 1 if d else 0
+        return self.all()[-len(decode):] if decode else torch.zeros(0)
+
+    def all(self) -> torch.Tensor:
+        inner = self.inner.all() if self.inner.count else torch.zeros(0)
+        scored = torch.as_tensor([d is not None for d in self.decoded], dtype=torch.bool)
+        out = torch.zeros(len(self.decoded))
+        rows = [d for d in self.decoded if d is not None]
+        if rows:
+            out[scored] = inner[torch.as_tensor(rows, dtype=torch.long)].float()
+        return prefilter.place_below(out, scored, torch.as_tensor(self.gate.screened, dtype=torch.float32))
+
+    def matrix(self) -> torch.Tensor:
+        """Per candidate: the verifier's member scores (NaN where pruned), then its preview score."""
+        m = len(self.inner.member_names)
+        out = torch.full((len(self.decoded), m + 1), float("nan"))
+        if self.inner.count:
+            inner = self.inner.matrix()
+            for i, d in enumerate(self.decoded):
+                if d is not None:
+                    out[i, :m] = inner[d]
+        if self.decoded:
+            out[:, -1] = torch.as_tensor(self.gate.screened, dtype=torch.float32)
+        return out
+
+    def columns(self):
+        for name, col in zip(self.member_names, self.matrix().T):
+            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()
+            yield name, col[rows], rows
+
+    def members(self, row: int) -> dict:
+        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
+
+    def info(self) -> Dict:
+        out = self.inner.info() if self.inner.total is not None else self.preview.info()
+        decoded = sum(1 for d in self.decoded if d is not None)
+        out.update(preview_decoded=decoded, preview_pruned=len(self.decoded) - decoded)
         return out
 
 
@@ -113,7 +291,9 @@ class VideoScoringNode:
     DESCRIPTION = ("How Search Loop and Verifier Score score video candidates with an image verifier: which frames "
                    "of each candidate are decoded-and-scored (first / middle / last, or k evenly spaced) and how "
                    "their scores combine into the candidate's score (mean, or min: a video is as good as its worst "
-                   "frame). Without this node a video is scored on its first, middle and last frames, mean.")
+                   "frame). Without this node a video is scored on its first, middle and last frames, mean. With a "
+                   "causal video VAE (Wan 2.1, 2.2) only the leading latent frames the scored frames need are "
+                   "decoded; preview_keep below 1 prunes candidates on their latent preview before any decode.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = (VIDEO_SCORING,)
@@ -125,17 +305,33 @@ class VideoScoringNode:
         return {"required": {
             "pick": (list(PICKS), {"default": PICKS[0],
                                    "tooltip": "first/middle/last: three frames (frames is not used); evenly spaced: "
-                                              "'frames' frames from the first to the last."}),
+                                              "'frames' frames from the first to the last; first: the first "
+                                              "frame alone (cheapest: with Wan's VAE only the first latent "
+                                              "frame is decoded)."}),
             "frames": ("INT", {"default": 3, "min": 1, "max": 1024,
                                "tooltip": "k, the frames scored per candidate when pick is 'evenly spaced'."}),
             "aggregate": (list(AGGREGATES), {"default": "mean",
                                              "tooltip": "How the frames' scores make the candidate's score: their "
                                                         "mean, or their min (the worst frame)."}),
+        }, "optional": {
+            "preview_keep": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05,
+                                       "tooltip": "Search Loop: prune before decoding. 1 = off. Below 1, each "
+                                                  "candidate's scored frames are first made from its latent with "
+                                                  "ComfyUI's latent preview (no VAE) and scored by the verifier; "
+                                                  "the candidate is decoded and scored for real only when its "
+                                                  "preview score is among the best preview_keep fraction seen so "
+                                                  "far. Pruned candidates rank below every decoded one. Needs a "
+                                                  "model whose latent format has preview factors (Wan 2.1, 2.2) "
+                                                  "and a single verifier (not an ensemble)."}),
+            "preview_warmup": ("INT", {"default": 2, "min": 0, "max": 1024,
+                                       "tooltip": "With preview_keep below 1: the first candidates, always decoded "
+                                                  "(the fraction needs some previews to stand on)."}),
         }}
 
-    def make(self, pick, frames, aggregate):
+    def make(self, pick, frames, aggregate, preview_keep=1.0, preview_warmup=2):
         try:
-            return (VideoScoring(pick=pick, frames=int(frames), aggregate=aggregate),)
+            return (VideoScoring(pick=pick, frames=int(frames), aggregate=aggregate,
+                                 preview_keep=float(preview_keep), preview_warmup=int(preview_warmup)),)
         except VideoInputError as e:
             raise ValueError(str(e)) from e
 

@@ -9,11 +9,11 @@ ComfyUI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import torch
 
-PICKS = ("first/middle/last", "evenly spaced")
+PICKS = ("first/middle/last", "evenly spaced", "first")
 AGGREGATES = ("mean", "min")
 
 
@@ -25,12 +25,15 @@ def frame_indices(total: int, frames: int, pick: str) -> List[int]:
     """The frames (0-based, increasing, distinct) scored of a ``total``-frame video.
 
     ``first/middle/last``: frames 0, (total-1)//2 and total-1 (``frames`` is not used);
-    ``evenly spaced``: ``frames`` frames from the first to the last, evenly spaced (rounded)."""
+    ``evenly spaced``: ``frames`` frames from the first to the last, evenly spaced (rounded);
+    ``first``: frame 0 alone (a causal VAE then decodes one latent frame per candidate)."""
     total = int(total)
     if total < 1:
         raise VideoInputError(f"a video with {total} frames has nothing to score")
     if pick == "first/middle/last":
         idx = [0, (total - 1) // 2, total - 1]
+    elif pick == "first":
+        idx = [0]
     elif pick == "evenly spaced":
         k = int(frames)
         if k < 1:
@@ -61,6 +64,10 @@ class VideoScoring:
     pick: str = "first/middle/last"
     frames: int = 3
     aggregate: str = "mean"
+    # latent-preview pruning: a candidate is decoded only when its preview score is among the best
+    # ``preview_keep`` fraction seen so far (1 = off); the first ``preview_warmup`` are always decoded
+    preview_keep: float = 1.0
+    preview_warmup: int = 2
 
     def __post_init__(self):
         if self.pick not in PICKS:
@@ -69,6 +76,15 @@ class VideoScoring:
             raise VideoInputError(f"unknown frame aggregate {self.aggregate!r}: use one of {', '.join(AGGREGATES)}")
         if int(self.frames) < 1:
             raise VideoInputError(f"frames must be at least 1, got {self.frames}")
+        if not 0.0 < float(self.preview_keep) <= 1.0:
+            raise VideoInputError(f"preview_keep is the fraction of candidates decoded, in (0, 1], got "
+                                  f"{self.preview_keep}")
+        if int(self.preview_warmup) < 0:
+            raise VideoInputError(f"preview_warmup must be >= 0, got {self.preview_warmup}")
+
+    @property
+    def pruning(self) -> bool:
+        return float(self.preview_keep) < 1.0
 
     def indices(self, total: int) -> List[int]:
         return frame_indices(total, self.frames, self.pick)
@@ -88,7 +104,28 @@ class VideoScoring:
         return aggregate(s.reshape(-1, int(k)), self.aggregate)
 
     def to_dict(self) -> dict:
-        return {"pick": self.pick, "frames": int(self.frames), "aggregate": self.aggregate}
+        out = {"pick": self.pick, "frames": int(self.frames), "aggregate": self.aggregate}
+        if self.pruning:
+            out.update(preview_keep=float(self.preview_keep), preview_warmup=int(self.preview_warmup))
+        return out
+
+
+def latent_frames_needed(frame_count: Callable[[int], int], latent_frames: int, frame: int) -> int:
+    """How many leading latent frames a causal video VAE needs to decode pixel ``frame`` (0-based):
+    the fewest ``L`` whose decode, ``frame_count(L)`` frames, reaches it.  ``frame_count`` is the VAE's
+    temporal upscale (ComfyUI's ``VAE.upscale_ratio[0]``; Wan: ``L -> 4 L - 3``)."""
+    t = int(latent_frames)
+    if not 0 <= int(frame) < int(frame_count(t)):
+        raise VideoInputError(f"frame {frame} is not in a {frame_count(t)}-frame video")
+    for n in range(1, t + 1):
+        if int(frame_count(n)) > int(frame):
+            return n
+    return t
+
+
+def latent_frame_of(frame_count: Callable[[int], int], latent_frames: int, frame: int) -> int:
+    """The latent frame (0-based) that pixel ``frame`` is decoded from, in a causal video VAE."""
+    return latent_frames_needed(frame_count, latent_frames, frame) - 1
 
 
 def split_videos(frames: torch.Tensor, frames_per_video: int) -> torch.Tensor:

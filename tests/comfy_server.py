@@ -195,14 +195,41 @@ WAN21_FILES = [("diffusion_models", "wan21", 0, "tiny-wan21.safetensors"),
                ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
 
 
-def add_wan21(comfy_path: str, models_dir: dict) -> None:
-    """The tiny Wan 2.1 files (tests/tiny_models.py) in the server's model folders, built once into the cache;
-    current ComfyUI only (the caller skips on a ComfyUI without Wan)."""
+# LTX-Video: one checkpoint (diffusion model + VAE, as the published ltx-video-2b files) and the CLIP-L that
+# stands in for T5-XXL (CLIPLoader type "sd3"; tests/tiny_models.py)
+LTXV_FILES = [("checkpoints", "ltxv", 0, "tiny-ltxv.safetensors"),
+              ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
+
+
+# HunyuanVideo: the diffusion model, its (full-size) causal 3-D VAE; CLIP-L (tiny-clip-l) as its text encoder
+HUNYUAN_VIDEO_FILES = [("diffusion_models", "hunyuan_video", 0, "tiny-hunyuan-video.safetensors"),
+                       ("vae", "hunyuan_video_vae", 0, "tiny-hunyuan-video-vae.safetensors"),
+                       ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
+# Wan 2.2 5B: the diffusion model (48 channels) and the Wan 2.2 VAE (full size: 705 M params, 1.41 GB)
+WAN22_FILES = [("diffusion_models", "wan22", 0, "tiny-wan22.safetensors"),
+               ("vae", "wan22_vae", 0, "tiny-wan22-vae.safetensors"),
+               ("text_encoders", "clip_l", 0, "tiny-clip-l.safetensors")]
+
+
+def add_model_files(comfy_path: str, models_dir: dict, files) -> None:
+    """Tiny files (tests/tiny_models.py) in the server's model folders, built once into the cache;
+    ``files``: (folder, kind, seed, name) rows such as WAN21_FILES."""
     from tiny_models import ensure_checkpoint
-    for folder, kind, seed, name in WAN21_FILES:
+    for folder, kind, seed, name in files:
         link = os.path.join(models_dir["root"], folder, name)
         if not os.path.exists(link):
             os.symlink(ensure_checkpoint(comfy_path, kind, os.path.join(CACHE, "checkpoints"), seed=seed), link)
+
+
+def add_wan21(comfy_path: str, models_dir: dict) -> None:
+    """The tiny Wan 2.1 files in the server's model folders; current ComfyUI only (the caller skips on a
+    ComfyUI without Wan)."""
+    add_model_files(comfy_path, models_dir, WAN21_FILES)
+
+
+def add_ltxv(comfy_path: str, models_dir: dict) -> None:
+    """The tiny LTX-Video checkpoint and text encoder, as add_wan21 (current ComfyUI only)."""
+    add_model_files(comfy_path, models_dir, LTXV_FILES)
 
 
 def launch(comfy_path: str, work, models: dict) -> ComfyClient:

@@ -142,8 +142,8 @@ def test_gpu_search_video_smoke(tmp_path):
     if not os.path.isdir(os.path.join(comfy, "comfy", "ldm", "wan")):
         pytest.skip("this ComfyUI has no Wan (the 2024 host): the video cases run on current ComfyUI")
     out = tmp_path / "video.json"
-    run([os.path.join(BENCH, "gpu_search.py"), "--smoke", "--comfyui", comfy, "--cases", "wan21,wan22",
-         "--out", str(out), "--workdir", str(tmp_path / "work")])
+    run([os.path.join(BENCH, "gpu_search.py"), "--smoke", "--comfyui", comfy, "--cases",
+         "wan21,wan22,wan21.ours_preview,wan21.ours_first", "--out", str(out), "--workdir", str(tmp_path / "work")])
     doc = json.loads(out.read_text())
     by = {c["case"]: c for c in doc["cases"]}
     for kind, params in (("wan21", 1.3e9), ("wan22", 4.9e9)):
@@ -158,3 +158,9 @@ def test_gpu_search_video_smoke(tmp_path):
     shares = doc["summary"]["video"]["wan21.ours.n2"]
     assert 0 < shares["decode_verify_share"] < 1
     assert set(doc["summary"]["ours_over_limit"]["wan21.n2"]) == {"exact_winner_on", "exact_winner_off"}
+    # the cheaper scorings, named explicitly: the first frame alone decodes one latent frame of two; preview
+    # pruning books every candidate as decoded or pruned
+    first, preview = by["wan21.ours_first.n2"], by["wan21.ours_preview.n2"]
+    assert first["status"] == "ok" and first["video"]["decoded_latent_frames"] == [1, 2], first
+    assert preview["status"] == "ok" and preview["video"]["preview_keep"] == 0.5, preview
+    assert preview["video"]["preview_decoded"] + preview["video"]["preview_pruned"] == 2

@@ -54,6 +54,10 @@ try:  # test_workflows' own sizes for queued workflows, where it has them
     from test_workflows import shrink  # noqa: E402
 except ImportError:
     shrink = None
+try:  # and the text attention mask LTX-Video needs from its stand-in text encoder
+    from test_workflows import with_text_attention_mask  # noqa: E402
+except ImportError:
+    with_text_attention_mask = None
 try:  # and its fixture that puts the tiny SDXL / SD3 checkpoints on the server
     from test_workflows import server  # noqa: E402,F401
 except ImportError:
@@ -259,7 +263,8 @@ def _cheap(prompt: dict) -> dict:
             if isinstance(v, str) and v in TINY:
                 node["inputs"][k] = TINY[v]
     if shrink is not None:
-        return shrink(prompt)
+        prompt = shrink(prompt)
+        return with_text_attention_mask(prompt) if with_text_attention_mask is not None else prompt
     for node in prompt.values():
         for k, v in SMALL.get(node["class_type"], {}).items():
             if k in node["inputs"]:

@@ -4,6 +4,10 @@ only: the 2024 host has no Wan and no video latents, and these tests skip there 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from comfy_server import add_wan21, execution_error
+from comfy_server import CACHE, REPO, add_wan21, execution_error
 from graphs import PREFIX, verifier_node
 
 TEXT = "a cat walking on a beach"
@@ -41,8 +45,8 @@ def wan_base(frames=FRAMES, batch=1):
 
 
 def wan_search(seed=3, candidates=3, top_k=2, steps=3, cfg=5.0, sampler="euler", micro_batch=2, scoring=None,
-               prefix="wan", strategy=None):
-    g = wan_base()
+               prefix="wan", strategy=None, frames=FRAMES):
+    g = wan_base(frames)
     g["5"] = verifier_node()
     g["6"] = {"class_type": PREFIX + "SearchLoop", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "vae": ["12", 0],
@@ -63,9 +67,9 @@ def wan_search(seed=3, candidates=3, top_k=2, steps=3, cfg=5.0, sampler="euler",
     return g
 
 
-def stock_graph(seed, steps=3, cfg=5.0, sampler="euler", prefix="wanstock"):
+def stock_graph(seed, steps=3, cfg=5.0, sampler="euler", prefix="wanstock", frames=FRAMES):
     """A stock Wan T2V graph: KSampler -> VAE Decode, the frames scored one by one by Verifier Score."""
-    g = wan_base()
+    g = wan_base(frames)
     g["6"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
         "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "simple", "denoise": 1.0}}
@@ -298,8 +302,27 @@ def prefilter_search():
     return g
 
 
+def test_the_prefilter_screens_video_candidates(wan):
+    g = prefilter_search()
+    g["6"]["inputs"].update(candidates=4, top_k=1)
+    rep = report_of(wan.run_ok(g))
+    pre = rep["settings"]["prefilter"]
+    assert pre["screened"] == 4 and 1 <= pre["main_scored"] <= 4
+    assert any("of the 4 videos" in n for n in rep["notes"])
+    main = [k for k in rep["candidates"][0]["verifier_scores"] if not k.startswith("screen:")]
+    assert main, "the winner was scored by the main verifier"
+
+
+def preview_on_prefilter():
+    g = prefilter_search()
+    g["20"] = {"class_type": PREFIX + "VideoScoring", "inputs": {"pick": "first", "frames": 1, "aggregate": "mean",
+                                                                "preview_keep": 0.5, "preview_warmup": 1}}
+    g["6"]["inputs"]["video_scoring"] = ["20", 0]
+    return g
+
+
 BAD = {
-    "prefilter_on_video": (prefilter_search, "the Verifier Pre-filter screens images one by one"),
+    "preview_with_a_relative_verifier": (preview_on_prefilter, "pruning by latent preview ranks each candidate"),
     "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
     "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
     "image_latent_with_video_model": (None, "this is a video model but the latent is a 4-D image latent"),
@@ -316,3 +339,98 @@ def test_bad_video_inputs_are_clear_errors(wan, case):
         g = make()
     err = execution_error(wan.run(g))
     assert err is not None and needle in err["exception_message"], err
+
+
+# ---------------------------------------------------------------------------------------- cheaper scoring
+
+PREFIX_SCRIPT = textwrap.dedent("""
+    import importlib.util, os, sys
+    sys.path.insert(0, os.getcwd())
+    from comfy.cli_args import args
+    args.cpu = True
+    import torch, comfy.sd, comfy.utils
+    path, repo = sys.argv[1], sys.argv[2]
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
+    spec = importlib.util.spec_from_file_location("infscale_pack", os.path.join(repo, "__init__.py"),
+                                                  submodule_search_locations=[repo])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["infscale_pack"] = pack
+    spec.loader.exec_module(pack)
+    video = sys.modules["infscale_pack.nodes.video"]
+    count = video.causal_frame_count(vae)
+    assert count is not None, "the Wan 2.1 VAE is on the causal whitelist"
+    z = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    full = vae.decode(z)
+    assert full.shape[1] == count(3) == 9, full.shape
+    for n in (1, 2):
+        part = vae.decode(z[:, :, :n])
+        assert part.shape[1] == count(n), (n, part.shape)
+        assert torch.equal(part, full[:, :count(n)]), (n, (part - full[:, :count(n)]).abs().max().item())
+    # the Wan 2.2 VAE class (48 channels), small and random, decodes a prefix exactly too
+    import comfy.ldm.wan.vae2_2 as wan22
+    assert (wan22.WanVAE.__module__, wan22.WanVAE.__name__) in video.CAUSAL_VAES
+    torch.manual_seed(0)
+    small = wan22.WanVAE(dim=16, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                         temperal_downsample=[False, True, True]).eval()
+    for p in small.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    z = torch.randn(1, 48, 3, 2, 2)
+    with torch.no_grad():
+        full = small.decode(z)
+        assert full.shape[2] == 9 and torch.equal(small.decode(z[:, :, :2]), full[:, :, :5])
+    print("ok")
+""")
+
+
+def test_the_wan_vae_decodes_a_latent_prefix_exactly(comfy_path):
+    """The Wan 2.1 VAE decodes latent frame by latent frame: the first n latent frames decode to exactly the
+    first 4n - 3 frames of the whole decode (bit for bit, on CPU), which the prefix decode relies on; the same
+    for the Wan 2.2 VAE's class (built small)."""
+    if not os.path.isdir(os.path.join(comfy_path, "comfy", "ldm", "wan")):
+        pytest.skip("this ComfyUI has no Wan VAE (the 2024 host): the video tests run on current ComfyUI")
+    from tiny_models import ensure_checkpoint
+    vae = ensure_checkpoint(comfy_path, "wan21_vae", os.path.join(CACHE, "checkpoints"), seed=0)
+    proc = subprocess.run([sys.executable, "-c", PREFIX_SCRIPT, vae, REPO], cwd=comfy_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+LONG = 9  # 3 latent frames
+
+
+@pytest.mark.parametrize("pick,frame,decoded", [("first", 0, 1), ("middle", 4, 2)])
+def test_a_prefix_decode_scores_what_the_full_decode_scores(wan, pick, frame, decoded):
+    """Scoring one early frame decodes only the latent frames it needs; the candidate's score is its frame's
+    score in a stock KSampler -> VAE Decode of the whole video (micro_batch 1: the candidate is the stock
+    sample)."""
+    scoring = ({"pick": "first", "frames": 1, "aggregate": "mean"} if pick == "first" else
+               {"pick": "evenly spaced", "frames": 1, "aggregate": "mean"})
+    rep = report_of(wan.run_ok(wan_search(seed=70, candidates=1, top_k=1, micro_batch=1, scoring=scoring,
+                                          frames=LONG, prefix=f"wan_prefix_{pick}")))
+    assert rep["settings"]["video"]["scored_frames"] == [frame]
+    assert rep["settings"]["video"]["decoded_latent_frames"] == [decoded, 3]
+    for c in rep["candidates"]:
+        stock = wan.run_ok(stock_graph(c["seed"], frames=LONG, prefix=f"wan_prefix_stock_{pick}_{c['seed']}"))
+        by_hand = sorted(report_of(stock, "15")["candidates"], key=lambda x: x["index"])
+        assert len(by_hand) == LONG
+        assert c["score"] == pytest.approx(by_hand[frame]["score"], abs=1e-5)
+
+
+def test_preview_pruning_decodes_about_the_kept_fraction_and_the_winner_reproduces(wan):
+    scoring = {"pick": "first/middle/last", "frames": 3, "aggregate": "mean", "preview_keep": 0.5,
+               "preview_warmup": 1}
+    entry = wan.run_ok(wan_search(seed=80, candidates=6, top_k=1, micro_batch=2, scoring=scoring,
+                                  prefix="wan_preview"))
+    rep = report_of(entry)
+    video = rep["settings"]["video"]
+    assert video["preview_keep"] == 0.5 and video["preview_decoded"] + video["preview_pruned"] == 6
+    assert 2 <= video["preview_decoded"] <= 5 and video["preview_pruned"] >= 1
+    ranked = sorted(rep["candidates"], key=lambda c: -c["score"])
+    decoded = [len(c["verifier_scores"]) > 1 for c in ranked]  # the verifier's score besides the preview's
+    assert sum(decoded) == video["preview_decoded"]
+    assert decoded == sorted(decoded, reverse=True), "pruned candidates rank below every decoded one"
+    # the winner (decoded, scored for real) reproduces exactly in a stock KSampler, and comes back whole
+    assert len(entry["outputs"]["7"]["images"]) == FRAMES
+    stock = wan.run_ok(stock_graph(rep["best"]["seed"], prefix="wan_preview_stock"))
+    assert torch.equal(latent_file(wan, stock), latent_file(wan, entry))
+    assert np.array_equal(frames_of(wan, stock, "8"), frames_of(wan, entry, "7"))

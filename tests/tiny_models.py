@@ -88,7 +88,8 @@ import zlib
 # cache file name used by ensure_checkpoint.
 VERSION = 1
 
-KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v")
+KINDS = ("sd15", "sd3", "sdxl", "wan21", "wan21_vae", "clip_l", "wan21_i2v", "ltxv", "wan22", "wan22_vae", "hunyuan_video",
+         "hunyuan_video_vae")
 
 # Wan 2.1 (current ComfyUI only), three files as the published ones are split:
 #   ``wan21``: the diffusion model alone (keys as wan2.1_t2v_1.3B_fp16.safetensors, no prefix):
@@ -109,6 +110,57 @@ WAN21 = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=128, ffn_dim
 WAN21_I2V = dict(WAN21, model_type="i2v", in_dim=36)
 WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
+
+# LTX-Video (current ComfyUI only), ``ltxv``: one checkpoint for CheckpointLoaderSimple, as the published
+# ltx-video-2b-v0.9*.safetensors (diffusion model + VAE, no text encoder):
+#   ``model.diffusion_model.*``: comfy.ldm.lightricks.model.LTXVModel; model_detection reads it as LTXV from
+#     adaln_single.emb.timestep_embedder.linear_1.bias, with 32 heads of attn2.to_k.weight rows // 32 wide and
+#     cross_attention_dim its columns (= the inner width).  Tiny: head dim 4 (inner width 128), one block; the
+#     caption projection still takes 4096-wide text (0.9 M params).
+#   ``vae.*``: comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE (the causal video VAE, 128 latent
+#     channels, 8x temporal and 32x spatial compression, which comfy.sd.VAE fixes).  Its width is fixed (128
+#     base channels) but its blocks come from the file's "config" metadata ({"vae": ...}, as the published
+#     0.9.1+ files carry it): patch size 4 and three compress_all blocks give the 8 x 32 x 32 compression, one
+#     res_x block is what detection keys on (decoder.up_blocks.0.res_blocks.0.conv1), 11.5 M params.
+#   The text encoder: LTX's T5-XXL has a fixed 4096-wide 24-layer config (t5_config_xxl.json), so the tests
+#   load the tiny CLIP-L (``clip_l``) with CLIPLoader type "sd3", whose context is padded to 4096 wide, as for
+#   Wan.
+LTXV = dict(in_channels=128, num_attention_heads=32, attention_head_dim=4, cross_attention_dim=128,
+            caption_channels=4096, num_layers=1)
+LTXV_VAE = {"_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+            "latent_channels": 128, "blocks": [["compress_all", 1], ["compress_all", 1], ["compress_all", 1],
+                                               ["res_x", 1]],
+            "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+            "use_quant_conv": False, "causal_decoder": False}
+# Wan 2.2 5B (current ComfyUI only):
+#   ``wan22``: the diffusion model (keys as wan2.2_ti2v_5B_fp16.safetensors): WanModel t2v with in_dim = out_dim
+#     = 48, which model_detection + supported_models read as WAN22_T2V (out_dim 48, Wan22 latent format); tiny
+#     as the Wan 2.1 one (dim 128, one head, one block).
+#   ``wan22_vae``: comfy.ldm.wan.vae2_2.WanVAE as comfy.sd.VAE builds it for the key
+#     decoder.upsamples.0.upsamples.0.residual.2.weight: dim 160, 48 latent channels, 16x spatial compression;
+#     its widths are fixed there, so this file is full size (705 M params, 1.41 GB fp16).
+WAN22 = dict(WAN21, in_dim=48, out_dim=48)
+WAN22_VAE = dict(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+
+# HunyuanVideo (current ComfyUI only):
+#   ``hunyuan_video``: comfy.ldm.hunyuan_video.model.HunyuanVideo (keys as hunyuan_video_t2v_720p_bf16.safetensors,
+#     no prefix).  model_detection reads the hidden size from img_in.proj.weight (heads = hidden // 128, rope axes
+#     [16, 56, 56]), the text width from txt_in.input_embedder.weight, vec_in_dim 768 when vector_in.* exists,
+#     guidance_embed when guidance_in.* exists, and counts the double/single blocks.  Tiny: hidden 128 (one
+#     head), one double and one single block, and a 768-wide text input, so that a plain CLIP-L (CLIPLoader type
+#     "stable_diffusion": 768-wide context, 768-wide pooled output for vector_in) drives it.  HunyuanVideo's own
+#     text encoder is a Llama-3-8B-class model with a fixed config (plus CLIP-L), not something to build tiny.
+#   ``hunyuan_video_vae``: the causal 3-D AutoencoderKL comfy.sd.VAE builds for the key
+#     decoder.conv_in.conv.weight (ch 128, ch_mult [1, 2, 4, 4], conv3d, 4x temporal compression: fixed there,
+#     only the latent channel count, 16, is read from the file): full size.
+HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2],
+                     vec_in_dim=768, axes_dim=[16, 56, 56], meanflow=False, context_in_dim=768, hidden_size=128,
+                     mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, theta=256, qkv_bias=True,
+                     byt5=False, guidance_embed=True)
+HUNYUAN_VIDEO_VAE = dict(double_z=True, z_channels=16, resolution=256, in_channels=3, out_ch=3, ch=128,
+                         ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0, conv3d=True,
+                         time_compress=4)
 
 # Hyper-parameters of the tiny models (kept here so they are easy to find).
 SD15_UNET = dict(
@@ -173,6 +225,8 @@ OUTPUT_GAIN = {
     "model.diffusion_model.out.2": 0.1,                # UNet final conv
     "model.diffusion_model.final_layer.linear": 0.1,   # MMDiT final linear
     "head.head": 0.1,                                  # Wan final linear (diffusion-model-only file)
+    "model.diffusion_model.proj_out": 0.1,             # LTX-Video final linear
+    "final_layer.linear": 0.1,                         # HunyuanVideo final linear (diffusion-model-only file)
 }
 
 # comfy.latent_formats scale/shift of each family: a TAESD expects latents in
@@ -264,6 +318,11 @@ def _build_modules(kind):
     except ImportError:
         MMDiT = None  # 2024-03 ComfyUI: no SD3
     ops = comfy.ops.disable_weight_init
+    if kind in ("wan22", "wan22_vae", "hunyuan_video", "hunyuan_video_vae"):  # current ComfyUI only
+        import comfy.ldm.hunyuan_video.model  # noqa: F401
+        import comfy.ldm.models.autoencoder  # noqa: F401
+        import comfy.ldm.wan.model  # noqa: F401
+        import comfy.ldm.wan.vae2_2  # noqa: F401
 
     # (All imports happen above, outside the meta-device context, so no
     # import-time tensor of ComfyUI ends up on the meta device.)
@@ -330,6 +389,23 @@ def _build_modules(kind):
         if kind == "clip_l":
             clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float32)
             return {"": clip}
+        if kind == "ltxv":
+            from comfy.ldm.lightricks.model import LTXVModel
+            from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+            return {"model.diffusion_model.": LTXVModel(operations=ops, dtype=torch.float32, **LTXV),
+                    "vae.": VideoVAE(config=LTXV_VAE)}
+        if kind == "wan22":
+            from comfy.ldm.wan.model import WanModel
+            return {"": WanModel(operations=ops, dtype=torch.float32, **WAN22)}
+        if kind == "wan22_vae":
+            import comfy.ldm.wan.vae2_2
+            return {"": comfy.ldm.wan.vae2_2.WanVAE(**WAN22_VAE)}
+        if kind == "hunyuan_video":
+            from comfy.ldm.hunyuan_video.model import HunyuanVideo
+            return {"": HunyuanVideo(operations=ops, dtype=torch.float32, **HUNYUAN_VIDEO)}
+        if kind == "hunyuan_video_vae":
+            from comfy.ldm.models.autoencoder import AutoencoderKL
+            return {"": AutoencoderKL(ddconfig=HUNYUAN_VIDEO_VAE, embed_dim=16)}
     raise ValueError("unknown kind {!r}".format(kind))
 
 
@@ -383,6 +459,8 @@ def _fill(key, shape, dtype, owner, seed, kind):
         return torch.full(shape, TAESD_SCALE_SHIFT[kind][0])
     if leaf == "vae_shift":
         return torch.full(shape, TAESD_SCALE_SHIFT[kind][1])
+    if ".per_channel_statistics." in key:  # the LTX VAE's latent statistics: identity (mean 0, std 1)
+        return torch.full(shape, 1.0 if leaf in ("std-of-means", "mean-of-stds") else 0.0)
 
     g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % (2 ** 63))
     noise = torch.randn(shape, generator=g, dtype=torch.float32)
@@ -446,8 +524,12 @@ def build_checkpoint(kind, out, seed=0):
     os.makedirs(out_dir, exist_ok=True)
     # One metadata entry only: safetensors writes the metadata map in hash
     # order, so several entries would make same-seed builds differ byte-wise.
-    info = json.dumps({"kind": kind, "version": VERSION, "seed": seed}, sort_keys=True)
-    save_file(state, out, metadata={"tiny_model": info})
+    info = {"kind": kind, "version": VERSION, "seed": seed}
+    if kind == "ltxv":  # ComfyUI reads the VAE's blocks from "config" (see LTXV_VAE); the tag rides inside it
+        metadata = {"config": json.dumps({"vae": LTXV_VAE, "tiny_model": info}, sort_keys=True)}
+    else:
+        metadata = {"tiny_model": json.dumps(info, sort_keys=True)}
+    save_file(state, out, metadata=metadata)
     return os.path.getsize(out)
 
 

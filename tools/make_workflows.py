@@ -37,6 +37,12 @@ SD35M = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"  # Comfy-Org's sing
 WAN21 = "wan2.1_t2v_1.3B_fp16.safetensors"      # Comfy-Org's repackaged Wan 2.1 files
 WAN_TE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 WAN_VAE = "wan_2.1_vae.safetensors"
+LTXV = "ltx-video-2b-v0.9.5.safetensors"       # Lightricks' LTX-Video checkpoint (diffusion model + VAE)
+LTXV_TE = "t5xxl_fp16.safetensors"
+WAN22_5B = "wan2.2_ti2v_5B_fp16.safetensors"    # Comfy-Org's repackaged Wan 2.2 files
+WAN22_VAE = "wan2.2_vae.safetensors"
+WAN22_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+WAN22_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 
 # column x positions, so every workflow reads left to right
 X = [0, 380, 760, 1180, 1600]
@@ -500,29 +506,10 @@ def coarse_to_fine_search():
         candidates=16, coarse=(8, 4), primitive_prompt=True)
 
 
-def wan21_t2v_search():
-    g = Graph()
-    prompt = "a red fox running through fresh snow in a pine forest, tracking shot, soft morning light"
-    unet = g.node("UNETLoader", (X[0], 0), [WAN21, "default"], outputs=[("MODEL", "MODEL")], size=(340, 90))
-    te = g.node("CLIPLoader", (X[0], 130), [WAN_TE, "wan", "default"], outputs=[("CLIP", "CLIP")], size=(340, 110))
-    vae = g.node("VAELoader", (X[0], 280), [WAN_VAE], outputs=[("VAE", "VAE")], size=(340, 60))
-    pos, neg = text_encoders(g, te, prompt, "static, blurry, low quality, deformed, watermark, text")
-    lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")],
-                 size=(340, 130), title="Video size and length")
-    ver = clipscore(g, pos=(X[1], 500))
-    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean"],
-                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
-    search = search_loop(g, prompt, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0,
-                         extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
-    g.link((unet, "MODEL"), search, "model")
-    g.link((pos, 0), search, "positive")
-    g.link((neg, 0), search, "negative")
-    g.link((lat, 0), search, "latent")
-    g.link((vae, "VAE"), search, "vae")
-    g.link((ver, 0), search, "verifier")
-    g.link((scoring, 0), search, "video_scoring")
-    webp = g.node("SaveAnimatedWEBP", (X[3], 0), ["wan_search", 16.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")], size=(380, 420), title="The winner (16 fps)")
+def video_outputs(g, search, prefix, fps):
+    """The winner as an animated WEBP, the top k's scored frames on a Video Contact Sheet, the score plot."""
+    webp = g.node("SaveAnimatedWEBP", (X[3], 0), [prefix, float(fps), False, 90, "default"],
+                  inputs=[("images", "IMAGE")], size=(380, 420), title=f"The winner ({fps} fps)")
     g.link((search, "image"), webp, "images")
     sheet = g.node(P + "VideoContactSheet", (X[3], 460), [], inputs=[("images", "IMAGE"),
                                                                       ("scores", "INFSCALE_SCORES")],
@@ -533,18 +520,53 @@ def wan21_t2v_search():
                   title="Top k: the frames scored, ranked")
     g.link((sheet, 0), prev, "images")
     score_plot(g, (search, "scores"))
+
+
+VIDEO_SCORING_NOTE = (
+    "Scoring: an image verifier scores a few decoded frames of each candidate (**Video Scoring**: first / "
+    "middle / last, or k evenly spaced) and the candidate's score is their mean or min (a video is as good "
+    "as its worst frame). Without the Video Scoring node: first/middle/last, mean. Wan's VAE decodes only the "
+    "latent frames the scored frames need ('first' decodes one); preview_keep below 1 scores each candidate "
+    "on its latent preview first and decodes only the best fraction.")
+VIDEO_OUTPUTS_NOTE = (
+    "Outputs: `image` is the winner's frames (Save Animated WEBP here; Create Video + Save Video work too), "
+    "`top_k_images` the top-k videos' frames, video after video; **Video Contact Sheet** shows one row per "
+    "candidate with the frames its score came from, captioned rank · score · seed.")
+WAN22_PROMPT = ("a paper boat drifting down a rain-soaked street at dusk, neon reflections in the puddles, "
+                "low tracking shot")
+WAN_NEGATIVE = "static, blurry, low quality, deformed, watermark, text"
+
+
+def wan21_t2v_search():
+    g = Graph()
+    prompt = "a red fox running through fresh snow in a pine forest, tracking shot, soft morning light"
+    unet = g.node("UNETLoader", (X[0], 0), [WAN21, "default"], outputs=[("MODEL", "MODEL")], size=(340, 90))
+    te = g.node("CLIPLoader", (X[0], 130), [WAN_TE, "wan", "default"], outputs=[("CLIP", "CLIP")], size=(340, 110))
+    vae = g.node("VAELoader", (X[0], 280), [WAN_VAE], outputs=[("VAE", "VAE")], size=(340, 60))
+    pos, neg = text_encoders(g, te, prompt, "static, blurry, low quality, deformed, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")],
+                 size=(340, 130), title="Video size and length")
+    ver = clipscore(g, pos=(X[1], 500))
+    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    search = search_loop(g, prompt, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0,
+                         extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
+    g.link((unet, "MODEL"), search, "model")
+    g.link((pos, 0), search, "positive")
+    g.link((neg, 0), search, "negative")
+    g.link((lat, 0), search, "latent")
+    g.link((vae, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((scoring, 0), search, "video_scoring")
+    video_outputs(g, search, "wan_search", 16)
     g.note((X[0], 380), "\n\n".join([
         "## Wan 2.1 text-to-video: search over video noises",
         "Search Loop takes the 5-D video latent (Empty Hunyuan Latent Video: Wan 2.1 uses the same 16-channel "
         "latent) and samples N candidate videos with ComfyUI's own sampler. Candidate i's starting noise is "
         "exactly what a stock KSampler draws for seed `seed + i`, so `best_seed` in a KSampler with these settings "
         "(uni_pc, simple, 30 steps, cfg 6) gives the winning video bit for bit.",
-        "Scoring: an image verifier scores a few decoded frames of each candidate (**Video Scoring**: first / "
-        "middle / last, or k evenly spaced) and the candidate's score is their mean or min (a video is as good "
-        "as its worst frame). Without the Video Scoring node: first/middle/last, mean.",
-        "Outputs: `image` is the winner's frames (Save Animated WEBP here; Create Video + Save Video work too), "
-        "`top_k_images` the top-k videos' frames, video after video; **Video Contact Sheet** shows one row per "
-        "candidate with the frames its score came from, captioned rank · score · seed.",
+        VIDEO_SCORING_NOTE,
+        VIDEO_OUTPUTS_NOTE,
         "Cost: each candidate is a whole video (33 frames at 832×480 here): N = 4 costs four generations plus "
         "the decodes. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; switch it off to "
         "return the search's own samples.",
@@ -554,8 +576,202 @@ def wan21_t2v_search():
     g.dump("wan21_t2v_search.json")
 
 
+def ltxv_i2v_search():
+    g = Graph()
+    prompt = ("a paper boat drifts across a puddle after rain, ripples spreading, reflections of trees, "
+              "slow camera push-in")
+    ckpt = checkpoint(g, LTXV)
+    te = g.node("CLIPLoader", (X[0], 140), [LTXV_TE, "ltxv", "default"], outputs=[("CLIP", "CLIP")],
+                size=(340, 110))
+    image = g.node("LoadImage", (X[0], 290), ["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                   size=(340, 320), title="Start image (the first frame)")
+    pos, neg = text_encoders(g, te, prompt, "low quality, worst quality, deformed, distorted, watermark, static")
+    i2v = g.node("LTXVImgToVideo", (X[1], 330), [768, 512, 97, 1, 1.0],
+                 inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                         ("image", "IMAGE")],
+                 outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                 size=(340, 240), title="LTXV Img To Video: size, length, keyframe strength")
+    g.link((pos, 0), i2v, "positive")
+    g.link((neg, 0), i2v, "negative")
+    g.link((ckpt, "VAE"), i2v, "vae")
+    prep = g.node("LTXVPreprocess", (X[0], 650), [40], inputs=[("image", "IMAGE")],
+                  outputs=[("output_image", "IMAGE")], size=(340, 80))
+    g.link((image, "IMAGE"), prep, "image")
+    g.link((prep, 0), i2v, "image")
+    cond = g.node("LTXVConditioning", (X[1], 610), [25.0], inputs=[("positive", "CONDITIONING"),
+                                                                   ("negative", "CONDITIONING")],
+                  outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], size=(340, 80))
+    g.link((i2v, "positive"), cond, "positive")
+    g.link((i2v, "negative"), cond, "negative")
+    sched = g.node("LTXVScheduler", (X[1], 730), [30, 2.05, 0.95, True, 0.1], inputs=[("latent", "LATENT")],
+                   outputs=[("SIGMAS", "SIGMAS")], size=(340, 180))
+    g.link((i2v, "latent"), sched, "latent")
+    sampler = g.node("KSamplerSelect", (X[1], 950), ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(340, 60))
+    ver = clipscore(g, pos=(X[2], 920))  # below Search Loop's room to grow
+    scoring = g.node(P + "VideoScoring", (X[2], 1090), ["evenly spaced", 4, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 110))
+    search = search_loop(g, prompt, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=30, cfg=3.0,
+                         extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
+    g.link((ckpt, "MODEL"), search, "model")
+    g.link((cond, "positive"), search, "positive")
+    g.link((cond, "negative"), search, "negative")
+    g.link((i2v, "latent"), search, "latent")
+    g.link((ckpt, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((sampler, 0), search, "sampler")
+    g.link((sched, 0), search, "sigmas")
+    g.link((scoring, 0), search, "video_scoring")
+    webp = g.node("SaveAnimatedWEBP", (X[3], 0), ["ltxv_search", 25.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")], size=(380, 420), title="The winner (25 fps)")
+    g.link((search, "image"), webp, "images")
+    sheet = g.node(P + "VideoContactSheet", (X[3], 460), [], inputs=[("images", "IMAGE"),
+                                                                      ("scores", "INFSCALE_SCORES")],
+                   outputs=[("contact_sheet", "IMAGE")], size=(300, 60))
+    g.link((search, "top_k_images"), sheet, "images")
+    g.link((search, "scores"), sheet, "scores")
+    prev = g.node("PreviewImage", (X[3], 560), [], inputs=[("images", "IMAGE")], size=(380, 320),
+                  title="Top k: the frames scored, ranked")
+    g.link((sheet, 0), prev, "images")
+    score_plot(g, (search, "scores"))
+    g.note((X[0], 770), "\n\n".join([
+        "## LTX-Video image-to-video: search over video noises from one start image",
+        "**LTXV Preprocess** gives the start image the light compression LTX-Video was trained with; "
+        "**LTXV Img To Video** encodes the start image into the first latent frame and marks it with a "
+        "per-frame noise mask (strength 1: that frame is kept as it is). Search Loop passes the mask to "
+        "ComfyUI's sampler exactly as a stock sampler does, so every candidate starts from the same image and "
+        "only the rest of the video differs. **LTXV Conditioning** (frame rate) and **LTXV Scheduler**'s "
+        "sigmas (its shift follows the latent's size) reach the sampler unchanged.",
+        "Candidate i's starting noise is exactly what a stock sampler draws for seed `seed + i`: `best_seed` as "
+        "SamplerCustom's noise_seed (add_noise on, cfg 3, the same KSampler Select and LTXV Scheduler) gives "
+        "the winning video bit for bit. Search Loop's own sampler_name / scheduler / steps widgets are unused "
+        "while SAMPLER and SIGMAS are connected.",
+        "Scoring: the verifier scores 4 evenly spaced decoded frames of each candidate (**Video Scoring**) and "
+        "takes their mean; the first frame is the start image in every candidate, so min would mostly compare "
+        "the others. **Video Contact Sheet** shows the ranked candidates with the frames their scores came from.",
+        "Cost: each candidate is a whole video (97 frames at 768×512 here); N = 4 costs four generations plus "
+        "the decodes. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; switch it off "
+        "to return the search's own samples.",
+        f"Files: `{LTXV}` in models/checkpoints (model and VAE; its CLIP output is empty), `{LTXV_TE}` in "
+        "models/text_encoders (CLIPLoader type ltxv), the start image in ComfyUI's input folder. " + CLIP_NOTE,
+        SEED_NOTE]), size=(340, 760), markdown=True)
+    g.dump("ltxv_i2v_search.json")
+
+
+def wan22_5b_t2v_search():
+    """ComfyUI's Wan 2.2 5B template (ModelSamplingSD3 shift 8, uni_pc, simple, 20 steps, cfg 5, 1280x704,
+    121 frames, 24 fps) with Search Loop in place of its KSampler."""
+    g = Graph()
+    unet = g.node("UNETLoader", (X[0], -260), [WAN22_5B, "default"], outputs=[("MODEL", "MODEL")], size=(340, 90))
+    shift = g.node("ModelSamplingSD3", (X[0], -130), [8.0], inputs=[("model", "MODEL")],
+                   outputs=[("MODEL", "MODEL")], size=(340, 60))
+    g.link((unet, "MODEL"), shift, "model")
+    te = g.node("CLIPLoader", (X[0], 130), [WAN_TE, "wan", "default"], outputs=[("CLIP", "CLIP")], size=(340, 110))
+    vae = g.node("VAELoader", (X[0], 280), [WAN22_VAE], outputs=[("VAE", "VAE")], size=(340, 60))
+    pos, neg = text_encoders(g, te, WAN22_PROMPT, WAN_NEGATIVE)
+    lat = g.node("Wan22ImageToVideoLatent", (X[1], 330), [1280, 704, 121, 1],
+                 inputs=[("vae", "VAE"), ("start_image", "IMAGE")], outputs=[("LATENT", "LATENT")],
+                 size=(340, 170), title="Video size and length")
+    g.link((vae, "VAE"), lat, "vae")
+    ver = clipscore(g, pos=(X[1], 580))
+    scoring = g.node(P + "VideoScoring", (X[1], 750), ["first/middle/last", 3, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    search = search_loop(g, WAN22_PROMPT, candidates=4, top_k=2, sampler="uni_pc", scheduler="simple", steps=20,
+                         cfg=5.0, extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")])
+    g.link((shift, "MODEL"), search, "model")
+    g.link((pos, 0), search, "positive")
+    g.link((neg, 0), search, "negative")
+    g.link((lat, 0), search, "latent")
+    g.link((vae, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((scoring, 0), search, "video_scoring")
+    video_outputs(g, search, "wan22_search", 24)
+    g.note((X[0], 380), "\n\n".join([
+        "## Wan 2.2 5B text-to-video: search over video noises",
+        "The settings of ComfyUI's Wan 2.2 5B template (ModelSamplingSD3 shift 8, uni_pc, simple, 20 steps, "
+        "cfg 5, 1280×704, 121 frames at 24 fps), with Search Loop in place of the KSampler. Wan 2.2 5B has its "
+        "own 48-channel latent (16× spatial compression): make it with **Wan22 Image To Video Latent** (its "
+        "batch size stays 1; Search Loop makes the candidates). Candidate i's starting noise is exactly what a "
+        "stock KSampler draws for seed `seed + i`, so `best_seed` in the template's KSampler gives the winning "
+        "video bit for bit.",
+        VIDEO_SCORING_NOTE,
+        VIDEO_OUTPUTS_NOTE,
+        "Cost: each candidate is a whole 121-frame 720p-class video plus its decode (the Wan 2.2 VAE is large): "
+        "N = 4 costs four generations. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; "
+        "switch it off to return the search's own samples. Start with a short length (e.g. 41 frames) and a "
+        "small N to try prompts.",
+        "Image-to-video: a start image on Wan22 Image To Video Latent puts it in the latent with a noise mask, "
+        "which the search does not take yet (it says so); use this workflow for text-to-video.",
+        f"Files: `{WAN22_5B}` in models/diffusion_models, `{WAN_TE}` in models/text_encoders, `{WAN22_VAE}` in "
+        "models/vae (Comfy-Org's repackaged Wan 2.2). " + CLIP_NOTE,
+        SEED_NOTE]), size=(340, 700), markdown=True)
+    g.dump("wan22_5b_t2v_search.json")
+
+
+def wan22_14b_t2v_search():
+    """ComfyUI's Wan 2.2 14B template (its full-step version: each expert through ModelSamplingSD3 shift 8,
+    euler, simple, 20 steps switching at 10, cfg 3.5, 640x640, 81 frames) with one Search Loop in place of its
+    two KSamplerAdvanced: model (high noise), model_2 (low noise) and switch_step."""
+    g = Graph()
+    high = g.node("UNETLoader", (X[0], -600), [WAN22_HIGH, "default"], outputs=[("MODEL", "MODEL")],
+                  size=(340, 90), title="High-noise expert")
+    high_shift = g.node("ModelSamplingSD3", (X[0], -450), [8.0], inputs=[("model", "MODEL")],
+                        outputs=[("MODEL", "MODEL")], size=(340, 60))
+    g.link((high, "MODEL"), high_shift, "model")
+    low = g.node("UNETLoader", (X[0], -330), [WAN22_LOW, "default"], outputs=[("MODEL", "MODEL")],
+                 size=(340, 90), title="Low-noise expert")
+    low_shift = g.node("ModelSamplingSD3", (X[0], -180), [8.0], inputs=[("model", "MODEL")],
+                       outputs=[("MODEL", "MODEL")], size=(340, 60))
+    g.link((low, "MODEL"), low_shift, "model")
+    te = g.node("CLIPLoader", (X[0], 130), [WAN_TE, "wan", "default"], outputs=[("CLIP", "CLIP")], size=(340, 110))
+    vae = g.node("VAELoader", (X[0], 280), [WAN_VAE], outputs=[("VAE", "VAE")], size=(340, 60))
+    pos, neg = text_encoders(g, te, WAN22_PROMPT, WAN_NEGATIVE)
+    lat = g.node("EmptyHunyuanLatentVideo", (X[1], 330), [640, 640, 81, 1], outputs=[("LATENT", "LATENT")],
+                 size=(340, 130), title="Video size and length")
+    ver = clipscore(g, pos=(X[1], 500))
+    scoring = g.node(P + "VideoScoring", (X[1], 670), ["first/middle/last", 3, "mean", 1.0, 2],
+                     outputs=[("video_scoring", "INFSCALE_VIDEO_SCORING")], size=(340, 160))
+    search = search_loop(g, WAN22_PROMPT, candidates=4, top_k=2, sampler="euler", scheduler="simple", steps=20,
+                         cfg=3.5, extra_inputs=[("video_scoring", "INFSCALE_VIDEO_SCORING"), ("model_2", "MODEL")])
+    g.nodes[search - 1]["widgets_values"].append(10)  # switch_step: the first KSamplerAdvanced's end_at_step
+    g.nodes[search - 1]["size"] = [380, 640]
+    g.link((high_shift, "MODEL"), search, "model")
+    g.link((low_shift, "MODEL"), search, "model_2")
+    g.link((pos, 0), search, "positive")
+    g.link((neg, 0), search, "negative")
+    g.link((lat, 0), search, "latent")
+    g.link((vae, "VAE"), search, "vae")
+    g.link((ver, 0), search, "verifier")
+    g.link((scoring, 0), search, "video_scoring")
+    video_outputs(g, search, "wan22_14b_search", 16)
+    g.note((X[0], 380), "\n\n".join([
+        "## Wan 2.2 14B text-to-video: search with two experts",
+        "Wan 2.2 14B samples with two models: a high-noise expert for the first steps and a low-noise expert for "
+        "the rest. ComfyUI's template chains two KSamplerAdvanced (the first with add_noise on, steps 0 to 10 of "
+        "20, returning with leftover noise; the second from step 10 on, adding none). Search Loop does the same "
+        "in one node: `model` is the high-noise expert, `model_2` the low-noise one, and `switch_step` the step "
+        "where it switches (the first KSamplerAdvanced's end_at_step). Settings as the template's (not the "
+        "4-step LoRA version): ModelSamplingSD3 shift 8 on each expert, euler, simple, 20 steps, cfg 3.5, "
+        "640×640, 81 frames.",
+        "Candidate i's starting noise is exactly what the first KSamplerAdvanced draws for noise_seed `seed + i`, "
+        "so `best_seed` as its noise_seed in the template's two-sampler chain gives the winning video bit for "
+        "bit. Every strategy runs across the switch (a strategy that stops and re-noises picks the expert of the "
+        "step it resumes at).",
+        VIDEO_SCORING_NOTE,
+        VIDEO_OUTPUTS_NOTE,
+        "Cost: each candidate is a whole 81-frame video through both experts; N = 4 costs four generations plus "
+        "the decodes. Exact re-render (exact_winner) re-samples the top_k finalists at batch 1; switch it off to "
+        "return the search's own samples.",
+        f"Files: `{WAN22_HIGH}` and `{WAN22_LOW}` in models/diffusion_models, `{WAN_TE}` in models/text_encoders, "
+        f"`{WAN_VAE}` in models/vae (Wan 2.2 14B uses the Wan 2.1 VAE; Comfy-Org's repackaged files). "
+        + CLIP_NOTE,
+        "The seed widget is set to *randomize*: with *increment* the next run would re-score N - 1 of this run's "
+        "candidates."]), size=(340, 700), markdown=True)
+    g.dump("wan22_14b_t2v_search.json")
+
+
 ALL = [sd15_random_search, sdxl_ensemble_search, sd3_guider_search, composable_random_search, img2img_search,
-       zero_order_search, paths_search, particle_search, coarse_to_fine_search, wan21_t2v_search]
+       zero_order_search, paths_search, particle_search, coarse_to_fine_search, wan21_t2v_search,
+       ltxv_i2v_search, wan22_5b_t2v_search, wan22_14b_t2v_search]
 
 
 if __name__ == "__main__":

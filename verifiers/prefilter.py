@@ -21,11 +21,52 @@ then the screen's score.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 SCREEN_PREFIX = "screen:"
+
+
+def admits(screened: Sequence[float], value: float, keep: float, warmup: int) -> bool:
+    """The sequential keep rule for one candidate: kept when it is among the first ``warmup`` or its screen
+    ``value`` is among the best ``keep`` fraction of every candidate screened so far (``screened``, the ones
+    before it, in order), itself included; ties keep it.  Also the rule of a video search's latent-preview
+    pruning (``nodes/video.py``)."""
+    n = len(screened) + 1
+    if n <= int(warmup):
+        return True
+    better = sum(1 for s in screened if s > value)
+    return better < math.ceil(float(keep) * n)
+
+
+class SequentialGate:
+    """:func:`admits` applied candidate after candidate, in order, remembering every screen score seen: the
+    decisions for a run of candidates are the same however it is cut into calls (micro-batches)."""
+
+    def __init__(self, keep: float, warmup: int, screened: Sequence[float] = ()):
+        self.keep, self.warmup = float(keep), int(warmup)
+        self.screened: List[float] = [float(v) for v in screened]
+
+    def __call__(self, values: Sequence[float]) -> List[bool]:
+        out = []
+        for v in values:
+            out.append(admits(self.screened, float(v), self.keep, self.warmup))
+            self.screened.append(float(v))
+        return out
+
+
+def place_below(out: torch.Tensor, scored: torch.Tensor, screen: torch.Tensor) -> torch.Tensor:
+    """``out`` with the rows not ``scored`` (a bool mask) ranked below every scored row, ordered by their
+    ``screen`` value (best first, then by row number); the scored rows keep their values."""
+    out = out.clone().float()
+    finite = out[scored][torch.isfinite(out[scored])]  # a remote grader's failed answer (-inf) ranks last
+    floor = float(finite.min()) if finite.numel() else 0.0
+    rest = (~scored).nonzero().reshape(-1).tolist()
+    rest.sort(key=lambda i: (-float(screen[i]), i))  # best screen score first
+    for r, i in enumerate(rest):
+        out[i] = floor - 1.0 - r / max(1, len(rest))
+    return out
 
 
 class PrefilterVerifier:
@@ -77,29 +118,33 @@ class PrefilterVerifier:
 
     def admits(self, screened: List[float], value: float) -> bool:
         """The rule for one candidate: ``screened`` = the screen scores before it, in order."""
-        n = len(screened) + 1
-        if n <= self.warmup:
-            return True
-        better = sum(1 for s in screened if s > value)  # ties keep the candidate
-        return better < math.ceil(self.keep * n)
+        return admits(screened, value, self.keep, self.warmup)
 
     def screen_rows(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None,
-                    history: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """B x (M + 1) member rows for a batch, the candidates before it given as ``history`` (their rows)."""
-        b = images.shape[0]
+                    history: Optional[torch.Tensor] = None, group: int = 1,
+                    aggregate: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """B x (M + 1) member rows for a batch, the candidates before it given as ``history`` (their rows).
+
+        ``group`` > 1: the rows are the frames of video candidates, ``group`` consecutive frames each; the
+        screen's frame scores are combined per candidate by ``aggregate`` ((n, group) -> n), the rule runs
+        per candidate, the main verifier scores every frame of the kept candidates, and each frame's screen
+        column holds its candidate's combined screen score."""
+        b, k = images.shape[0], max(1, int(group))
+        if b % k:
+            raise ValueError(f"{b} frames do not split into candidates of {k} frames")
         m = len(self.main_members)
         screen = self._call(self.screen, images, prompt, previews, members=False)[:, 0]
         if not bool(torch.isfinite(screen).all()):
             raise ValueError(f"the screen '{getattr(self.screen, 'name', 'verifier')}' returned a non-finite score: "
                              "check its weights, or run the VAE in fp32 (--fp32-vae)")
-        seen = [] if history is None or history.numel() == 0 else history[:, -1].tolist()
-        keep = []
-        for j, v in enumerate(screen.tolist()):
-            if self.admits(seen, v):
-                keep.append(j)
-            seen.append(v)
+        if k > 1:
+            per = screen.reshape(-1, k)
+            screen = (aggregate(per) if aggregate is not None else per.mean(dim=1)).float().reshape(-1)
+        seen = [] if history is None or history.numel() == 0 else history[::k, -1].tolist()
+        gate = SequentialGate(self.keep, self.warmup, seen)
+        keep = [r for j, ok in enumerate(gate(screen.tolist())) if ok for r in range(j * k, (j + 1) * k)]
         rows = torch.full((b, m + 1), float("nan"))
-        rows[:, -1] = screen
+        rows[:, -1] = screen.repeat_interleave(k)
         if keep:
             idx = torch.as_tensor(keep, dtype=torch.long)
             sub_prev = previews[idx] if previews is not None else None
@@ -113,20 +158,12 @@ class PrefilterVerifier:
         mat = matrix.float().reshape(matrix.shape[0], -1)
         m = mat.shape[1] - 1
         scored = ~torch.isnan(mat[:, 0])
-        out = torch.empty(mat.shape[0])
+        out = torch.zeros(mat.shape[0])
         if scored.any():
             main = mat[scored, :m]
             out[scored] = (self.main.combine(main).float().reshape(-1) if getattr(self.main, "relative", False)
                            else main[:, 0])
-            finite = out[scored][torch.isfinite(out[scored])]  # a remote grader's failed answer (-inf) ranks last
-            floor = float(finite.min()) if finite.numel() else 0.0
-        else:
-            floor = 0.0
-        rest = (~scored).nonzero().reshape(-1).tolist()
-        rest.sort(key=lambda i: (-float(mat[i, -1]), i))  # best screen score first
-        for r, i in enumerate(rest):
-            out[i] = floor - 1.0 - r / max(1, len(rest))
-        return out
+        return place_below(out, scored, mat[:, -1])
 
     def score(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores relative to this batch (the whole batch screened in order)."""
@@ -149,10 +186,10 @@ def summary(verifier, matrix: torch.Tensor) -> Optional[dict]:
             "main_skipped": n - scored}
 
 
-def note(pre: dict) -> str:
-    return (f"pre-filter: {pre['main']} scored {pre['main_scored']} of the {pre['screened']} images {pre['screen']} "
+def note(pre: dict, unit: str = "images") -> str:
+    return (f"pre-filter: {pre['main']} scored {pre['main_scored']} of the {pre['screened']} {unit} {pre['screen']} "
             f"screened (keep {pre['keep']:g}, warm-up {pre['warmup']}); the {pre['main_skipped']} it skipped rank "
             "below, by their screen score")
 
 
-__all__ = ["PrefilterVerifier", "is_prefilter", "summary", "note", "SCREEN_PREFIX"]
+__all__ = ["PrefilterVerifier", "admits", "SequentialGate", "place_below", "is_prefilter", "summary", "note", "SCREEN_PREFIX"]
