@@ -14,6 +14,10 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
     strategies                                      SD1.5-512, N=16 through SearchLoop's strategy input: zero-order,
                                                     paths, coarse-to-fine random (equal NFEs; equal candidates)
                                                     and plain random as the baseline
+    sd15.devices                                    SD1.5-512, N=16: random and zero-order search with SearchLoop's
+                                                    devices 'all' against the model's one GPU (the same search, the
+                                                    speed-up of every GPU of the machine; --smoke: 'cpu,cpu' against
+                                                    'cpu'); not in the default set
     flux.limit flux.ours flux.peer                  FLUX-size DiT (11.9B) bf16, 512x512, 20 Euler steps, CFG 1
     wan21.limit wan21.ours                          Wan-2.1-1.3B-size DiT fp16 + the Wan 2.1 VAE, 832x480, 33 frames,
                                                     20 Euler steps, CFG 5; N = 4 and 8; first/middle/last frames scored
@@ -667,7 +671,8 @@ class Runner:
 
     # -------------------------------------------------------------- ours
     def searchloop(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
-                   exact_winner: bool = True, strategy=None, video_scoring=None) -> Dict[str, Any]:
+                   exact_winner: bool = True, strategy=None, video_scoring=None,
+                   devices: Optional[str] = None) -> Dict[str, Any]:
         """``SearchLoop().search(...)`` in-process (the node's own call, nothing of the pack wrapped), timed
         with torch.cuda.synchronize around it; the split, NFEs and micro-batch come from its report."""
         SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
@@ -677,6 +682,8 @@ class Runner:
         extra = {"strategy": strategy} if strategy is not None else {}
         if video_scoring is not None:
             extra["video_scoring"] = video_scoring
+        if devices is not None:
+            extra["devices"] = devices
         t0 = self.clock.now()
         out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, b.verifier,
                                   PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
@@ -706,7 +713,8 @@ class Runner:
                "best_score": max(scores) if scores else None,
                "final_score": report.ranked()[0].final_score if scores else None,
                "replay": report.ranked()[0].replay if scores else None,
-               "all_scores_finite": bool(scores) and all(math.isfinite(s) for s in scores)}
+               "all_scores_finite": bool(scores) and all(math.isfinite(s) for s in scores),
+               "devices": st.get("devices"), "ranking": [c.index for c in report.ranked()]}
         if video_scoring is not None:
             res["video"] = st.get("video")
         if strategy is not None:
@@ -1011,7 +1019,7 @@ def run_caps(args, plan: Plan, results: bc.Results, deadline: bc.Deadline) -> No
 def parse_cases(spec: str) -> List[str]:
     allc = ["sd15.limit", "sd15.ours", "sd15.serial", "sd15.peer", "sdxl.limit", "sdxl.ours", "sdxl.serial",
             "sdxl.peer", "caps", "n256", "strategies", "flux.limit", "flux.ours", "flux.peer", "sd15.halving",
-            "flux.halving", "wan21.limit", "wan21.ours", "wan22.limit", "wan22.ours"]
+            "flux.halving", "sd15.devices", "wan21.limit", "wan21.ours", "wan22.limit", "wan22.ours"]
     named = [f"{k}.{c}" for k in VIDEO_KINDS for c in ("ours_preview", "ours_first")]  # selected by name only
     out = []
     for tok in [t.strip() for t in spec.split(",") if t.strip()]:
@@ -1169,7 +1177,9 @@ def main(argv=None) -> int:
 
     for kind in ("sd15", "sdxl"):
         sub = [c for c in cases if c.startswith(kind + ".")]
-        if not sub and not (kind == "sd15" and ("n256" in cases or "strategies" in cases)):
+        sub = [c for c in sub if c != "sd15.devices"]  # run below, after the model's own cases
+        if not sub and not (kind == "sd15" and ("n256" in cases or "strategies" in cases
+                                                 or "sd15.devices" in cases)):
             continue
         b = None
         try:
@@ -1184,6 +1194,8 @@ def main(argv=None) -> int:
                     runner.run_case(case, runner.ours, b, plan.n256)
             if kind == "sd15" and "strategies" in cases:
                 run_strategy_cases(runner, b)
+            if kind == "sd15" and "sd15.devices" in cases:
+                run_device_cases(runner, b)
         except Exception as e:  # noqa: BLE001
             results.add({"case": kind + ".build", "status": "error", "error": f"{type(e).__name__}: {e}",
                          "traceback": traceback.format_exc()[-3000:]})
@@ -1379,6 +1391,47 @@ def run_strategy_cases(runner: Runner, b: Bundle) -> None:
             runner.run_case(case, runner.ours, b, n)
         else:
             runner.run_case(case, runner.strategy_run, b, strat, n)
+
+
+def run_device_cases(runner: Runner, b: Bundle) -> None:
+    """SD1.5, N = plan.strat_n: random search and zero-order with SearchLoop's ``devices`` = 'all' (every GPU;
+    --smoke: 'cpu,cpu', two model copies on the CPU) against the model's own device alone.  Each pair is the same
+    search: the ranking must be equal, and the speed-up is the one-device time over the all-devices time."""
+    import torch
+    plan = runner.plan
+    n = plan.strat_n
+    one = str(b.patcher.load_device)
+    every = "cpu,cpu" if one == "cpu" else "all"
+    try:
+        zero_order = make_strategies(runner.pack, plan)["zero_order"]
+    except Exception as e:  # noqa: BLE001
+        runner.results.add({"case": "sd15.devices", "status": "error", "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc()[-3000:]})
+        return
+    batched, serial = runner.per_cand_batched.get("sd15"), runner.per_cand_serial.get("sd15")
+    est = (n * (serial or batched or 1.0) * 2.0 + 10)
+    if runner.fits({"case": "sd15.devices.warmup"}, est / 4):  # untimed: the device clones made and loaded once
+        try:
+            with torch.inference_mode():
+                runner.searchloop(b, 2, devices=every)
+        except Exception as e:  # noqa: BLE001 - the cases below record their own errors
+            bc.log(f"  devices warm-up failed: {type(e).__name__}: {e}")
+            runner._recover()
+    for name, strat in (("random", None), ("zero_order", zero_order)):
+        timed = {}
+        for label, devices in (("one", one), ("all", every)):
+            case = {"case": f"sd15.devices.{name}.{label}.n{n}", "model": "sd15", "mode": "devices",
+                    "group": "devices", "devices_requested": devices}
+            if not runner.fits(case, est):
+                continue
+            res = runner.run_case(case, lambda s=strat, d=devices: runner.searchloop(b, n, strategy=s, devices=d))
+            timed[label] = res
+        if "one" in timed and "all" in timed and timed["one"].get("total_s") and timed["all"].get("total_s"):
+            runner.results.add({
+                "case": f"sd15.devices.{name}.speedup", "status": "ok", "mode": "devices", "group": "devices",
+                "speedup": round(timed["one"]["total_s"] / timed["all"]["total_s"], 3),
+                "same_ranking": timed["one"].get("ranking") == timed["all"].get("ranking"),
+                "devices": (timed["all"].get("devices") or {}).get("rows")})
 
 
 def print_table(results: bc.Results) -> None:

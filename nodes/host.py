@@ -54,8 +54,9 @@ class ComfyHost:
     def __init__(self, plan: SamplingPlan, vae, verifier, prompt: str, progress: Progress,
                  micro_batch: int, sigmas: Optional[torch.Tensor] = None, mask_seed: int = 0,
                  book: Optional[ScoreBook] = None, keep_images: int = 0, held_out=None, held_stride: int = 1,
-                 watch: Optional[Dict] = None, video=None):
+                 watch: Optional[Dict] = None, video=None, devices=None):
         self.plan = plan
+        self.devices = devices  # a nodes.devices.DeviceSet: each sampling call's rows cut over its devices
         # video candidates: an image verifier scores some frames of each (search/video.py), one score per video
         self.video = (video or DEFAULT_VIDEO_SCORING) if plan.video else None
         self.clock = plan.clock
@@ -63,7 +64,7 @@ class ComfyHost:
         self.verifier = verifier
         self.prompt = prompt
         self.progress = progress
-        self.micro_batch = max(1, int(micro_batch))
+        self.batch = max(1, int(micro_batch))  # rows one device samples at once
         self.sigmas = (plan.sigmas if sigmas is None else sigmas).detach().cpu().float()
         self.sampler_name = plan.sampler_function()
         self._levels: Optional[List[float]] = None
@@ -131,6 +132,12 @@ class ComfyHost:
 
     # ------------------------------------------------------------------ facts
     @property
+    def micro_batch(self) -> int:
+        """Rows sampled at once (SearchHost): one micro-batch per device."""
+        lanes = len(self.devices.lanes) if self.devices is not None else 1
+        return self.batch * lanes
+
+    @property
     def steps(self) -> int:
         return int(self.sigmas.numel() - 1)
 
@@ -189,26 +196,44 @@ class ComfyHost:
         return state.index == 0 and bool(torch.equal(state.latent, self.template.expand_as(state.latent)))
 
     def _on_oom(self, size: int, e: BaseException) -> None:
-        self.micro_batch = max(1, int(size))  # later calls start at the size that fit
+        self.batch = max(1, int(size))  # later calls start at the size that fit
         memory.free_memory_after_oom()
 
     def _run(self, state: State, sigmas: torch.Tensor, seeds: Sequence[int], sampler=None):
-        """(latents, x0, micro-batch per row) of a sampler run over ``sigmas`` from ``state``."""
+        """(latents, x0, micro-batch per row) of a sampler run over ``sigmas`` from ``state``.  With several
+        devices, the rows are cut into contiguous per-device chunks sampled at once (nodes/devices.py)."""
         rows = list(range(len(state)))
         seeds = [int(s) for s in seeds]
         stock = self._fresh(state) and sigmas.numel() == self.sigmas.numel()
 
-        def run(chunk: Sequence[int]):
+        def run(plan: SamplingPlan, chunk: Sequence[int]):
             idx = torch.as_tensor(list(chunk), dtype=torch.long)
             noise, latent = state.noise[idx], state.latent[idx]
             if not stock:  # a whole run from a fresh start keeps the stock node's inpainting noise
                 noise, latent = self._inpaint(noise, latent)
-            gen = self.plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sigmas,
-                                     latent_image=latent, want_x0=True, sampler=sampler)
-            self.watch["row_nfe"].extend([int(gen.nfe)] * len(chunk))
-            return gen.latents.cpu(), gen.x0.cpu(), [len(chunk)] * len(chunk)
+            gen = plan.generate(noise, [seeds[i] for i in chunk], self.progress, sigmas=sigmas,
+                                latent_image=latent, want_x0=True, sampler=sampler)
+            return gen.latents.cpu(), gen.x0.cpu(), [len(chunk)] * len(chunk), [int(gen.nfe)] * len(chunk)
 
-        parts = run_in_micro_batches(rows, run, self.micro_batch, is_oom=memory.is_oom, on_oom=self._on_oom)
+        if self.devices is None or not self.devices.parallel:
+            plan = self.plan if self.devices is None else self.devices.lanes[0].plan  # "devices": one GPU
+            with self.clock.phase("denoise"):
+                parts = run_in_micro_batches(rows, lambda chunk: run(plan, chunk), self.batch,
+                                             is_oom=memory.is_oom, on_oom=self._on_oom)
+            if self.devices is not None:
+                self.devices.lanes[0].rows += len(rows)
+        else:
+            def lane_run(lane, part):
+                def on_oom(size, e):
+                    lane.micro_batch = max(1, int(size))
+                    memory.free_memory_after_oom()
+                return run_in_micro_batches(part, lambda chunk: run(lane.plan, chunk),
+                                            lane.micro_batch or self.batch, is_oom=memory.is_oom,
+                                            on_oom=on_oom)
+            with self.clock.phase("denoise"):
+                parts = [p for lane_parts in self.devices.run(rows, lane_run) for p in lane_parts]
+        for p in parts:  # in row order, whichever device sampled them
+            self.watch["row_nfe"].extend(p[3])
         return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                 [b for p in parts for b in p[2]])
 
@@ -271,10 +296,16 @@ class ComfyHost:
 
     # ------------------------------------------------------------------ scoring
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for i in range(0, latents.shape[0], self.micro_batch):
+        if self.devices is not None and self.devices.decoders and latents.shape[0] > 1:
+            def lane_decode(lane, part):  # this device's rows, with its own VAE copy
+                return torch.cat([decode(lane.vae, latents[part[i]:part[i] + len(part[i:i + self.batch])]).cpu()
+                                  for i in range(0, len(part), self.batch)])
             with self.clock.phase("decode"):
-                outs.append(decode(self.vae, latents[i:i + self.micro_batch]).cpu())
+                return torch.cat(self.devices.run(range(latents.shape[0]), lane_decode, count=False))
+        outs = []
+        for i in range(0, latents.shape[0], self.batch):
+            with self.clock.phase("decode"):
+                outs.append(decode(self.vae, latents[i:i + self.batch]).cpu())
         return torch.cat(outs)
 
     @property
@@ -404,9 +435,9 @@ class ComfyHost:
         else:
             sig = resample_sigmas(self.sigmas, steps)
         # one score book: a relative verifier ranks the coarse and the full candidates together
-        return ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.micro_batch,
+        return ComfyHost(self.plan, self.vae, self.verifier, self.prompt, self.progress, self.batch,
                          sigmas=sig.float(), mask_seed=self._mask_seed, book=self.book, watch=self.watch,
-                         video=self.video)
+                         video=self.video, devices=self.devices)
 
     def member_matrix(self, first: int, count: int) -> torch.Tensor:
         """The raw member scores (count × M) of the rows scored from row ``first`` on (sharded search)."""

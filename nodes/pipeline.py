@@ -24,6 +24,7 @@ from typing import Any, Dict, List
 import torch
 
 from . import compat
+from .devices import build as device_set
 from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
@@ -43,11 +44,12 @@ HELD_OUT_SAMPLES = 32  # finished candidates the held-out verifier scores (besid
 
 def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifier, prompt: str, seed: int,
                candidates: int, top_k: int, micro_batch: int = 0, exact_winner: bool = True,
-               settings: Dict[str, Any] = None, held_out=None, video=None, workers=None):
+               settings: Dict[str, Any] = None, held_out=None, video=None, workers=None, devices: str = "all"):
     """SearchLoop's outputs: (image, latent, top_k_images, report, winner_noise, best_seed, noise).
     ``video``: how video candidates are scored (a ``search.video.VideoScoring``; None = its default); for a video
     search the images are IMAGE batches of frames, video after video.
-    ``workers``: (WorkerConfig, prompt, node id) to shard a random search over worker machines."""
+    ``workers``: (WorkerConfig, prompt, node id) to shard a random search over worker machines.
+    ``devices``: the devices of this machine that sample candidates (``search.devices.parse_devices``)."""
     t0 = time.perf_counter()
     strategy = strategy if strategy is not None else Strategy("random")
     n, seed = int(candidates), int(seed)
@@ -78,9 +80,10 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                                "leave held_out_verifier empty")
     failed_before = failures_of(verifier)
     vae = scoring_vae(plan, vae)  # LTX-Video guide frames (LTXV Add Guide) are not decoded as video
+    lanes = device_set(plan, devices, vae)
     host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
                      held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
-                     video=video)
+                     video=video, devices=lanes)
     try:
         if workers is not None:  # the many-machines seam: shards of candidates on worker ComfyUI servers
             from .worker_nodes import sharded_search
@@ -117,12 +120,14 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     report.settings.update(settings or {})
     report.settings.update({
         "seed": seed, "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
-        "steps": int(plan.sigmas.numel() - 1), "micro_batch": host.micro_batch, "per_candidate_noise": plan.separable,
+        "steps": int(plan.sigmas.numel() - 1), "micro_batch": host.batch, "per_candidate_noise": plan.separable,
         "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
         "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
         "coarse_steps": int(strategy.coarse_steps)})
     if host.video is not None:
         report.settings["video"] = host.video_info()
+    report.settings["devices"] = lanes.info()
+    report.notes.extend(lanes.notes)
     note_verifier(report, verifier, host.book.matrix(), unit="videos" if host.video is not None else "images")
     if held_out is not None:
         with plan.clock.phase("verify"):

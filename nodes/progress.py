@@ -2,6 +2,7 @@
 grid of the current micro-batch's x0-predictions, and Cancel."""
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -13,9 +14,17 @@ import latent_preview
 from . import compat
 
 
-def throw_if_interrupted() -> None:
-    """ComfyUI's Cancel: raises its InterruptProcessingException (never caught by the pack)."""
+class Stopped(Exception):
+    """A device's sampling thread stops because another device's failed or saw Cancel (nodes/devices.py)."""
+
+
+def throw_if_interrupted(stop: Optional[threading.Event] = None) -> None:
+    """ComfyUI's Cancel: raises its InterruptProcessingException (never caught by the pack).  ``stop``: set when
+    another device's thread failed or took the Cancel (ComfyUI clears its flag when it raises), so every device
+    stops within one model call."""
     mm.throw_exception_if_processing_interrupted()
+    if stop is not None and stop.is_set():
+        raise Stopped("stopped: another device's sampling failed or was cancelled")
 
 
 class Progress:
@@ -26,6 +35,7 @@ class Progress:
         self.bar = comfy.utils.ProgressBar(max(1, int(total)))
         self.value = 0
         self.total = max(1, int(total))
+        self._lock = threading.RLock()  # devices sampling in parallel threads advance one bar
         try:
             self.previewer = latent_preview.get_previewer(model.load_device, compat.model_object(model, "latent_format"))
         except Exception:
@@ -35,12 +45,17 @@ class Progress:
         self.total = max(self.total, int(total))
 
     def advance(self, nfe: int) -> None:
-        self.set(self.value + int(nfe))
+        with self._lock:
+            self.set(self.value + int(nfe))
 
     def preview(self, x0: torch.Tensor) -> None:
         self.set(self.value, x0)
 
     def set(self, value: int, x0: Optional[torch.Tensor] = None) -> None:
+        with self._lock:
+            self._set(value, x0)
+
+    def _set(self, value: int, x0: Optional[torch.Tensor]) -> None:
         self.value = max(0, min(self.total, int(value)))
         preview = None
         if x0 is not None and self.previewer is not None:

@@ -4,6 +4,7 @@ SamplerCustomAdvanced), run over any micro-batch of starting noises, and the
 stock nodes' own calls for batch-1 re-renders."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
@@ -114,6 +115,8 @@ class SamplingPlan:
     """How candidates are sampled: KSampler widgets, SAMPLER + SIGMAS
     (SamplerCustom) or GUIDER (+ SAMPLER/SIGMAS, SamplerCustomAdvanced)."""
 
+    stop = None  # a device thread's threading.Event (nodes/devices.py): set = stop at the next model call
+
     def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
                  scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,
                  clock: Optional[PhaseClock] = None, model_2=None, switch_step: int = 0):
@@ -142,6 +145,19 @@ class SamplingPlan:
         self.model_2, self.switch = None, 0
         if model_2 is not None:
             self._two_experts(model_2, int(switch_step))
+
+    def on_device(self, model, model_2=None, guider=None, stop=None) -> "SamplingPlan":
+        """This plan sampling with a device clone of its model (and of model_2, and a GUIDER bound to the clone):
+        the same widgets, sigmas, conditioning and template; its own phase clock (the host times the parallel
+        run as one phase)."""
+        p = copy.copy(self)
+        p.model, p.model_2, p.guider, p.stop = model, model_2, guider, stop
+        p.clock = PhaseClock()
+        return p
+
+    @property
+    def device(self) -> str:
+        return str(self.model.load_device)
 
     def _two_experts(self, model_2, switch: int) -> None:
         """Wan 2.2 14B's two experts: ``self.model`` samples steps 0..switch, ``model_2`` the rest, as two
@@ -264,7 +280,7 @@ class SamplingPlan:
         box: Dict[str, Any] = {}
 
         def on_call(counter):
-            throw_if_interrupted()
+            throw_if_interrupted(self.stop)
             progress.advance(b)
 
         def wrap(fn):

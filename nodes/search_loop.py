@@ -74,7 +74,7 @@ class SearchLoop:
                 "guider": ("GUIDER", {"tooltip": "Current ComfyUI: any GUIDER (CFGGuider, BasicGuider for FLUX...). "
                                                  "Replaces model/positive/negative/cfg for sampling."}),
                 "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "Candidates sampled together. 0 = sized from free VRAM (on the "
+                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from free VRAM (on the "
                                                    "CPU: one at a time, so Cancel lands within one step); halved "
                                                    "automatically on out-of-memory."}),
                 "exact_winner": ("BOOLEAN", {
@@ -110,6 +110,14 @@ class SearchLoop:
                     "tooltip": "Optional: a Search Workers node. Other ComfyUI servers sample and score shards of the "
                                "candidates (random search) and send back scores only; this machine picks the "
                                "winners and re-renders them."}),
+                "devices": ("STRING", {
+                    "default": "all",
+                    "tooltip": "The devices of this machine that sample the candidates: 'all' = every GPU ComfyUI "
+                               "can use; or GPU numbers such as '0,1' (or 'cuda:0,cuda:1'). Each GPU gets its own "
+                               "copy of the model and a share of every round's candidates, sampled at once; the "
+                               "results do not depend on the GPU; each GPU decodes its share with its own VAE "
+                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
+                               "(said on the node and in the report). 'cpu' (it may repeat) is for testing."}),
             },
             # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)
             "hidden": {"infscale_graph": "PROMPT", "infscale_node": "UNIQUE_ID"},
@@ -118,7 +126,7 @@ class SearchLoop:
     def search(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k,
                sampler_name, scheduler, steps, cfg, denoise, sampler=None, sigmas=None, strategy=None,
                guider=None, micro_batch=0, exact_winner=True, held_out_verifier=None, video_scoring=None,
-               model_2=None, switch_step=0, workers=None, infscale_graph=None, infscale_node=None):
+               model_2=None, switch_step=0, workers=None, devices="all", infscale_graph=None, infscale_node=None):
         n = int(candidates)
         if n < 1:
             raise SearchInputError(f"candidates must be at least 1, got {n}")
@@ -134,13 +142,16 @@ class SearchLoop:
             settings["switch_step"] = plan.switch
         out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
                          bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
-                         workers=None if workers is None else (workers, infscale_graph, infscale_node))
-        faults = (out[3].settings.get("workers") or {}).get("faults")
-        if faults:  # shards re-assigned from failing workers: shown on the node
-            return {"ui": {"text": ["\n".join(faults)]}, "result": out}
-        if held_out_verifier is None:
+                         workers=None if workers is None else (workers, infscale_graph, infscale_node),
+                         devices=devices)
+        # shown on the node: shards re-assigned from failing workers, devices left out, the held-out guard
+        lines = list((out[3].settings.get("workers") or {}).get("faults") or [])
+        lines += list((out[3].settings.get("devices") or {}).get("left_out") or [])
+        if held_out_verifier is not None:
+            lines.append(guard.message(out[3].held_out))
+        if not lines:
             return out
-        return {"ui": {"text": [guard.message(out[3].held_out)]}, "result": out}
+        return {"ui": {"text": ["\n".join(lines)]}, "result": out}
 
 
 NODES = [(SearchLoop, "SearchLoop", "Search Loop (best of N)")]

@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 import torch
 
 from . import compat
+from .devices import build as device_set
 from .host import ComfyHost
 from .progress import Progress, throw_if_interrupted
 from .sampling import SamplingPlan, SearchInputError, scoring_vae
@@ -375,8 +376,9 @@ class SearchShard:
         else:
             gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
             progress = Progress(total=count * gen, model=plan.model)
-            host = ComfyHost(plan, scoring_vae(plan, vae), verifier, prompt, progress,
-                             plan.micro_batch(count, int(micro_batch)), mask_seed=int(seed))
+            vae = scoring_vae(plan, vae)
+            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
+                             mask_seed=int(seed), devices=device_set(plan, "all", vae))  # every GPU of the worker
             rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
         text = json.dumps(out)

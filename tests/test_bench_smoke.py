@@ -25,7 +25,8 @@ def test_gpu_search_smoke(tmp_path):
     comfy = comfyui_dir()
     current = os.path.isdir(os.path.join(comfy, "comfy", "ldm", "flux"))
     # the peer pack is not vendored (bench/README.md puts it in .peer/); the 2024 host has no FLUX
-    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sd15.halving", "sdxl.limit", "sdxl.ours"]
+    cases = ["sd15.limit", "sd15.ours", "sd15.serial", "n256", "strategies", "sd15.halving", "sd15.devices",
+             "sdxl.limit", "sdxl.ours"]
     if os.path.isfile(os.path.join(PEER, "__init__.py")):
         cases.append("sd15.peer")
     if current:
@@ -40,6 +41,11 @@ def test_gpu_search_smoke(tmp_path):
     for name in ("sd15.limit", "sd15.ours.n2", "sd15.ours_noexact.n2", "sd15.serial.n2", "sd15.ours.n4",
                  "sdxl.limit", "sdxl.ours.n2", "sdxl.ours_noexact.n2"):
         assert by[name]["status"] == "ok", by[name]
+    # the devices case: 'cpu,cpu' (two model copies, two threads) against 'cpu', the same ranking
+    for name in ("random", "zero_order"):
+        assert by[f"sd15.devices.{name}.speedup"]["same_ranking"], by[f"sd15.devices.{name}.speedup"]
+        rows = by[f"sd15.devices.{name}.all.n4"]["devices"]["rows"]
+        assert set(rows) == {"0:cpu", "1:cpu"} and all(v > 0 for v in rows.values()), rows
     # SearchLoop's numbers come from its report: phases, NFEs, the micro-batch it used
     ours = by["sd15.ours.n2"]
     assert ours["all_scores_finite"] and ours["micro_batch_used"] == 2 and ours["nfe_total"] == 2 * 2 * 1
