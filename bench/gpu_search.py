@@ -1125,6 +1125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cases after this many seconds")
     ap.add_argument("--no-budget", action="store_true")
+    ap.add_argument("--devices", default=None,
+                    help="sd15.devices: the devices text of the many-device side (default 'all'). 'same-gpu-twice' "
+                         "runs two lanes on the model's one GPU (two model copies, two threads): a check of the "
+                         "multi-device code path on a one-GPU machine, not a speed-up")
     ap.add_argument("--cap-child", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cap-model", default="sd15", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1401,7 +1405,12 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
     plan = runner.plan
     n = plan.strat_n
     one = str(b.patcher.load_device)
-    every = "cpu,cpu" if one == "cpu" else "all"
+    every = "cpu,cpu" if one == "cpu" else (runner.args.devices or "all")
+    if every == "same-gpu-twice":  # the pack refuses a GPU named twice; this probe names it twice on purpose
+        devices_mod = sys.modules[runner.pack.__name__ + ".nodes.devices"]
+        parse = devices_mod.parse_devices
+        devices_mod.parse_devices = lambda text, avail, main: ([main, main] if text == "same-gpu-twice"
+                                                               else parse(text, avail, main))
     try:
         zero_order = make_strategies(runner.pack, plan)["zero_order"]
     except Exception as e:  # noqa: BLE001
