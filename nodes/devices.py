@@ -28,6 +28,11 @@ from .sampling import SamplingPlan, SearchInputError
 from ..search.devices import DevicesError, parse_devices, split_rows
 
 GIB = 1024 ** 3
+# A sampling call is cut over GPUs only when every GPU gets at least this many rows.  With threads, the Python
+# side of sampling is shared: two lanes on one H200 ran a zero-order search (rounds of 4 neighbours, 2 rows per
+# lane) at 0.45x one lane, while a random search at 8 rows per lane ran at 0.95x (bench/README.md, "Every GPU
+# of one machine").  Smaller calls stay on the main device.  CPU lanes (tests) split any call.
+GPU_MIN_ROWS = 4
 
 
 @dataclass
@@ -45,6 +50,7 @@ class DeviceSet:
     requested: str = "all"
     notes: List[str] = field(default_factory=list)  # devices left out, and why
     stop: threading.Event = field(default_factory=threading.Event)
+    min_rows: int = 1  # the fewest rows a device is given when a call is cut (GPU_MIN_ROWS on GPUs)
 
     @property
     def parallel(self) -> bool:
@@ -70,7 +76,7 @@ class DeviceSet:
         one thread per device.  The first failure (Cancel included) stops the other devices at their next model
         call and is raised.  ``count``: the rows are sampled ones (the report's rows per device)."""
         rows = list(rows)
-        chunks = split_rows(len(rows), [1.0] * len(self.lanes)) if rows else []
+        chunks = split_rows(len(rows), [1.0] * len(self.lanes), self.min_rows) if rows else []
         if len(chunks) <= 1:
             lane = self.lanes[chunks[0][0]] if chunks else self.lanes[0]
             lane.rows += len(rows) if count else 0
@@ -230,4 +236,5 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
         for i, lane in enumerate(lanes):  # a VAE copy per device (the main device's is the graph's own)
             lane.vae = vae if lane.device == main and lane.plan.model is plan.model else \
                 _clone_vae(vae, torch.device(lane.device), i)
-    return DeviceSet(lanes, requested, notes, stop)
+    gpu = any(torch.device(lane.device).type != "cpu" for lane in lanes)
+    return DeviceSet(lanes, requested, notes, stop, min_rows=GPU_MIN_ROWS if gpu else 1)

@@ -81,3 +81,17 @@ def test_parse_devices_errors_name_the_input(text, words):
         parse_devices(text, GPUS, "cuda:0")
     for w in words:
         assert w in str(e.value)
+
+
+@pytest.mark.parametrize("n,devices,expect", [
+    (4, 2, [(0, 4)]),                  # a zero-order round of 4 neighbours stays on the main GPU
+    (6, 2, [(0, 6)]),
+    (8, 2, [(0, 4), (1, 4)]),
+    (12, 4, [(0, 4), (1, 4), (2, 4)]),  # three GPUs of four get a share
+    (17, 2, [(0, 9), (1, 8)]),
+])
+def test_split_rows_with_the_gpu_minimum(n, devices, expect):
+    """nodes/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
+    chunks = split_rows(n, [1.0] * devices, min_rows=4)
+    covers(chunks, n)
+    assert rows_of(chunks) == expect
