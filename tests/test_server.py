@@ -44,7 +44,7 @@ def test_object_info_lists_every_node(comfy):
     assert list(info[PREFIX + "SearchLoop"]["input"]["optional"]) == ["sampler", "sigmas", "strategy", "guider",
                                                                        "micro_batch", "exact_winner",
                                                                        "held_out_verifier", "video_scoring",
-                                                                       "model_2", "switch_step", "workers"]
+                                                                       "model_2", "switch_step", "workers", "devices"]
     assert info[PREFIX + "SearchLoop"]["output_name"] == ["image", "latent", "top_k_images", "scores",
                                                           "winner_noise", "best_seed", "noise"]
     weights = info[PREFIX + "CLIPScoreVerifierLoader"]["input"]["required"]["weights"][0]
