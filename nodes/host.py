@@ -44,7 +44,7 @@ from ..search.schedule import resample_sigmas
 from ..verifiers.protocol import ScoreBook
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, PreviewRequired, preview_level
 from .video import (DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, PrunedBook, causal_frame_count, decode_prefix,
-                    preview_videos, spatial_upscale)
+                    frame_count, preview_videos, spatial_upscale)
 from ..search.video import VideoInputError
 
 
@@ -106,9 +106,7 @@ class ComfyHost:
         self._decoded_latent_frames: Optional[Tuple[int, int]] = None  # (decoded, of) for the report
         if self.video is None:
             return
-        ratio = getattr(vae, "upscale_ratio", None)
-        if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
-            self._frames_of = ratio[0]
+        self._frames_of = frame_count(vae)
         self._causal = causal_frame_count(vae)
         if not self.video.pruning:
             return
@@ -297,9 +295,10 @@ class ComfyHost:
     # ------------------------------------------------------------------ scoring
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.devices is not None and self.devices.decoders and latents.shape[0] > 1:
-            def lane_decode(lane, part):  # this device's rows, with its own VAE copy
-                return torch.cat([decode(lane.vae, latents[part[i]:part[i] + len(part[i:i + self.batch])]).cpu()
-                                  for i in range(0, len(part), self.batch)])
+            def lane_decode(lane, part):  # this device's rows (contiguous), with its own VAE copy
+                lo, hi = part[0], part[-1] + 1
+                return torch.cat([decode(lane.vae, latents[i:min(i + self.batch, hi)]).cpu()
+                                  for i in range(lo, hi, self.batch)])
             with self.clock.phase("decode"):
                 return torch.cat(self.devices.run(range(latents.shape[0]), lane_decode, count=False))
         outs = []

@@ -31,16 +31,21 @@ PREFILTER_NATIVE = ("the Verifier Pre-filter scores frames, and a video-native v
 CAUSAL_VAES = {("comfy.ldm.wan.vae", "WanVAE"), ("comfy.ldm.wan.vae2_2", "WanVAE")}
 
 
-def causal_frame_count(vae) -> Optional[Callable[[int], int]]:
-    """The temporal upscale ``latent frames -> pixel frames`` of a VAE that decodes a latent prefix exactly
-    (``CAUSAL_VAES``), from its own ``upscale_ratio``; None for any other VAE (decoded whole)."""
-    inner = getattr(vae, "first_stage_model", None)
+def frame_count(vae) -> Optional[Callable[[int], int]]:
+    """A video VAE's temporal upscale ``latent frames -> pixel frames`` (its ``upscale_ratio[0]``), or None."""
     ratio = getattr(vae, "upscale_ratio", None)
+    if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
+        return ratio[0]
+    return None
+
+
+def causal_frame_count(vae) -> Optional[Callable[[int], int]]:
+    """:func:`frame_count` of a VAE that decodes a latent prefix exactly (``CAUSAL_VAES``); None for any other
+    VAE (decoded whole)."""
+    inner = getattr(vae, "first_stage_model", None)
     if inner is None or (type(inner).__module__, type(inner).__name__) not in CAUSAL_VAES:
         return None
-    if not isinstance(ratio, (tuple, list)) or not callable(ratio[0]):
-        return None
-    return ratio[0]
+    return frame_count(vae)
 
 
 def spatial_upscale(vae) -> tuple:
