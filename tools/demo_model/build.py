@@ -5,6 +5,7 @@
     python tools/demo_model/build.py tokens --comfyui /path/to/ComfyUI   # rewrites caption_tokens.json
     python tools/demo_model/build.py ensure [--comfyui PATH] [--out CACHE]  # both, cached (what .ci/setup runs)
     python tools/demo_model/build.py check-text --comfyui PATH --out CHECKPOINT  # ComfyUI's text contexts = training's
+    python tools/demo_model/build.py check-nets --comfyui PATH   # the trained networks = ComfyUI's classes on them
 
 ``checkpoint`` writes an SD1.5 single-file checkpoint (fp16, ~262 MB, most of
 it the frozen CLIP-L) in the key layout of that ComfyUI's own classes: the
@@ -57,27 +58,49 @@ def provenance() -> dict:
         return json.load(f)
 
 
-def clip_fingerprint(state) -> str:
-    """sha256 of the text encoder's fp16 tensors in key order (keys without their prefix)."""
+CLIP_KEYS = {"token": ("transformer.text_model.embeddings.token_embedding.weight", (49408, 768), "Embedding"),
+             "position": ("transformer.text_model.embeddings.position_embedding.weight", (77, 768), "Embedding"),
+             "norm_weight": ("transformer.text_model.final_layer_norm.weight", (768,), "LayerNorm"),
+             "norm_bias": ("transformer.text_model.final_layer_norm.bias", (768,), "LayerNorm")}
+
+
+def clip_fingerprint(tensors) -> str:
+    """sha256 (16 hex digits) of the text encoder's embeddings and final LayerNorm (fp16), the tensors its
+    contexts depend on (CLIP_KEYS names -> tensors)."""
     import torch
     h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k]
-        h.update(k.encode())
-        h.update((v.to(torch.float16) if v.dtype.is_floating_point else v).contiguous().numpy().tobytes())
+    for name in sorted(CLIP_KEYS):
+        h.update(name.encode())
+        h.update(tensors[name].to(torch.float16).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def clip_embeddings() -> dict:
+    """The frozen CLIP-L's embeddings and final LayerNorm (fp16) without ComfyUI: tests/tiny_models.py's fill of
+    those keys (seed nets.CLIP_SEED), the values clip_state gives them."""
+    import torch
+    sys.path[:0] = [p for p in (HERE, os.path.join(REPO, "tests")) if p not in sys.path]
+    import nets
+    import tiny_models
+    return {name: tiny_models._fill("cond_stage_model." + key, shape, torch.float32, owner, nets.CLIP_SEED,
+                                    "sd15").to(torch.float16)
+            for name, (key, shape, owner) in CLIP_KEYS.items()}
 
 
 def clip_state(clip_module, seed):
     """The frozen CLIP-L (keys as SDClipModel.state_dict(), fp16), as the SD1.5 checkpoint stores it: no
-    logit_scale, no text_projection (tests/tiny_models.py's sd15 rule)."""
+    logit_scale, no text_projection (tests/tiny_models.py's sd15 rule), and every layer's output projections
+    (attention out_proj, MLP fc2: nets.CLIP_ZERO) zero, so that each layer passes its input through."""
     import torch
+    import nets
     import tiny_models
     out = {}
     for key, shape, dtype, owner in tiny_models._tensor_specs(clip_module):
         if key in ("logit_scale", "transformer.text_projection.weight"):
             continue
         t = tiny_models._fill("cond_stage_model." + key, shape, dtype, owner, seed, "sd15")
+        if any(z in key for z in nets.CLIP_ZERO):
+            t = torch.zeros(shape, dtype=dtype)
         out[key] = t.to(torch.float16) if t.dtype.is_floating_point else t
     return out
 
@@ -105,7 +128,9 @@ def build_checkpoint(out: str) -> dict:
         state["model.diffusion_model." + k] = v
     cs = clip_state(clip, nets.CLIP_SEED)
     want = prov.get("clip_l_fingerprint")
-    got = clip_fingerprint(cs)
+    got = clip_fingerprint({name: cs[key] for name, (key, _shape, _owner) in CLIP_KEYS.items()})
+    if got != clip_fingerprint(clip_embeddings()):
+        raise SystemExit("this ComfyUI's CLIP-L keys are laid out otherwise than build.CLIP_KEYS expects")
     if want and got != want:
         raise SystemExit(f"the seeded CLIP-L text encoder differs from the one the UNet was trained with "
                          f"(fingerprint {got}, trained with {want}): tests/tiny_models.py's fill must have changed; "
@@ -139,7 +164,8 @@ def build_checkpoint(out: str) -> dict:
     return {"path": os.path.abspath(out), "bytes": os.path.getsize(out), "detected": type(cfg).__name__}
 
 
-def check_text(checkpoint: str, captions=("a small red circle at the top left", "two large blue squares", "")) -> dict:
+def check_text(checkpoint: str, captions=("a small red circle at the top left", "a large blue triangle on the right",
+                                         "")) -> dict:
     """The contexts ComfyUI's loader + CLIPTextEncode give for ``captions`` from the assembled checkpoint, against
     the ones the UNet was trained on (train.text_contexts): the largest difference relative to their scale."""
     import torch
@@ -147,18 +173,56 @@ def check_text(checkpoint: str, captions=("a small red circle at the top left", 
     import shapes_data as S
     import train
     model, clip = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=True)[:2]
-    ctx, fingerprint = train.text_contexts(TOKENS, torch.device("cpu"), eager=False)
+    ctx, fingerprint = train.text_contexts(TOKENS, torch.device("cpu"))
     worst, control = 0.0, float("inf")
     rows = [len(S.CAPTIONS) if c == "" else S.INDEX[c] for c in captions]
     for i, c in enumerate(captions):
         got = clip.encode_from_tokens(clip.tokenize(c))
         got = (got[0] if isinstance(got, (tuple, list)) else got).float()
-        want = ctx[torch.tensor([rows[i]])]
+        want = ctx[rows[i]][None]
         worst = max(worst, float((got - want).abs().max() / want.abs().max()))
-        other = ctx[torch.tensor([rows[i - 1]])]    # another caption's context: must differ (the check can fail)
+        other = ctx[rows[i - 1]][None]    # another caption's context: must differ (the check can fail)
         control = min(control, float((got - other).abs().max() / other.abs().max()))
     return {"max_rel_diff": worst, "other_caption_rel_diff": control, "fingerprint": fingerprint,
             "model": type(model.model).__name__}
+
+
+def check_nets(seed: int = 0) -> dict:
+    """nets.NarrowUNet and nets.narrow_taesd (what training computes) against ComfyUI's UNetModel and TAESD with the
+    same weights put into the full layout (nets.unpack), on random weights and inputs: the largest difference
+    relative to the output's scale."""
+    import torch
+    import comfy.ops
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import nets
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    narrow = nets.NarrowUNet()
+    with torch.no_grad():
+        for p in narrow.parameters():   # every entry random (norm scales and biases too), so nothing hides
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p[0].numel()) ** 0.5 if p.ndim > 1 else 0.3))
+    full = UNetModel(dtype=torch.float32, operations=comfy.ops.disable_weight_init, **nets.UNET)
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    full.load_state_dict(nets.unpack(narrow.state_dict(), shapes, nets.unet_index))
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([3.0, 400.0, 999.0])
+    ctx = torch.randn(3, 77, 768, generator=g)
+    a, b = narrow(x, t, ctx), full(x, t, context=ctx)
+    out["unet"] = float((a - b).abs().max() / b.abs().max())
+    ta = comfy.taesd.taesd.TAESD()
+    for prefix, half in (("taesd_encoder.", ta.taesd_encoder), ("taesd_decoder.", ta.taesd_decoder)):
+        n = nets.narrow_taesd(prefix)
+        with torch.no_grad():
+            for p in n.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.ndim > 1 else 0.1))
+        fshapes = {prefix + k: v.shape for k, v in half.state_dict().items()}
+        parts = {prefix + k: v for k, v in n.state_dict().items()}
+        half.load_state_dict({k[len(prefix):]: v for k, v in nets.unpack(parts, fshapes, nets.taesd_index).items()})
+        inp = torch.rand(2, 3, 64, 64, generator=g) if prefix == "taesd_encoder." else torch.randn(2, 4, 8, 8, generator=g)
+        a, b = n(inp), half(inp)
+        out[prefix.rstrip(".")] = float((a - b).abs().max() / b.abs().max())
+    return out
 
 
 def write_tokens(path: str = TOKENS) -> dict:
@@ -257,7 +321,7 @@ def _import_comfy(comfyui_dir: str):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("checkpoint", "verifier", "tokens", "ensure", "check-text"))
+    p.add_argument("what", choices=("checkpoint", "verifier", "tokens", "ensure", "check-text", "check-nets"))
     p.add_argument("--comfyui", help="the ComfyUI checkout whose classes lay the checkpoint out")
     p.add_argument("--out", help="checkpoint file / verifier folder / (ensure) cache folder")
     a = p.parse_args(argv)
@@ -280,6 +344,8 @@ def main(argv=None):
                 r = build_checkpoint(a.out or CHECKPOINT_NAME)
             elif a.what == "tokens":
                 r = write_tokens(a.out or TOKENS)
+            elif a.what == "check-nets":
+                r = check_nets()
             else:  # check-text: --out names the assembled checkpoint
                 r = check_text(a.out)
     r["seconds"] = round(time.time() - t0, 2)

@@ -1,18 +1,19 @@
 """Trains the demo model from nothing: VAE, UNet, verifier and judge, on captioned procedural shapes.
 
-    python tools/demo_model/train.py --comfyui /path/to/ComfyUI --out DIR [--device cuda] [--quick]
+    python tools/demo_model/train.py --out DIR [--device cuda] [--quick]
 
 Writes the trained parts (``DIR/weights/``: unet, taesd, verifier, judge
 safetensors and provenance.json, a few MB together) and ``DIR/samples.png``;
 ``tools/demo_model/weights/`` holds the committed copy, and
 ``tools/demo_model/build.py`` assembles the files ComfyUI loads from it.
 
-ComfyUI's own classes are trained (``comfy.ldm...openaimodel.UNetModel``,
-``comfy.taesd.taesd``), so a ComfyUI checkout is needed (any version with
-SD1.5 and TAESD; 0.3.64 made the committed weights), plus open_clip.
-Everything is seeded: the data are drawn from fixed seed streams
-(``shapes_data.make_batch``), every network starts from a fixed seed, and
-GPU kernels are set to deterministic ones, so a rerun on the same machine and
+What trains are the trained parts of ComfyUI's SD1.5 UNet and TAESD as
+networks of their own (``nets.NarrowUNet``, ``nets.narrow_taesd``: the same
+arithmetic on the trained channels only; ``build.py check-nets`` compares them
+with ComfyUI's classes), so no ComfyUI is needed here, only torch and
+open_clip.  Everything is seeded: the data are drawn from fixed seed streams
+(``shapes_data.make_batch``), every network starts from a fixed seed, and GPU
+kernels are set to deterministic ones, so a rerun on the same machine and
 software gives the same weights.
 
 Stages (``--quick``: 3 steps each, batches of 16, a smoke run of the script):
@@ -22,11 +23,14 @@ Stages (``--quick``: 3 steps each, batches of 16, a smoke run of the script):
    decoder also sees slightly noised latents.
 2. **Verifier**: open_clip, contrastive on stream A images (half of them
    through the VAE with noised latents, as generated images look): each image
-   against all 528 captions, each caption against the batch's images.
+   against all 216 captions, each caption against the batch's images.
 3. **Judge**: the CNN on stream B (other images), clean and through the VAE.
-4. **Text contexts**: the frozen seeded CLIP-L of the checkpoint encodes the
-   528 captions and the empty prompt once (the tokens are ComfyUI's SD1
-   tokenizer's, from ``caption_tokens.json``).
+4. **Text contexts**: what the checkpoint's frozen CLIP-L gives for the 216
+   captions and the empty prompt. Its layers' output projections are zero
+   (nets.CLIP_ZERO), so its context is the final LayerNorm of token plus
+   position embedding (the tokens are ComfyUI's SD1 tokenizer's, from
+   ``caption_tokens.json``); ``build.py check-text`` compares it with ComfyUI's
+   CLIPTextEncode.
 5. **UNet**: epsilon prediction on SD1.5's discrete schedule (scaled-linear
    betas 0.00085..0.012, 1000 steps), uniform timesteps, 10 % empty captions
    (for CFG), EMA weights; stream A images through the trained VAE encoder.
@@ -36,7 +40,7 @@ Stages (``--quick``: 3 steps each, batches of 16, a smoke run of the script):
    scheduler): the judge's accuracy of one sample, of the verifier's best of
    8, and of the best of 8 in hindsight, for a few steps/CFG settings.
 
-On one H100 the full run takes a few minutes; on a CPU, hours.
+On one GPU the full run takes minutes; on two CPU cores, hours.
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
+sys.path[:0] = [HERE, os.path.join(REPO, "tests")]   # tests/tiny_models.py: the CLIP-L's seeded values
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -70,76 +74,10 @@ def log(*a):
     print(*a, flush=True)
 
 
-# --- ComfyUI ---------------------------------------------------------------------------------------------------------
-def import_comfy(comfyui_dir: str, cpu: bool):
-    """ComfyUI importable (its directory first on sys.path), its CPU flag set when training on the CPU."""
-    comfyui_dir = os.path.abspath(comfyui_dir)
-    sys.path.insert(0, comfyui_dir)
-    sys.argv = [sys.argv[0]] + (["--cpu"] if cpu else [])
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    try:
-        from transformers import CLIPTokenizer  # noqa: F401  (comfy.sd1_clip imports it; tokens come from a file)
-    except Exception:  # a machine without (this) transformers: the tokenizer is never used here
-        import types
-        sys.modules["transformers"] = types.SimpleNamespace(CLIPTokenizer=None)
-    import comfy.ops  # noqa: F401
-
-
 def sd15_alphas_cumprod() -> torch.Tensor:
     """comfy.model_sampling.ModelSamplingDiscrete for SD1.5: 'linear' betas (sqrt-spaced) 0.00085..0.012."""
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, 0).float()
-
-
-# --- initialisation and masks ----------------------------------------------------------------------------------------
-ZERO_INIT = ("out_layers.3.", "proj_out.", "out.2.")
-
-
-def init_masked(module: torch.nn.Module, index, zero_init=(), seed: int = 0):
-    """Seeded init on the trained entries only (fan-in counted on them), zeros elsewhere; returns the masks."""
-    g = torch.Generator().manual_seed(seed)
-    state = module.state_dict()
-    masks = nets.masks(state, index)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            idx = index(name, p.shape)
-            sub_shape = [len(i) for i in idx]
-            if p.ndim == 1 and (name.endswith("weight")) and ("norm" in name or ".in_layers.0." in name
-                                                             or ".out_layers.0." in name or name.startswith("out.0.")):
-                val = torch.ones(sub_shape)
-            elif p.ndim >= 2:
-                fan_in = math.prod(sub_shape[1:])
-                val = (torch.rand(sub_shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
-            else:  # biases (norm biases included): zero
-                val = torch.zeros(sub_shape)
-            if any(name.startswith(z) or ("." + z) in name for z in zero_init):
-                val = torch.zeros(sub_shape)
-            full = torch.zeros(p.shape)
-            if idx:
-                full[torch.meshgrid(*idx, indexing="ij")] = val
-            else:
-                full = val
-            p.copy_(full)
-    return {k: m for k, m in masks.items() if k in dict(module.named_parameters())}
-
-
-class Masked:
-    """Keeps a module's untrained entries at zero: gradients masked before, weights after, each step."""
-
-    def __init__(self, module, masks, device):
-        self.params = dict(module.named_parameters())
-        self.masks = {k: m.to(device=device, dtype=torch.float32) for k, m in masks.items()}
-
-    def grads(self):
-        for k, p in self.params.items():
-            if p.grad is not None:
-                p.grad.mul_(self.masks[k])
-
-    def weights(self):
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.mul_(self.masks[k])
 
 
 class EMA:
@@ -178,16 +116,20 @@ def normalize(x01):
 
 
 # --- stages --------------------------------------------------------------------------------------------------------------
+class TAESD(torch.nn.Module):
+    """The trained parts of ComfyUI's TAESD: encoder (image in [0, 1] -> latent) and decoder (latent -> image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.taesd_encoder = nets.narrow_taesd("taesd_encoder.")
+        self.taesd_decoder = nets.narrow_taesd("taesd_decoder.")
+
+
 def train_vae(steps, device, bs=128):
-    import comfy.taesd.taesd as T
     torch.manual_seed(11)
-    taesd = T.TAESD().to(device)
+    taesd = TAESD().to(device)
     enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
-    menc = init_masked(enc, lambda k, s: nets.taesd_index("taesd_encoder." + k, s), seed=11)
-    mdec = init_masked(dec, lambda k, s: nets.taesd_index("taesd_decoder." + k, s), seed=12)
-    menc, mdec = Masked(enc, menc, device), Masked(dec, mdec, device)
-    menc.weights(), mdec.weights()
-    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    opt = torch.optim.Adam(taesd.parameters(), lr=1e-3)
     g = torch.Generator(device=device).manual_seed(13)
     t0 = time.time()
     for i in range(steps):
@@ -201,15 +143,11 @@ def train_vae(steps, device, bs=128):
         loss = rec_loss + 0.1 * (m.pow(2).mean() + (s - 1).pow(2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        menc.grads(), mdec.grads()
         opt.step()
-        menc.weights(), mdec.weights()
         if (i + 1) % max(1, steps // 5) == 0:
             log(f"  vae {i + 1}/{steps}: mse {rec_loss.item():.5f}, latent mean {m.abs().max().item():.3f}, "
                 f"std {s.min().item():.3f}..{s.max().item():.3f} ({time.time() - t0:.0f} s)")
-    enc.eval(), dec.eval()
-    for p in taesd.parameters():
-        p.requires_grad_(False)
+    taesd.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(STREAM_EVAL, 0, 256 if bs >= 128 else 16, device)
         z = enc(x)
@@ -220,52 +158,22 @@ def train_vae(steps, device, bs=128):
     return taesd, stats
 
 
-class Contexts:
+def text_contexts(tokens_file, device):
     """The frozen CLIP-L's 77 x 768 context of every caption (row i = S.CAPTIONS[i]) and of the empty prompt
-    (last row), computed as ComfyUI's SD1 CLIPTextEncode does (layer 'last', final layer norm), all at once
-    (``eager``) or each row when first asked for (a quick run on a CPU)."""
-
-    def __init__(self, clip, rows, device, eager: bool):
-        self.clip, self.rows = clip, rows
-        self.table = torch.zeros(len(rows), 77, 768, device=device)
-        self.done = [False] * len(rows)
-        self.shape = self.table.shape
-        if eager:
-            self._fill(range(len(rows)))
-            self.clip = None
-
-    @torch.no_grad()
-    def _fill(self, idx):
-        todo = [i for i in idx if not self.done[i]]
-        for k in range(0, len(todo), 64):
-            part = todo[k:k + 64]
-            self.table[part] = self.clip([self.rows[i] for i in part])[0].float()
-            for i in part:
-                self.done[i] = True
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        self._fill(sorted(set(idx.flatten().tolist())))
-        return self.table[idx]
-
-
-def text_contexts(tokens_file, device, eager=True):
-    import comfy.sd1_clip
+    (last row), as ComfyUI's SD1 CLIPTextEncode computes it from the checkpoint (layer 'last', final LayerNorm):
+    with zero output projections every layer passes its input through, so the context is the final LayerNorm of
+    token embedding + position embedding."""
     import build
     with open(tokens_file) as f:
         toks = json.load(f)
     assert toks["captions"] == list(S.CAPTIONS) + [""], "caption_tokens.json is for another caption list"
-    with torch.no_grad():  # (some ComfyUI versions copy_() into parameters while building)
-        clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
-    state = build.clip_state(clip, nets.CLIP_SEED)       # fp16, as the checkpoint stores it
-    fingerprint = build.clip_fingerprint(state)
-    missing, unexpected = clip.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    assert not unexpected and set(missing) <= {"logit_scale", "transformer.text_projection.weight"}, (missing, unexpected)
-    clip = clip.to(device).eval()
-    rows = [ids + [toks["pad"]] * (77 - len(ids)) for ids in toks["tokens"]]
-    ctx = Contexts(clip, rows, device, eager)
-    log(f"  text: {ctx.shape[0]} contexts ({'computed' if eager else 'computed when used'}), "
-        f"CLIP-L fingerprint {fingerprint}")
-    return ctx, fingerprint
+    t = build.clip_embeddings()                                     # fp16, as the checkpoint stores them
+    ids = torch.tensor([row + [toks["pad"]] * (77 - len(row)) for row in toks["tokens"]])
+    x = t["token"].float()[ids] + t["position"].float()[None]
+    ctx = F.layer_norm(x, (768,), t["norm_weight"].float(), t["norm_bias"].float(), 1e-5)
+    fingerprint = build.clip_fingerprint(t)
+    log(f"  text: {ctx.shape[0]} contexts, CLIP-L fingerprint {fingerprint}")
+    return ctx.to(device), fingerprint
 
 
 def vae_roundtrip(taesd, x, g, max_noise):
@@ -276,16 +184,15 @@ def vae_roundtrip(taesd, x, g, max_noise):
 
 
 def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, deadline=None):
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    import comfy.ops
     torch.manual_seed(21)
-    unet = UNetModel(dtype=torch.float32, operations=comfy.ops.disable_weight_init, **nets.UNET).to(device)
-    mk = init_masked(unet, nets.unet_index, ZERO_INIT, seed=21)
-    masked = Masked(unet, mk, device)
-    masked.weights()
-    n_train = sum(int(m.sum()) for m in mk.values())
-    log(f"  unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters in the layout, "
-        f"{n_train / 1e6:.2f} M trained")
+    unet = nets.NarrowUNet()
+    with torch.no_grad():   # as SD's UNet: the residual branches' and the output's last layers start at zero
+        for name, p in unet.named_parameters():
+            if name.startswith("out.2.") or ".out_layers.3." in name or ".proj_out." in name:
+                p.zero_()
+    unet = unet.to(device)
+    n_train = sum(p.numel() for p in unet.parameters())
+    log(f"  unet: {n_train / 1e6:.2f} M parameters trained (of the 16.2 M of its SD1.5 layout)")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = EMA(unet, 0.999)
     ac = sd15_alphas_cumprod().to(device)
@@ -307,20 +214,18 @@ def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, deadline=None):
         with torch.no_grad():
             x0 = taesd.taesd_encoder(x)
         drop = torch.rand(bs, device=device, generator=g) < 0.1
-        c = ctx[torch.where(drop, torch.full_like(cap, empty), cap)]
+        uniq, rows = torch.unique(torch.where(drop, torch.full_like(cap, empty), cap), return_inverse=True)
         t = torch.randint(0, 1000, (bs,), device=device, generator=g)
         eps = torch.randn(x0.shape, device=device, generator=g)
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = unet(xt, t.float(), context=c)
+            pred = unet(xt, t.float(), ctx[uniq], rows)
         loss = F.mse_loss(pred.float(), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        masked.grads()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        masked.weights()
         ema.update(i)
         if i + 1 == steps // 2:
             half_state = ema.state()     # the half-trained model, kept for comparison (a weaker one)
@@ -330,10 +235,7 @@ def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, deadline=None):
         i += 1
     unet.load_state_dict(ema.state())
     half_state = half_state or ema.state()
-    masked.weights()
-    unet.eval()
-    for p in unet.parameters():
-        p.requires_grad_(False)
+    unet.eval().requires_grad_(False)
     return unet, half_state, {"final_loss": run, "trained_params": n_train, "steps": steps}
 
 
@@ -435,9 +337,9 @@ class Sampler:
     def eps(self, x, sigma, cap, cfg):
         t = torch.full((x.shape[0],), float(self.timestep(sigma)), device=self.device)
         xin = x / math.sqrt(sigma ** 2 + 1)
-        e = self.unet(xin, t, context=self.ctx[cap])
+        e = self.unet(xin, t, self.ctx[cap])
         if cfg != 1.0:
-            u = self.unet(xin, t, context=self.ctx[torch.full_like(cap, self.ctx.shape[0] - 1)])
+            u = self.unet(xin, t, self.ctx[torch.full_like(cap, self.ctx.shape[0] - 1)])
             e = u + cfg * (e - u)
         return e
 
@@ -507,14 +409,11 @@ def export(out_dir, taesd, unet, verifier, used, judge, provenance, unet_half=No
     w = os.path.join(out_dir, "weights")
     os.makedirs(w, exist_ok=True)
     half = lambda d: {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in d.items()}  # noqa: E731
-    unet_state = {k: v for k, v in unet.state_dict().items()}
-    save_file(half(nets.pack(unet_state, nets.unet_index)), os.path.join(w, "unet.safetensors"))
+    # the narrow networks' state dicts are the trained parts (nets.pack of the full layout), keys as ComfyUI's
+    save_file(half(unet.state_dict()), os.path.join(w, "unet.safetensors"))
     if unet_half is not None:
-        save_file(half(nets.pack(unet_half, nets.unet_index)), os.path.join(w, "unet_half.safetensors"))
-    vae = {}
-    for prefix, mod in (("taesd_encoder.", taesd.taesd_encoder), ("taesd_decoder.", taesd.taesd_decoder)):
-        vae.update({prefix + k: v for k, v in mod.state_dict().items()})
-    save_file(half(nets.pack(vae, nets.taesd_index)), os.path.join(w, "taesd.safetensors"))
+        save_file(half(unet_half), os.path.join(w, "unet_half.safetensors"))
+    save_file(half(taesd.state_dict()), os.path.join(w, "taesd.safetensors"))
     vs = {k: v for k, v in verifier.state_dict().items() if k != nets.TOKEN_TABLE}
     vs = half(vs)
     vs["token_rows.ids"] = used.to(torch.int64)
@@ -538,7 +437,6 @@ def git_commit():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--comfyui", required=True, help="a ComfyUI checkout (its classes are trained)")
     p.add_argument("--out", required=True, help="output folder (weights/ and samples.png)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tokens", default=os.path.join(HERE, "caption_tokens.json"))
@@ -558,7 +456,6 @@ def main(argv=None):
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-    import_comfy(a.comfyui, device.type == "cpu")
     t0 = time.time()
     log(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()}),"
         f" torch {torch.__version__}, steps {steps}")
@@ -574,21 +471,15 @@ def main(argv=None):
     taesd, vae_stats = stage("vae", lambda: train_vae(steps["vae"], device, bs=bs or 128))
     verifier, vtok, used = stage("verifier", lambda: train_verifier(taesd, steps["verifier"], device, bs=bs or 256))
     judge = stage("judge", lambda: train_judge(taesd, steps["judge"], device, bs=bs or 256))
-    ctx, fingerprint = stage("text", lambda: text_contexts(a.tokens, device, eager=not a.quick))
+    ctx, fingerprint = stage("text", lambda: text_contexts(a.tokens, device))
     unet, unet_half, unet_stats = stage("unet", lambda: train_unet(taesd, ctx, steps["unet"], device, bs=bs or 256,
                                                                    deadline=deadline))
     steps["unet"] = unet_stats["steps"]
-    version = "?"
-    vf = os.path.join(a.comfyui, "comfyui_version.py")
-    if os.path.isfile(vf):
-        ns = {}
-        exec(open(vf).read(), ns)
-        version = ns.get("__version__", "?")
     flags = " ".join(f"--{k}-steps {steps[k]}" for k in ("vae", "unet", "verifier", "judge"))
     prov = {
         "script": "tools/demo_model/train.py",
-        "command": f"python tools/demo_model/train.py --comfyui <ComfyUI {version}> --out <dir> --device "
-                   f"{device.type} {flags}" + (" --quick" if a.quick else ""),
+        "command": f"python tools/demo_model/train.py --out <dir> --device {device.type} {flags}"
+                   + (" --quick" if a.quick else ""),
         "commit": a.commit or git_commit(), "steps": steps, "quick": a.quick,
         "seeds": {"vae_images": STREAM_A, "unet_images": STREAM_A + 10_000_000,
                   "verifier_images": STREAM_A + 20_000_000, "judge_images": STREAM_B, "check_images": STREAM_EVAL,
@@ -597,7 +488,9 @@ def main(argv=None):
                 "make_batch(n, seed=<stage seed> + i)",
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch": torch.__version__, "python": platform.python_version(),
-        "comfyui": version, "clip_l_fingerprint": fingerprint,
+        "clip_l_fingerprint": fingerprint, "widths": {"unet": [nets.WIDTH, nets.TIME_WIDTH, nets.FF_WIDTH],
+                                                      "taesd_decoder": nets.TAESD_DECODER,
+                                                      "taesd_encoder": nets.TAESD_ENCODER},
         "vae": vae_stats, "unet": unet_stats, "seconds": timings,
     }
     quick = dict(n_prompts=8, settings=((4, 1.0),)) if a.quick else {}
