@@ -46,6 +46,11 @@ PARTS = ("unet.safetensors", "taesd.safetensors", "verifier.safetensors")
 
 def parts_digest() -> str:
     """sha256 (first 12 hex digits) of the trained parts and of the code that lays them out."""
+    missing = [p for p in PARTS + ("provenance.json",) if not os.path.isfile(os.path.join(WEIGHTS, p))]
+    if missing:
+        raise FileNotFoundError(
+            f"the demo model's trained parts are not in {WEIGHTS} (missing {', '.join(missing)}): train them with "
+            "tools/demo_model/train.py (a GPU run takes minutes) and copy its weights/ folder there")
     h = hashlib.sha256()
     for f in [os.path.join(WEIGHTS, p) for p in PARTS] + [os.path.join(HERE, "nets.py"), os.path.abspath(__file__)]:
         with open(f, "rb") as fh:

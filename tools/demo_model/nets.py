@@ -11,19 +11,31 @@ CheckpointLoaderSimple detects as SD15:
   the first output block, no middle block.  Inside that 320-channel layout only
   the first ``WIDTH`` channels (and ``TIME_WIDTH`` of the 1280-wide time
   embedding, ``FF_WIDTH`` of the 1280-wide feed-forward) are trained: every
-  other weight is held at zero, so the other channels stay exactly zero through
-  the network (a zero-weight channel stays zero through GroupNorm/LayerNorm when
-  their scale and bias are zero too).  The trained parts are the sub-tensors on
-  the active channels (``pack``), a few MB; ``unpack`` puts them back into the
-  full shapes.  What ComfyUI computes is the same network (the zeros included).
+  other weight is zero, so the other channels stay exactly zero through the
+  network (GroupNorm/LayerNorm scales and biases are zero there too).  The
+  trained parts are the sub-tensors on the trained channels (``pack``), a few
+  MB; ``unpack`` puts them back into the full shapes.  ComfyUI computes the
+  same network, zeros included.  Training runs on ``NarrowUNet``: the same
+  arithmetic on the trained channels only (whole GroupNorm groups and whole
+  attention heads; the LayerNorms count the zero channels in their
+  statistics), whose state dict is the trained parts.
 * **VAE**: ComfyUI's TAESD (``comfy.taesd.taesd``: 64-channel convolutions, no
   normalisation), which comfy.sd.VAE reads from ``first_stage_model.taesd_*``;
-  trained the same way on ``TAESD_WIDTH`` of its 64 channels.
+  trained the same way on a few channels of each layer (``TAESD_DECODER``,
+  ``TAESD_ENCODER``); a residual Block left untrained is zero, i.e. a ReLU.
+  Training runs on ``narrow_taesd``.
 * **Text encoder**: the full-size CLIP-L that ComfyUI builds for SD1 (its shape
-  is fixed there), **frozen with seeded random weights** (tests/tiny_models.py's
-  generator, seed ``CLIP_SEED``): the same code builds it at training and at
-  set-up time, so it is never shipped.  Random as it is, it maps different
-  captions to clearly different 77 x 768 contexts; the UNet learns to read them.
+  is fixed there), **frozen**: seeded random weights (tests/tiny_models.py's
+  generator, seed ``CLIP_SEED``) with every layer's output projections zero
+  (``CLIP_ZERO``), so that each layer passes its input through and the context
+  of a prompt is the final LayerNorm of its token embeddings plus position
+  embeddings: distinct words give distinct, nearly orthogonal 768-d vectors,
+  which the UNet's cross-attention learns to read.  The same code builds it at
+  training and at set-up time, so it is never shipped.
+
+``build.py check-nets`` runs ``NarrowUNet`` / ``narrow_taesd`` against
+ComfyUI's classes on the same weights; ``build.py check-text`` compares the
+contexts training uses with ComfyUI's CLIPTextEncode on the assembled file.
 
 **The verifier** is an open_clip CLIP with a small custom config
 (``VERIFIER_CONFIG``: 64 px images, patch 8, 16-token context), the file pair
