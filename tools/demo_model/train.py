@@ -96,6 +96,16 @@ class EMA:
         return {k: v.clone() for k, v in self.shadow.items()}
 
 
+def fit_steps(name: str, i: int, t0: float, steps: int, seconds) -> int:
+    """A stage's step count, cut after its first 10 steps to what fits in ``seconds`` (None: as asked)."""
+    if seconds and i == 10:
+        fit = max(11, int(seconds / ((time.time() - t0) / 10)))
+        if fit < steps:
+            log(f"  {name}: {steps} steps would take longer than {seconds:.0f} s, training {fit}")
+            return fit
+    return steps
+
+
 def cosine_lr(opt, step, total, peak, warmup):
     lr = peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
     for group in opt.param_groups:
@@ -125,14 +135,16 @@ class TAESD(torch.nn.Module):
         self.taesd_decoder = nets.narrow_taesd("taesd_decoder.")
 
 
-def train_vae(steps, device, bs=128):
+def train_vae(steps, device, bs=128, seconds=None):
     torch.manual_seed(11)
     taesd = TAESD().to(device)
     enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
     opt = torch.optim.Adam(taesd.parameters(), lr=1e-3)
     g = torch.Generator(device=device).manual_seed(13)
     t0 = time.time()
-    for i in range(steps):
+    i = 0
+    while i < steps:
+        steps = fit_steps("vae", i, t0, steps, seconds)
         cosine_lr(opt, i, steps, 1e-3, max(1, steps // 50))
         x, _, _ = batch(STREAM_A, i, bs, device)
         z = enc(x)
@@ -147,12 +159,13 @@ def train_vae(steps, device, bs=128):
         if (i + 1) % max(1, steps // 5) == 0:
             log(f"  vae {i + 1}/{steps}: mse {rec_loss.item():.5f}, latent mean {m.abs().max().item():.3f}, "
                 f"std {s.min().item():.3f}..{s.max().item():.3f} ({time.time() - t0:.0f} s)")
+        i += 1
     taesd.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(STREAM_EVAL, 0, 256 if bs >= 128 else 16, device)
         z = enc(x)
         psnr = -10 * math.log10(F.mse_loss(dec(z).clamp(0, 1), x).item())
-    stats = {"mse": rec_loss.item(), "psnr_db": round(psnr, 2), "latent_mean": z.mean((0, 2, 3)).tolist(),
+    stats = {"steps": steps, "mse": rec_loss.item(), "psnr_db": round(psnr, 2), "latent_mean": z.mean((0, 2, 3)).tolist(),
              "latent_std": z.std((0, 2, 3)).tolist()}
     log(f"  vae: held-out PSNR {psnr:.1f} dB, latent std {[round(v, 2) for v in stats['latent_std']]}")
     return taesd, stats
@@ -183,7 +196,7 @@ def vae_roundtrip(taesd, x, g, max_noise):
         return taesd.taesd_decoder(z + s * torch.randn(z.shape, device=x.device, generator=g)).clamp(0, 1)
 
 
-def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, deadline=None):
+def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, seconds=None):
     torch.manual_seed(21)
     unet = nets.NarrowUNet()
     with torch.no_grad():   # as SD's UNet: the residual branches' and the output's last layers start at zero
@@ -204,11 +217,7 @@ def train_unet(taesd, ctx, steps, device, bs=256, lr=5e-4, deadline=None):
     half_state = None
     i = 0
     while i < steps:
-        if deadline is not None and i == 50:   # a safety net for a time-limited run: fewer steps, same schedule shape
-            fit = 50 + int((deadline - time.time()) / ((time.time() - t0) / 50))
-            if fit < steps:
-                log(f"  unet: {steps} steps would pass the deadline, training {fit}")
-                steps = fit
+        steps = fit_steps("unet", i, t0, steps, seconds)
         cosine_lr(opt, i, steps, lr, max(1, steps // 40))
         x, _, cap = batch(STREAM_A, 10_000_000 + i, bs, device)
         with torch.no_grad():
@@ -249,7 +258,7 @@ def open_clip_model():
     return model, tok
 
 
-def train_verifier(taesd, steps, device, bs=256, lr=5e-4):
+def train_verifier(taesd, steps, device, bs=256, lr=5e-4, seconds=None):
     model, tok = open_clip_model()
     tokens = tok(list(S.CAPTIONS)).to(device)            # 528 x 16
     used = torch.unique(tokens.cpu())
@@ -262,7 +271,9 @@ def train_verifier(taesd, steps, device, bs=256, lr=5e-4):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     g = torch.Generator(device=device).manual_seed(33)
     t0 = time.time()
-    for i in range(steps):
+    i = 0
+    while i < steps:
+        steps = fit_steps("verifier", i, t0, steps, seconds)
         cosine_lr(opt, i, steps, lr, max(1, steps // 20))
         x, _, cap = batch(STREAM_A, 20_000_000 + i, bs, device)
         half = bs // 2
@@ -281,19 +292,22 @@ def train_verifier(taesd, steps, device, bs=256, lr=5e-4):
         if (i + 1) % max(1, steps // 5) == 0:
             log(f"  verifier {i + 1}/{steps}: loss {loss.item():.3f}, scale {scale.item():.1f} "
                 f"({time.time() - t0:.0f} s)")
+        i += 1
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, tok, used
+    return model, tok, used, steps
 
 
-def train_judge(taesd, steps, device, bs=256, lr=1e-3):
+def train_judge(taesd, steps, device, bs=256, lr=1e-3, seconds=None):
     torch.manual_seed(41)
     judge = nets.Judge().to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator(device=device).manual_seed(43)
     t0 = time.time()
-    for i in range(steps):
+    i = 0
+    while i < steps:
+        steps = fit_steps("judge", i, t0, steps, seconds)
         cosine_lr(opt, i, steps, lr, max(1, steps // 20))
         x, specs, _ = batch(STREAM_B, i, bs, device)
         y = S.labels(specs).to(device)
@@ -305,10 +319,11 @@ def train_judge(taesd, steps, device, bs=256, lr=1e-3):
         opt.step()
         if (i + 1) % max(1, steps // 5) == 0:
             log(f"  judge {i + 1}/{steps}: loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+        i += 1
     judge.eval()
     for p in judge.parameters():
         p.requires_grad_(False)
-    return judge
+    return judge, steps
 
 
 # --- ComfyUI's KSampler arithmetic (for the check) ----------------------------------------------------------------------
@@ -446,12 +461,19 @@ def main(argv=None):
     p.add_argument("--unet-steps", type=int, default=8000)
     p.add_argument("--verifier-steps", type=int, default=3000)
     p.add_argument("--judge-steps", type=int, default=2500)
-    p.add_argument("--deadline-s", type=float, default=0,
-                   help="train the UNet (last) on fewer steps if its steps would end later than this many seconds "
-                        "after the start (0: no deadline); the steps trained are recorded")
+    p.add_argument("--seconds", default="",
+                   help="time budgets per stage, e.g. vae=300,unet=600: a stage trains fewer steps if its steps "
+                        "would take longer (measured on its first 10); the steps trained are recorded")
+    p.add_argument("--batch", default="", help="batch sizes per stage, e.g. vae=32,unet=64 (defaults 128/256)")
+    p.add_argument("--check-prompts", type=int, default=256, help="prompts of the final check (8 samples each)")
+    p.add_argument("--check-settings", default="4:1,6:1,8:1,12:1,6:3,8:3", help="steps:cfg pairs of the check")
     a = p.parse_args(argv)
     steps = {k: 3 if a.quick else getattr(a, k + "_steps") for k in ("vae", "unet", "verifier", "judge")}
-    bs = 16 if a.quick else None
+    secs = {k: float(v) for k, v in (kv.split("=") for kv in a.seconds.split(",") if kv)}
+    bsz = {"vae": 128, "unet": 256, "verifier": 256, "judge": 256}
+    bsz.update({k: int(v) for k, v in (kv.split("=") for kv in a.batch.split(",") if kv)})
+    if a.quick:
+        bsz = {k: 16 for k in bsz}
     device = torch.device(a.device)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -467,20 +489,23 @@ def main(argv=None):
         timings[name] = round(time.time() - t, 1)
         return r
 
-    deadline = t0 + a.deadline_s if a.deadline_s else None
-    taesd, vae_stats = stage("vae", lambda: train_vae(steps["vae"], device, bs=bs or 128))
-    verifier, vtok, used = stage("verifier", lambda: train_verifier(taesd, steps["verifier"], device, bs=bs or 256))
-    judge = stage("judge", lambda: train_judge(taesd, steps["judge"], device, bs=bs or 256))
+    taesd, vae_stats = stage("vae", lambda: train_vae(steps["vae"], device, bsz["vae"], secs.get("vae")))
+    steps["vae"] = vae_stats["steps"]
+    verifier, vtok, used, steps["verifier"] = stage("verifier", lambda: train_verifier(
+        taesd, steps["verifier"], device, bsz["verifier"], seconds=secs.get("verifier")))
+    judge, steps["judge"] = stage("judge", lambda: train_judge(taesd, steps["judge"], device, bsz["judge"],
+                                                               seconds=secs.get("judge")))
     ctx, fingerprint = stage("text", lambda: text_contexts(a.tokens, device))
-    unet, unet_half, unet_stats = stage("unet", lambda: train_unet(taesd, ctx, steps["unet"], device, bs=bs or 256,
-                                                                   deadline=deadline))
+    unet, unet_half, unet_stats = stage("unet", lambda: train_unet(taesd, ctx, steps["unet"], device, bsz["unet"],
+                                                                   seconds=secs.get("unet")))
     steps["unet"] = unet_stats["steps"]
     flags = " ".join(f"--{k}-steps {steps[k]}" for k in ("vae", "unet", "verifier", "judge"))
+    flags += " --batch " + ",".join(f"{k}={v}" for k, v in bsz.items())
     prov = {
         "script": "tools/demo_model/train.py",
         "command": f"python tools/demo_model/train.py --out <dir> --device {device.type} {flags}"
                    + (" --quick" if a.quick else ""),
-        "commit": a.commit or git_commit(), "steps": steps, "quick": a.quick,
+        "commit": a.commit or git_commit(), "steps": steps, "batch": bsz, "quick": a.quick,
         "seeds": {"vae_images": STREAM_A, "unet_images": STREAM_A + 10_000_000,
                   "verifier_images": STREAM_A + 20_000_000, "judge_images": STREAM_B, "check_images": STREAM_EVAL,
                   "init": {"vae": [11, 12], "unet": 21, "verifier": 31, "judge": 41}, "clip_l": nets.CLIP_SEED},
@@ -493,7 +518,9 @@ def main(argv=None):
                                                       "taesd_encoder": nets.TAESD_ENCODER},
         "vae": vae_stats, "unet": unet_stats, "seconds": timings,
     }
-    quick = dict(n_prompts=8, settings=((4, 1.0),)) if a.quick else {}
+    quick = dict(n_prompts=8, settings=((4, 1.0),)) if a.quick else dict(
+        n_prompts=a.check_prompts, settings=tuple((int(x.split(":")[0]), float(x.split(":")[1]))
+                                                  for x in a.check_settings.split(",")))
     export(a.out, taesd, unet, verifier, used, judge, prov, unet_half)   # first: a check that runs out of time loses nothing
     res, grids, caps = stage("check", lambda: check(taesd, unet, ctx, verifier, vtok, judge, device, **quick))
     save_grid(grids, caps, os.path.join(a.out, "samples.png"))
