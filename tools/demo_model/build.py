@@ -46,7 +46,7 @@ PARTS = ("unet.safetensors", "taesd.safetensors", "verifier.safetensors")
 
 def parts_digest() -> str:
     """sha256 (first 12 hex digits) of the trained parts and of the code that lays them out."""
-    missing = [p for p in PARTS + ("provenance.json",) if not os.path.isfile(os.path.join(WEIGHTS, p))]
+    missing = [p for p in PARTS + ("judge.safetensors", "provenance.json") if not os.path.isfile(os.path.join(WEIGHTS, p))]
     if missing:
         raise FileNotFoundError(
             f"the demo model's trained parts are not in {WEIGHTS} (missing {', '.join(missing)}): train them with "
