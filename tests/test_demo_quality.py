@@ -33,7 +33,6 @@ def test_search_beats_one_sample_through_comfyui(tmp_path):
     assert d["meta"]["prompts"] == 50 and len(d["per_prompt"]) == 50
     for row in d["per_prompt"]:   # the budget: both searches spend at most 8 generations' NFEs
         assert row["nfe"]["random"] <= 8 * d["meta"]["steps"] and row["nfe"]["halving"] <= 8 * d["meta"]["steps"]
-        assert row["halving_starts"] > 8, row     # halving starts more candidates than random search can finish
     for m in ("random", "halving"):
         assert r[m]["gain_over_one_sample"] > 2 * r[m]["se"] > 0, (m, r)
     # the model leaves search headroom: one sample is often wrong, but not hopeless
