@@ -271,7 +271,7 @@ def build_verifier(folder: str) -> dict:
     return {"verifier": path, "verifier_config": cfg_path}
 
 
-# --- cache helper (no ComfyUI import in the caller) --------------------------------------------------------------------
+# --- the cached files (no ComfyUI import in the caller) -------------------------------------------------------------------
 def _cache_paths(comfyui_dir: str, cache_dir: str) -> dict:
     cache_dir = os.path.abspath(cache_dir)
     tag = "{}_{:08x}".format(parts_digest(), zlib.crc32(os.path.realpath(comfyui_dir).encode()))
