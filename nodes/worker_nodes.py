@@ -17,11 +17,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
+import random
 import re
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -32,10 +34,12 @@ from .progress import Progress, throw_if_interrupted
 from .sampling import SamplingPlan, SearchInputError, scoring_vae
 from .search_loop import SearchLoop
 from .types import CATEGORY, PREFIX, WORKERS
-from .workers import (AUTH_ENV, WORKERS_FILE, WORKERS_FILE_ENV, ShardJob, WorkerConfig, WorkerDispatch,
-                      WorkerRefused, configured_urls)
+from . import endpoints
+from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
 from ..search import get_algorithm
-from ..search.sharded import PROTOCOL, ShardAnswerError, answer, check_answer, run_shard, sharded_random_search
+from ..search.report import Finalist
+from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, run_shard,
+                              sharded_random_search)
 from ..verifiers.protocol import ScoreBook
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,6 +165,15 @@ WHAT = {
 }
 
 
+def fingerprint_digest(fp: Dict[str, str], token: str) -> str:
+    """What the master sends a worker instead of its fingerprint: a digest the worker can check its own
+    fingerprint against (to refuse before sampling), but cannot turn back into a fingerprint to echo."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(fp, sort_keys=True).encode())
+    h.update(str(token).encode())
+    return h.hexdigest()
+
+
 def differences(mine: Dict[str, str], theirs: Any) -> List[str]:
     if not isinstance(theirs, dict):
         return ["fingerprint (missing)"]
@@ -225,9 +238,79 @@ def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> N
                                "back: disconnect held_out_verifier or Search Workers")
 
 
+def agree(claimed: torch.Tensor, own: torch.Tensor, tolerance: float) -> bool:
+    """Whether a worker's claimed member scores match this machine's own within ``tolerance``
+    (|claimed - own| <= tolerance * (1 + |own|) for every member; -inf only against -inf)."""
+    for c, o in zip(claimed.reshape(-1).tolist(), own.reshape(-1).tolist()):
+        if math.isinf(c) or math.isinf(o):
+            if c != o:
+                return False
+        elif abs(c - o) > tolerance * (1.0 + abs(o)):
+            return False
+    return True
+
+
+class Audit:
+    """The master's check of its workers' claims: it samples and scores some of each worker's candidates
+    itself (``audit_per_shard`` a shard, drawn at random where the worker cannot foresee them) and every
+    finalist a worker scored, and compares.  A worker whose claim disagrees is a liar for this search."""
+
+    def __init__(self, host: ComfyHost, base: int, config: WorkerConfig, rng: Optional[random.Random] = None):
+        self.host, self.base, self.config = host, base, config
+        self.rng = rng or random.SystemRandom()
+        self.own: Dict[int, ShardRows] = {}    # candidate -> this machine's own render and scores of it
+        self.checked: set = set()              # shards whose sample was audited
+        self.nfe = 0
+
+    def own_rows(self, index: int) -> ShardRows:
+        if index not in self.own:
+            rows = run_shard(self.host, self.base, index, 1, keep=1)
+            self.own[index] = rows
+            self.nfe += int(sum(rows.nfe))
+        return self.own[index]
+
+    def compare(self, dispatch: WorkerDispatch, index: int, liars: Dict[str, str]) -> Optional[str]:
+        """Checks candidate ``index`` against the worker that claimed it; the worker's URL ('local' for this
+        machine's own shards, which need no check)."""
+        shard = next(((s, c) for (s, c) in dispatch.ran if s <= index < s + c), None)
+        url = dispatch.ran.get(shard, "local") if shard is not None else "local"
+        if url == "local" or url in liars:
+            return url
+        claimed = dispatch.done[shard].rows[index - shard[0]]
+        own = self.own_rows(index).rows[0]
+        if not agree(claimed, own, self.config.audit_tolerance):
+            fmt = lambda t: ", ".join(f"{v:.4g}" for v in t.reshape(-1).tolist())  # noqa: E731
+            liars[url] = (f"its claimed score of candidate {index} ({fmt(claimed)}) disagrees with this machine's "
+                          f"own ({fmt(own)}) beyond the tolerance of {self.config.audit_tolerance:g}")
+        return url
+
+    def sample(self, dispatch: WorkerDispatch, liars: Dict[str, str]) -> None:
+        k = int(self.config.audit_per_shard)
+        for (s, c), url in sorted(dispatch.ran.items()):
+            if url == "local" or (s, c) in self.checked or k <= 0:
+                continue
+            self.checked.add((s, c))
+            for i in sorted(self.rng.sample(range(s, s + c), min(k, c))):
+                self.compare(dispatch, i, liars)
+
+    def finalists(self, dispatch: WorkerDispatch, finalists: List[Finalist], liars: Dict[str, str]) -> None:
+        """Every finalist a worker scored is rendered and scored here (this machine needs its image anyway);
+        where the claim holds, the finalist carries this machine's own latent from now on."""
+        for f in finalists:
+            if f.latent is not None:
+                continue
+            i = f.result.index
+            url = self.compare(dispatch, i, liars)
+            kept = self.own_rows(i).kept.get(i)  # none for a relative verifier: the finish step re-renders it
+            if url not in liars and kept is not None:
+                f.latent, f.noise, f.batch = kept.latent, kept.noise, kept.batch
+
+
 def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
-                   candidates: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress):
-    """SearchLoop's random search with shards on the worker machines: (report, finalists)."""
+                   candidates: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress,
+                   rng: Optional[random.Random] = None):
+    """SearchLoop's random search with shards on the worker machines: (report, finalists).  Workers' claims are
+    audited (:class:`Audit`); a worker that fails the audit is dropped and its shards run again elsewhere."""
     if not graph or node_id is None:
         raise SearchInputError("Search Loop did not get its own prompt from ComfyUI (hidden PROMPT / UNIQUE_ID), "
                                "so it cannot send it to the workers")
@@ -243,13 +326,12 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
 
     def graph_for(job: ShardJob) -> Dict[str, Any]:
         spec = {"protocol": PROTOCOL, "start": job.start, "count": job.count, "seed": base, "token": job.token,
-                "expect": mine}
+                "expect": fingerprint_digest(mine, job.token)}
         return shard_graph(graph, node_id, spec)
 
     def check(url: str, job: ShardJob, ans: Any):
         if not isinstance(ans, dict):
-            raise ShardAnswerError(f"the answer of worker {url} is malformed: not a JSON object. Its scores were "
-                                   "not used")
+            raise ShardAnswerError(f"the answer of worker {url} is malformed: not a JSON object")
         diff = differences(mine, ans.get("fingerprint"))
         if diff:
             raise WorkerRefused(f"worker {url} is refused: its " + "; its ".join(WHAT.get(k, k) for k in diff)
@@ -259,22 +341,39 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
 
     dispatch = WorkerDispatch(config, graph_for, node_id, check, throw_if_interrupted,
                               on_remote=lambda rows: progress.advance(sum(rows.nfe)))
+    audit = Audit(host, base, config, rng)
 
     def recombine(matrix: torch.Tensor) -> torch.Tensor:
         b = ScoreBook(verifier, prompt)
         b.add_matrix(matrix)
         return b.all()
 
+    dropped: List[Dict[str, str]] = []
     try:
-        report, finalists = sharded_random_search(
-            host, seed=base, budget_nfe=budget, top_k=top_k, dispatch=dispatch, shards=dispatch.parts(),
-            recombine=recombine, member_names=book.member_names, verifier=getattr(verifier, "name", "verifier"))
+        for _ in range(len(config.urls) + 1):  # each pass drops at least one worker, or is the last
+            report, finalists = sharded_random_search(
+                host, seed=base, budget_nfe=budget, top_k=top_k, dispatch=dispatch, shards=dispatch.parts(),
+                recombine=recombine, member_names=book.member_names, verifier=getattr(verifier, "name", "verifier"))
+            liars: Dict[str, str] = {}
+            audit.sample(dispatch, liars)
+            if not liars:
+                audit.finalists(dispatch, finalists, liars)
+            if not liars:
+                break
+            for url, why in liars.items():
+                dispatch.ban(url, why)
+                dropped.append({"worker": url, "why": why})
+                logging.warning("[inference scaling] worker %s was dropped from this search: %s", url, why)
     except (WorkerRefused, ShardAnswerError) as e:
         raise SearchInputError(str(e)) from None
     ran = report.settings.get("shards", [])
-    report.settings["workers"] = {"urls": list(config.urls), "source": config.source, "local": bool(config.local),
+    report.settings["workers"] = {"pool": config.source, "workers": len(config.urls), "local": bool(config.local),
                                   "timeout_s": float(config.timeout_s), "faults": list(dispatch.notes),
-                                  "fingerprint_s": round(fingerprint_s, 3)}
+                                  "fingerprint_s": round(fingerprint_s, 3),
+                                  "audit": {"per_shard": int(config.audit_per_shard),
+                                            "tolerance": float(config.audit_tolerance),
+                                            "candidates": len(audit.own), "nfe": int(audit.nfe),
+                                            "dropped": dropped}}
     by = {}
     for s in ran:
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])
@@ -285,7 +384,8 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
         report.notes.append(f"{lost} candidate(s) scored on worker machines got -inf (a remote grader gave no valid "
                             "answer there): they rank last")
     report.notes.append("candidates sampled and scored: " + ", ".join(f"{v} on {k}" for k, v in by.items())
-                        + "; the finalists were re-rendered on this machine")
+                        + "; the finalists were re-rendered on this machine, which also checked "
+                        f"{len(audit.own)} of the workers' candidates by sampling and scoring them itself")
     return report, finalists
 
 
@@ -293,10 +393,12 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
 class SearchWorkers:
     DESCRIPTION = ("Other ComfyUI servers that help Search Loop: each runs a shard of the candidates (this pack and "
                    "the same model, VAE and verifier files under the same names must be installed there) and sends "
-                   "back scores only; this machine picks the winners and re-renders them. Random search only. A "
-                   "worker that fails or disappears has its shard re-run elsewhere; one whose files differ is "
-                   f"refused. An auth header for the workers is read from ${AUTH_ENV} ('Header-Name: value' or a "
-                   "token), never stored in the workflow.")
+                   "back scores only; this machine checks a sample of their scores itself, picks the winners and "
+                   "re-renders them. Random search only. The workers are a pool the server's operator lists in "
+                   f"{endpoints.ENDPOINTS_FILE} (ComfyUI's user folder), or ComfyUI-Distributed's workers: a "
+                   "workflow picks a pool by name and can never add an address. A worker that fails, answers "
+                   "nonsense or disappears has its shard re-run elsewhere; one whose scores fail the check is "
+                   "dropped; one whose files differ is refused.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = (WORKERS,)
@@ -305,28 +407,48 @@ class SearchWorkers:
 
     @classmethod
     def INPUT_TYPES(cls):
+        eps = endpoints.load()
         return {"required": {
-            "worker_urls": ("STRING", {
-                "multiline": True, "default": "",
-                "tooltip": "Worker ComfyUI servers, one URL a line (http://192.168.1.20:8188). Empty: the enabled "
-                           "workers of ComfyUI-Distributed's configuration when that pack is installed, else the "
-                           f"file named by ${WORKERS_FILE_ENV} or {WORKERS_FILE} in ComfyUI's user folder. Only "
-                           "these URLs are ever contacted."}),
+            # the widget keeps its name (saved workflows reference it); it now picks a pool by name
+            "worker_urls": (endpoints.choices(sorted(eps.pools)), {
+                "tooltip": "The worker pool: a named group of worker ComfyUI servers that the server's operator "
+                           f"configured in {endpoints.ENDPOINTS_FILE} in ComfyUI's user folder (or the file named "
+                           f"by ${endpoints.ENDPOINTS_FILE_ENV}), plus ComfyUI-Distributed's workers when that "
+                           "pack is installed. 'none configured': the operator has listed none yet "
+                           "(docs/endpoints.md). Only the pool's servers are ever contacted."}),
             "timeout_s": ("INT", {"default": 600, "min": 5, "max": 86400,
-                                  "tooltip": "Seconds one shard may take on a worker before it is interrupted and "
-                                             "its candidates re-run elsewhere."}),
+                                  "tooltip": "Seconds one shard may take on a worker (wall clock) before it is "
+                                             "interrupted and its candidates re-run elsewhere; the operator's "
+                                             "limit for the pool caps it."}),
             "local_shards": ("BOOLEAN", {"default": True,
                                          "tooltip": "On: this machine samples shards too. Off: only the workers do "
-                                                    "(this machine still re-renders the winners, and takes over "
-                                                    "the shards when every worker has failed)."}),
+                                                    "(this machine still checks their scores, re-renders the "
+                                                    "winners, and takes over the shards when every worker has "
+                                                    "failed)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, worker_urls):
+        try:
+            endpoints.pool(worker_urls)
+        except endpoints.EndpointError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, worker_urls, **_):
+        """Runs again when the operator's pool changed (the endpoint list is read at run time)."""
+        try:  # a digest: ComfyUI may keep this value with the prompt (and the saved PNG)
+            return endpoints.digest(endpoints.pool(worker_urls))
+        except endpoints.EndpointError as e:
+            return endpoints.digest(str(e))
 
     def make(self, worker_urls, timeout_s, local_shards):
         try:
-            urls, source = configured_urls(worker_urls)
-        except ValueError as e:
-            raise SearchInputError(str(e)) from None
-        return (WorkerConfig(tuple(urls), source, float(timeout_s), bool(local_shards)),)
+            pool = endpoints.pool(worker_urls)
+        except endpoints.EndpointError as e:
+            raise SearchInputError(f"Search Workers: {e}") from None
+        return (WorkerConfig.from_pool(pool, float(timeout_s), bool(local_shards)),)
 
 
 class SearchShard:
@@ -346,8 +468,8 @@ class SearchShard:
         spec = SearchLoop.INPUT_TYPES()
         required = dict(spec["required"])
         required["shard"] = ("STRING", {"default": "", "tooltip": "The shard, written by Search Loop: candidate "
-                                                                   "range, base seed, token and expected fingerprint "
-                                                                   "(JSON)."})
+                                                                   "range, base seed, token and a digest of the "
+                                                                   "master's fingerprint (JSON)."})
         optional = {k: v for k, v in spec["optional"].items() if k in ("sampler", "sigmas", "guider", "micro_batch")}
         return {"required": required, "optional": optional}
 
@@ -369,8 +491,8 @@ class SearchShard:
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
         mine = fingerprint(plan, vae, verifier, prompt)
-        expect = spec.get("expect") or {}
-        if differences(mine, expect):  # refused before any sampling: the master names what differs
+        if spec.get("expect") != fingerprint_digest(mine, token):  # refused before any sampling: the master
+            # compares this fingerprint (computed here, from what this worker loaded) and names what differs
             out = {"protocol": PROTOCOL, "token": token, "start": start, "count": count, "fingerprint": mine,
                    "refused": "fingerprint", "candidates": []}
         else:

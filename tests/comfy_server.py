@@ -259,7 +259,11 @@ def launch(comfy_path: str, work, models: dict) -> ComfyClient:
         cmd += ["--disable-auto-launch"]
     log = open(work / "server.log", "w")
     # TEST_API_KEY: a stand-in key for the remote grader's test, which checks it never lands in a PNG or report
-    env = dict(os.environ, PYTHONUNBUFFERED="1", INFSCALE_TEST_API_KEY=TEST_API_KEY)
+    # the operator's endpoint list (worker pools, remote graders) of this server: tests write it with
+    # set_endpoints(client, ...); the server reads it at run time
+    endpoints_file = work / "user" / "infscale_endpoints.json"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", INFSCALE_TEST_API_KEY=TEST_API_KEY,
+               INFSCALE_ENDPOINTS_FILE=str(endpoints_file))
     proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = ComfyClient(f"http://127.0.0.1:{port}", str(work / "output"), str(work / "input"))
     t0 = time.time()
@@ -275,9 +279,16 @@ def launch(comfy_path: str, work, models: dict) -> ComfyClient:
                 raise RuntimeError("ComfyUI did not start in 180 s:\n" + open(work / "server.log").read()[-5000:])
             time.sleep(0.5)
     client.log_path = str(work / "server.log")
+    client.endpoints_file = str(endpoints_file)
     client.version = comfyui_version(comfy_path)
     client.proc, client.log = proc, log
     return client
+
+
+def set_endpoints(client: ComfyClient, worker_pools: dict | None = None, graders: dict | None = None) -> None:
+    """Writes the server's endpoint list (what its operator configures): {"worker_pools": ..., "graders": ...}."""
+    with open(client.endpoints_file, "w", encoding="utf-8") as f:
+        json.dump({"worker_pools": worker_pools or {}, "graders": graders or {}}, f)
 
 
 def shutdown(client: ComfyClient) -> None:
