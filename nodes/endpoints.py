@@ -367,6 +367,15 @@ def digest(value: Any) -> str:
     return hashlib.blake2b(repr(value).encode(), digest_size=12).hexdigest()
 
 
+def change_key(lookup, name: str) -> str:
+    """A node's IS_CHANGED for the endpoint ``lookup(name)`` names (``pool`` or ``grader``): the node runs again
+    when the operator's entry changed.  A digest, since ComfyUI may keep the value with the prompt (and the PNG)."""
+    try:
+        return digest(lookup(name))
+    except EndpointError as e:
+        return digest(str(e))
+
+
 def _problems(eps: Endpoints) -> str:
     return ("; the list has problems: " + "; ".join(eps.problems[:3])) if eps.problems else ""
 

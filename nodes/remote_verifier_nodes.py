@@ -98,10 +98,7 @@ class RemoteVLMVerifierLoader:
     @classmethod
     def IS_CHANGED(cls, base_url, **_):
         """Loads again when the operator's grader changed (the endpoint list is read at run time)."""
-        try:  # a digest: ComfyUI may keep this value with the prompt (and the saved PNG)
-            return endpoints.digest(endpoints.grader(base_url))
-        except endpoints.EndpointError as e:
-            return endpoints.digest(str(e))
+        return endpoints.change_key(endpoints.grader, base_url)
 
     def load(self, base_url, model, mode, question, api_key_env, concurrency, timeout, retries, on_failure):
         err = _check(base_url, model, question, api_key_env)

@@ -438,10 +438,7 @@ class SearchWorkers:
     @classmethod
     def IS_CHANGED(cls, worker_urls, **_):
         """Runs again when the operator's pool changed (the endpoint list is read at run time)."""
-        try:  # a digest: ComfyUI may keep this value with the prompt (and the saved PNG)
-            return endpoints.digest(endpoints.pool(worker_urls))
-        except endpoints.EndpointError as e:
-            return endpoints.digest(str(e))
+        return endpoints.change_key(endpoints.pool, worker_urls)
 
     def make(self, worker_urls, timeout_s, local_shards):
         try:

@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 
+from loopback import serve, stop
 from search.common import NonFiniteScoreError, checked_scores
 from verifiers.ensemble import EnsembleVerifier
 from verifiers.protocol import ScoreBook
@@ -80,15 +81,12 @@ class StandIn:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server, base = serve(Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = base + "/v1"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ import importlib
 import json
 import os
 import sys
-import threading
 import time
 import tracemalloc
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 
+from loopback import serve, stop
 from toy_host import gaussian_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -392,13 +392,10 @@ class FakeComfy:
                 fake.history[pid] = {"outputs": {"1": {"text": [json.dumps(ans)]}},
                                      "status": {"status_str": "success", "completed": True, "messages": []}}
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from PIL import Image
 
 from comfy_server import execution_error, free_port, launch, set_endpoints, shutdown
 from graphs import PREFIX, base_graph, search_graph, verifier_node
+from loopback import serve, stop
 from test_composable import custom_sampling, need
 from test_server_verifiers import aesthetic_node
 
@@ -117,13 +117,10 @@ class Proxy:
             def do_POST(self):
                 self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -298,18 +295,14 @@ def test_a_dripping_worker_costs_at_most_the_deadline(comfy):
                     time.sleep(0.5)
             except OSError:
                 pass
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv, url = serve(Drip)
     try:
         t0 = time.monotonic()
         entry = comfy.run_ok(with_workers(comfy, search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_drip"),
                                           [url], local=False, request_timeout_s=1))
         elapsed = time.monotonic() - t0
     finally:
-        srv.shutdown()
-        srv.server_close()
+        stop(srv)
     (fault,) = report_of(entry)["settings"]["workers"]["faults"]
     assert fault.startswith(f"worker {url} ") and "deadline of 1 s" in fault and "re-assigned" in fault, fault
     assert elapsed < 60, elapsed
