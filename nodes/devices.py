@@ -41,6 +41,7 @@ class Lane:
     rows: int = 0             # rows this device sampled (a row = one candidate in one sampling call)
     micro_batch: int = 0      # 0: the host's; lowered on this device's out-of-memory
     vae: Any = None           # this device's VAE copy (None: decoding stays on the main device)
+    copy: bool = False        # the lane's models (and VAE) are copies made for it, released with the set
 
 
 @dataclass
@@ -49,7 +50,6 @@ class DeviceSet:
     requested: str = "all"
     notes: List[str] = field(default_factory=list)  # devices left out, and why
     stop: threading.Event = field(default_factory=threading.Event)
-    owner: Optional[SamplingPlan] = None  # the search's plan: its models and VAE are the graph's own, not copies
     min_rows: int = 1  # the fewest rows a device is given when a call is cut (GPU_MIN_ROWS on GPUs)
     released: bool = False
     _decoded: bool = False  # decoders, as it was before release
@@ -67,14 +67,10 @@ class DeviceSet:
 
     def copies(self) -> List[Any]:
         """The model clones and VAE copies this set made (never the graph's own model or VAE)."""
-        own = {id(m) for m in (getattr(self.owner, "model", None), getattr(self.owner, "model_2", None))}
         out: List[Any] = []
         for ln in self.lanes:
-            if ln.plan is None or ln.plan.model is None or id(ln.plan.model) in own:
-                continue
-            out += [m for m in (ln.plan.model, ln.plan.model_2) if m is not None and id(m) not in own]
-            if ln.vae is not None:
-                out.append(ln.vae)
+            if ln.copy and ln.plan is not None:
+                out += [m for m in (ln.plan.model, ln.plan.model_2, ln.vae) if m is not None]
         return out
 
     def release(self) -> None:
@@ -87,7 +83,7 @@ class DeviceSet:
         copies = self.copies()
         self.released = True
         for ln in self.lanes:
-            if ln.plan is not None and any(ln.plan.model is c for c in copies):
+            if ln.copy:
                 ln.plan = None
             ln.vae = None
         _release(copies)
@@ -223,7 +219,7 @@ def _add_lanes(out: DeviceSet, plan: SamplingPlan, names: Sequence[str], main: s
             continue
         model, model_2 = made[0], (made[1] if len(made) > 1 else None)
         guider = compat.device_guider(plan.guider, model) if plan.guider is not None else None
-        out.lanes.append(Lane(name, plan.on_device(model, model_2, guider, out.stop)))
+        out.lanes.append(Lane(name, plan.on_device(model, model_2, guider, out.stop), copy=True))
 
 
 def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
@@ -246,7 +242,7 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
         notes.append(f"only {main}: the conditioning carries a ControlNet or GLIGEN model, which ComfyUI loads on "
                      "the main device only")
         return DeviceSet([Lane(main, plan)], requested, notes)
-    out = DeviceSet([], requested, notes, threading.Event(), owner=plan)
+    out = DeviceSet([], requested, notes, threading.Event())
     try:
         _add_lanes(out, plan, names, main)
         if not out.lanes:
@@ -254,7 +250,7 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
             return DeviceSet([Lane(main, plan)], requested, notes)
         if vae is not None and out.parallel and str(getattr(vae, "device", "")) == main:
             for lane in out.lanes:  # a VAE copy per device (the main device's is the graph's own)
-                lane.vae = vae if lane.plan.model is plan.model else compat.device_vae(vae, torch.device(lane.device))
+                lane.vae = compat.device_vae(vae, torch.device(lane.device)) if lane.copy else vae
     except BaseException:
         out.release()  # the copies made so far
         raise
