@@ -1419,7 +1419,9 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
         return
     batched, serial = runner.per_cand_batched.get("sd15"), runner.per_cand_serial.get("sd15")
     est = (n * (serial or batched or 1.0) * 2.0 + 10)
-    if runner.fits({"case": "sd15.devices.warmup"}, est / 4):  # untimed: the device clones made and loaded once
+    # untimed: the path warmed up once (the device clones are made in every search and released when it ends, so
+    # the timed all-devices searches include making and loading them)
+    if runner.fits({"case": "sd15.devices.warmup"}, est / 4):
         try:
             with torch.inference_mode():
                 runner.searchloop(b, 2, devices=every)

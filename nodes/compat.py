@@ -144,6 +144,28 @@ def device_clone(model, device: torch.device):
     return n
 
 
+def forget_models(objects) -> None:
+    """Takes ModelPatchers (or VAEs: their patchers) out of ComfyUI's loaded models without moving their weights
+    anywhere: copies a search made for its devices and is done with, whose memory goes with their last
+    reference."""
+    ids = set()
+    for o in objects:
+        ids.add(id(o))
+        if getattr(o, "patcher", None) is not None:  # a VAE
+            ids.add(id(o.patcher))
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        if id(mm.current_loaded_models[i].model) in ids:
+            loaded = mm.current_loaded_models.pop(i)
+            finalizer = getattr(loaded, "model_finalizer", None)  # current ComfyUI: a callback for when it dies
+            if finalizer is not None:
+                finalizer.detach()
+
+
+def empty_cache() -> None:
+    """Hands the device memory freed back (ComfyUI's ``soft_empty_cache``)."""
+    mm.soft_empty_cache()
+
+
 def device_guider(guider, model):
     """A copy of a GUIDER that samples with ``model`` (a device clone of its own): a guider keeps per-run state
     (``inner_model``, ``conds``) on itself, so each device needs its own."""

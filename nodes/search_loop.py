@@ -117,7 +117,8 @@ class SearchLoop:
                                "copy of the model and a share of every round's candidates, sampled at once; the "
                                "results do not depend on the GPU; each GPU decodes its share with its own VAE "
                                "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
-                               "(said on the node and in the report). 'cpu' (it may repeat) is for testing."}),
+                               "(said on the node and in the report). The copies are released when the search ends. "
+                               "Name each device once; 'cpu' (up to twice) is for testing."}),
             },
             # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)
             "hidden": {"infscale_graph": "PROMPT", "infscale_node": "UNIQUE_ID"},
