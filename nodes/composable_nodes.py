@@ -169,13 +169,16 @@ class VerifierScore:
         note_verifier(report, verifier, failed=failed)
         if scoring is not None:
             report.settings["video"] = book.info()
+            if report.settings["video"].get("note"):  # fewer frames than Video Scoring asks for
+                report.notes.append(report.settings["video"]["note"])
             if scoring.pruning:
                 report.notes.append("preview_keep prunes Search Loop's candidates before decoding; Verifier Score "
                                     "gets frames already decoded and scores them all")
         report.finalize()
         note_verifier(report, verifier, book.matrix(), unit="videos" if scoring is not None else "images")
+        shown = [report.settings["video"]["note"]] if (report.settings.get("video") or {}).get("note") else []
         if held_out_verifier is None:
-            return (report,)
+            return {"ui": {"text": shown}, "result": (report,)} if shown else (report,)
         if held_out_verifier is verifier:
             raise SearchInputError("Verifier Score: the held-out verifier is the verifier that ranks, so it cannot "
                                    "tell whether the ranking fooled it: connect a different verifier")
@@ -189,7 +192,7 @@ class VerifierScore:
                                         sampled_held_out=held, winner_held_out=held[best], top_k_images=top)
         if report.held_out["warning"]:
             report.notes.append(report.held_out["warning"])
-        return {"ui": {"text": [guard.message(report.held_out)]}, "result": (report,)}
+        return {"ui": {"text": ["\n".join(shown + [guard.message(report.held_out)])]}, "result": (report,)}
 
 
 class BestPick:

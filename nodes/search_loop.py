@@ -145,9 +145,12 @@ class SearchLoop:
                          bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
                          workers=None if workers is None else (workers, infscale_graph, infscale_node),
                          devices=devices)
-        # shown on the node: shards re-assigned from failing workers, devices left out, the held-out guard
+        # shown on the node: shards re-assigned from failing workers, devices left out, videos shorter than Video
+        # Scoring asks for, the held-out guard
         lines = list((out[3].settings.get("workers") or {}).get("faults") or [])
         lines += list((out[3].settings.get("devices") or {}).get("left_out") or [])
+        if (out[3].settings.get("video") or {}).get("note"):
+            lines.append(out[3].settings["video"]["note"])
         if held_out_verifier is not None:
             lines.append(guard.message(out[3].held_out))
         if not lines:

@@ -188,12 +188,16 @@ class FrameBook:
         return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
 
     def info(self) -> Dict:
-        """What the report records: the frame count, the frames scored and how they combine."""
-        out = self.scoring.to_dict()
+        """What the report records: the frame count, the frames scored and how they combine; ``note`` when the
+        videos have fewer frames than the scoring asks for (shown on the node and among the report's notes)."""
+        out = self.scoring.to_dict(self.total)
         if self.native:
             out["aggregate"] = "the verifier's own (video-native)"
         if self.total is not None:
             out.update(frames_per_video=int(self.total), scored_frames=self.scoring.indices(self.total))
+            note = self.scoring.shortfall(self.total)
+            if note:
+                out["note"] = note
         return out
 
 

@@ -274,6 +274,35 @@ def composable_graph(frames_per_video, batch=2):
     return g
 
 
+def test_more_frames_asked_than_the_videos_have_is_said_and_reported(wan):
+    """Video Scoring with k = 50 evenly spaced frames on 5-frame videos: every frame is scored once, the node and
+    the report's notes say so, and the report records the 5 frames scored (and the 50 asked for)."""
+    entry = wan.run_ok(wan_search(seed=23, candidates=2, top_k=1, micro_batch=2, prefix="wan_k50",
+                                  scoring={"pick": "evenly spaced", "frames": 50, "aggregate": "mean"}))
+    rep = report_of(entry)
+    video = rep["settings"]["video"]
+    assert video["frames"] == FRAMES and video["frames_requested"] == 50
+    assert video["scored_frames"] == list(range(FRAMES)) and video["frames_per_video"] == FRAMES
+    note = ("Video Scoring asks for 50 frames per video (evenly spaced), but each video has only 5 frames: 5 were "
+            "scored; set frames to 5 or fewer in Video Scoring, or make longer videos")
+    assert video["note"] == note and note in rep["notes"]
+    assert note in entry["outputs"]["6"]["text"][0]  # shown on Search Loop
+    # Verifier Score on the same kind of videos says the same
+    g = composable_graph(FRAMES)
+    g["20"] = {"class_type": PREFIX + "VideoScoring", "inputs": {"pick": "evenly spaced", "frames": 50,
+                                                                "aggregate": "mean"}}
+    g["14"]["inputs"]["video_scoring"] = ["20", 0]
+    entry = wan.run_ok(g)
+    rep = report_of(entry, "15")
+    assert rep["settings"]["video"]["frames"] == FRAMES and note in rep["notes"]
+    assert note in entry["outputs"]["14"]["text"][0]
+    # as many frames as the videos have: no note
+    rep = report_of(wan.run_ok(wan_search(seed=23, candidates=2, top_k=1, micro_batch=2, prefix="wan_k5",
+                                          scoring={"pick": "evenly spaced", "frames": FRAMES, "aggregate": "mean"})))
+    assert rep["settings"]["video"]["frames"] == FRAMES and "frames_requested" not in rep["settings"]["video"]
+    assert not any("Video Scoring asks for" in n for n in rep["notes"])
+
+
 def test_composable_verifier_score_takes_video_frames(wan):
     entry = wan.run_ok(composable_graph(FRAMES))
     rep = report_of(entry, "15")
@@ -321,7 +350,16 @@ def preview_on_prefilter():
     return g
 
 
+def zero_frame_latent():
+    """Trim Video Latent cutting every frame: a 0-frame video latent, refused before any sampling."""
+    g = wan_search(prefix="bad_zero")
+    g["21"] = {"class_type": "TrimVideoLatent", "inputs": {"samples": ["4", 0], "trim_amount": 99}}
+    g["6"]["inputs"]["latent"] = ["21", 0]
+    return g
+
+
 BAD = {
+    "zero_frame_latent": (zero_frame_latent, "the video latent has 0 frames"),
     "preview_with_a_relative_verifier": (preview_on_prefilter, "pruning by latent preview ranks each candidate"),
     "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
     "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
