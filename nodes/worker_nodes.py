@@ -496,9 +496,13 @@ class SearchShard:
             gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
             progress = Progress(total=count * gen, model=plan.model)
             vae = scoring_vae(plan, vae)
-            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed), devices=device_set(plan, "all", vae))  # every GPU of the worker
-            rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
+            lanes = device_set(plan, "all", vae)  # every GPU of the worker; their copies go when the shard ends
+            try:
+                host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
+                                 mask_seed=int(seed), devices=lanes)
+                rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
+            finally:
+                lanes.release()
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
         text = json.dumps(out)
         return {"ui": {"text": [text]}, "result": (text,)}
