@@ -403,7 +403,9 @@ PREFIX_SCRIPT = textwrap.dedent("""
     for n in (1, 2):
         part = vae.decode(z[:, :, :n])
         assert part.shape[1] == count(n), (n, part.shape)
-        assert torch.equal(part, full[:, :count(n)]), (n, (part - full[:, :count(n)]).abs().max().item())
+        # equal up to float rounding: the convolution kernels a CPU picks for a shorter input may round
+        # differently (bit-identical on some CPUs, within 2e-6 on others)
+        assert (part - full[:, :count(n)]).abs().max().item() <= 1e-5, (n, (part - full[:, :count(n)]).abs().max())
     # the Wan 2.2 VAE class (48 channels), small and random, decodes a prefix exactly too
     import comfy.ldm.wan.vae2_2 as wan22
     assert (wan22.WanVAE.__module__, wan22.WanVAE.__name__) in video.CAUSAL_VAES
@@ -415,15 +417,15 @@ PREFIX_SCRIPT = textwrap.dedent("""
     z = torch.randn(1, 48, 3, 2, 2)
     with torch.no_grad():
         full = small.decode(z)
-        assert full.shape[2] == 9 and torch.equal(small.decode(z[:, :, :2]), full[:, :, :5])
+        assert full.shape[2] == 9 and (small.decode(z[:, :, :2]) - full[:, :, :5]).abs().max().item() <= 1e-5
     print("ok")
 """)
 
 
 def test_the_wan_vae_decodes_a_latent_prefix_exactly(comfy_path):
-    """The Wan 2.1 VAE decodes latent frame by latent frame: the first n latent frames decode to exactly the
-    first 4n - 3 frames of the whole decode (bit for bit, on CPU), which the prefix decode relies on; the same
-    for the Wan 2.2 VAE's class (built small)."""
+    """The Wan 2.1 VAE decodes latent frame by latent frame: the first n latent frames decode to the first
+    4n - 3 frames of the whole decode (equal up to float rounding, on CPU), which the prefix decode relies on;
+    the same for the Wan 2.2 VAE's class (built small)."""
     if not os.path.isdir(os.path.join(comfy_path, "comfy", "ldm", "wan")):
         pytest.skip("this ComfyUI has no Wan VAE (the 2024 host): the video tests run on current ComfyUI")
     from tiny_models import ensure_checkpoint
