@@ -74,6 +74,8 @@ def _input(node: str, name: str, spec: tuple, optional: bool) -> io.Input:
         kw["display_mode"] = io.NumberDisplay(kw["display_mode"])
     if isinstance(kind, (list, tuple)):
         return _Combo(name, options=list(kind), optional=optional, **kw)
+    if kind == "STRING":
+        kw.setdefault("multiline", None)  # io.String.Input's own default (False) would add a key the node never set
     return _io_type(kind).Input(name, optional=optional, **kw)
 
 
