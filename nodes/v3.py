@@ -128,7 +128,7 @@ def _output(result) -> Any:
 def _same_parameters(fn: Callable, method: Callable) -> Callable:
     """``method`` (taking ``cls, **kwargs``) with the parameter list of the classic ``fn`` (a classmethod):
     ComfyUI reads the parameter names to decide which inputs it passes and which checks it leaves to the node."""
-    method.__signature__ = inspect.signature(fn.__func__)
+    method.__signature__ = inspect.signature(getattr(fn, "__func__", fn))
     return method
 
 
