@@ -76,13 +76,8 @@ def worker_urls_info(comfy):
 
 
 def refusal(comfy, g) -> str:
-    """The refusal of a prompt: at validation (current ComfyUI validates the nodes behind optional inputs too);
-    the 2024 host does not, so there the node refuses when it runs."""
+    """The refusal of a prompt: at validation (ComfyUI validates the nodes behind optional inputs too)."""
     code, body = comfy.queue(g)
-    if code == 200 and comfy.version.startswith("a28a9dc8"):
-        err = execution_error(comfy.wait(body["prompt_id"], 120))
-        assert err is not None, "the prompt must be refused"
-        return err["exception_message"]
     assert code == 400, body
     return json.dumps(body.get("node_errors"))
 

@@ -4,9 +4,7 @@ values listed, numbers in range) and, converted to the API format, runs on the
 real server with its model files mapped to tiny checkpoints / verifiers of the
 same architecture.
 
-Workflows whose nodes arrived after the 2024 host (GUIDER, NOISE,
-SamplerCustomAdvanced, SD3 latents) skip there with the reason; they run on
-current ComfyUI (recorded in CONTRIBUTING.md).  The tiny SDXL checkpoint (~2 GB,
+The tiny SDXL checkpoint (~2 GB,
 see tests/tiny_models.py) is built once into the test cache; set
 INFSCALE_SKIP_SDXL=1 to skip the SDXL workflow instead."""
 import glob
@@ -48,10 +46,6 @@ TINY = {
     "t5xxl_fp16.safetensors": "tiny-clip-l.safetensors",
     "ltxv": "sd3",
 }
-# nodes the 2024 host (ComfyUI a28a9dc8) lacks: a workflow that needs one of them skips there
-NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage",
-                        "EmptyHunyuanLatentVideo", "LTXVImgToVideo", "LTXVConditioning", "LTXVScheduler",
-                        "LTXVPreprocess", "Wan22ImageToVideoLatent", "ModelSamplingSD3"}
 INPUT_IMAGE = "example.png"
 
 
@@ -166,11 +160,7 @@ def validate(wf, info, rename):
     return problems
 
 
-def skip_if_newer(server, wf):
-    missing = sorted({n["type"] for n in wf["nodes"]} - set(server.object_info()) - UI_ONLY)
-    if missing and set(missing) <= NEWER_THAN_2024_HOST:
-        pytest.skip(f"this ComfyUI ({server.version}) lacks {', '.join(missing)}, which arrived after the 2024 host; "
-                    "runs on current ComfyUI (docs/test-runs.md records the runs)")
+def skip_if_sdxl_is_off(server, wf):
     if "tiny-sdxl.safetensors" in json.dumps(ui_to_api(wf, server.object_info(), rename=TINY)) \
             and os.environ.get("INFSCALE_SKIP_SDXL"):
         pytest.skip("INFSCALE_SKIP_SDXL is set (the tiny SDXL checkpoint is ~2 GB)")
@@ -272,7 +262,7 @@ def test_converter_handles_ui_only_nodes_and_defaults():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
 def test_workflow_validates_and_runs(server, path):
     wf = load(path)
-    skip_if_newer(server, wf)
+    skip_if_sdxl_is_off(server, wf)
     info = server.object_info()
     problems = validate(wf, info, TINY)
     assert not problems, f"{os.path.basename(path)}:\n" + "\n".join(problems)
