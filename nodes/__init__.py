@@ -5,6 +5,7 @@ ComfyUI gets them in its V3 node schema (``nodes/v3.py``) through
 ``comfy_entrypoint`` (the package's ``__init__.py``)."""
 from . import composable_nodes, files, output_nodes, search_loop, strategy_nodes, verifier_nodes, video
 from . import remote_verifier_nodes, vlm_verifier_nodes, worker_nodes
+from .types import PREFIX
 from .v3 import Extension, v3_nodes
 
 files.register_verifier_folder()
@@ -14,6 +15,9 @@ _NODES = (search_loop.NODES + verifier_nodes.NODES + composable_nodes.NODES + st
           + worker_nodes.NODES)
 
 V3_NODES = v3_nodes(_NODES)
+# the node classes as written (by node ID): what the V3 nodes wrap, for code that drives nodes in-process (the
+# benchmarks); not exported to ComfyUI, which would then take them instead of comfy_entrypoint
+CLASSES = {PREFIX + key: cls for cls, key, _ in _NODES}
 
 
 async def comfy_entrypoint() -> Extension:
