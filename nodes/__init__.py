@@ -3,15 +3,17 @@ prefix and never change; every module lists its nodes in ``NODES`` as
 (class, ID suffix, display name), and this is the one registration list.
 ComfyUI gets them in its V3 node schema (``nodes/v3.py``) through
 ``comfy_entrypoint`` (the package's ``__init__.py``)."""
-from . import composable_nodes, files, output_nodes, search_loop, strategy_nodes, verifier_nodes, video
+from . import composable_nodes, output_nodes, search_loop, strategy_nodes, verifier_nodes
+from . import video_nodes
+from ..engine import files
 from . import remote_verifier_nodes, vlm_verifier_nodes, worker_nodes
-from .types import PREFIX
+from ..engine.types import PREFIX
 from .v3 import Extension, v3_nodes
 
 files.register_verifier_folder()
 
 _NODES = (search_loop.NODES + verifier_nodes.NODES + composable_nodes.NODES + strategy_nodes.NODES
-          + output_nodes.NODES + vlm_verifier_nodes.NODES + remote_verifier_nodes.NODES + video.NODES
+          + output_nodes.NODES + vlm_verifier_nodes.NODES + remote_verifier_nodes.NODES + video_nodes.NODES
           + worker_nodes.NODES)
 
 V3_NODES = v3_nodes(_NODES)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
-from .pipeline import note_verifier
-from .sampling import SearchInputError
-from .types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
-from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
+from ..engine.noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
+from ..engine.pipeline import note_verifier
+from ..engine.sampling import SearchInputError
+from ..engine.types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
+from ..engine.video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
 from ..search import guard
 from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for

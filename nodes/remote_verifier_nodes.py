@@ -1,12 +1,12 @@
 """The remote grader's loader node: a VLM on an OpenAI-compatible server (verifiers/remote.py).  No model is
 loaded here and no request is made until something scores.  The server, its model and the name of its API key's
-environment variable come from the operator's endpoint list (nodes/endpoints.py): a workflow picks a grader by
+environment variable come from the operator's endpoint list (engine/endpoints.py): a workflow picks a grader by
 name, never a URL or a variable."""
 from __future__ import annotations
 
-from . import endpoints
-from .progress import throw_if_interrupted
-from .types import CATEGORY, VERIFIER
+from ..engine import endpoints
+from ..engine.progress import throw_if_interrupted
+from ..engine.types import CATEGORY, VERIFIER
 from ..verifiers import remote
 from ..verifiers.net import shorten
 

@@ -1,12 +1,12 @@
 """SearchLoop: search over starting noises with the model, sampler, VAE and
 verifier already in the graph, then re-render the winners exactly as the
 stock sampler would.  The node only reads its inputs: the search is
-``nodes/pipeline.py``."""
+``engine/pipeline.py``."""
 from __future__ import annotations
 
-from .pipeline import run_search
-from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
+from ..engine.pipeline import run_search
+from ..engine.sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
+from ..engine.types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
 from ..search import guard
 from ..search.noise import SEED_MAX
 

@@ -28,7 +28,7 @@ except ImportError as e:  # a ComfyUI from before the V3 node schema
     raise ImportError("comfyui-inference-scaling needs ComfyUI 0.3.64 or newer (its V3 node schema, "
                       "comfy_api.v0_0_2); this ComfyUI has none: update ComfyUI") from e
 
-from .types import PREFIX
+from ..engine.types import PREFIX
 
 WIDGETS = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "BOOLEAN": io.Boolean}
 # a classic input option -> the V3 Input's keyword; an option not listed here is refused (TypeError),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional
 
-from . import files
-from .progress import byte_progress
-from .types import CATEGORY, VERIFIER
-from .verifier_models import HostVerifier, cached, shared_part, shared_part_with
+from ..engine import files
+from ..engine.progress import byte_progress
+from ..engine.types import CATEGORY, VERIFIER
+from ..engine.verifier_models import HostVerifier, cached, shared_part, shared_part_with
 from ..verifiers import aesthetic, clip_score, download, hps, hpsv3, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights

@@ -2,7 +2,7 @@
 (the ``devices`` text of Search Loop), and how the rows of one sampling call
 are cut into contiguous per-device chunks.
 
-Plain Python: ``nodes/devices.py`` makes one model clone per device and runs
+Plain Python: ``engine/devices.py`` makes one model clone per device and runs
 each chunk in its own thread; the rows come back in their order, so a
 candidate's result does not depend on the device that ran it."""
 from __future__ import annotations

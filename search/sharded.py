@@ -6,7 +6,7 @@ included), so a shard ``(start, count)`` of candidates gives the same scores
 wherever it runs.  :func:`sharded_random_search` is random search with the
 candidates cut into shards and handed to a *dispatcher*, which decides where
 each shard runs (``run_local`` on this host, or elsewhere: a worker ComfyUI
-over HTTP, ``nodes/workers.py``; another GPU of this machine could be one
+over HTTP, ``engine/workers.py``; another GPU of this machine could be one
 more dispatcher) and returns every shard's :class:`ShardRows`.  The rows are
 put back in candidate order and ranked here, with a relative verifier's
 member scores recombined over all N at once, so the winner and the ranking

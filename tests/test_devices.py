@@ -122,7 +122,7 @@ def test_a_huge_devices_text_is_echoed_shortened(text):
     (17, 2, [(0, 9), (1, 8)]),
 ])
 def test_split_rows_with_the_gpu_minimum(n, devices, expect):
-    """nodes/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
+    """engine/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
     chunks = split_rows(n, [1.0] * devices, min_rows=4)
     covers(chunks, n)
     assert rows_of(chunks) == expect

@@ -153,7 +153,7 @@ def test_ltx_image_to_video_with_ltxv_scheduler_reproduces_in_sampler_custom(ltx
 
 def test_ltx_keyframe_survives_strategies_that_renoise(ltx):
     """Paths stops candidates mid-schedule, re-noises and resumes (the host re-composes the masked frames each
-    segment, nodes/host.py): the keyframe still ends as the start image's latent."""
+    segment, engine/host.py): the keyframe still ends as the start image's latent."""
     entry = ltx.run_ok(search_graph(True, seed=30, prefix="ltx_paths", candidates=2, micro_batch=0, strategy=(
         "PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5, "backward": 0.7,
                           "budget_nfe": 0})))

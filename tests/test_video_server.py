@@ -390,7 +390,7 @@ PREFIX_SCRIPT = textwrap.dedent("""
     pack = importlib.util.module_from_spec(spec)
     sys.modules["infscale_pack"] = pack
     spec.loader.exec_module(pack)
-    video = sys.modules["infscale_pack.nodes.video"]
+    video = sys.modules["infscale_pack.engine.video"]
     count = video.causal_frame_count(vae)
     assert count is not None, "the Wan 2.1 VAE is on the causal whitelist"
     z = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(0))

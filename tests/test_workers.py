@@ -1,5 +1,5 @@
 """Core tier: random search in shards (search/sharded.py) on the toy host, the shard answer's validation, and
-the worker dispatcher (nodes/workers.py) against small fake ComfyUI servers over real HTTP on loopback:
+the worker dispatcher (engine/workers.py) against small fake ComfyUI servers over real HTTP on loopback:
 re-assignment of a failed worker's shard, errors for refusals and malformed answers, no other address
 contacted.  The two-real-servers tests are in test_workers_server.py."""
 from __future__ import annotations
@@ -23,22 +23,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_pack_parts():
-    """nodes/workers.py imports no ComfyUI: load it (and search/) as parts of a package without running
+    """engine/workers.py imports no ComfyUI: load it (and search/) as parts of a package without running
     nodes/__init__.py, which would need ComfyUI."""
     if "infscale_core" not in sys.modules:
         pkg = types.ModuleType("infscale_core")
         pkg.__path__ = [REPO]
         sys.modules["infscale_core"] = pkg
-        sub = types.ModuleType("infscale_core.nodes")
-        sub.__path__ = [os.path.join(REPO, "nodes")]
-        sys.modules["infscale_core.nodes"] = sub
-    return (importlib.import_module("infscale_core.nodes.workers"),
+        sub = types.ModuleType("infscale_core.engine")
+        sub.__path__ = [os.path.join(REPO, "engine")]
+        sys.modules["infscale_core.engine"] = sub
+    return (importlib.import_module("infscale_core.engine.workers"),
             importlib.import_module("infscale_core.search.sharded"),
             importlib.import_module("infscale_core.search"))
 
 
 workers, sharded, search_pkg = _load_pack_parts()
-endpoints = importlib.import_module("infscale_core.nodes.endpoints")
+endpoints = importlib.import_module("infscale_core.engine.endpoints")
 net = importlib.import_module("infscale_core.verifiers.net")
 
 SEED, N, TOP_K, STEPS = 11, 12, 3, 6

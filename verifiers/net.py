@@ -1,5 +1,5 @@
 """Bounded network reads: the one way the pack reads from another machine (a remote grader here, worker
-ComfyUI servers in ``nodes/workers.py``).
+ComfyUI servers in ``engine/workers.py``).
 
 Everything read from the network is bounded in time, size and depth, and each failure is named:
 

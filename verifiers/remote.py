@@ -14,7 +14,7 @@ its candidate by the request it answers, never by the order answers arrive in.  
 
 Network: only the configured base URL is contacted, only at ``<base>/chat/completions`` (``verifiers/net.py``:
 no proxy from the environment, no redirect followed).  In ComfyUI the base URL, the model and the name of the
-API key's environment variable come from the operator's endpoint list (``nodes/endpoints.py``), never from a
+API key's environment variable come from the operator's endpoint list (``engine/endpoints.py``), never from a
 workflow.  The API key is read from that variable at each request and is never stored here.  ``concurrency``
 requests at a time; each attempt is bounded by ``limits`` (``timeout`` seconds of wall clock for connect, send
 and read together, a body-size cap and a JSON depth cap; non-finite numbers are refused), a call as a whole

@@ -115,7 +115,7 @@ class SamplingPlan:
     """How candidates are sampled: KSampler widgets, SAMPLER + SIGMAS
     (SamplerCustom) or GUIDER (+ SAMPLER/SIGMAS, SamplerCustomAdvanced)."""
 
-    stop = None  # a device thread's threading.Event (nodes/devices.py): set = stop at the next model call
+    stop = None  # a device thread's threading.Event (engine/devices.py): set = stop at the next model call
 
     def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
                  scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,

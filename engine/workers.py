@@ -8,7 +8,7 @@ needed; the master's progress bar advances by a shard's NFEs when it comes
 back), cancelled with ``POST /interrupt`` + ``POST /queue`` ``delete``.
 
 The workers come from a worker pool of the operator's endpoint list
-(``nodes/endpoints.py``): a workflow names a pool, never a URL.  Only the
+(``engine/endpoints.py``): a workflow names a pool, never a URL.  Only the
 pool's URLs, and only the paths above, are ever contacted: redirects are
 refused.  Every request is bounded (``verifiers/net.py``): a wall-clock
 deadline, a body-size cap, a JSON depth cap, no non-finite or out-of-range

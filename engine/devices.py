@@ -2,7 +2,7 @@
 
 One lane per device: the main device samples with the graph's own model; every
 other device with a deep clone of it made through ComfyUI's model management
-(``compat.device_clone``), loaded before any thread starts.  ``DeviceSet.run``
+(``gpus.device_clone``), loaded before any thread starts.  ``DeviceSet.run``
 cuts the rows of one sampling call into contiguous per-device chunks
 (``search.devices.split_rows``), runs each chunk in its own thread, and returns
 the chunks' results in row order; ``ComfyHost`` calls it for every sampling
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import compat, memory
+from . import compat, gpus, memory
 from .progress import Stopped
 from .sampling import SamplingPlan, SearchInputError
 from ..search.devices import DevicesError, parse_devices, split_rows
@@ -124,7 +124,7 @@ class DeviceSet:
                 self.stop.set()
 
         threads = []
-        with compat.serialized_model_loading():
+        with gpus.serialized_model_loading():
             for k, (i, a, b) in enumerate(chunks):
                 lane = self.lanes[i]
                 lane.rows += (b - a) if count else 0
@@ -168,10 +168,10 @@ def _controls(plan: SamplingPlan) -> bool:
 
 def _fits(plan: SamplingPlan, device: torch.device) -> Optional[str]:
     """Why the model's weights do not fit on ``device`` (with one candidate's working memory), or None."""
-    total = compat.total_memory(device)
+    total = gpus.total_memory(device)
     if total is None:
         return None
-    need = compat.model_size(plan.model) + (compat.model_size(plan.model_2) if plan.model_2 is not None else 0)
+    need = gpus.model_size(plan.model) + (gpus.model_size(plan.model_2) if plan.model_2 is not None else 0)
     need += memory.memory_per_candidate(plan.model, plan.template.shape, plan.cfg_multiplier()) or 0
     if need > total * 0.95:
         return (f"{device} left out: the model needs about {need / GIB:.1f} GiB with one candidate, the device has "
@@ -185,10 +185,10 @@ def _release(copies: List[Any]) -> None:
     copies[:] = [c for c in copies if c is not None]
     if not copies:
         return
-    compat.forget_models(copies)
+    gpus.forget_models(copies)
     copies.clear()
     gc.collect()  # a ModelPatcher's references go round in cycles: free the weights now, not at some later gc
-    compat.empty_cache()
+    gpus.empty_cache()
 
 
 def _add_lanes(out: DeviceSet, plan: SamplingPlan, names: Sequence[str], main: str) -> None:
@@ -205,11 +205,11 @@ def _add_lanes(out: DeviceSet, plan: SamplingPlan, names: Sequence[str], main: s
             continue
         made: List[Any] = []  # this device's clones, released if it is left out
         try:
-            made.append(compat.device_clone(plan.model, dev))
+            made.append(gpus.device_clone(plan.model, dev))
             if plan.model_2 is not None:
-                made.append(compat.device_clone(plan.model_2, dev))
+                made.append(gpus.device_clone(plan.model_2, dev))
             for m in made:
-                compat.load_on_device(m)
+                gpus.load_on_device(m)
         except BaseException as e:  # noqa: BLE001 - out-of-memory leaves the device out; the rest is raised
             _release(made)
             if not memory.is_oom(e):
@@ -218,7 +218,7 @@ def _add_lanes(out: DeviceSet, plan: SamplingPlan, names: Sequence[str], main: s
             out.notes.append(f"{name} left out: out of memory while loading the model's weights there")
             continue
         model, model_2 = made[0], (made[1] if len(made) > 1 else None)
-        guider = compat.device_guider(plan.guider, model) if plan.guider is not None else None
+        guider = gpus.device_guider(plan.guider, model) if plan.guider is not None else None
         out.lanes.append(Lane(name, plan.on_device(model, model_2, guider, out.stop), copy=True))
 
 
@@ -227,7 +227,7 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
     With ``vae`` on the main device, each other device gets a copy of it and decodes its share too."""
     main = str(plan.model.load_device)
     try:
-        names = parse_devices(text, [str(d) for d in compat.torch_devices()], main)
+        names = parse_devices(text, [str(d) for d in gpus.torch_devices()], main)
     except DevicesError as e:
         raise SearchInputError(str(e)) from e
     requested = (text or "").strip() or "all"
@@ -250,7 +250,7 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
             return DeviceSet([Lane(main, plan)], requested, notes)
         if vae is not None and out.parallel and str(getattr(vae, "device", "")) == main:
             for lane in out.lanes:  # a VAE copy per device (the main device's is the graph's own)
-                lane.vae = compat.device_vae(vae, torch.device(lane.device)) if lane.copy else vae
+                lane.vae = gpus.device_vae(vae, torch.device(lane.device)) if lane.copy else vae
     except BaseException:
         out.release()  # the copies made so far
         raise

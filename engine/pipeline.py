@@ -72,7 +72,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                 f"which sampler '{plan.sampler_label}' does not allow (a multistep or adaptive sampler would "
                 f"change). Pick one of: {', '.join(names_where(segmentable=True))}")
     if workers is not None:
-        from .worker_nodes import check_workers_allowed
+        from .worker_search import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
@@ -87,7 +87,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                          video=video, devices=lanes)
         try:
             if workers is not None:  # the many-machines seam: shards of candidates on worker ComfyUI servers
-                from .worker_nodes import sharded_search
+                from .worker_search import sharded_search
                 report, finalists = sharded_search(workers[0], workers[1], workers[2], plan, strategy, host, n, top_k,
                                                    seed, verifier, prompt, vae, progress)
             else:
