@@ -2,7 +2,7 @@
 ComfyUI server on the CPU, judged by the held-out judge.
 
     python bench/demo_quality.py [--prompts 50] [--out bench/results/demo_quality.json]
-    COMFYUI_PATH=/path/to/ComfyUI python bench/demo_quality.py ...     (default: the 2024 copy of .ci/setup)
+    COMFYUI_PATH=/path/to/ComfyUI python bench/demo_quality.py ...     (default: .test-cache/ComfyUI-0.3.64)
 
 The model, verifier and judge are tools/demo_model/ (an SD1.5-family
 checkpoint loaded by the stock CheckpointLoaderSimple, the CLIPScore loader on

@@ -6,11 +6,11 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from .noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
-from .pipeline import note_verifier
-from .sampling import SearchInputError
-from .types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
-from .video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
+from ..engine.noise import CandidateNoise, per_candidate_noise, per_candidate_noise_supported
+from ..engine.pipeline import note_verifier
+from ..engine.sampling import SearchInputError
+from ..engine.types import CATEGORY, NOISE, SCORES, VERIFIER, VIDEO_SCORING
+from ..engine.video import DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, as_frames
 from ..search import guard
 from ..search.common import checked_scores, top_k_indices
 from ..search.noise import SEED_MAX, Candidate, seeds_for
@@ -169,13 +169,16 @@ class VerifierScore:
         note_verifier(report, verifier, failed=failed)
         if scoring is not None:
             report.settings["video"] = book.info()
+            if report.settings["video"].get("note"):  # fewer frames than Video Scoring asks for
+                report.notes.append(report.settings["video"]["note"])
             if scoring.pruning:
                 report.notes.append("preview_keep prunes Search Loop's candidates before decoding; Verifier Score "
                                     "gets frames already decoded and scores them all")
         report.finalize()
         note_verifier(report, verifier, book.matrix(), unit="videos" if scoring is not None else "images")
+        shown = [report.settings["video"]["note"]] if (report.settings.get("video") or {}).get("note") else []
         if held_out_verifier is None:
-            return (report,)
+            return {"ui": {"text": shown}, "result": (report,)} if shown else (report,)
         if held_out_verifier is verifier:
             raise SearchInputError("Verifier Score: the held-out verifier is the verifier that ranks, so it cannot "
                                    "tell whether the ranking fooled it: connect a different verifier")
@@ -189,7 +192,7 @@ class VerifierScore:
                                         sampled_held_out=held, winner_held_out=held[best], top_k_images=top)
         if report.held_out["warning"]:
             report.notes.append(report.held_out["warning"])
-        return {"ui": {"text": [guard.message(report.held_out)]}, "result": (report,)}
+        return {"ui": {"text": ["\n".join(shown + [guard.message(report.held_out)])]}, "result": (report,)}
 
 
 class BestPick:

@@ -8,9 +8,9 @@ import os
 
 import torch
 
-from . import files
-from .drawing import caption, ranked_grid, score_plot
-from .types import CATEGORY, SCORES
+from ..engine import files
+from ..engine.drawing import caption, ranked_grid, score_plot
+from ..engine.types import CATEGORY, SCORES
 
 # the PNG text chunk holding the search report (JSON), beside ComfyUI's "prompt" and "workflow"
 REPORT_CHUNK = "infscale_search"
@@ -131,7 +131,7 @@ class SaveSearchImage:
         if images.shape[0] == 0:
             raise ValueError("Save Image with Search Metadata got an empty IMAGE batch (0 images): nothing to save")
         from PIL.PngImagePlugin import PngInfo
-        from .drawing import to_pil
+        from ..engine.drawing import to_pil
         out_dir = files.output_directory()
         folder, filename, counter, subfolder, _ = files.save_image_path(filename_prefix, out_dir,
                                                                           images.shape[2], images.shape[1])

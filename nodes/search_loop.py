@@ -1,12 +1,12 @@
 """SearchLoop: search over starting noises with the model, sampler, VAE and
 verifier already in the graph, then re-render the winners exactly as the
 stock sampler would.  The node only reads its inputs: the search is
-``nodes/pipeline.py``."""
+``engine/pipeline.py``."""
 from __future__ import annotations
 
-from .pipeline import run_search
-from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
+from ..engine.pipeline import run_search
+from ..engine.sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
+from ..engine.types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
 from ..search import guard
 from ..search.noise import SEED_MAX
 
@@ -117,7 +117,8 @@ class SearchLoop:
                                "copy of the model and a share of every round's candidates, sampled at once; the "
                                "results do not depend on the GPU; each GPU decodes its share with its own VAE "
                                "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
-                               "(said on the node and in the report). 'cpu' (it may repeat) is for testing."}),
+                               "(said on the node and in the report). The copies are released when the search ends. "
+                               "Name each device once; 'cpu' (up to twice) is for testing."}),
             },
             # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)
             "hidden": {"infscale_graph": "PROMPT", "infscale_node": "UNIQUE_ID"},
@@ -144,9 +145,12 @@ class SearchLoop:
                          bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
                          workers=None if workers is None else (workers, infscale_graph, infscale_node),
                          devices=devices)
-        # shown on the node: shards re-assigned from failing workers, devices left out, the held-out guard
+        # shown on the node: shards re-assigned from failing workers, devices left out, videos shorter than Video
+        # Scoring asks for, the held-out guard
         lines = list((out[3].settings.get("workers") or {}).get("faults") or [])
         lines += list((out[3].settings.get("devices") or {}).get("left_out") or [])
+        if (out[3].settings.get("video") or {}).get("note"):
+            lines.append(out[3].settings["video"]["note"])
         if held_out_verifier is not None:
             lines.append(guard.message(out[3].held_out))
         if not lines:

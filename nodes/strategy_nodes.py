@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Tuple
 
-from .types import CATEGORY, STRATEGY
+from ..engine.types import CATEGORY, STRATEGY
 from ..search import StopRule, Strategy, algorithms
 from ..search.registry import Algorithm, Param
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional
 
-from . import files
-from .progress import byte_progress
-from .types import CATEGORY, VERIFIER
-from .verifier_models import HostVerifier, cached, shared_part
+from ..engine import files
+from ..engine.progress import byte_progress
+from ..engine.types import CATEGORY, VERIFIER
+from ..engine.verifier_models import HostVerifier, cached, shared_part, shared_part_with
 from ..verifiers import aesthetic, clip_score, download, hps, hpsv3, image_reward, pick_score, self_consistency
 from ..verifiers.ensemble import MODES, EnsembleVerifier
 from ..verifiers.loading import missing_weights
@@ -22,7 +22,8 @@ DOWNLOAD_TOOLTIP = ("Off (default): never touches the network; a missing file is
 def _open_clip_archs():
     try:
         import open_clip
-        archs = open_clip.list_models()
+        # a config beside a weights file is registered only while that file is built (verifiers/clip_score.py)
+        archs = [a for a in open_clip.list_models() if not a.startswith("its_custom__")]
     except Exception:
         archs = []
     return archs or ["ViT-L-14"]
@@ -52,19 +53,12 @@ def file_key(path: str):
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
-_tokenizers = {}
-
-
 def clip_part(arch: str, path: str, allow_download: bool = False):
-    """The open_clip model + tokenizer for (arch, file), shared by every verifier using it."""
+    """The open_clip model + tokenizer for (arch, file), shared by every verifier using it; the tokenizer lives
+    on the model's part (bounded and released with it)."""
     key = ("open_clip", arch) + file_key(path)
-
-    def build():
-        model, tokenizer = clip_score.load_open_clip(arch, path, allow_download)
-        _tokenizers[key] = tokenizer
-        return model
-    model = shared_part(key, build)
-    return key, model, _tokenizers[key]
+    model, tokenizer = shared_part_with(key, lambda: clip_score.load_open_clip(arch, path, allow_download))
+    return key, model, tokenizer
 
 
 CLIP_DEFAULT = "ViT-L-14-openai.safetensors"

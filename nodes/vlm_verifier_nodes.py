@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import List
 
-from . import files
-from .verifier_models import HostVerifier, cached, shared_part
+from ..engine import files
+from ..engine.verifier_models import HostVerifier, cached, shared_part
 from .verifier_nodes import VerifierLoader, folder_key, resolve_folder, subfolder_path
 from ..verifiers import vlm, vlm_rubric, vqascore
 from ..verifiers.ensemble import MODES

@@ -6,7 +6,7 @@ included), so a shard ``(start, count)`` of candidates gives the same scores
 wherever it runs.  :func:`sharded_random_search` is random search with the
 candidates cut into shards and handed to a *dispatcher*, which decides where
 each shard runs (``run_local`` on this host, or elsewhere: a worker ComfyUI
-over HTTP, ``nodes/workers.py``; another GPU of this machine could be one
+over HTTP, ``engine/workers.py``; another GPU of this machine could be one
 more dispatcher) and returns every shard's :class:`ShardRows`.  The rows are
 put back in candidate order and ranked here, with a relative verifier's
 member scores recombined over all N at once, so the winner and the ranking
@@ -32,7 +32,8 @@ from .host import SearchHost
 from .noise import seeds_for, wrap_seed
 from .report import CandidateResult, Finalist, SearchReport
 
-PROTOCOL = 1  # the shard answer's format (check_answer)
+PROTOCOL = 2  # the shard's format: 2 sends a digest of the master's fingerprint, never the fingerprint
+MAX_SCORE = 1e9  # no verifier scores beyond this: a claimed score past it is refused as out of range
 
 
 class ShardAnswerError(ValueError):
@@ -186,14 +187,18 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
             raise bad(f"candidate entry {j} is not an object")
         idx = c.get("index")
         if type(idx) is not int or idx != start + j:
-            raise bad(f"entry {j} names candidate {idx!r}, expected {start + j} (ids must be the shard's, in order)")
-        if c.get("seed") != seeds[j]:
-            raise bad(f"candidate {idx} has seed {c.get('seed')!r}, expected {seeds[j]}")
+            raise bad(f"entry {j} names another candidate than {start + j} (ids must be the shard's, in order)")
+        if type(c.get("seed")) is not int or c.get("seed") != seeds[j]:
+            raise bad(f"candidate {idx} has another seed than {seeds[j]}")
         m = c.get("members")
         if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
             raise bad(f"candidate {idx} has member scores {m!r}, expected {members} number(s)")
+        if any(type(v) is int and abs(v) > MAX_SCORE for v in m):  # before float(): 10**400 overflows it
+            raise bad(f"candidate {idx} has a score out of range (no verifier scores beyond {MAX_SCORE:g})")
         if not all(math.isfinite(v) or v == -math.inf for v in m):  # -inf: a remote grader's failed answer
             raise bad(f"candidate {idx} has a non-finite score {m!r}")
+        if any(math.isfinite(v) and abs(v) > MAX_SCORE for v in m):
+            raise bad(f"candidate {idx} has a score out of range {m!r} (no verifier scores beyond {MAX_SCORE:g})")
         v = c.get("nfe")
         if type(v) is not int or v < 1 or (nfe is not None and v != nfe):
             raise bad(f"candidate {idx} spent {v!r} NFEs, expected {nfe if nfe is not None else 'a positive count'}")

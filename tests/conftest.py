@@ -13,6 +13,8 @@ pytest_plugins = ["comfy_server"]
 # Test tiers. Every test gets exactly one tier marker, here and nowhere else
 # (registered in pyproject.toml; CONTRIBUTING.md "Test tiers"):
 #   core       no ComfyUI, no model builds: a few seconds; run it on every edit
+#   network    no ComfyUI: the worker dispatcher and the remote grader against loopback stand-ins
+#              (deadlines and drips that wait on purpose: tens of seconds)
 #   verifiers  the real verifier classes with random weights (open_clip, transformers)
 #   server     needs a ComfyUI: a real server over HTTP/websocket, or its classes
 #   browser    headless Chromium in the server's own editor
@@ -21,7 +23,7 @@ pytest_plugins = ["comfy_server"]
 # A test that uses the ComfyUI fixtures is `server`, unless its module is
 # listed in WHOLE_MODULE; otherwise its module's entry in NO_COMFYUI decides,
 # and an unlisted module is `core`.
-TIERS = ("core", "verifiers", "server", "browser", "install", "bench")
+TIERS = ("core", "network", "verifiers", "server", "browser", "install", "bench")
 WHOLE_MODULE = {
     "test_browser.py": "browser",
     "test_bench_smoke.py": "bench",
@@ -31,6 +33,8 @@ WHOLE_MODULE = {
     "test_demo_quality.py": "bench",
 }
 NO_COMFYUI = {
+    "test_workers.py": "network",
+    "test_remote.py": "network",
     "test_verifiers.py": "verifiers",
     "test_aesthetic_ensemble.py": "verifiers",
     "test_verifiers_ii.py": "verifiers",

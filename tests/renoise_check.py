@@ -19,7 +19,7 @@ def main(comfy_dir: str) -> dict:
     import_comfy_and_pack(comfy_dir)
     import torch
     import comfy.model_sampling as cms
-    from infscale_pack.nodes.host import ComfyHost
+    from infscale_pack.engine.host import ComfyHost
     from infscale_pack.search.host import State
 
     kinds = {"eps": (cms.ModelSamplingDiscrete, cms.EPS), "v_prediction": (cms.ModelSamplingDiscrete, cms.V_PREDICTION)}

@@ -66,7 +66,7 @@ except ImportError:
 if not os.path.isfile(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set INFSCALE_CHROMIUM)",
                 allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install -r tests/requirements-ci.txt)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install -r .ci/requirements-current.txt)")
 
 READY_JS = """() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph
     && LiteGraph.registered_node_types && LiteGraph.registered_node_types.KSampler)"""

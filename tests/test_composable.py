@@ -1,5 +1,5 @@
-"""Composable search and current-ComfyUI features (GUIDER, NOISE,
-SamplerCustomAdvanced, flow models). Tests needing them skip on the 2024 host."""
+"""Composable search and ComfyUI's custom-sampling features (GUIDER, NOISE,
+SamplerCustomAdvanced, flow models)."""
 import os
 
 import pytest
@@ -14,8 +14,8 @@ from test_server import latent_file, report_of
 def need(comfy, *nodes):
     missing = [n for n in nodes if not comfy.has_node(n)]
     if missing:
-        pytest.skip(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)} (GUIDER/NOISE/custom sampling "
-                    "arrived after the 2024 host); runs on current ComfyUI")
+        pytest.fail(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)}: the pack needs ComfyUI 0.3.64 "
+                    "or newer")
 
 
 def custom_sampling(g, noise_ref, latent_ref=("4", 0), cfg=7.0, steps=4, sampler="euler", ids=(40, 41, 42, 43)):

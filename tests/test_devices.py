@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.devices import DevicesError, parse_devices, split_rows
+from search.devices import MAX_CPU_LANES, DevicesError, parse_devices, split_rows
 
 GPUS = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
 
@@ -83,6 +83,37 @@ def test_parse_devices_errors_name_the_input(text, words):
         assert w in str(e.value)
 
 
+def test_a_device_is_named_once_and_cpu_lanes_are_capped():
+    """A workflow is untrusted input: 'cpu' thirty times made thirty model copies.  The CPU may be named up to
+    MAX_CPU_LANES times (lanes for testing), any other device once; the message says so."""
+    assert MAX_CPU_LANES == 2
+    assert parse_devices(",".join(["cpu"] * MAX_CPU_LANES), GPUS, "cuda:0") == ["cpu"] * MAX_CPU_LANES
+    for text in ("cpu,cpu,cpu", ",".join(["cpu"] * 30), "0,cpu,1,cpu,cpu"):
+        with pytest.raises(DevicesError) as e:
+            parse_devices(text, GPUS, "cuda:0")
+        msg = str(e.value)
+        assert "'cpu' is named more than 2 times" in msg and "name cpu at most 2 times" in msg, msg
+    for text, name in (("cuda:2,cuda:2", "cuda:2"), ("0,cuda:0", "cuda:0"), ("2,cuda:02", "cuda:2")):
+        with pytest.raises(DevicesError, match=f"{name} is named twice: name each device once"):
+            parse_devices(text, GPUS, "cuda:0")
+
+
+@pytest.mark.parametrize("text", [
+    "cpu," * 25_000,                      # 100,000 characters: the CPU named 25,000 times
+    "x" * 100_000,                        # one huge token
+    " , " * 40_000,                       # names nothing
+    "9" * 100_000,                        # a huge GPU number (int() of it is refused by Python)
+    "cuda:" + "9" * 100_000,
+    "a" * 100_000 + ":1",
+])
+def test_a_huge_devices_text_is_echoed_shortened(text):
+    with pytest.raises(DevicesError) as e:
+        parse_devices(text, GPUS, "cuda:0")
+    msg = str(e.value)
+    assert msg.startswith("devices: ") and len(msg) < 400, msg[:500]
+    assert f"… ({len(text)} characters)" in msg, msg
+
+
 @pytest.mark.parametrize("n,devices,expect", [
     (4, 2, [(0, 4)]),                  # a zero-order round of 4 neighbours stays on the main GPU
     (6, 2, [(0, 6)]),
@@ -91,7 +122,7 @@ def test_parse_devices_errors_name_the_input(text, words):
     (17, 2, [(0, 9), (1, 8)]),
 ])
 def test_split_rows_with_the_gpu_minimum(n, devices, expect):
-    """nodes/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
+    """engine/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
     chunks = split_rows(n, [1.0] * devices, min_rows=4)
     covers(chunks, n)
     assert rows_of(chunks) == expect

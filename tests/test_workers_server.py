@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -23,8 +22,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from comfy_server import execution_error, free_port, launch, shutdown
+from comfy_server import execution_error, free_port, launch, set_endpoints, shutdown
 from graphs import PREFIX, base_graph, search_graph, verifier_node
+from loopback import serve, stop
 from test_composable import custom_sampling, need
 from test_server_verifiers import aesthetic_node
 
@@ -117,13 +117,10 @@ class Proxy:
             def do_POST(self):
                 self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -133,9 +130,12 @@ def proxy(worker):
     p.close()
 
 
-def with_workers(g, urls, local=True, timeout_s=300):
+def with_workers(comfy, g, urls, local=True, timeout_s=300, **pool):
+    """Search Loop with a Search Workers node naming the pool 'test-pool', which the operator's endpoint list of
+    the master now holds with ``urls`` (and ``pool``'s settings)."""
+    set_endpoints(comfy, worker_pools={"test-pool": dict({"urls": list(urls)}, **pool)})
     g["11"] = {"class_type": PREFIX + "SearchWorkers",
-               "inputs": {"worker_urls": "\n".join(urls), "timeout_s": timeout_s, "local_shards": local}}
+               "inputs": {"worker_urls": "test-pool", "timeout_s": timeout_s, "local_shards": local}}
     g["6"]["inputs"]["workers"] = ["11", 0]
     return g
 
@@ -186,13 +186,15 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
     ref = local_search(comfy)
     before = len(worker_prompts(worker))
     dead = f"http://127.0.0.1:{free_port()}"
-    entry = comfy.run_ok(with_workers(ensemble_search("wk_shard"), [proxy.url, dead]))
+    entry = comfy.run_ok(with_workers(comfy, ensemble_search("wk_shard"), [proxy.url, dead]))
     rep = assert_same_search(comfy, entry, ref)
     assert all(set(c["verifier_scores"]) == set(r["verifier_scores"]) and len(c["verifier_scores"]) == 2
                for c, r in zip(rep["candidates"], report_of(ref)["candidates"]))
     ran = {s["ran_on"] for s in rep["settings"]["shards"]}
     assert f"worker {proxy.url}" in ran and f"worker {dead}" not in ran, rep["settings"]["shards"]
-    assert rep["settings"]["workers"]["urls"] == [proxy.url, dead]
+    assert rep["settings"]["workers"]["pool"] == "worker pool 'test-pool' (endpoints file)"
+    assert rep["settings"]["workers"]["workers"] == 2
+    assert comfy.endpoints_file not in json.dumps(rep)  # no path of the server's in the saved report
     (fault,) = rep["settings"]["workers"]["faults"]
     assert fault.startswith(f"worker {dead} unreachable (") and "re-assigned" in fault
     assert fault in entry["outputs"]["6"]["text"][0]  # shown on the node
@@ -212,7 +214,8 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
 
 
 def test_a_worker_with_a_different_checkpoint_is_refused_naming_it(comfy, worker, proxy):
-    g = with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_other"), [proxy.url], local=False)
+    g = with_workers(comfy, search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_other"), [proxy.url],
+                     local=False)
     g["1"]["inputs"]["ckpt_name"] = "tiny-other.safetensors"
     err = execution_error(comfy.run(g))
     assert err is not None, "the search must stop"
@@ -221,7 +224,7 @@ def test_a_worker_with_a_different_checkpoint_is_refused_naming_it(comfy, worker
     assert "conditioning" not in msg and "verifier" not in msg  # only what differs is named
 
 
-def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
+def test_a_malformed_worker_answer_has_its_shard_run_here_and_is_said(comfy, proxy):
     def tamper(raw):
         hist = json.loads(raw)
         for h in hist.values():
@@ -231,11 +234,78 @@ def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
                 out["text"][0] = json.dumps(ans)
         return json.dumps(hist).encode()
     proxy.tamper = tamper
-    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_bad"),
-                                                 [proxy.url], local=False)))
-    assert err is not None
-    msg = err["exception_message"]
-    assert f"worker {proxy.url}" in msg and "malformed" in msg and "ids must be the shard's" in msg, msg
+    entry = comfy.run_ok(with_workers(comfy, search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_bad"),
+                                      [proxy.url], local=False))
+    rep = report_of(entry)
+    (fault,) = rep["settings"]["workers"]["faults"]
+    assert fault.startswith(f"worker {proxy.url} ") and "ids must be the shard's" in fault and "re-assigned" in fault
+    assert fault in entry["outputs"]["6"]["text"][0]  # said on the node
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} == {"local"}
+
+
+def test_a_lying_worker_is_caught_by_the_audit_and_the_winner_is_the_honest_one(comfy, worker, proxy):
+    """The worker's answers claim a score of 1e6 for one of its candidates: the master's audit (it samples and
+    scores that candidate itself) catches the lie, drops the worker, re-runs its shards here, and the result is
+    the local search's; the node and the report say so."""
+    def tamper(raw):
+        hist = json.loads(raw)
+        for h in hist.values():
+            for out in h.get("outputs", {}).values():
+                ans = json.loads(out["text"][0])
+                for c in ans["candidates"]:
+                    c["members"] = [1e6 for _ in c["members"]]
+                out["text"][0] = json.dumps(ans)
+        return json.dumps(hist).encode()
+    proxy.tamper = tamper
+    ref = local_search(comfy)
+    entry = comfy.run_ok(with_workers(comfy, ensemble_search("wk_lie"), [proxy.url], local=False, audit_per_shard=1))
+    rep = assert_same_search(comfy, entry, ref)
+    audit = rep["settings"]["workers"]["audit"]
+    (dropped,) = audit["dropped"]
+    assert dropped["worker"] == proxy.url and "disagrees with this machine's own" in dropped["why"], dropped
+    assert audit["candidates"] >= 1 and audit["nfe"] > 0
+    assert any(f.startswith(f"worker {proxy.url} was dropped") for f in rep["settings"]["workers"]["faults"])
+    assert f"worker {proxy.url} was dropped" in entry["outputs"]["6"]["text"][0]  # said on the node
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} == {"local"}
+
+
+def test_a_dripping_worker_costs_at_most_the_deadline(comfy):
+    """A worker that accepts the prompt, then drips its /history answer one byte every 0.5 s: with the pool's
+    request deadline of 1 s, its shard is re-run here within seconds (the drip alone would take minutes)."""
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            raw = b'{"prompt_id": "p1", "number": 0}' if self.path == "/prompt" else b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "400")
+            self.end_headers()
+            try:
+                for _ in range(400):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+    srv, url = serve(Drip)
+    try:
+        t0 = time.monotonic()
+        entry = comfy.run_ok(with_workers(comfy, search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_drip"),
+                                          [url], local=False, request_timeout_s=1))
+        elapsed = time.monotonic() - t0
+    finally:
+        stop(srv)
+    (fault,) = report_of(entry)["settings"]["workers"]["faults"]
+    assert fault.startswith(f"worker {url} ") and "deadline of 1 s" in fault and "re-assigned" in fault, fault
+    assert elapsed < 60, elapsed
 
 
 def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
@@ -243,8 +313,8 @@ def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
     an address the user did not configure, never gets the prompt."""
     proxy.redirect = worker.base
     before = len(worker_prompts(worker))
-    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_redir"),
-                                                 [proxy.url], local=False)))
+    err = execution_error(comfy.run(with_workers(comfy, search_graph(seed=SEED, candidates=4, top_k=1,
+                                                                     prefix="wk_redir"), [proxy.url], local=False)))
     assert err is not None and "redirect" in err["exception_message"] and "refused" in err["exception_message"]
     assert len(worker_prompts(worker)) == before
     assert proxy.requests == [("POST", "/prompt")]
@@ -297,7 +367,7 @@ def test_composable_search_in_ranges_as_comfyui_distributed_runs_it(comfy):
 def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, proxy):
     """Runs last: the worker process is killed while it samples a shard."""
     ref = local_search(comfy)
-    code, body = comfy.queue(with_workers(ensemble_search("wk_kill"), [proxy.url]))
+    code, body = comfy.queue(with_workers(comfy, ensemble_search("wk_kill"), [proxy.url]))
     assert code == 200, body
     t0 = time.time()
     while time.time() - t0 < 120:  # a shard of the master's prompt is running on the worker

@@ -3,10 +3,10 @@
     python tools/demo.py [OUT_DIR] [--prompt "a small blue triangle at the top right"] [--seed N] [--candidates N]
 
 The model is tools/demo_model/: an SD1.5-family checkpoint trained on
-captioned 64 x 64 shapes ("a small red circle at the top left", "two large
-blue squares", ...), with a CLIP verifier trained for it and a separate
-judge that only evaluates.  The demo starts ComfyUI (the 2024 copy that
-.ci/setup installs, or $COMFYUI_PATH) with this pack, loads the checkpoint
+captioned 64 x 64 shapes ("a small red circle at the top left", "a large
+green square in the center", ...), with a CLIP verifier trained for it and a separate
+judge that only evaluates.  The demo starts ComfyUI (the copy that
+.ci/setup installs, .test-cache/ComfyUI-0.3.64, or $COMFYUI_PATH) with this pack, loads the checkpoint
 with the stock CheckpointLoaderSimple, and runs one graph: Search Loop
 samples the candidates (seed, seed + 1, ...) and ranks them with the
 verifier; a stock KSampler + VAEDecode gives the one-sample baseline (the

@@ -32,7 +32,7 @@ def admits(screened: Sequence[float], value: float, keep: float, warmup: int) ->
     """The sequential keep rule for one candidate: kept when it is among the first ``warmup`` or its screen
     ``value`` is among the best ``keep`` fraction of every candidate screened so far (``screened``, the ones
     before it, in order), itself included; ties keep it.  Also the rule of a video search's latent-preview
-    pruning (``nodes/video.py``)."""
+    pruning (``engine/video.py``)."""
     n = len(screened) + 1
     if n <= int(warmup):
         return True

@@ -146,15 +146,12 @@ def build_checkpoint(out: str) -> dict:
     tshapes = {k: v.shape for k, v in taesd.state_dict().items() if k.startswith(("taesd_encoder.", "taesd_decoder."))}
     for k, v in nets.unpack(vae_parts, tshapes, nets.taesd_index, torch.float16).items():
         state["first_stage_model." + k] = v
-    for k in taesd.state_dict():   # vae_scale (+ vae_shift in current ComfyUI): SD1.5's latent scale, no shift
+    for k in taesd.state_dict():   # vae_scale and vae_shift: SD1.5's latent scale, no shift
         if not k.startswith(("taesd_encoder.", "taesd_decoder.")):
             state["first_stage_model." + k] = torch.tensor(nets.SD15_SCALE if k == "vae_scale" else 0.0)
     unet_config = comfy.model_detection.detect_unet_config(
         {k: v for k, v in state.items()}, "model.diffusion_model.")
-    try:
-        cfg = comfy.model_detection.model_config_from_unet_config(unet_config, state)
-    except TypeError:  # 2024 ComfyUI: no state_dict argument
-        cfg = comfy.model_detection.model_config_from_unet_config(unet_config)
+    cfg = comfy.model_detection.model_config_from_unet_config(unet_config, state)
     if cfg is None or type(cfg).__name__ != "SD15":
         raise SystemExit(f"ComfyUI does not detect the assembled UNet as SD1.5: {type(cfg).__name__} {unet_config}")
     for k in ("num_res_blocks", "channel_mult", "transformer_depth", "transformer_depth_output",
@@ -334,7 +331,7 @@ def main(argv=None):
     if a.what == "verifier":
         sys.path.insert(0, HERE)
         r = build_verifier(a.out or ".")
-    elif a.what == "ensure":  # the set-up's step: both files into the cache, for $COMFYUI_PATH or the 2024 copy
+    elif a.what == "ensure":  # the set-up's step: both files into the cache, for $COMFYUI_PATH or .test-cache/ComfyUI-0.3.64
         sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
         import comfy_server
         comfyui = a.comfyui or comfy_server.comfyui_dir()

@@ -432,7 +432,8 @@ def export(out_dir, taesd, unet, verifier, used, judge, provenance, unet_half=No
     vs = {k: v for k, v in verifier.state_dict().items() if k != nets.TOKEN_TABLE}
     vs = half(vs)
     vs["token_rows.ids"] = used.to(torch.int64)
-    vs["token_rows.values"] = verifier.state_dict()[nets.TOKEN_TABLE][used.to(verifier.token_embedding.weight.device)].detach().cpu().to(torch.float16)
+    table = verifier.state_dict()[nets.TOKEN_TABLE]
+    vs["token_rows.values"] = table[used.to(table.device)].detach().cpu().to(torch.float16)
     save_file(vs, os.path.join(w, "verifier.safetensors"))
     save_file(half(judge.state_dict()), os.path.join(w, "judge.safetensors"))
     sizes = {f: os.path.getsize(os.path.join(w, f)) for f in sorted(os.listdir(w))}

@@ -115,7 +115,7 @@ class SamplingPlan:
     """How candidates are sampled: KSampler widgets, SAMPLER + SIGMAS
     (SamplerCustom) or GUIDER (+ SAMPLER/SIGMAS, SamplerCustomAdvanced)."""
 
-    stop = None  # a device thread's threading.Event (nodes/devices.py): set = stop at the next model call
+    stop = None  # a device thread's threading.Event (engine/devices.py): set = stop at the next model call
 
     def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
                  scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,
@@ -215,6 +215,16 @@ class SamplingPlan:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
+        if samples.ndim == 5 and samples.shape[2] == 0:
+            raise SearchInputError(
+                f"the video latent has 0 frames (shape {tuple(samples.shape)}): there is nothing to sample. Give "
+                "Search Loop a latent with at least one frame: raise length on the empty latent node (Empty Hunyuan "
+                "Latent Video, Wan22 Image To Video Latent, Empty LTXV Latent Video...), or trim fewer frames "
+                "(Trim Video Latent's trim_amount must be below the latent's frame count)")
+        if any(int(d) == 0 for d in samples.shape[-2:]) or samples.shape[1] == 0:
+            raise SearchInputError(
+                f"the latent has an empty dimension (shape {tuple(samples.shape)}): there is nothing to sample. "
+                "Make it with a width, height and channel count of at least 1 (an Empty Latent node for this model)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:

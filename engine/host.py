@@ -56,7 +56,7 @@ class ComfyHost:
                  book: Optional[ScoreBook] = None, keep_images: int = 0, held_out=None, held_stride: int = 1,
                  watch: Optional[Dict] = None, video=None, devices=None):
         self.plan = plan
-        self.devices = devices  # a nodes.devices.DeviceSet: each sampling call's rows cut over its devices
+        self.devices = devices  # a engine.devices.DeviceSet: each sampling call's rows cut over its devices
         # video candidates: an image verifier scores some frames of each (search/video.py), one score per video
         self.video = (video or DEFAULT_VIDEO_SCORING) if plan.video else None
         self.clock = plan.clock
@@ -199,7 +199,7 @@ class ComfyHost:
 
     def _run(self, state: State, sigmas: torch.Tensor, seeds: Sequence[int], sampler=None):
         """(latents, x0, micro-batch per row) of a sampler run over ``sigmas`` from ``state``.  With several
-        devices, the rows are cut into contiguous per-device chunks sampled at once (nodes/devices.py)."""
+        devices, the rows are cut into contiguous per-device chunks sampled at once (engine/devices.py)."""
         rows = list(range(len(state)))
         seeds = [int(s) for s in seeds]
         stock = self._fresh(state) and sigmas.numel() == self.sigmas.numel()

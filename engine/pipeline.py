@@ -72,7 +72,7 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
                 f"which sampler '{plan.sampler_label}' does not allow (a multistep or adaptive sampler would "
                 f"change). Pick one of: {', '.join(names_where(segmentable=True))}")
     if workers is not None:
-        from .worker_nodes import check_workers_allowed
+        from .worker_search import check_workers_allowed
         check_workers_allowed(strategy, plan, verifier, held_out)
     if held_out is not None and held_out is verifier:
         raise SearchInputError("the held-out verifier is the search's own verifier, so it cannot tell whether the "
@@ -81,64 +81,69 @@ def run_search(plan: SamplingPlan, strategy, latent: Dict[str, Any], vae, verifi
     failed_before = failures_of(verifier)
     vae = scoring_vae(plan, vae)  # LTX-Video guide frames (LTXV Add Guide) are not decoded as video
     lanes = device_set(plan, devices, vae)
-    host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
-                     held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
-                     video=video, devices=lanes)
     try:
-        if workers is not None:  # the many-machines seam: shards of candidates on worker ComfyUI servers
-            from .worker_nodes import sharded_search
-            report, finalists = sharded_search(workers[0], workers[1], workers[2], plan, strategy, host, n, top_k,
-                                               seed, verifier, prompt, vae, progress)
-        else:
-            report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
-                                             verifier=getattr(verifier, "name", "verifier"))
-    except (UnsupportedSamplerError, ValueError) as e:
-        if isinstance(e, compat.InterruptProcessingException):
-            raise
-        raise SearchInputError(str(e)) from e
-    if not finalists:
-        raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
-                               f"{budget} NFEs: raise the budget")
-    if gen is None:  # an adaptive sampler picks its own steps: report what each candidate really spent
-        counted = host.watch["row_nfe"]
-        if len(counted) == len(report.candidates):
-            for c in report.candidates:  # random search samples candidate i as row i, one at a time
-                c.nfe = int(counted[c.index])
-            report.nfe_total = sum(int(v) for v in counted)
-            spent = 0
-            for t, v in zip(report.trace, counted):  # the trace's points are candidates, in order
-                spent += int(v)
-                t["nfe"] = spent
-            report.notes.append("the sampler chooses its own steps: each candidate's NFEs are the model calls "
-                                "counted while it was sampled alone")
-    images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host,
-                             bool(exact_winner))
-    progress.set(progress.total)
-    report.prompt = prompt
-    report.nfe_per_generation = gen
-    report.cfg_multiplier = plan.cfg_multiplier()
-    report.settings.update(settings or {})
-    report.settings.update({
-        "seed": seed, "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
-        "steps": int(plan.sigmas.numel() - 1), "micro_batch": host.batch, "per_candidate_noise": plan.separable,
-        "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
-        "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
-        "coarse_steps": int(strategy.coarse_steps)})
-    if host.video is not None:
-        report.settings["video"] = host.video_info()
-    report.settings["devices"] = lanes.info()
-    report.notes.extend(lanes.notes)
-    note_verifier(report, verifier, host.book.matrix(), unit="videos" if host.video is not None else "images")
-    if held_out is not None:
-        with plan.clock.phase("verify"):
-            report.held_out = held_out_report(host, report, finalists, images, verifier)
-        if report.held_out["warning"]:
-            report.notes.append(report.held_out["warning"])
-    note_verifier(report, verifier, failed=failures_of(verifier) - failed_before)
-    report.phases = plan.clock.to_dict(time.perf_counter() - t0)
-    best = finalists[0]
-    return (as_frames(images[:1]), output_latent(latent, latents[:1]), as_frames(images), report) + \
-        winner_noise(plan, best)
+        host = ComfyHost(plan, vae, verifier, prompt, progress, batch, mask_seed=seed, keep_images=top_k,
+                         held_out=held_out, held_stride=guard.sample_stride(budget // max(1, est), HELD_OUT_SAMPLES),
+                         video=video, devices=lanes)
+        try:
+            if workers is not None:  # the many-machines seam: shards of candidates on worker ComfyUI servers
+                from .worker_search import sharded_search
+                report, finalists = sharded_search(workers[0], workers[1], workers[2], plan, strategy, host, n, top_k,
+                                                   seed, verifier, prompt, vae, progress)
+            else:
+                report, finalists = run_strategy(strategy, host, candidates=n, top_k=top_k, seed=seed,
+                                                 verifier=getattr(verifier, "name", "verifier"))
+        except (UnsupportedSamplerError, ValueError) as e:
+            if isinstance(e, compat.InterruptProcessingException):
+                raise
+            raise SearchInputError(str(e)) from e
+        if not finalists:
+            raise SearchInputError(f"strategy '{strategy.name}' produced no candidate within its budget of "
+                                   f"{budget} NFEs: raise the budget")
+        if gen is None:  # an adaptive sampler picks its own steps: report what each candidate really spent
+            counted = host.watch["row_nfe"]
+            if len(counted) == len(report.candidates):
+                for c in report.candidates:  # random search samples candidate i as row i, one at a time
+                    c.nfe = int(counted[c.index])
+                report.nfe_total = sum(int(v) for v in counted)
+                spent = 0
+                for t, v in zip(report.trace, counted):  # the trace's points are candidates, in order
+                    spent += int(v)
+                    t["nfe"] = spent
+                report.notes.append("the sampler chooses its own steps: each candidate's NFEs are the model calls "
+                                    "counted while it was sampled alone")
+        images, latents = finish(plan, vae, verifier, prompt, report, finalists, progress, est, host,
+                                 bool(exact_winner))
+        progress.set(progress.total)
+        report.prompt = prompt
+        report.nfe_per_generation = gen
+        report.cfg_multiplier = plan.cfg_multiplier()
+        report.settings.update(settings or {})
+        report.settings.update({
+            "seed": seed, "candidates": n, "sampler": plan.sampler_label, "mode": plan.mode,
+            "steps": int(plan.sigmas.numel() - 1), "micro_batch": host.batch, "per_candidate_noise": plan.separable,
+            "nfe_known": gen is not None, "exact_winner": bool(exact_winner), "strategy": strategy.name,
+            "strategy_params": dict(report.settings.get("params", {})), "budget_nfe": int(budget),
+            "coarse_steps": int(strategy.coarse_steps)})
+        if host.video is not None:
+            report.settings["video"] = host.video_info()
+            if report.settings["video"].get("note"):  # fewer frames than Video Scoring asks for
+                report.notes.append(report.settings["video"]["note"])
+        report.settings["devices"] = lanes.info()
+        report.notes.extend(lanes.notes)
+        note_verifier(report, verifier, host.book.matrix(), unit="videos" if host.video is not None else "images")
+        if held_out is not None:
+            with plan.clock.phase("verify"):
+                report.held_out = held_out_report(host, report, finalists, images, verifier)
+            if report.held_out["warning"]:
+                report.notes.append(report.held_out["warning"])
+        note_verifier(report, verifier, failed=failures_of(verifier) - failed_before)
+        report.phases = plan.clock.to_dict(time.perf_counter() - t0)
+        best = finalists[0]
+        return (as_frames(images[:1]), output_latent(latent, latents[:1]), as_frames(images), report) + \
+            winner_noise(plan, best)
+    finally:
+        lanes.release()  # the device copies (model clones, VAE copies) go with the search
 
 
 def note_verifier(report: SearchReport, verifier, matrix: torch.Tensor = None, failed: int = None,

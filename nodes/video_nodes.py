@@ -1,0 +1,106 @@
+"""The video nodes: Video Scoring (which frames of each candidate an image verifier scores) and the ranked
+Video Contact Sheet.  How videos are scored is ``engine/video.py``."""
+from __future__ import annotations
+
+import torch
+
+from ..engine.drawing import caption, ranked_grid
+from ..engine.types import CATEGORY, SCORES, VIDEO_SCORING
+from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring, split_videos
+
+
+class VideoScoringNode:
+    DESCRIPTION = ("How Search Loop and Verifier Score score video candidates with an image verifier: which frames "
+                   "of each candidate are decoded-and-scored (first / middle / last, or k evenly spaced) and how "
+                   "their scores combine into the candidate's score (mean, or min: a video is as good as its worst "
+                   "frame). Without this node a video is scored on its first, middle and last frames, mean. With a "
+                   "causal video VAE (Wan 2.1, 2.2) only the leading latent frames the scored frames need are "
+                   "decoded; preview_keep below 1 prunes candidates on their latent preview before any decode.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = (VIDEO_SCORING,)
+    RETURN_NAMES = ("video_scoring",)
+    OUTPUT_TOOLTIPS = ("Connect to Search Loop's (or Verifier Score's) video_scoring input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pick": (list(PICKS), {"default": PICKS[0],
+                                   "tooltip": "first/middle/last: three frames (frames is not used); evenly spaced: "
+                                              "'frames' frames from the first to the last; first: the first "
+                                              "frame alone (cheapest: with Wan's VAE only the first latent "
+                                              "frame is decoded)."}),
+            "frames": ("INT", {"default": 3, "min": 1, "max": 1024,
+                               "tooltip": "k, the frames scored per candidate when pick is 'evenly spaced'."}),
+            "aggregate": (list(AGGREGATES), {"default": "mean",
+                                             "tooltip": "How the frames' scores make the candidate's score: their "
+                                                        "mean, or their min (the worst frame)."}),
+        }, "optional": {
+            "preview_keep": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05,
+                                       "tooltip": "Search Loop: prune before decoding. 1 = off. Below 1, each "
+                                                  "candidate's scored frames are first made from its latent with "
+                                                  "ComfyUI's latent preview (no VAE) and scored by the verifier; "
+                                                  "the candidate is decoded and scored for real only when its "
+                                                  "preview score is among the best preview_keep fraction seen so "
+                                                  "far. Pruned candidates rank below every decoded one. Needs a "
+                                                  "model whose latent format has preview factors (Wan 2.1, 2.2) "
+                                                  "and a single verifier (not an ensemble)."}),
+            "preview_warmup": ("INT", {"default": 2, "min": 0, "max": 1024,
+                                       "tooltip": "With preview_keep below 1: the first candidates, always decoded "
+                                                  "(the fraction needs some previews to stand on)."}),
+        }}
+
+    def make(self, pick, frames, aggregate, preview_keep=1.0, preview_warmup=2):
+        try:
+            return (VideoScoring(pick=pick, frames=int(frames), aggregate=aggregate,
+                                 preview_keep=float(preview_keep), preview_warmup=int(preview_warmup)),)
+        except VideoInputError as e:
+            raise ValueError(str(e)) from e
+
+
+class VideoContactSheet:
+    DESCRIPTION = ("A ranked contact sheet of video candidates: one row per candidate, best first, showing the "
+                   "frames its score came from, captioned rank · score · seed. Give it Search Loop's top_k_images "
+                   "and scores (a video search), or Verifier Score's frames and scores.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sheet"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("contact_sheet",)
+    OUTPUT_TOOLTIPS = ("One image: the contact sheet (goes into Save Image / Preview Image).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Frames, video after video: Search Loop's top_k_images of a video "
+                                            "search, or the batch Verifier Score scored."}),
+            "scores": (SCORES, {"tooltip": "The scores that go with these videos (they say how many frames each "
+                                           "video has and which frames were scored)."}),
+        }}
+
+    def sheet(self, images, scores):
+        video = (scores.settings or {}).get("video")
+        if not video or not video.get("frames_per_video"):
+            raise ValueError("Video Contact Sheet needs the scores of a video search (or of Verifier Score with "
+                             "frames_per_video set): these scores are of images; use Ranked Grid for images")
+        t = int(video["frames_per_video"])
+        try:
+            videos = split_videos(images, t)
+        except VideoInputError as e:
+            raise ValueError(f"Video Contact Sheet: {e}") from e
+        ranked = scores.ranked()
+        if scores.algorithm == "external" and len(scores.candidates) == videos.shape[0]:
+            pos = {c.index: i for i, c in enumerate(sorted(scores.candidates, key=lambda c: c.index))}
+            order = [pos[c.index] for c in ranked]
+        else:  # a search's top-k, already best first
+            order = list(range(min(videos.shape[0], len(ranked))))
+        if not order:
+            raise ValueError("Video Contact Sheet got no scored video: connect the scored candidates")
+        idx = torch.as_tensor(list(video.get("scored_frames") or range(t)), dtype=torch.long)
+        rows = videos[torch.as_tensor(order, dtype=torch.long)][:, idx]        # n x k x H x W x 3
+        tiles = rows.permute(0, 2, 1, 3, 4).reshape(rows.shape[0], rows.shape[2], -1, rows.shape[-1])
+        labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in ranked[:len(order)]]
+        return (ranked_grid(tiles, labels, columns=1),)
+
+
+NODES = [(VideoScoringNode, "VideoScoring", "Video Scoring"),
+         (VideoContactSheet, "VideoContactSheet", "Video Contact Sheet")]
