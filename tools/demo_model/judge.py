@@ -5,7 +5,7 @@
     ok = verdicts(judge, ["winner.png", "baseline.png"], "a small red circle at the top left")  # [True, False]
 
 An image is judged to match when every attribute the caption names is right
-(count, size, colour, shape, and for one object its cell of the 3 x 3 grid).
+(size, colour, shape and its cell of the 3 x 3 grid).
 No ComfyUI import: plain torch, the weights in tools/demo_model/weights/.
 """
 from __future__ import annotations
@@ -61,7 +61,4 @@ def verdicts(judge: nets.Judge, images, caption: str) -> List[bool]:
 def describe(judge: nets.Judge, images) -> List[str]:
     """What the judge sees in each image, as a caption of the grammar."""
     x = images if isinstance(images, torch.Tensor) else read_images(images)
-    out = []
-    for count, size, colour, shape, cell in judge.predict(x).tolist():
-        out.append(S.Spec(count + 1, size, colour, shape, cell if count == 0 else -1).caption)
-    return out
+    return [S.Spec(size, colour, shape, cell).caption for size, colour, shape, cell in judge.predict(x).tolist()]
