@@ -14,6 +14,7 @@ from ..engine.types import CATEGORY, WORKERS
 from ..engine.worker_search import NOT_SENT, SHARD_NODE, fingerprint, fingerprint_digest
 from ..engine.workers import WorkerConfig
 from ..search.sharded import PROTOCOL, answer, run_shard
+from ..verifiers.protocol import name_of
 
 
 class SearchWorkers:
@@ -126,7 +127,7 @@ class SearchShard:
             try:
                 host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
                                  mask_seed=int(seed), devices=lanes)
-                rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
+                rows = run_shard(host, base, start, count, verifier=name_of(verifier))
             finally:
                 lanes.release()
             out = answer(rows, base_seed=base, token=token, fingerprint=mine)
