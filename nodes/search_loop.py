@@ -75,7 +75,8 @@ class SearchLoop:
                 "guider": ("GUIDER", {"tooltip": "Current ComfyUI: any GUIDER (CFGGuider, BasicGuider for FLUX...). "
                                                  "Replaces model/positive/negative/cfg for sampling."}),
                 "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from free VRAM (on the "
+                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from "
+                                                   "free VRAM (on the "
                                                    "CPU: one at a time, so Cancel lands within one step); halved "
                                                    "automatically on out-of-memory."}),
                 "exact_winner": ("BOOLEAN", {
@@ -117,7 +118,8 @@ class SearchLoop:
                                "can use; or GPU numbers such as '0,1' (or 'cuda:0,cuda:1'). Each GPU gets its own "
                                "copy of the model and a share of every round's candidates, sampled at once; the "
                                "results do not depend on the GPU; each GPU decodes its share with its own VAE "
-                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
+                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. "
+                               "A GPU the weights do not fit on is left out "
                                "(said on the node and in the report). The copies are released when the search ends. "
                                "Name each device once; 'cpu' (up to twice) is for testing."}),
             },

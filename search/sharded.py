@@ -121,7 +121,8 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
                  token: str, source: str) -> ShardRows:
     """A shard answer from outside this process (a worker's JSON), validated before any of it is used:
     the protocol and token, exactly the candidates of the shard in order, their seeds, ``members`` member
-    scores each, finite or -inf (as ``checked_scores`` allows: a remote grader's failed answer), and positive NFEs (``nfe`` each when the sampler's NFEs are known)."""
+    scores each, finite or -inf (as ``checked_scores`` allows: a remote grader's failed answer), and positive
+    NFEs (``nfe`` each when the sampler's NFEs are known)."""
     def bad(why: str) -> ShardAnswerError:
         return ShardAnswerError(f"the answer of {source} for candidates {start}..{start + count - 1} is malformed: "
                                 f"{why}. Its scores were not used")
