@@ -46,11 +46,17 @@ class Finalist:
     batch: Optional[int] = None
 
     @property
-    def replay(self) -> str:
-        """How a stock node replays it: "ksampler" (the seed), "noise" (its NOISE), or "" (it cannot)."""
+    def stock_node(self) -> str:
+        """The stock node that makes it again exactly: "ksampler" (a KSampler with its seed), "noise"
+        (SamplerCustomAdvanced with its NOISE), or "" (none: a lineage)."""
         if self.noise is not None and self.result.seed is not None and self.seed == self.result.seed:
             return "ksampler"
         return "noise" if self.noise is not None else ""
+
+    @property
+    def replay(self) -> str:
+        """The old name of ``stock_node``, kept until engine/pipeline.py reads ``stock_node``."""
+        return self.stock_node
 
 
 PHASES = ("denoise", "decode", "verify", "rerender", "other")
