@@ -11,19 +11,7 @@ from search import (Strategy, UnsupportedSamplerError, effective_sample_size, ev
 from search.host import State, derive_seed
 from search.noise import candidate_noise
 from search.common import top_k_indices
-from toy_host import GaussianToy, ToyHost, gaussian_host
-
-STRATEGIES = [
-    ("random", {}, "euler"),
-    ("zero_order", {"neighbours": 3, "cosine": 0.9}, "euler"),
-    ("paths", {"paths": 2, "noises_per_path": 3}, "euler"),
-    ("particles", {"interval": 3, "potential": "difference", "lam": 5.0}, "euler_ancestral"),
-    ("particles", {"potential": "max", "ess_threshold": 0.5, "resampling": "systematic"}, "euler_ancestral"),
-    ("evolution", {"population": 5, "elites": 2}, "euler"),
-    ("zero_order", {}, "euler_ancestral"),
-    ("evolution", {"population": 4, "elites": 1, "tournament": 3}, "euler_ancestral"),
-]
-
+from toy_host import STRATEGIES, GaussianToy, ToyHost, gaussian_host
 
 def _run(name, params, sampler, micro_batch, coarse=0, budget=0, candidates=12, prediction="eps", top_k=2, seed=7,
          rerender=0):

@@ -22,11 +22,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from comfy_server import execution_error, free_port, launch, set_endpoints, shutdown
-from graphs import PREFIX, base_graph, search_graph, verifier_node
+from comfy_server import execution_error, free_port, launch, need, set_endpoints, shutdown
+from graphs import PREFIX, aesthetic_node, base_graph, custom_sampling, search_graph, verifier_node
 from loopback import serve, stop
-from test_composable import custom_sampling, need
-from test_server_verifiers import aesthetic_node
 
 SEED, N = 321, 4
 
