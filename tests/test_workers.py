@@ -126,7 +126,7 @@ def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_lat
     for f in finalists:  # a remote finalist: no latent, its seed's noise, so a stock KSampler replays it
         remote = where[f.result.index // 3 * 3] != "local"
         assert (f.latent is None) == remote
-        assert f.replay == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
+        assert f.stock_node == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
         assert torch.equal(f.noise, host().initial_noise([f.seed]))
 
 
