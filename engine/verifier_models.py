@@ -15,6 +15,7 @@ from the device), the models go with it."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 import weakref
 from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -25,7 +26,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from .progress import throw_if_interrupted
-from ..verifiers.protocol import SingleVerifier
+from ..verifiers.protocol import Capabilities, SingleVerifier, capabilities
 
 KEEP = 4         # verifiers the pack itself keeps alive (most recently loaded first to stay)
 KEEP_PARTS = 8   # shared parts (CLIP models, heads) likewise
@@ -125,17 +126,12 @@ class HostVerifier(SingleVerifier):
     def name(self) -> str:
         return self.description
 
-    @property
-    def needs_preview(self) -> bool:
-        return bool(getattr(self.verifier, "needs_preview", False))
+    def capabilities(self) -> Capabilities:
+        """The wrapped verifier's, on the device ComfyUI loads it onto for scoring."""
+        return replace(capabilities(self.verifier), device=str(self.patchers[0].load_device))
 
-    @property
-    def video_native(self) -> bool:
-        return bool(getattr(self.verifier, "video_native", False))
-
-    @property
-    def preview_level(self):
-        return getattr(self.verifier, "preview_level", None)
+    def inner_verifiers(self):
+        return [self.verifier]
 
     def score(self, images: torch.Tensor, prompt: Union[str, Sequence[str]], **kw) -> torch.Tensor:
         throw_if_interrupted()

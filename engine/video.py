@@ -15,7 +15,7 @@ import torch
 
 from ..search.video import VideoInputError, VideoScoring, latent_frame_of, latent_frames_needed
 from ..verifiers import prefilter
-from ..verifiers.protocol import ScoreBook, is_video_native
+from ..verifiers.protocol import Book, ScoreBook, capabilities, name_of
 
 DEFAULT = VideoScoring()
 PREFILTER_NATIVE = ("the Verifier Pre-filter scores frames, and a video-native verifier scores whole clips: connect "
@@ -82,8 +82,8 @@ def decode_prefix(frame_count: Optional[Callable[[int], int]], latent_frames: in
     return latent_frames_needed(frame_count, t, max(frames))
 
 
-class FrameBook:
-    """A :class:`ScoreBook` over candidates that are videos: each candidate's scored frames are booked as
+class FrameBook(Book):
+    """A score book (``verifiers.protocol.Book``) over candidates that are videos: each candidate's scored frames are booked as
     rows of the image verifier's book (a relative verifier combines over every frame scored so far), and
     every score handed out is per candidate, aggregated over its frames."""
 
@@ -91,11 +91,12 @@ class FrameBook:
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
+        caps = capabilities(verifier)
         # a video-native verifier (verifiers/protocol.py) scores each candidate's picked frames as one clip
-        self.native = is_video_native(verifier)
+        self.native = caps.video_native
         # a pre-filter screens each candidate from its frames, aggregated as the scoring says (prefilter.py)
-        self.prefilter = verifier if prefilter.is_prefilter(verifier) else None
-        if self.prefilter is not None and any(is_video_native(v) for v in (verifier.screen, verifier.main)):
+        self.prefilter = verifier if caps.prefilter else None
+        if self.prefilter is not None and any(capabilities(v).video_native for v in (verifier.screen, verifier.main)):
             raise VideoInputError(PREFILTER_NATIVE)
         self.k: Optional[int] = None
         self.total: Optional[int] = None
@@ -173,17 +174,6 @@ class FrameBook:
         cols = [self.scoring.combine(m[:, j], self.k) for j in range(m.shape[1])]
         return torch.stack(cols, dim=1)
 
-    def columns(self):
-        """(member name, its per-candidate scores, the candidates they belong to), as ``ScoreBook.columns``."""
-        for name, col in zip(self.member_names, self.matrix().T):
-            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()  # a pre-filter's main skips candidates
-            yield name, col[rows], rows
-
-    def members(self, row: int) -> dict:
-        if not self.relative:
-            return {}
-        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
-
     def info(self) -> Dict:
         """What the report records: the frame count, the frames scored and how they combine; ``note`` when the
         videos have fewer frames than the scoring asks for (shown on the node and among the report's notes)."""
@@ -198,7 +188,7 @@ class FrameBook:
         return out
 
 
-class PrunedBook:
+class PrunedBook(Book):
     """Latent-preview pruning in front of a :class:`FrameBook`: each candidate's scored frames are first made
     from its latent (``preview_videos``) and scored by the search's own verifier; the candidate is decoded and
     scored for real only when its preview score is among the best ``preview_keep`` fraction of every candidate
@@ -210,12 +200,13 @@ class PrunedBook:
     PREVIEW_PREFIX = "preview:"
 
     def __init__(self, verifier, prompt, scoring: VideoScoring):
-        if getattr(verifier, "relative", False):
+        caps = capabilities(verifier)
+        if caps.relative:
             raise VideoInputError(
                 f"pruning by latent preview ranks each candidate's preview by the verifier's own score, one at a "
-                f"time; '{getattr(verifier, 'name', 'verifier')}' is relative (an ensemble or a pre-filter: its "
+                f"time; '{name_of(verifier)}' is relative (an ensemble or a pre-filter: its "
                 "score of a candidate changes with the others): use a single verifier, or set preview_keep to 1")
-        if getattr(verifier, "needs_preview", False):
+        if caps.needs_preview:
             raise VideoInputError(
                 "pruning by latent preview scores a latent's RGB preview alone, which the self-consistency "
                 "verifier cannot score (it compares a video with its own x0-prediction): set preview_keep to 1, "
@@ -225,7 +216,7 @@ class PrunedBook:
         self.scoring = scoring
         self.gate = prefilter.SequentialGate(scoring.preview_keep, scoring.preview_warmup)
         self.decoded: List[Optional[int]] = []   # each candidate's row in ``inner``, None when pruned
-        self.name = getattr(verifier, "name", "verifier")
+        self.name = name_of(verifier)
 
     @property
     def count(self) -> int:
@@ -284,14 +275,6 @@ class PrunedBook:
         if self.decoded:
             out[:, -1] = torch.as_tensor(self.gate.screened, dtype=torch.float32)
         return out
-
-    def columns(self):
-        for name, col in zip(self.member_names, self.matrix().T):
-            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()
-            yield name, col[rows], rows
-
-    def members(self, row: int) -> dict:
-        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
 
     def info(self) -> Dict:
         out = self.inner.info() if self.inner.total is not None else self.preview.info()

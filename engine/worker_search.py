@@ -1,7 +1,8 @@
-"""Searching with worker machines (the nodes are ``nodes/worker_nodes.py``): the fingerprint
-that tells whether a worker would score the same candidates the same way, and
-the glue that runs SearchLoop's random search over them
-(``search/sharded.py`` plans and merges, ``nodes/workers.py`` talks HTTP).
+"""Searching with worker machines (the nodes are ``nodes/worker_nodes.py``):
+the random search's dispatcher over worker servers, the worker prompt, the
+audit of the workers' claims, and what a worker answers.  The fingerprint is
+``engine/fingerprint.py``, the HTTP transport ``engine/workers.py``, the
+random search itself ``search/random_search.py``.
 
 Design: the master sends each worker *the same graph* it is running (ComfyUI's
 hidden PROMPT), cut to the Search Loop node's inputs, with that node turned
@@ -14,171 +15,33 @@ the answer, ranks all N, and re-renders its finalists itself."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
-import os
 import random
-import re
 import time
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import compat
+from .fingerprint import WHAT, differences, fingerprint, fingerprint_digest
 from .host import ComfyHost
+from .devices import build as device_set
 from .progress import Progress, throw_if_interrupted
-from .sampling import SamplingPlan, SearchInputError
+from .sampling import SamplingPlan, SearchInputError, scoring_vae
 from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
-from ..search import get_algorithm
+from ..search import get_algorithm, run_strategy
 from ..search.report import Finalist
-from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, check_answer, run_shard,
-                              sharded_random_search)
+from ..search.sharded import PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, run_shard
 from ..verifiers.protocol import ScoreBook
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARD_NODE = "SearchShard"
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
 NOT_SENT = ("strategy", "workers", "held_out_verifier", "exact_winner", "video_scoring", "model_2", "switch_step",
             "devices", "shard")
-
-
-def pack_version() -> str:
-    try:
-        text = open(os.path.join(PACK_DIR, "pyproject.toml"), encoding="utf-8").read()
-        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-        return m.group(1) if m else "unknown"
-    except OSError:
-        return "unknown"
-
-
-# --------------------------------------------------------------------------- fingerprint
-SAMPLE = 256          # values hashed per large weight tensor (evenly spaced), besides its shape and dtype
-FULL = 1 << 20        # tensors up to this many values (conditioning, latents) are hashed whole
-
-
-def _tensor(h, t: torch.Tensor, sample: bool) -> None:
-    h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
-    try:
-        flat = t.detach().reshape(-1)
-        if sample and flat.numel() > SAMPLE:
-            idx = torch.linspace(0, flat.numel() - 1, SAMPLE).long().to(flat.device)
-            flat = flat.index_select(0, idx)
-        elif flat.numel() > FULL:
-            idx = torch.linspace(0, flat.numel() - 1, FULL).long().to(flat.device)
-            flat = flat.index_select(0, idx)
-        h.update(flat.float().cpu().contiguous().numpy().tobytes())
-    except Exception:  # a quantized or custom tensor type: its shape and dtype only
-        h.update(b"?")
-
-
-def _feed(h, obj: Any, depth: int = 0, sample: bool = False) -> None:
-    if depth > 8:
-        h.update(b"...")
-    elif isinstance(obj, torch.Tensor):
-        _tensor(h, obj, sample)
-    elif isinstance(obj, torch.nn.Module):
-        for name, p in sorted(list(obj.named_parameters()) + list(obj.named_buffers()), key=lambda kv: kv[0]):
-            h.update(name.encode())
-            _tensor(h, p, True)
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(f"K{k}".encode())
-            _feed(h, obj[k], depth + 1, sample)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)}".encode())
-        for v in obj:
-            _feed(h, v, depth + 1, sample)
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
-        h.update(repr(obj).encode())
-    else:  # functions, hooks, control objects: their kind only
-        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
-
-
-def _digest(feed) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    feed(h)
-    return h.hexdigest()
-
-
-def model_digest(model) -> str:
-    """The diffusion model: a sample of every weight (the original weight where a patch was applied in
-    place), and the patches (LoRAs) themselves."""
-    def feed(h):
-        inner = getattr(model, "model", model)
-        backup = getattr(model, "backup", {}) or {}
-        h.update(type(inner).__name__.encode())
-        for name, p in sorted(inner.state_dict(keep_vars=True).items(), key=lambda kv: kv[0]):
-            b = backup.get(name)
-            if b is not None:
-                p = b[0] if isinstance(b, tuple) else b
-            h.update(name.encode())
-            _tensor(h, p, True)
-        _feed(h, getattr(model, "patches", {}), sample=True)
-    return _digest(feed)
-
-
-def _verifier_modules(v, depth: int = 0):
-    if depth > 4 or v is None:
-        return
-    if isinstance(v, torch.nn.Module):
-        yield v
-        return
-    for attr in ("verifier", "screen", "main"):
-        yield from _verifier_modules(getattr(v, attr, None), depth + 1)
-    for m in getattr(v, "members", None) or []:
-        yield from _verifier_modules(m, depth + 1)
-
-
-def fingerprint(plan: SamplingPlan, vae, verifier, prompt: str) -> Dict[str, str]:
-    """What must be equal on a worker for its scores to be this machine's: one digest per component."""
-    guider = plan.guider
-    conds = getattr(guider, "original_conds", None) if guider is not None else [plan.positive, plan.negative]
-    sampler = {"mode": plan.mode, "sampler": plan.sampler_label, "function": plan.sampler_function(),
-               "sigmas": [float(s) for s in plan.sigmas.tolist()], "cfg": float(plan.cfg),
-               "guider": type(guider).__name__ if guider is not None else None,
-               "guider_cfg": getattr(guider, "cfg", None), "separable": bool(plan.separable),
-               "seeded_noise": bool(compat.SEEDED_DEFAULT_NOISE), "calls": plan.cfg_multiplier()}
-    return {
-        "pack": f"{pack_version()} (shard protocol {PROTOCOL})",
-        "model": model_digest(plan.model),
-        "conditioning": _digest(lambda h: _feed(h, conds)),
-        "latent": _digest(lambda h: _feed(h, {"template": plan.template, "mask": plan.noise_mask})),
-        "vae": _digest(lambda h: _feed(h, getattr(vae, "first_stage_model", None), sample=True)),
-        "verifier": _digest(lambda h: (_feed(h, [getattr(verifier, "name", "verifier"), prompt]),
-                                       [_feed(h, m) for m in _verifier_modules(verifier)])),
-        "sampler": _digest(lambda h: _feed(h, sampler)),
-    }
-
-
-WHAT = {
-    "pack": "pack version: install the same version of this pack on both machines",
-    "model": "diffusion model (its weights or LoRAs differ: put the same checkpoint files under the same names)",
-    "conditioning": "conditioning (the text encoder or the prompts give different tensors)",
-    "latent": "latent or mask (for image-to-image, the same input image must be on the worker)",
-    "vae": "VAE (put the same VAE file under the same name)",
-    "verifier": "verifier (put the same verifier files under the same names)",
-    "sampler": "sampler settings (sigmas or sampler behave differently there: use the same ComfyUI version)",
-}
-
-
-def fingerprint_digest(fp: Dict[str, str], token: str) -> str:
-    """What the master sends a worker instead of its fingerprint: a digest the worker can check its own
-    fingerprint against (to refuse before sampling), but cannot turn back into a fingerprint to echo."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(fp, sort_keys=True).encode())
-    h.update(str(token).encode())
-    return h.hexdigest()
-
-
-def differences(mine: Dict[str, str], theirs: Any) -> List[str]:
-    if not isinstance(theirs, dict):
-        return ["fingerprint (missing)"]
-    return [k for k in mine if theirs.get(k) != mine[k]]
 
 
 # --------------------------------------------------------------------------- the worker graph
@@ -305,8 +168,28 @@ class Audit:
                 f.latent, f.noise, f.batch = kept.latent, kept.noise, kept.batch
 
 
+class ShardDispatcher:
+    """The random search's dispatcher over worker servers (``search.random_search.Dispatcher``): the shards go
+    through :class:`~.workers.WorkerDispatch`, and a relative verifier's member scores are recombined by the
+    verifier's own rule."""
+
+    def __init__(self, workers: WorkerDispatch, verifier, prompt: str):
+        self.workers, self.verifier, self.prompt = workers, verifier, prompt
+
+    def parts(self) -> int:
+        return self.workers.parts()
+
+    def __call__(self, plan, run_local):
+        return self.workers(plan, run_local)
+
+    def recombine(self, matrix: torch.Tensor) -> torch.Tensor:
+        b = ScoreBook(self.verifier, self.prompt)
+        b.add_matrix(matrix)
+        return b.all()
+
+
 def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
-                   candidates: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress,
+                   budget: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress,
                    rng: Optional[random.Random] = None):
     """SearchLoop's random search with shards on the worker machines: (report, finalists).  Workers' claims are
     audited (:class:`Audit`); a worker that fails the audit is dropped and its shards run again elsewhere."""
@@ -315,7 +198,6 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
                                "so it cannot send it to the workers")
     node_id = str(node_id)
     gen = plan.nfe_per_generation()
-    budget = int(strategy.budget_nfe) if strategy is not None and strategy.budget_nfe else int(candidates) * gen
     t0 = time.perf_counter()
     mine = fingerprint(plan, vae, verifier, prompt)
     fingerprint_s = time.perf_counter() - t0
@@ -342,17 +224,13 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
                               on_remote=lambda rows: progress.advance(sum(rows.nfe)))
     audit = Audit(host, base, config, rng)
 
-    def recombine(matrix: torch.Tensor) -> torch.Tensor:
-        b = ScoreBook(verifier, prompt)
-        b.add_matrix(matrix)
-        return b.all()
-
+    dispatcher = ShardDispatcher(dispatch, verifier, prompt)
     dropped: List[Dict[str, str]] = []
     try:
         for _ in range(len(config.urls) + 1):  # each pass drops at least one worker, or is the last
-            report, finalists = sharded_random_search(
-                host, seed=base, budget_nfe=budget, top_k=top_k, dispatch=dispatch, shards=dispatch.parts(),
-                recombine=recombine, member_names=book.member_names, verifier=getattr(verifier, "name", "verifier"))
+            report, finalists = run_strategy(strategy, host, budget_nfe=budget, top_k=top_k, seed=base,
+                                             verifier=getattr(verifier, "name", "verifier"), dispatch=dispatcher,
+                                             member_names=book.member_names)
             liars: Dict[str, str] = {}
             audit.sample(dispatch, liars)
             if not liars:
@@ -386,3 +264,41 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
                         + "; the finalists were re-rendered on this machine, which also checked "
                         f"{len(audit.own)} of the workers' candidates by sampling and scoring them itself")
     return report, finalists
+
+
+def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro_batch: int,
+                 shard: str) -> Dict[str, Any]:
+    """What a worker's Search Shard node answers: the shard's candidates sampled and scored as Search Loop would
+    (ids, seeds, raw member scores, NFEs and this worker's fingerprint), or a refusal when its fingerprint is not
+    the master's."""
+    try:
+        spec = json.loads(shard)
+        start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
+                                     str(spec["token"]))
+    except (ValueError, KeyError, TypeError):
+        raise SearchInputError("Search Shard needs the shard JSON Search Loop writes (start, count, seed, "
+                               "token); this node runs on worker machines and is not placed by hand") from None
+    if spec.get("protocol") != PROTOCOL:
+        raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
+                               f"{PROTOCOL}: install the same pack version on both machines")
+    if start < 0 or count < 1 or base != int(seed):
+        raise SearchInputError(f"shard {start}..{start + count - 1} of seed {base} does not belong to this "
+                               f"search (seed {seed})")
+    mine = fingerprint(plan, vae, verifier, prompt)
+    if spec.get("expect") != fingerprint_digest(mine, token):  # refused before any sampling: the master
+        # compares this fingerprint (computed here, from what this worker loaded) and names what differs
+        out = {"protocol": PROTOCOL, "token": token, "start": start, "count": count, "fingerprint": mine,
+               "refused": "fingerprint", "candidates": []}
+    else:
+        gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
+        progress = Progress(total=count * gen, model=plan.model)
+        vae = scoring_vae(plan, vae)
+        lanes = device_set(plan, "all", vae)  # every GPU of the worker; their copies go when the shard ends
+        try:
+            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
+                             mask_seed=int(seed), devices=lanes)
+            rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
+        finally:
+            lanes.release()
+        out = answer(rows, base_seed=base, token=token, fingerprint=mine)
+    return out

@@ -6,14 +6,14 @@ ComfyUI gets them in its V3 node schema (``nodes/v3.py``) through
 from . import composable_nodes, output_nodes, search_loop, strategy_nodes, verifier_nodes
 from . import video_nodes
 from ..engine import files
-from . import remote_verifier_nodes, vlm_verifier_nodes, worker_nodes
+from . import worker_nodes
 from ..engine.types import PREFIX
 from .v3 import Extension, v3_nodes
 
 files.register_verifier_folder()
 
 _NODES = (search_loop.NODES + verifier_nodes.NODES + composable_nodes.NODES + strategy_nodes.NODES
-          + output_nodes.NODES + vlm_verifier_nodes.NODES + remote_verifier_nodes.NODES + video_nodes.NODES
+          + output_nodes.NODES + video_nodes.NODES
           + worker_nodes.NODES)
 
 V3_NODES = v3_nodes(_NODES)

@@ -2,11 +2,9 @@
 Video Contact Sheet.  How videos are scored is ``engine/video.py``."""
 from __future__ import annotations
 
-import torch
-
-from ..engine.drawing import caption, ranked_grid
+from ..engine.outputs import contact_sheet
 from ..engine.types import CATEGORY, SCORES, VIDEO_SCORING
-from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring, split_videos
+from ..search.video import AGGREGATES, PICKS, VideoInputError, VideoScoring
 
 
 class VideoScoringNode:
@@ -78,29 +76,7 @@ class VideoContactSheet:
         }}
 
     def sheet(self, images, scores):
-        video = (scores.settings or {}).get("video")
-        if not video or not video.get("frames_per_video"):
-            raise ValueError("Video Contact Sheet needs the scores of a video search (or of Verifier Score with "
-                             "frames_per_video set): these scores are of images; use Ranked Grid for images")
-        t = int(video["frames_per_video"])
-        try:
-            videos = split_videos(images, t)
-        except VideoInputError as e:
-            raise ValueError(f"Video Contact Sheet: {e}") from e
-        ranked = scores.ranked()
-        if scores.algorithm == "external" and len(scores.candidates) == videos.shape[0]:
-            pos = {c.index: i for i, c in enumerate(sorted(scores.candidates, key=lambda c: c.index))}
-            order = [pos[c.index] for c in ranked]
-        else:  # a search's top-k, already best first
-            order = list(range(min(videos.shape[0], len(ranked))))
-        if not order:
-            raise ValueError("Video Contact Sheet got no scored video: connect the scored candidates")
-        idx = torch.as_tensor(list(video.get("scored_frames") or range(t)), dtype=torch.long)
-        rows = videos[torch.as_tensor(order, dtype=torch.long)][:, idx]        # n x k x H x W x 3
-        tiles = rows.permute(0, 2, 1, 3, 4).reshape(rows.shape[0], rows.shape[2], -1, rows.shape[-1])
-        labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in ranked[:len(order)]]
-        return (ranked_grid(tiles, labels, columns=1),)
-
+        return (contact_sheet(images, scores),)
 
 NODES = [(VideoScoringNode, "VideoScoring", "Video Scoring"),
          (VideoContactSheet, "VideoContactSheet", "Video Contact Sheet")]

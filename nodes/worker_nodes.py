@@ -6,14 +6,10 @@ import json
 
 from .search_loop import SearchLoop
 from ..engine import endpoints
-from ..engine.devices import build as device_set
-from ..engine.host import ComfyHost
-from ..engine.progress import Progress
-from ..engine.sampling import SamplingPlan, SearchInputError, scoring_vae
+from ..engine.sampling import SamplingPlan, SearchInputError
 from ..engine.types import CATEGORY, WORKERS
-from ..engine.worker_search import NOT_SENT, SHARD_NODE, fingerprint, fingerprint_digest
+from ..engine.worker_search import NOT_SENT, SHARD_NODE, answer_shard
 from ..engine.workers import WorkerConfig
-from ..search.sharded import PROTOCOL, answer, run_shard
 
 
 class SearchWorkers:
@@ -98,38 +94,9 @@ class SearchShard:
 
     def run(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k, sampler_name,
             scheduler, steps, cfg, denoise, shard, sampler=None, sigmas=None, guider=None, micro_batch=0, **_):
-        try:
-            spec = json.loads(shard)
-            start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
-                                         str(spec["token"]))
-        except (ValueError, KeyError, TypeError):
-            raise SearchInputError("Search Shard needs the shard JSON Search Loop writes (start, count, seed, "
-                                   "token); this node runs on worker machines and is not placed by hand") from None
-        if spec.get("protocol") != PROTOCOL:
-            raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
-                                   f"{PROTOCOL}: install the same pack version on both machines")
-        if start < 0 or count < 1 or base != int(seed):
-            raise SearchInputError(f"shard {start}..{start + count - 1} of seed {base} does not belong to this "
-                                   f"search (seed {seed})")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
-        mine = fingerprint(plan, vae, verifier, prompt)
-        if spec.get("expect") != fingerprint_digest(mine, token):  # refused before any sampling: the master
-            # compares this fingerprint (computed here, from what this worker loaded) and names what differs
-            out = {"protocol": PROTOCOL, "token": token, "start": start, "count": count, "fingerprint": mine,
-                   "refused": "fingerprint", "candidates": []}
-        else:
-            gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
-            progress = Progress(total=count * gen, model=plan.model)
-            vae = scoring_vae(plan, vae)
-            lanes = device_set(plan, "all", vae)  # every GPU of the worker; their copies go when the shard ends
-            try:
-                host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                                 mask_seed=int(seed), devices=lanes)
-                rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
-            finally:
-                lanes.release()
-            out = answer(rows, base_seed=base, token=token, fingerprint=mine)
+        out = answer_shard(plan, vae, verifier, prompt, int(seed), int(micro_batch), shard)
         text = json.dumps(out)
         return {"ui": {"text": [text]}, "result": (text,)}
 

@@ -137,4 +137,4 @@ ALGORITHM = Algorithm(
                                 "(at least 2), i.e. about this many rounds of selection.", min=1, max=1024,
               optional=True),
     ),
-    samplers="any", replay="noise", check=_check)
+    samplers="any", finalists="noise", check=_check)

@@ -291,4 +291,4 @@ ALGORITHM = Algorithm(
         Param("backward", 0.4, "Backward denoising interval (paper: 0.81); must exceed forward so each round makes "
                                "progress; at least one step.", min=0.01, max=1.0, step=0.01),
     ),
-    samplers="segmentable", replay="recipe", check=_check, coarse=_coarse)
+    samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)

@@ -5,7 +5,7 @@ An entry (:class:`Algorithm`) says everything the rest of the pack needs:
 the function, its parameters (default, range, tooltip: the strategy nodes'
 widgets are generated from them, so a default lives here and nowhere else),
 which samplers it needs (``any``, ``segmentable``, ``stochastic``: read off
-``search/samplers.py``), and how its finalists are replayed.
+``search/samplers.py``), and what its finalists carry (a noise or a recipe).
 
 Every algorithm function has the same signature::
 
@@ -23,7 +23,7 @@ and one name in :data:`MODULES` (CONTRIBUTING.md has the recipe).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .samplers import canonical, facts, names_where
@@ -80,12 +80,19 @@ class Algorithm:
     node: str                 # the strategy node's ID suffix (never renamed)
     description: str
     samplers: str = "any"     # "any" | "segmentable" | "stochastic"
-    replay: str = "noise"     # finalists carry: "noise" (a starting noise, maybe a seed) | "recipe" (a lineage)
+    finalists: str = "noise"  # what its finalists carry: "noise" (a starting noise, maybe a seed) | "recipe" (a lineage)
     check: Optional[Callable[[Dict[str, Any]], None]] = None   # cross-parameter rules, raise ValueError
     # coarse-to-fine of a "recipe" algorithm, from (params, candidates): (finalists it can offer, how many are
     # replayed by default, cost of one replay in full generations)
     coarse: Optional[Callable[[Dict[str, Any], int], Tuple[int, int, float]]] = None
     notes: Dict[str, str] = field(default_factory=dict)
+    # the old name of ``finalists``, still accepted (search/random_search.py passes it) until every entry says
+    # ``finalists=``
+    replay: InitVar[Optional[str]] = None
+
+    def __post_init__(self, replay: Optional[str]) -> None:
+        if replay is not None:
+            object.__setattr__(self, "finalists", replay)
 
     def defaults(self) -> Dict[str, Any]:
         return {p.name: p.default for p in self.params}

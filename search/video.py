@@ -9,7 +9,7 @@ ComfyUI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
 
@@ -164,7 +164,3 @@ def split_videos(frames: torch.Tensor, frames_per_video: int) -> torch.Tensor:
                               "set frames_per_video to the frame count of one video (VAE Decode of a video "
                               "latent gives frames video after video)")
     return frames.reshape(n // t, t, *frames.shape[1:])
-
-
-def pick_videos(videos: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    return videos[torch.as_tensor(list(rows), dtype=torch.long)]

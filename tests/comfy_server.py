@@ -138,6 +138,49 @@ def execution_error(entry: dict):
     return None
 
 
+def need(comfy, *nodes):
+    """Fails (the pack needs them) when this ComfyUI lacks one of ``nodes``."""
+    missing = [n for n in nodes if not comfy.has_node(n)]
+    if missing:
+        pytest.fail(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)}: the pack needs ComfyUI 0.3.64 "
+                    "or newer")
+
+
+def interrupt_run(comfy, graph, after: int, timeout: float = 300):
+    """Queues ``graph``, posts /interrupt at its ``after``-th progress message, follows it to the end.
+    Returns (interrupted, progress messages after the interrupt, seconds from the interrupt to the end)."""
+    ws = comfy.websocket()
+    try:
+        code, body = comfy.queue(graph)
+        assert code == 200
+        pid = body["prompt_id"]
+        seen, later, interrupted, t_int = 0, 0, False, None
+        ws.settimeout(timeout)
+        while True:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            m = json.loads(msg)
+            data = m.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if m["type"] == "progress":
+                seen += 1
+                if seen == after:
+                    t_int = time.time()
+                    comfy.post("/interrupt", {})
+                elif seen > after:
+                    later += 1
+            elif m["type"] == "execution_interrupted":
+                interrupted = True
+                break
+            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+        return interrupted, later, (time.time() - t_int) if t_int is not None else None
+    finally:
+        ws.close()
+
+
 @pytest.fixture(scope="session")
 def comfy_path() -> str:
     return comfyui_dir()
@@ -300,3 +343,15 @@ def pytest_report_header(config):
     except Exception:
         p = "?"
     return f"ComfyUI under test: {p}"
+
+
+@pytest.fixture(scope="module")
+def sd3(comfy, comfy_path, models_dir):
+    """The tiny SD3 checkpoint in the server's checkpoints: its file name."""
+    need(comfy, "EmptySD3LatentImage")
+    from tiny_models import ensure_checkpoint
+    path = ensure_checkpoint(comfy_path, "sd3", os.path.join(CACHE, "checkpoints"))
+    link = os.path.join(models_dir["checkpoints"], "tiny-sd3.safetensors")
+    if not os.path.exists(link):
+        os.symlink(path, link)
+    return "tiny-sd3.safetensors"

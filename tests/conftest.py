@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 
 import pytest
@@ -63,3 +64,31 @@ def tier_of(item) -> str:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item)))
+
+
+def tiers_of_module(module: str) -> set:
+    """Every tier a test of ``module`` can get (``tier_of``)."""
+    if module in WHOLE_MODULE:
+        return {WHOLE_MODULE[module]}
+    return ({NO_COMFYUI.get(module, "core"), "server"}
+            | {tier for key, tier in ONE_TEST.items() if key.split("::")[0] == module})
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m`` naming tiers only (``-m core``, ``-m "core or network"``), a test module none of whose tests can
+    be in a selected tier is not imported: it would only be deselected, after its imports (transformers,
+    playwright, scikit-learn) took seconds."""
+    name = collection_path.name
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    expr = config.getoption("markexpr", "")
+    if not expr or not set(re.findall(r"\w+", expr)) - {"and", "or", "not"} <= set(TIERS):
+        return None
+    try:
+        from _pytest.mark.expression import Expression
+        selected = Expression.compile(expr)
+        if not any(selected.evaluate(lambda marker, tier=tier, **_: marker == tier) for tier in tiers_of_module(name)):
+            return True
+    except Exception:  # pytest's expression API moved: import the module, as without this hook
+        return None
+    return None

@@ -2,11 +2,28 @@
 (``search/devices.py``), and the parsing of Search Loop's ``devices`` text, with fake device lists."""
 from __future__ import annotations
 
+import ast
+import os
+
 import pytest
 
 from search.devices import MAX_CPU_LANES, DevicesError, parse_devices, split_rows
 
 GPUS = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+
+
+def engine_constant(name: str):
+    """A constant of engine/devices.py, read from its source (importing it needs ComfyUI)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine", "devices.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise LookupError(f"engine/devices.py has no {name}")
+
+
+GPU_MIN_ROWS = engine_constant("GPU_MIN_ROWS")
 
 
 def rows_of(chunks):
@@ -114,15 +131,20 @@ def test_a_huge_devices_text_is_echoed_shortened(text):
     assert f"… ({len(text)} characters)" in msg, msg
 
 
+M = GPU_MIN_ROWS
+
+
 @pytest.mark.parametrize("n,devices,expect", [
-    (4, 2, [(0, 4)]),                  # a zero-order round of 4 neighbours stays on the main GPU
-    (6, 2, [(0, 6)]),
-    (8, 2, [(0, 4), (1, 4)]),
-    (12, 4, [(0, 4), (1, 4), (2, 4)]),  # three GPUs of four get a share
-    (17, 2, [(0, 9), (1, 8)]),
+    (M, 2, [(0, M)]),  # a call of GPU_MIN_ROWS rows (a zero-order round of 4 neighbours) stays on the main GPU
+    (M + M // 2, 2, [(0, M + M // 2)]),
+    (2 * M, 2, [(0, M), (1, M)]),
+    (3 * M, 4, [(0, M), (1, M), (2, M)]),  # three GPUs of four get a share
+    (4 * M + 1, 2, [(0, 2 * M + 1), (1, 2 * M)]),
 ])
 def test_split_rows_with_the_gpu_minimum(n, devices, expect):
-    """engine/devices.py cuts a call over GPUs only when each gets at least 4 rows (GPU_MIN_ROWS)."""
-    chunks = split_rows(n, [1.0] * devices, min_rows=4)
+    """engine/devices.py cuts a call over GPUs only when each gets at least GPU_MIN_ROWS rows."""
+    assert GPU_MIN_ROWS >= 2
+    chunks = split_rows(n, [1.0] * devices, min_rows=GPU_MIN_ROWS)
     covers(chunks, n)
     assert rows_of(chunks) == expect
+    assert all(b - a >= GPU_MIN_ROWS for _, a, b in chunks)

@@ -9,10 +9,9 @@ import json
 
 import safetensors.torch
 
-from comfy_server import execution_error
+from comfy_server import execution_error, interrupt_run
 from graphs import PREFIX, search_graph
-from test_server import interrupt_run
-from test_strategies_server import with_strategy
+from strategy_graphs import with_strategy
 
 
 def report_of(entry) -> dict:

@@ -454,8 +454,7 @@ def test_remote_failures_compose_with_every_strategy():
     scoring call -inf, as a remote grader with on_failure = -inf does for a failed answer: every strategy
     finishes within its budget, and no -inf candidate wins."""
     from search import Strategy, run_strategy
-    from test_algorithms import STRATEGIES
-    from toy_host import gaussian_host
+    from toy_host import STRATEGIES, gaussian_host
 
     cases = STRATEGIES + [("halving", {}, "euler")]
     for name, params, sampler in cases:

@@ -2,7 +2,6 @@
 SearchLoop's strategy input, with the tiny SD1.5-format checkpoint."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import safetensors.torch
@@ -10,36 +9,8 @@ import torch
 
 from comfy_server import execution_error
 from graphs import PREFIX, search_graph
-
-STRATEGIES = {
-    "random": ("RandomSearchStrategy", {"budget_nfe": 12}),
-    "zero_order": ("ZeroOrderStrategy", {"neighbours": 2, "cosine": 0.9, "budget_nfe": 0}),
-    "paths": ("PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5,
-                                "backward": 0.7, "budget_nfe": 0}),
-    "particles": ("ParticleStrategy", {"particles": 3, "potential": "max", "lam": 10.0, "interval": 2,
-                                       "ess_threshold": 0.0, "budget_nfe": 0}),
-    "evolution": ("EvolutionStrategy", {"population": 3, "elites": 1, "tournament": 2, "mutation": 0.3,
-                                        "budget_nfe": 0}),
-    "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
-                                              "last_level": 0.4, "budget_nfe": 0}),
-}
-
-
-def with_strategy(g, name, inputs=None, coarse=None):
-    cls, defaults = STRATEGIES[name]
-    g["40"] = {"class_type": PREFIX + cls, "inputs": dict(defaults, **(inputs or {}))}
-    ref = ["40", 0]
-    if coarse is not None:
-        g["41"] = {"class_type": PREFIX + "CoarseToFine",
-                   "inputs": {"coarse_steps": coarse[0], "finalists": coarse[1], "strategy": ref}}
-        ref = ["41", 0]
-    g["6"]["inputs"]["strategy"] = ref
-    return g
-
-
-def report_of(entry):
-    return json.loads(entry["outputs"]["8"]["text"][0])
-
+from server_outputs import image_of, latent_file, report_of
+from strategy_graphs import STRATEGIES, with_strategy
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_each_strategy_runs_within_its_budget(comfy, name):
@@ -210,7 +181,6 @@ def test_random_strategy_refuses_a_budget_below_one_generation(comfy):
 def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy):
     import numpy as np
     from graphs import ksampler_graph
-    from test_server import image_of, latent_file
     g = with_strategy(search_graph(seed=40, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="halving"),
                       "halving")
     entry = comfy.run_ok(g)

@@ -6,9 +6,8 @@ import torch
 from search import Strategy, run_strategy
 from search.noise import candidate_noise
 from search.video import VideoInputError, VideoScoring, aggregate, frame_indices, split_videos
-from toy_host import gaussian_host
+from toy_host import STRATEGIES, gaussian_host
 
-from test_algorithms import STRATEGIES
 
 VIDEO_SHAPE = (1, 4, 5, 6, 6)  # B x C x T x H x W
 

@@ -20,7 +20,7 @@ import torch
 
 from comfy_server import CACHE, HUNYUAN_VIDEO_FILES, WAN22_FILES, add_model_files
 from graphs import PREFIX, verifier_node
-from test_video_server import frames_of, latent_file, report_of
+from server_outputs import frames_of, latent_file, report_of
 
 TEXT = "a paper boat drifting down a rainy street"
 FRAMES = 5  # 1 + 4k frames; 5 frames = 2 latent frames for both models

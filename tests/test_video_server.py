@@ -2,7 +2,6 @@
 VAE and a CLIP-L text encoder loaded as SD3's, which gives the 4096-wide context Wan takes)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,12 +9,12 @@ import textwrap
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from PIL import Image
 
 from comfy_server import CACHE, REPO, add_wan21, execution_error
 from graphs import PREFIX, verifier_node
+from server_outputs import frames_of, latent_file, report_of
 
 TEXT = "a cat walking on a beach"
 FRAMES = 5  # Wan: 1 + 4k frames; 5 frames = 2 latent frames
@@ -77,18 +76,6 @@ def stock_graph(seed, steps=3, cfg=5.0, sampler="euler", prefix="wanstock", fram
                                                                   "prompt": TEXT}}
     g["15"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["14", 0]}}
     return g
-
-
-def report_of(entry, node="8") -> dict:
-    return json.loads(entry["outputs"][node]["text"][0])
-
-
-def latent_file(comfy, entry, node="9") -> torch.Tensor:
-    return safetensors.torch.load_file(comfy.output_file(entry["outputs"][node]["latents"][0]))["latent_tensor"]
-
-
-def frames_of(comfy, entry, node) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(comfy.output_file(it))) for it in entry["outputs"][node]["images"]])
 
 
 def test_wan_search_reproduces_in_stock_ksampler_and_scores_the_frames(wan):

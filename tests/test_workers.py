@@ -60,6 +60,28 @@ def local_dispatch(plan, run_local):
     return [run_local(s, c) for s, c in plan]
 
 
+class Dispatcher:
+    """A random search's dispatcher (search.random_search.Dispatcher) over a plain function."""
+
+    def __init__(self, run, shards, recombine=recombine):
+        self.run, self.shards, self.rule = run, shards, recombine
+
+    def parts(self):
+        return self.shards
+
+    def __call__(self, plan, run_local):
+        return self.run(plan, run_local)
+
+    def recombine(self, m):
+        return self.rule(m)
+
+
+def sharded_search(hst, dispatch, shards, recombine=recombine, member_names=()):
+    """The one random search with its candidates in shards handed to ``dispatch``."""
+    return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                    dispatch=Dispatcher(dispatch, shards, recombine), member_names=member_names)
+
+
 def same_search(a, b):
     (ra, fa), (rb, fb) = a, b
     assert [c.score for c in ra.candidates] == [c.score for c in rb.candidates]
@@ -70,9 +92,8 @@ def same_search(a, b):
 
 
 @pytest.mark.parametrize("shards", [1, 3, 5, 12])
-def test_sharded_random_search_equals_random_search(shards):
-    got = sharded.sharded_random_search(host(micro_batch=2), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                        dispatch=local_dispatch, shards=shards, recombine=recombine)
+def test_random_search_in_shards_equals_random_search(shards):
+    got = sharded_search(host(micro_batch=2), local_dispatch, shards)
     same_search(got, reference())
     assert [f.latent is not None for f in got[1]] == [True] * TOP_K  # local shards keep their finalists' latents
     assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}
@@ -98,15 +119,14 @@ def remote_dispatch(fail=()):
 
 
 def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_latents():
-    report, finalists = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                                      dispatch=remote_dispatch(), shards=4, recombine=recombine)
+    report, finalists = sharded_search(host(), remote_dispatch(), 4)
     same_search((report, finalists), reference())
     where = {s["start"]: s["ran_on"] for s in report.settings["shards"]}
     assert sorted(set(where.values())) == ["local", "worker W"]
     for f in finalists:  # a remote finalist: no latent, its seed's noise, so a stock KSampler replays it
         remote = where[f.result.index // 3 * 3] != "local"
         assert (f.latent is None) == remote
-        assert f.replay == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
+        assert f.stock_node == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
         assert torch.equal(f.noise, host().initial_noise([f.seed]))
 
 
@@ -131,10 +151,8 @@ def test_relative_verifier_rows_are_recombined_over_every_candidate():
             r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
         return r.mean(1)
 
-    full = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                         dispatch=local_dispatch, shards=1, recombine=ranks, member_names=["a", "b"])
-    split = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                          dispatch=local_dispatch, shards=4, recombine=ranks, member_names=["a", "b"])
+    full = sharded_search(two(host()), local_dispatch, 1, ranks, ["a", "b"])
+    split = sharded_search(two(host()), local_dispatch, 4, ranks, ["a", "b"])
     same_search(full, split)
     assert set(full[0].candidates[0].verifier_scores) == {"a", "b"}
     assert all(f.latent is None for f in split[1])  # relative: every finalist is re-rendered
@@ -432,8 +450,7 @@ def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
 
     remote = []
     d = workers.WorkerDispatch(cfg, graph_for, "1", check, lambda: None, on_remote=remote.append, poll=0.02)
-    got = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=d,
-                                        shards=d.parts(), recombine=recombine)
+    got = sharded_search(host(), d, d.parts())
     return got, d, remote
 
 

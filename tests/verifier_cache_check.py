@@ -29,7 +29,7 @@ def main(comfy_dir: str, work: str) -> dict:
     sys.path.insert(1, os.path.join(REPO, "tests"))
     from tiny_verifiers import build_tiny_clip
     import open_clip
-    from infscale_pack.nodes import verifier_models as vm
+    from infscale_pack.engine import verifier_models as vm
     from infscale_pack.nodes.verifier_nodes import CLIPScoreVerifierLoader
 
     folder = os.path.join(work, "verifiers")

@@ -43,7 +43,7 @@ import torch
 
 from . import net
 from .base import as_prompt_list
-from .protocol import SingleVerifier
+from .protocol import Capabilities, SingleVerifier, inner_verifiers
 
 MODES = ("vqascore", "rubric", "yes_no")
 ON_FAILURE = ("error", "-inf")
@@ -120,8 +120,7 @@ def _is_yes(token: str) -> bool:
 class RemoteVLMVerifier(SingleVerifier):
     """A VLM grader behind an OpenAI-compatible chat-completions endpoint (see the module docstring)."""
 
-    relative = False
-    needs_prompt = True
+    CAPABILITIES = Capabilities(batched=False)  # one request per image, on another machine
 
     def __init__(self, base_url: str, model: str, mode: str = "vqascore", question: str = "",
                  api_key_env: str = "", concurrency: int = 4, timeout: float = 60.0, retries: int = 2,
@@ -360,10 +359,7 @@ def failures_of(verifier) -> int:
     pre-filter's screen and main verifier included)."""
     if isinstance(verifier, RemoteVLMVerifier):
         return verifier.failures
-    members = getattr(verifier, "members", None)  # an ensemble's list (a rubric's members() is a method)
-    inner = list(members) if isinstance(members, (list, tuple)) else []
-    inner += [v for v in (getattr(verifier, a, None) for a in ("verifier", "screen", "main")) if v is not None]
-    return sum(failures_of(v) for v in inner if v is not verifier)
+    return sum(failures_of(v) for v in inner_verifiers(verifier) if v is not verifier)
 
 
 __all__ = ["RemoteVLMVerifier", "RemoteGraderError", "MODES", "ON_FAILURE", "QUESTIONS", "failures_of",
