@@ -29,7 +29,8 @@ from .request import SearchRequest, SearchResult
 from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
-from .sampling import SamplingPlan, SearchInputError, decode, output_latent, scoring_vae
+from .sampling import SamplingPlan, SearchInputError
+from .vae import decode, output_latent, scoring_vae
 from .video import as_frames, score_videos
 from .worker_search import check_workers_allowed, sharded_search
 from ..search import UnsupportedSamplerError, get_algorithm, run_strategy

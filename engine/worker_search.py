@@ -28,7 +28,8 @@ from .fingerprint import WHAT, differences, fingerprint, fingerprint_digest
 from .host import ComfyHost
 from .devices import build as device_set
 from .progress import Progress, throw_if_interrupted
-from .sampling import SamplingPlan, SearchInputError, scoring_vae
+from .sampling import SamplingPlan, SearchInputError
+from .vae import scoring_vae
 from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
 from ..search import get_algorithm, run_strategy
