@@ -14,6 +14,7 @@ import torch
 from . import compat
 from .sampling import SamplingPlan
 from ..search.sharded import PROTOCOL
+from ..verifiers.protocol import inner_verifiers, name_of
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,10 +99,8 @@ def _verifier_modules(v, depth: int = 0):
     if isinstance(v, torch.nn.Module):
         yield v
         return
-    for attr in ("verifier", "screen", "main"):
-        yield from _verifier_modules(getattr(v, attr, None), depth + 1)
-    for m in getattr(v, "members", None) or []:
-        yield from _verifier_modules(m, depth + 1)
+    for inner in inner_verifiers(v):
+        yield from _verifier_modules(inner, depth + 1)
 
 
 def fingerprint(plan: SamplingPlan, vae, verifier, prompt: str) -> Dict[str, str]:
@@ -119,7 +118,7 @@ def fingerprint(plan: SamplingPlan, vae, verifier, prompt: str) -> Dict[str, str
         "conditioning": _digest(lambda h: _feed(h, conds)),
         "latent": _digest(lambda h: _feed(h, {"template": plan.template, "mask": plan.noise_mask})),
         "vae": _digest(lambda h: _feed(h, getattr(vae, "first_stage_model", None), sample=True)),
-        "verifier": _digest(lambda h: (_feed(h, [getattr(verifier, "name", "verifier"), prompt]),
+        "verifier": _digest(lambda h: (_feed(h, [name_of(verifier), prompt]),
                                        [_feed(h, m) for m in _verifier_modules(verifier)])),
         "sampler": _digest(lambda h: _feed(h, sampler)),
     }

@@ -29,13 +29,15 @@ from .request import SearchRequest, SearchResult
 from .host import ComfyHost
 from .noise import CandidateNoise, ExplicitNoise
 from .progress import Progress
-from .sampling import SamplingPlan, SearchInputError, decode, output_latent, scoring_vae
+from .sampling import SamplingPlan, SearchInputError
+from .vae import decode, output_latent, scoring_vae
 from .video import as_frames, score_videos
 from .worker_search import check_workers_allowed, sharded_search
 from ..search import UnsupportedSamplerError, get_algorithm, run_strategy
 from ..search import guard
 from ..search.samplers import canonical, facts, names_where
 from ..verifiers import prefilter
+from ..verifiers.protocol import name_of
 from ..verifiers.remote import failures_of
 from ..verifiers.self_consistency import PREVIEW_MESSAGE, needs_preview
 from ..search.report import Finalist, SearchReport
@@ -88,7 +90,7 @@ def run_search(req: SearchRequest) -> SearchResult:
                                                    top_k, seed, verifier, req.prompt, vae, progress)
             else:
                 report, finalists = run_strategy(strategy, host, budget_nfe=budget.nfe, candidates=n, top_k=top_k,
-                                                 seed=seed, verifier=getattr(verifier, "name", "verifier"))
+                                                 seed=seed, verifier=name_of(verifier))
         except (UnsupportedSamplerError, ValueError) as e:
             raise SearchInputError(str(e)) from e
         if not finalists:
@@ -184,7 +186,7 @@ def finish(plan: SamplingPlan, vae, verifier, prompt: str, report: SearchReport,
     images: List[torch.Tensor] = []
     latents: List[torch.Tensor] = []
     for f in finalists:
-        res, kind = f.result, f.replay
+        res, kind = f.result, f.stock_node
         alone = f.batch == 1 and compat.SEEDED_DEFAULT_NOISE  # the stock call already made it
         if (exact or f.latent is None) and kind and not alone:  # no latent: scored on a worker machine
             with plan.clock.phase("rerender"):
@@ -225,7 +227,7 @@ def held_out_report(host: ComfyHost, report: SearchReport, finalists: List[Final
     scores = held.book.all().tolist()
     best = finalists[0].result
     win = best.final_score if best.final_score is not None else best.score
-    return held.summary(search_name=getattr(verifier, "name", "verifier"), search_all=host.rescore().tolist(),
+    return held.summary(search_name=name_of(verifier), search_all=host.rescore().tolist(),
                         search_scores=[c.score for c in report.candidates], winner_search=float(win),
                         winner_held_out=float(scores[n]), top_k_images=images, held=scores[:n])
 
@@ -234,7 +236,7 @@ def winner_noise(plan: SamplingPlan, best: Finalist):
     """(winner_noise LATENT, best_seed, NOISE): the winner's starting noise, its KSampler seed (0 if none) and a
     NOISE that makes SamplerCustomAdvanced start from it (zeros for a lineage, which has no single noise)."""
     res = best.result
-    if best.replay == "ksampler":
+    if best.stock_node == "ksampler":
         return {"samples": plan.initial_noises([res.seed])}, int(res.seed), CandidateNoise(seeds=[res.seed])
     if best.noise is not None:
         return {"samples": best.noise.cpu()}, 0, ExplicitNoise(best.noise, int(best.seed or 0))

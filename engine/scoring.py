@@ -13,7 +13,8 @@ import torch
 from . import compat
 from .lanes import Lanes
 from .observers import HeldOutSample, ImageCache
-from .sampling import SamplingPlan, SearchInputError, decode
+from .sampling import SamplingPlan, SearchInputError
+from .vae import decode
 from .video import (DEFAULT as DEFAULT_VIDEO_SCORING, FrameBook, PrunedBook, causal_frame_count, decode_prefix,
                     frame_count, preview_videos, spatial_upscale)
 from ..search.video import VideoInputError

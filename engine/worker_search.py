@@ -28,13 +28,14 @@ from .fingerprint import WHAT, differences, fingerprint, fingerprint_digest
 from .host import ComfyHost
 from .devices import build as device_set
 from .progress import Progress, throw_if_interrupted
-from .sampling import SamplingPlan, SearchInputError, scoring_vae
+from .sampling import SamplingPlan, SearchInputError
+from .vae import scoring_vae
 from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
 from ..search import get_algorithm, run_strategy
 from ..search.report import Finalist
 from ..search.sharded import PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, run_shard
-from ..verifiers.protocol import ScoreBook
+from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
@@ -91,7 +92,7 @@ def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> N
     if plan.nfe_per_generation() is None:
         raise SearchInputError(f"sampler '{plan.sampler_label}' picks its own steps, so a worker's NFEs cannot be "
                                "checked: pick a fixed-step sampler to search with worker machines")
-    if callable(getattr(verifier, "screen_rows", None)):
+    if capabilities(verifier).prefilter:
         raise SearchInputError("a verifier pre-filter decides from every candidate screened before, in order, which "
                                "shards on several machines do not have: connect its main verifier (or an ensemble) "
                                "directly, or disconnect Search Workers")
@@ -229,7 +230,7 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     try:
         for _ in range(len(config.urls) + 1):  # each pass drops at least one worker, or is the last
             report, finalists = run_strategy(strategy, host, budget_nfe=budget, top_k=top_k, seed=base,
-                                             verifier=getattr(verifier, "name", "verifier"), dispatch=dispatcher,
+                                             verifier=name_of(verifier), dispatch=dispatcher,
                                              member_names=book.member_names)
             liars: Dict[str, str] = {}
             audit.sample(dispatch, liars)
@@ -297,7 +298,7 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
         try:
             host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
                              mask_seed=int(seed), devices=lanes)
-            rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
+            rows = run_shard(host, base, start, count, verifier=name_of(verifier))
         finally:
             lanes.release()
         out = answer(rows, base_seed=base, token=token, fingerprint=mine)

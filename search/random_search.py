@@ -161,4 +161,4 @@ ALGORITHM = Algorithm(
     description=("Random search (best of N), the paper's strongest algorithm on FLUX: N independent noises, full "
                  "generations, keep the best. The same as SearchLoop without a strategy, plus an explicit NFE "
                  "budget. Any sampler."),
-    samplers="any", replay="noise")
+    samplers="any", finalists="noise")

@@ -23,7 +23,7 @@ and one name in :data:`MODULES` (CONTRIBUTING.md has the recipe).
 from __future__ import annotations
 
 import importlib
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .samplers import canonical, facts, names_where
@@ -86,14 +86,6 @@ class Algorithm:
     # replayed by default, cost of one replay in full generations)
     coarse: Optional[Callable[[Dict[str, Any], int], Tuple[int, int, float]]] = None
     notes: Dict[str, str] = field(default_factory=dict)
-    # the old name of ``finalists``, still accepted (search/random_search.py passes it) until every entry says
-    # ``finalists=``
-    replay: InitVar[Optional[str]] = None
-
-    def __post_init__(self, replay: Optional[str]) -> None:
-        if replay is not None:
-            object.__setattr__(self, "finalists", replay)
-
     def defaults(self) -> Dict[str, Any]:
         return {p.name: p.default for p in self.params}
 

@@ -56,11 +56,6 @@ class Finalist:
             return "ksampler"
         return "noise" if self.noise is not None else ""
 
-    @property
-    def replay(self) -> str:
-        """The old name of ``stock_node``, kept until engine/pipeline.py reads ``stock_node``."""
-        return self.stock_node
-
 
 PHASES = ("denoise", "decode", "verify", "rerender", "other")
 
