@@ -9,9 +9,10 @@ import build
 
 CHECKPOINT = build.CHECKPOINT_NAME
 VERIFIER = build.VERIFIER_NAME + ".safetensors"
-# what the model was made for: 64 x 64, euler / normal, a few steps, no CFG (cfg 1 skips the unconditional pass)
+# what the model was made for: 64 x 64, euler / normal, 4 steps, no CFG (cfg 1 skips the unconditional pass); its
+# training-time check at these settings: one sample right 86 %, the verifier's best of 8 92 %
 WIDTH = HEIGHT = 64
-SAMPLER, SCHEDULER, STEPS, CFG = "euler", "normal", 8, 1.0
+SAMPLER, SCHEDULER, STEPS, CFG = "euler", "normal", 4, 1.0
 
 
 def model_folders(root: str, files: Dict[str, str]) -> Dict[str, str]:

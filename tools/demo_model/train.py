@@ -34,8 +34,11 @@ Stages (``--quick``: 3 steps each, batches of 16, a smoke run of the script):
 5. **UNet**: epsilon prediction on SD1.5's discrete schedule (scaled-linear
    betas 0.00085..0.012, 1000 steps), uniform timesteps, 10 % empty captions
    (for CFG), EMA weights; stream A images through the trained VAE encoder.
-   The EMA weights at half the steps are kept too (``unet_half``), a weaker
-   model for comparison.
+   The EMA weights at half the steps are kept too: ``--ship-unet`` says
+   which of the two becomes ``unet.safetensors`` (the other is written as
+   ``unet_other.safetensors``, for comparison; it is not committed). The
+   committed model ships the half-trained one (the default): the fully trained
+   one gets one sample right so often that search has little to show.
 6. **Check**: samples with ComfyUI's KSampler arithmetic (euler, normal
    scheduler): the judge's accuracy of one sample, of the verifier's best of
    8, and of the best of 8 in hindsight, for a few steps/CFG settings.
@@ -419,15 +422,17 @@ def save_grid(grids, captions, path, k=8):
 
 
 # --- export ---------------------------------------------------------------------------------------------------------------
-def export(out_dir, taesd, unet, verifier, used, judge, provenance, unet_half=None):
+def export(out_dir, taesd, unet, verifier, used, judge, provenance, unet_half=None, ship="half"):
     from safetensors.torch import save_file
     w = os.path.join(out_dir, "weights")
     os.makedirs(w, exist_ok=True)
     half = lambda d: {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in d.items()}  # noqa: E731
     # the narrow networks' state dicts are the trained parts (nets.pack of the full layout), keys as ComfyUI's
-    save_file(half(unet.state_dict()), os.path.join(w, "unet.safetensors"))
-    if unet_half is not None:
-        save_file(half(unet_half), os.path.join(w, "unet_half.safetensors"))
+    final = unet.state_dict()
+    shipped, other = (unet_half, final) if ship == "half" and unet_half is not None else (final, unet_half)
+    save_file(half(shipped), os.path.join(w, "unet.safetensors"))
+    if other is not None:
+        save_file(half(other), os.path.join(w, "unet_other.safetensors"))
     save_file(half(taesd.state_dict()), os.path.join(w, "taesd.safetensors"))
     vs = {k: v for k, v in verifier.state_dict().items() if k != nets.TOKEN_TABLE}
     vs = half(vs)
@@ -466,6 +471,9 @@ def main(argv=None):
                    help="time budgets per stage, e.g. vae=300,unet=600: a stage trains fewer steps if its steps "
                         "would take longer (measured on its first 10); the steps trained are recorded")
     p.add_argument("--batch", default="", help="batch sizes per stage, e.g. vae=32,unet=64 (defaults 128/256)")
+    p.add_argument("--ship-unet", choices=("half", "final"), default="half",
+                   help="which EMA snapshot becomes unet.safetensors: at half the UNet steps (the default: a weaker "
+                        "model, so one sample is often wrong and search has headroom) or at the end")
     p.add_argument("--check-prompts", type=int, default=256, help="prompts of the final check (8 samples each)")
     p.add_argument("--check-settings", default="4:1,6:1,8:1,12:1,6:3,8:3", help="steps:cfg pairs of the check")
     a = p.parse_args(argv)
@@ -501,7 +509,7 @@ def main(argv=None):
                                                                    seconds=secs.get("unet")))
     steps["unet"] = unet_stats["steps"]
     flags = " ".join(f"--{k}-steps {steps[k]}" for k in ("vae", "unet", "verifier", "judge"))
-    flags += " --batch " + ",".join(f"{k}={v}" for k, v in bsz.items())
+    flags += " --batch " + ",".join(f"{k}={v}" for k, v in bsz.items()) + f" --ship-unet {a.ship_unet}"
     prov = {
         "script": "tools/demo_model/train.py",
         "command": f"python tools/demo_model/train.py --out <dir> --device {device.type} {flags}"
@@ -518,11 +526,12 @@ def main(argv=None):
                                                       "taesd_decoder": nets.TAESD_DECODER,
                                                       "taesd_encoder": nets.TAESD_ENCODER},
         "vae": vae_stats, "unet": unet_stats, "seconds": timings,
+        "shipped_unet": a.ship_unet,
     }
     quick = dict(n_prompts=8, settings=((4, 1.0),)) if a.quick else dict(
         n_prompts=a.check_prompts, settings=tuple((int(x.split(":")[0]), float(x.split(":")[1]))
                                                   for x in a.check_settings.split(",")))
-    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half)   # first: a check that runs out of time loses nothing
+    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half, a.ship_unet)   # first: a check that runs out of time loses nothing
     res, grids, caps = stage("check", lambda: check(taesd, unet, ctx, verifier, vtok, judge, device, **quick))
     save_grid(grids, caps, os.path.join(a.out, "samples.png"))
     full_state = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -531,7 +540,7 @@ def main(argv=None):
     res_half, _, _ = check(taesd, unet, ctx, verifier, vtok, judge, device, **quick)
     unet.load_state_dict(full_state)
     prov.update(check=res, check_half_trained=res_half, seconds=timings, total_seconds=round(time.time() - t0, 1))
-    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half)
+    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half, a.ship_unet)
     log(f"done in {time.time() - t0:.0f} s: {json.dumps(timings)}")
     return 0
 
