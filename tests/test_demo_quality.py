@@ -4,7 +4,6 @@ errors (bench/demo_quality.py; its recorded run is bench/results/demo_quality.js
 import json
 import os
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (os.path.join(REPO, "bench"), os.path.join(REPO, "tools", "demo_model"), os.path.join(REPO, "tools")):
@@ -16,7 +15,6 @@ import comfy_server  # noqa: E402
 
 def test_search_beats_one_sample_through_comfyui(tmp_path):
     import demo_quality
-    t0 = time.time()
     d = demo_quality.run(50, log=lambda *a: None)
     (tmp_path / "demo_quality.json").write_text(json.dumps(d, indent=1))
     r = d["results"]
@@ -29,7 +27,6 @@ def test_search_beats_one_sample_through_comfyui(tmp_path):
     # the model leaves search headroom: one sample is wrong now and then (about one in seven at the recorded run),
     # some candidate of the 8 is right far more often, and the model is not hopeless
     assert 0.1 < r["one_sample"] < 0.92 and r["any_of_8"] - r["one_sample"] > 0.05, r
-    assert time.time() - t0 < 600
 
 
 def test_demo_graph_runs(tmp_path):

@@ -1,6 +1,6 @@
 """The demo: Search Loop through a real ComfyUI server, on the CPU, on a small trained text-to-image model.
 
-    python tools/demo.py [OUT_DIR] [--prompt "a small blue triangle at the top right"] [--seed N] [--candidates N]
+    python tools/demo.py [OUT_DIR] [--prompt "a small yellow triangle on the right"] [--seed N] [--candidates N]
 
 The model is tools/demo_model/: an SD1.5-family checkpoint trained on
 captioned 64 x 64 shapes ("a small red circle at the top left", "a large

@@ -463,10 +463,10 @@ def main(argv=None):
     p.add_argument("--tokens", default=os.path.join(HERE, "caption_tokens.json"))
     p.add_argument("--quick", action="store_true", help="3 steps a stage, batches of 16: a smoke run of the script")
     p.add_argument("--commit", default=None, help="the repository commit to record (default: git rev-parse HEAD)")
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--unet-steps", type=int, default=8000)
-    p.add_argument("--verifier-steps", type=int, default=3000)
-    p.add_argument("--judge-steps", type=int, default=2500)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=3300)
+    p.add_argument("--verifier-steps", type=int, default=1000)
+    p.add_argument("--judge-steps", type=int, default=1000)
     p.add_argument("--seconds", default="",
                    help="time budgets per stage, e.g. vae=300,unet=600: a stage trains fewer steps if its steps "
                         "would take longer (measured on its first 10); the steps trained are recorded")
