@@ -531,7 +531,8 @@ def main(argv=None):
     quick = dict(n_prompts=8, settings=((4, 1.0),)) if a.quick else dict(
         n_prompts=a.check_prompts, settings=tuple((int(x.split(":")[0]), float(x.split(":")[1]))
                                                   for x in a.check_settings.split(",")))
-    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half, a.ship_unet)   # first: a check that runs out of time loses nothing
+    # the weights first: a check that runs out of time loses nothing
+    export(a.out, taesd, unet, verifier, used, judge, prov, unet_half, a.ship_unet)
     res, grids, caps = stage("check", lambda: check(taesd, unet, ctx, verifier, vtok, judge, device, **quick))
     save_grid(grids, caps, os.path.join(a.out, "samples.png"))
     full_state = {k: v.clone() for k, v in unet.state_dict().items()}
