@@ -127,6 +127,31 @@ def test_there_are_workflows():
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflow_has_a_thumbnail(path):
+    """The template browser shows workflows/<name>.jpg beside each template (tools/make_thumbnails.py draws it
+    from the graph; rerun it after changing a workflow)."""
+    from PIL import Image
+    thumb = path[:-len(".json")] + ".jpg"
+    assert os.path.isfile(thumb), "no thumbnail: run python tools/make_thumbnails.py"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (512, 384)
+    assert os.path.getsize(thumb) < 100_000
+
+
+def test_the_server_lists_the_templates_and_serves_their_thumbnails(server):
+    """What the template browser asks ComfyUI for: the pack's templates by name, and each one's picture."""
+    import urllib.request
+    from comfy_server import PACK_NAME
+    listed = server.get("/workflow_templates")[PACK_NAME]
+    assert sorted(listed) == sorted(os.path.basename(p)[:-len(".json")] for p in WORKFLOWS)
+    for name in listed:
+        url = f"{server.base}/api/workflow_templates/{PACK_NAME}/{name}.jpg"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+            assert r.read() == open(os.path.join(REPO, "workflows", name + ".jpg"), "rb").read()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
 def test_workflow_has_a_note(path):
     wf = load(path)
     notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
