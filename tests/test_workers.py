@@ -38,6 +38,7 @@ def _load_pack_parts():
 
 
 workers, sharded, search_pkg = _load_pack_parts()
+dispatch_mod = importlib.import_module("infscale_core.search.dispatch")
 endpoints = importlib.import_module("infscale_core.engine.endpoints")
 net = importlib.import_module("infscale_core.verifiers.net")
 
@@ -66,8 +67,8 @@ class Dispatcher:
     def __init__(self, run, shards, recombine=recombine):
         self.run, self.shards, self.rule = run, shards, recombine
 
-    def parts(self):
-        return self.shards
+    def plan(self, n, floor):  # ``shards`` executors, the core's chunk rule
+        return dispatch_mod.plan_chunks(n, dispatch_mod.chunk_size(n, self.shards, floor))
 
     def __call__(self, plan, run_local):
         return self.run(plan, run_local)
@@ -77,9 +78,22 @@ class Dispatcher:
 
 
 def sharded_search(hst, dispatch, shards, recombine=recombine, member_names=()):
-    """The one random search with its candidates in shards handed to ``dispatch``."""
+    """The one random search with its candidates in chunks handed to ``dispatch`` (``shards``: executors)."""
     return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
                                     dispatch=Dispatcher(dispatch, shards, recombine), member_names=member_names)
+
+
+class OverWorkers(Dispatcher):
+    """A random search's dispatcher over a WorkerDispatch: its own chunk plan, an absolute verifier."""
+
+    def __init__(self, d):
+        super().__init__(d, 0)
+        self.plan = d.plan
+
+
+def worker_search(hst, d):
+    """The one random search over a WorkerDispatch."""
+    return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=OverWorkers(d))
 
 
 def same_search(a, b):
@@ -96,8 +110,9 @@ def test_random_search_in_shards_equals_random_search(shards):
     got = sharded_search(host(micro_batch=2), local_dispatch, shards)
     same_search(got, reference())
     assert [f.latent is not None for f in got[1]] == [True] * TOP_K  # local shards keep their finalists' latents
-    assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}
-                                         for s, c in sharded.plan_shards(N, shards)]
+    size = max(2, -(-N // (shards * dispatch_mod.CHUNKS_PER_EXECUTOR)))  # never below the host's micro-batch
+    assert got[0].settings["shards"] == [{"start": s, "count": min(size, N - s), "ran_on": "local"}
+                                         for s in range(0, N, size)]
 
 
 def remote_dispatch(fail=()):
@@ -119,7 +134,7 @@ def remote_dispatch(fail=()):
 
 
 def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_latents():
-    report, finalists = sharded_search(host(), remote_dispatch(), 4)
+    report, finalists = sharded_search(host(), remote_dispatch(), 1)
     same_search((report, finalists), reference())
     where = {s["start"]: s["ran_on"] for s in report.settings["shards"]}
     assert sorted(set(where.values())) == ["local", "worker W"]
@@ -193,12 +208,15 @@ def test_check_answer_refuses_every_malformed_answer():
         sharded.check_answer([1, 2], **kw)
 
 
-def test_plan_shards_covers_every_candidate_once():
-    for n in (1, 2, 7, 64):
-        for parts in (1, 2, 3, 8, 100):
-            plan = sharded.plan_shards(n, parts)
-            assert [i for s, c in plan for i in range(s, s + c)] == list(range(n))
-            assert len(plan) <= parts
+def test_chunks_cover_every_candidate_once_about_four_per_executor_never_below_the_floor():
+    for n in (1, 2, 7, 64, 1000):
+        for executors in (1, 2, 3, 8, 100):
+            for floor in (1, 4, 16):
+                size = dispatch_mod.chunk_size(n, executors, floor)
+                plan = dispatch_mod.plan_chunks(n, size)
+                assert [i for s, c in plan for i in range(s, s + c)] == list(range(n))
+                assert size == min(n, max(floor, -(-n // (4 * executors))))
+                assert len(plan) <= max(1, 4 * executors) or size == min(n, floor)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -450,7 +468,7 @@ def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
 
     remote = []
     d = workers.WorkerDispatch(cfg, graph_for, "1", check, lambda: None, on_remote=remote.append, poll=0.02)
-    got = sharded_search(host(), d, d.parts())
+    got = worker_search(host(), d)
     return got, d, remote
 
 
@@ -526,7 +544,7 @@ def test_a_banned_workers_shards_run_again_and_only_those(fakes):
     lost = d.ban(a.url, "its claims failed the audit")
     assert lost == sum(1 for u in first.values() if u == a.url) and lost > 0
     before_b = len(b.shards)
-    again = d(sharded.plan_shards(N, d.parts()), lambda s, c: sharded.run_shard(host(), SEED, s, c))
+    again = d(d.plan(N, 1), lambda s, c: sharded.run_shard(host(), SEED, s, c))
     assert a.url not in d.ran.values()
     assert len(b.shards) - before_b == lost  # only the banned worker's shards ran again (on the other worker)
     assert torch.equal(torch.cat([r.rows for r in again]), sharded.run_shard(host(), SEED, 0, N).rows)

@@ -1,0 +1,317 @@
+"""Work handed out on demand: the pull model every dispatched search runs on.
+
+A search that spreads over several *executors* (this machine's lanes, each
+worker server, a simulated machine) cuts its work into small *tasks* and puts
+them in a :class:`TaskQueue`.  Each executor takes the next task when it is
+free (:meth:`TaskQueue.take`), so a fast executor takes more and a slow one
+fewer, and nobody waits on a plan fixed up front.  A task whose executor
+fails goes back to the head of the queue and runs elsewhere
+(:meth:`TaskQueue.fail`); that executor takes nothing more in this search.
+
+Results never depend on who ran what, or in what order: every candidate's
+noise, in-sampler randomness and score depend only on its own seed, and the
+search reads the results back in its own order (:meth:`TaskQueue.results`).
+
+Two kinds of task:
+
+* **free** tasks (``owner`` None) carry everything they need (a chunk of
+  random search's candidates: their seeds); any executor may take one.
+* **pinned** tasks (``owner`` set) continue rows whose state (a latent part-way
+  through the schedule) lives on one executor: only that executor takes them.
+  When their owner fails, :meth:`TaskQueue.fail` turns them into free tasks
+  through the queue's ``orphan`` rule (successive halving re-runs those rows
+  from their seeds, ``search/halving.py``), so the search still ends with the
+  same result.
+
+**Chunk size** (:func:`chunk_size`): about :data:`CHUNKS_PER_EXECUTOR` chunks
+per executor, so that the last chunks to finish are small next to the whole
+run (a fast executor that is done early takes more, a failed one's chunk is
+short to redo), but never fewer candidates than ``floor``, the micro-batch an
+executor samples at once (a smaller chunk would leave its batch part-empty),
+and at least one.
+
+Drivers run the queue: :func:`drive_serial` (one thread, executors in turn:
+tests), ``engine/workers.py`` (one thread per worker server, this machine's
+lanes in the calling thread) and the simulated clock of
+``bench/scaleout_sim.py``.  :class:`Pool` is a dispatcher over executors in
+this process (``search.random_search.Dispatcher``, and the rounds of
+``search/halving.py``).
+
+Nothing here imports ComfyUI or does I/O.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Sequence, Tuple
+
+import torch
+
+from .sharded import run_shard
+
+CHUNKS_PER_EXECUTOR = 4  # the aim: chunks per executor (more balance better, but each one costs a request)
+
+
+def chunk_size(n: int, executors: int, floor: int = 1, per_executor: int = CHUNKS_PER_EXECUTOR) -> int:
+    """Candidates per chunk: ceil(n / (executors x per_executor)), at least ``floor`` (an executor's
+    micro-batch) and 1, at most n."""
+    n = max(1, int(n))
+    aim = math.ceil(n / (max(1, int(executors)) * max(1, int(per_executor))))
+    return min(n, max(1, int(floor), aim))
+
+
+def plan_chunks(n: int, size: int) -> List[Tuple[int, int]]:
+    """Candidates 0..n-1 cut into contiguous chunks (start, count) of ``size`` (the last may be shorter)."""
+    n, size = int(n), max(1, int(size))
+    return [(s, min(size, n - s)) for s in range(0, n, size)]
+
+
+class ExecutorFault(RuntimeError):
+    """The executor could not finish its task (unreachable, failed, timed out, a bad answer): the task goes
+    back to the queue and runs elsewhere; the executor takes nothing more in this search."""
+
+
+@dataclass(eq=False)
+class Task:
+    """One piece of work.  ``key``: its name in the results (a chunk's (start, count)); ``work(host, held)``
+    runs it on an executor that has a SearchHost (``held``: that executor's state between rounds);
+    ``spec``: what the task is, as plain data (for executors elsewhere, and reports); ``owner``: the executor
+    holding the rows' state (a pinned task), or None."""
+    key: Hashable
+    work: Optional[Callable[[Any, Dict[Any, Any]], Any]] = None
+    spec: Dict[str, Any] = field(default_factory=dict)
+    owner: Optional[str] = None
+    cost: float = 1.0  # its work in candidate-steps (for simulations and progress; never for results)
+
+
+class TaskQueue:
+    """The pull model's bookkeeping, safe to share between threads (``cond`` guards it; drivers may wait on
+    it).  ``orphan(task, dead)``: the free task that replaces a pinned task whose owner ``dead`` failed."""
+
+    def __init__(self, tasks: Iterable[Task], orphan: Optional[Callable[[Task, str], Task]] = None):
+        self.cond = threading.Condition()
+        self.order: List[Hashable] = []
+        self.pending: collections.deque = collections.deque()
+        self.running: Dict[Hashable, Tuple[str, Task]] = {}
+        self.done: Dict[Hashable, Any] = {}
+        self.ran: Dict[Hashable, str] = {}
+        self.dead: Dict[str, str] = {}
+        self.notes: List[str] = []
+        self.orphan = orphan
+        for t in tasks:
+            self.add(t)
+
+    # everything below holds self.cond (re-entrant callers: use the public methods only)
+    def add(self, task: Task) -> None:
+        with self.cond:
+            if task.owner is not None and task.owner in self.dead:
+                task = self._orphaned(task, task.owner)
+            if task.key not in self.order:
+                self.order.append(task.key)
+            self.pending.append(task)
+            self.cond.notify_all()
+
+    def _orphaned(self, task: Task, who: str) -> Task:
+        if self.orphan is None:
+            raise ExecutorFault(f"the rows of task {task.key!r} lived on {who}, which failed, and this search "
+                                "cannot re-run them elsewhere")
+        return self.orphan(task, who)
+
+    def take(self, who: str) -> Optional[Task]:
+        """The next task ``who`` may run (free, or pinned to it), first come first served; None when there is
+        none now (there may be later: a failed executor's task comes back)."""
+        with self.cond:
+            if who in self.dead:
+                return None
+            for i, t in enumerate(self.pending):
+                if t.owner is None or t.owner == who:
+                    del self.pending[i]
+                    self.running[t.key] = (who, t)
+                    return t
+            return None
+
+    def finish(self, task: Task, who: str, result: Any) -> None:
+        with self.cond:
+            self.running.pop(task.key, None)
+            self.done[task.key] = result
+            self.ran[task.key] = who
+            self.cond.notify_all()
+
+    def fail(self, task: Optional[Task], who: str, why: str, quiet: bool = False) -> None:
+        """``who`` could not finish ``task`` (None: it failed, whatever it was running): the task goes back to
+        the head of the queue, ``who`` takes nothing more, and its pinned tasks become free ones (``orphan``)."""
+        with self.cond:
+            if task is None:
+                back = [t for k, (w, t) in list(self.running.items()) if w == who]
+            else:
+                back = [task]
+            for t in back:
+                self.running.pop(t.key, None)
+            if who not in self.dead:
+                self.dead[who] = why
+            if not quiet:
+                for t in back:
+                    self.notes.append(f"{who} {why}: its task ({describe(t)}) was re-assigned")
+            rest = []
+            for t in self.pending:
+                (back if t.owner == who else rest).append(t)
+            self.pending = collections.deque(rest)
+            for t in reversed(back):
+                self.pending.appendleft(self._orphaned(t, who) if t.owner == who else t)
+            self.cond.notify_all()
+
+    def complete(self) -> bool:
+        with self.cond:
+            return len(self.done) == len(self.order)
+
+    def idle(self) -> bool:
+        """Nothing pending and nothing running, yet not complete: no executor is left to run the rest."""
+        with self.cond:
+            return not self.pending and not self.running and len(self.done) < len(self.order)
+
+    def results(self) -> List[Any]:
+        """The results in the order the tasks were added."""
+        with self.cond:
+            return [self.done[k] for k in self.order]
+
+
+def describe(task: Task) -> str:
+    s = task.spec
+    if "start" in s and "count" in s:
+        return f"candidates {s['start']}..{s['start'] + s['count'] - 1}"
+    if "rows" in s:
+        rows = list(s["rows"])
+        return f"{len(rows)} row(s) to step {s.get('end')}"
+    return str(task.key)
+
+
+class Executor(Protocol):
+    """Something that runs tasks: ``name`` (as reports say it), ``run(task)`` (its result; raises
+    :class:`ExecutorFault` when it cannot)."""
+    name: str
+
+    def run(self, task: Task) -> Any: ...
+
+
+class HostExecutor:
+    """An executor in this process over its own SearchHost (a lane, a simulated machine): it runs each task's
+    ``work`` on its host, and keeps its rows' state between rounds in ``held``."""
+
+    def __init__(self, name: str, host: Any):
+        self.name, self.host = name, host
+        self.held: Dict[Any, Any] = {}
+
+    def run(self, task: Task) -> Any:
+        if task.work is None:
+            raise ValueError(f"task {task.key!r} has no work to run in this process")
+        return task.work(self.host, self.held)
+
+
+def drive_serial(queue: TaskQueue, executors: Sequence[Executor], interrupted: Callable[[], None] = lambda: None
+                 ) -> None:
+    """Runs the queue in this thread: the executors take tasks in turn (as equal machines would) until it is
+    complete.  An executor that raises :class:`ExecutorFault` is dropped and its task runs elsewhere."""
+    while not queue.complete():
+        progressed = False
+        for ex in executors:
+            task = queue.take(ex.name)
+            if task is None:
+                continue
+            progressed = True
+            interrupted()
+            try:
+                result = ex.run(task)
+            except ExecutorFault as e:
+                queue.fail(task, ex.name, str(e))
+                continue
+            queue.finish(task, ex.name, result)
+        if not progressed and not queue.complete():
+            raise ExecutorFault("every executor failed before the search's work was done: " +
+                                "; ".join(f"{k} {v}" for k, v in queue.dead.items()))
+
+
+Driver = Callable[[TaskQueue, Sequence[Executor]], None]
+
+
+def first_member(matrix: torch.Tensor) -> torch.Tensor:
+    """An absolute verifier's scores: its one column."""
+    return matrix[:, 0]
+
+
+class Pool:
+    """A dispatcher over executors in this process (``search.random_search.Dispatcher``, and
+    ``search/halving.py``'s rounds): ``executors`` (HostExecutors or any :class:`Executor`), run by ``drive``
+    (:func:`drive_serial`, or a simulated clock); ``local``: the search's own host takes chunks too (an
+    executor named 'local' that runs random search's ``run_local``); ``floor``: the smallest chunk worth
+    sending (an executor's micro-batch); ``seed``: the search's seed, which members need to sample random
+    search's chunks (as a worker server gets it in its prompt); ``recombine``: a relative verifier's rule
+    over the member matrix.
+
+    Successive halving's rounds use :meth:`run` (a round's tasks, with the ``orphan`` rule for rows whose
+    executor failed), :meth:`plan`, :meth:`recombine`, :meth:`executors` and ``dead``."""
+
+    def __init__(self, executors: Sequence[Executor], drive: Driver = drive_serial, local: bool = False,
+                 floor: int = 1, recombine: Callable[[torch.Tensor], torch.Tensor] = first_member,
+                 per_executor: int = CHUNKS_PER_EXECUTOR, seed: Optional[int] = None, verifier: str = "verifier"):
+        self.members = list(executors)
+        self.drive, self.local, self.floor = drive, bool(local), int(floor)
+        self.rule, self.per_executor = recombine, int(per_executor)
+        self.seed, self.verifier = seed, verifier
+        self.queues: List[TaskQueue] = []   # every queue this pool ran, in order (reports, simulations)
+        self.dead: Dict[str, str] = {}       # executors that failed, across the search's rounds
+
+    def executors(self) -> int:
+        return len(self.members) + int(self.local)
+
+    def plan(self, n: int, floor: int = 1) -> List[Tuple[int, int]]:
+        """The chunks of ``n`` candidates (:func:`chunk_size`; ``floor``: the search host's micro-batch)."""
+        return plan_chunks(n, chunk_size(n, self.executors(), max(int(floor), self.floor), self.per_executor))
+
+    def recombine(self, matrix: torch.Tensor) -> torch.Tensor:
+        return self.rule(matrix)
+
+    def run(self, tasks: Iterable[Task], orphan: Optional[Callable[[Task, str], Task]] = None,
+            extra: Sequence[Executor] = ()) -> TaskQueue:
+        """Runs these tasks to the end on the pool's executors (and ``extra`` ones); the queue, its results in
+        task order.  An executor that failed in an earlier round takes nothing more."""
+        queue = TaskQueue([], orphan)
+        queue.dead.update(self.dead)
+        for t in tasks:
+            queue.add(t)
+        self.queues.append(queue)
+        try:
+            self.drive(queue, [*extra, *self.members])
+        finally:
+            self.dead.update(queue.dead)
+        return queue
+
+    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], Any]) -> List[Any]:
+        """Random search's chunks: each member samples and scores its chunks on its own host (``run_shard``
+        of the pool's ``seed``); with ``local``, the search's own host takes chunks too (``run_local``)."""
+        if self.seed is None:
+            raise ValueError("this pool does not know the search's seed, which its members need for random search")
+        seed, verifier = int(self.seed), self.verifier
+
+        def work(start: int, count: int):
+            return lambda host, held: run_shard(host, seed, start, count, verifier=verifier)
+        tasks = [Task((s, c), work(s, c), {"start": s, "count": c}, cost=float(c)) for s, c in plan]
+        extra = [_Local(run_local)] if self.local else []
+        queue = self.run(tasks, extra=extra)
+        out = queue.results()
+        for k, rows in zip(queue.order, out):
+            if queue.ran.get(k, "local") != "local":
+                rows.where = queue.ran[k]
+        return out
+
+
+class _Local:
+    """The search's own host as an executor of random search's chunks (``run_local``)."""
+    name = "local"
+
+    def __init__(self, run_local: Callable[[int, int], Any]):
+        self.run_local = run_local
+
+    def run(self, task: Task) -> Any:
+        return self.run_local(task.spec["start"], task.spec["count"])
