@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .endpoints import WorkerPool, auth_headers
-from ..search.dispatch import CHUNKS_PER_EXECUTOR, Task, TaskQueue, chunk_size, plan_chunks
+from ..search.dispatch import Task, TaskQueue, plan_chunks
 from ..search.sharded import ShardAnswerError, ShardRows
 from ..verifiers import net
 from ..verifiers.net import Limits
@@ -61,7 +61,6 @@ class WorkerConfig:
     source: str
     timeout_s: float = 600.0    # the most one shard may take (the node's, capped by the pool's)
     local: bool = True          # this machine samples shards too
-    chunks_per_executor: int = CHUNKS_PER_EXECUTOR  # the aim: chunks per executor, taken on demand
     min_chunk: int = 1          # the fewest candidates a chunk holds (a worker's micro-batch)
     limits: Limits = Limits()   # one HTTP request: wall-clock deadline, body size, JSON depth
     auth_env: str = ""          # the NAME of the variable holding the auth header (read at run time)
@@ -266,14 +265,12 @@ class WorkerDispatch:
         return max(1, len(alive) + int(self.config.local))
 
     def plan(self, n: int, floor: int = 1) -> List[Tuple[int, int]]:
-        """The chunks of ``n`` candidates (``search.dispatch.chunk_size``): about ``chunks_per_executor`` per
-        executor, never below ``floor`` (this machine's micro-batch) or the pool's ``min_chunk``.  The same
+        """The chunks of ``n`` candidates (``search.dispatch.plan_chunks``: falling sizes, taken on demand),
+        never below ``floor`` (this machine's micro-batch) or the pool's ``min_chunk``.  The same
         plan again for the same search (after :meth:`ban`), so only the banned worker's chunks run again."""
         if (n, floor) in self.plans:
             return list(self.plans[(n, floor)])
-        size = chunk_size(n, self.executors(), max(int(floor), int(self.config.min_chunk)),
-                          int(self.config.chunks_per_executor))
-        self.plans[(n, floor)] = plan_chunks(n, size)
+        self.plans[(n, floor)] = plan_chunks(n, self.executors(), max(int(floor), int(self.config.min_chunk)))
         return list(self.plans[(n, floor)])
 
     def ban(self, url: str, why: str) -> int:

@@ -23,12 +23,15 @@ Two kinds of task:
   from their seeds, ``search/halving.py``), so the search still ends with the
   same result.
 
-**Chunk size** (:func:`chunk_size`): about :data:`CHUNKS_PER_EXECUTOR` chunks
-per executor, so that the last chunks to finish are small next to the whole
-run (a fast executor that is done early takes more, a failed one's chunk is
-short to redo), but never fewer candidates than ``floor``, the micro-batch an
-executor samples at once (a smaller chunk would leave its batch part-empty),
-and at least one.
+**Chunk sizes** (:func:`plan_chunks`): falling, by factoring.  The chunks
+are handed out in waves of one per executor, each wave's chunks holding half
+the candidates left, shared out (ceil(left / (2 x executors))); so the first
+chunks are large (few requests) and the last ones small, and the executors
+finish within about one small chunk of each other, whatever their speeds.  A
+chunk never holds fewer candidates than ``floor``, the micro-batch an
+executor samples at once (a smaller one would leave its batch part-empty),
+nor fewer than one.  About log2(n / (executors x floor)) + 1 chunks per
+executor: 5 for 512 candidates on 16 executors with a micro-batch of 4.
 
 Drivers run the queue: :func:`drive_serial` (one thread, executors in turn:
 tests), ``engine/workers.py`` (one thread per worker server, this machine's
@@ -45,27 +48,28 @@ import collections
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 
 from .sharded import run_shard
 
-CHUNKS_PER_EXECUTOR = 4  # the aim: chunks per executor (more balance better, but each one costs a request)
-
-
-def chunk_size(n: int, executors: int, floor: int = 1, per_executor: int = CHUNKS_PER_EXECUTOR) -> int:
-    """Candidates per chunk: ceil(n / (executors x per_executor)), at least ``floor`` (an executor's
-    micro-batch) and 1, at most n."""
-    n = max(1, int(n))
-    aim = math.ceil(n / (max(1, int(executors)) * max(1, int(per_executor))))
-    return min(n, max(1, int(floor), aim))
-
-
-def plan_chunks(n: int, size: int) -> List[Tuple[int, int]]:
-    """Candidates 0..n-1 cut into contiguous chunks (start, count) of ``size`` (the last may be shorter)."""
-    n, size = int(n), max(1, int(size))
-    return [(s, min(size, n - s)) for s in range(0, n, size)]
+def plan_chunks(n: int, executors: int, floor: int = 1) -> List[Tuple[int, int]]:
+    """Candidates 0..n-1 cut into contiguous chunks (start, count), in order, their sizes falling (factoring):
+    in each wave every executor's chunk is half the remaining candidates shared out,
+    ceil(remaining / (2 x executors)), but never below ``floor`` (an executor's micro-batch) or 1."""
+    n, e, floor = int(n), max(1, int(executors)), max(1, int(floor))
+    out: List[Tuple[int, int]] = []
+    s = 0
+    while s < n:
+        size = max(floor, math.ceil((n - s) / (2 * e)))
+        for _ in range(e):
+            if s >= n:
+                break
+            c = min(size, n - s)
+            out.append((s, c))
+            s += c
+    return out
 
 
 class ExecutorFault(RuntimeError):
@@ -83,72 +87,131 @@ class Task:
     work: Optional[Callable[[Any, Dict[Any, Any]], Any]] = None
     spec: Dict[str, Any] = field(default_factory=dict)
     owner: Optional[str] = None
-    cost: float = 1.0  # its work in candidate-steps (for simulations and progress; never for results)
+    cost: float = 1.0  # its size (candidates, or NFE-rows where the strategy knows them): for simulations only
 
 
 class TaskQueue:
     """The pull model's bookkeeping, safe to share between threads (``cond`` guards it; drivers may wait on
-    it).  ``orphan(task, dead)``: the free task that replaces a pinned task whose owner ``dead`` failed."""
+    it).  ``orphan(task, dead)``: the free task(s) that replace a pinned task whose owner ``dead`` failed."""
 
-    def __init__(self, tasks: Iterable[Task], orphan: Optional[Callable[[Task, str], Task]] = None):
+    def __init__(self, tasks: Iterable[Task],
+                 orphan: Optional[Callable[[Task, str], Union[Task, List[Task]]]] = None):
         self.cond = threading.Condition()
         self.order: List[Hashable] = []
         self.pending: collections.deque = collections.deque()
-        self.running: Dict[Hashable, Tuple[str, Task]] = {}
+        self.running: Dict[Hashable, Tuple[Task, List[str]]] = {}  # key -> (task, who runs it: 2 with a backup)
         self.done: Dict[Hashable, Any] = {}
         self.ran: Dict[Hashable, str] = {}
         self.dead: Dict[str, str] = {}
         self.notes: List[str] = []
+        self.backups = 0       # backup runs handed out (a running task started again by an idle executor)
+        self.steals = 0        # pinned tasks re-run from scratch by an idle executor
         self.orphan = orphan
         for t in tasks:
             self.add(t)
 
-    # everything below holds self.cond (re-entrant callers: use the public methods only)
     def add(self, task: Task) -> None:
         with self.cond:
-            if task.owner is not None and task.owner in self.dead:
-                task = self._orphaned(task, task.owner)
+            new = self._orphaned(task, task.owner) if task.owner is not None and task.owner in self.dead else [task]
             if task.key not in self.order:
                 self.order.append(task.key)
-            self.pending.append(task)
+            self._replace(task.key, new)
+            self.pending.extend(new)
             self.cond.notify_all()
 
-    def _orphaned(self, task: Task, who: str) -> Task:
+    def _replace(self, key: Hashable, new: List[Task]) -> None:
+        """Puts the keys of ``new`` where ``key`` stood in the task order (a pinned task's replay, cut up)."""
+        if [t.key for t in new] != [key] and key in self.order:
+            at = self.order.index(key)
+            self.order[at:at + 1] = [t.key for t in new]
+
+    def _orphaned(self, task: Task, who: str) -> List[Task]:
         if self.orphan is None:
             raise ExecutorFault(f"the rows of task {task.key!r} lived on {who}, which failed, and this search "
                                 "cannot re-run them elsewhere")
-        return self.orphan(task, who)
+        new = self.orphan(task, who)
+        return list(new) if isinstance(new, (list, tuple)) else [new]
 
-    def take(self, who: str) -> Optional[Task]:
+    def take(self, who: str, backup: bool = False, steal: bool = False) -> Optional[Task]:
         """The next task ``who`` may run (free, or pinned to it), first come first served; None when there is
-        none now (there may be later: a failed executor's task comes back)."""
+        none now (there may be later: a failed executor's task comes back).  With ``steal``, when nothing is
+        pending for it, the last pinned task of the executor with the most pinned work waiting, re-run from
+        scratch (``orphan``) when that costs less than the owner's other waiting work (:meth:`_steal`).  With
+        ``backup``, then, a free task another executor is running, the one running longest: whichever
+        finishes first gives the result (the same result: it depends on the task alone), so a slow executor's
+        last task does not hold up the end."""
         with self.cond:
             if who in self.dead:
                 return None
             for i, t in enumerate(self.pending):
                 if t.owner is None or t.owner == who:
                     del self.pending[i]
-                    self.running[t.key] = (who, t)
+                    self.running[t.key] = (t, [who])
                     return t
+            if steal:
+                t = self._steal(who)
+                if t is not None:
+                    return t
+            if backup:
+                for key, (t, runners) in self.running.items():
+                    if t.owner is None and len(runners) == 1 and who not in runners:
+                        runners.append(who)
+                        self.backups += 1
+                        return t
             return None
 
-    def finish(self, task: Task, who: str, result: Any) -> None:
+    def _steal(self, who: str) -> Optional[Task]:
+        """A pinned task of a backlogged executor, for ``who`` to re-run from scratch: the owner with the most
+        pinned cost waiting gives up its last task when the replay costs less than the rest of its waiting
+        work (equal speeds assumed: the replay ends before the owner would have started the task)."""
+        if self.orphan is None:
+            return None
+        backlog: Dict[str, List[Task]] = {}
+        for t in self.pending:
+            if t.owner is not None and t.owner != who and t.owner not in self.dead:
+                backlog.setdefault(t.owner, []).append(t)
+        if not backlog:
+            return None
+        owner = max(backlog, key=lambda o: (sum(t.cost for t in backlog[o]), o))
+        last = backlog[owner][-1]
+        rest = sum(t.cost for t in backlog[owner][:-1])
+        new = self._orphaned(last, owner)
+        if sum(t.cost for t in new) >= rest:
+            return None
+        self.pending.remove(last)
+        self._replace(last.key, new)
+        self.pending.extendleft(reversed(new[1:]))
+        self.steals += 1
+        self.running[new[0].key] = (new[0], [who])
+        return new[0]
+
+    def finish(self, task: Task, who: str, result: Any) -> List[str]:
+        """``who`` finished ``task``: the first answer is kept (a backup's later one is dropped).  The other
+        executors still running it, whose run can be stopped."""
         with self.cond:
-            self.running.pop(task.key, None)
-            self.done[task.key] = result
-            self.ran[task.key] = who
+            _, runners = self.running.pop(task.key, (task, [who]))
+            if task.key not in self.done:
+                self.done[task.key] = result
+                self.ran[task.key] = who
             self.cond.notify_all()
+            return [w for w in runners if w != who]
 
     def fail(self, task: Optional[Task], who: str, why: str, quiet: bool = False) -> None:
         """``who`` could not finish ``task`` (None: it failed, whatever it was running): the task goes back to
-        the head of the queue, ``who`` takes nothing more, and its pinned tasks become free ones (``orphan``)."""
+        the head of the queue (unless a backup still runs it), ``who`` takes nothing more, and its pinned tasks
+        become free ones (``orphan``)."""
         with self.cond:
-            if task is None:
-                back = [t for k, (w, t) in list(self.running.items()) if w == who]
-            else:
-                back = [task]
-            for t in back:
+            mine = [t for t, runners in self.running.values() if who in runners] if task is None else [task]
+            back = []
+            for t in mine:
+                _, runners = self.running.get(t.key, (t, [who]))
+                if who in runners:
+                    runners.remove(who)
+                if runners:
+                    continue  # its backup goes on
                 self.running.pop(t.key, None)
+                if t.key not in self.done:
+                    back.append(t)
             if who not in self.dead:
                 self.dead[who] = why
             if not quiet:
@@ -159,17 +222,17 @@ class TaskQueue:
                 (back if t.owner == who else rest).append(t)
             self.pending = collections.deque(rest)
             for t in reversed(back):
-                self.pending.appendleft(self._orphaned(t, who) if t.owner == who else t)
+                if t.owner == who:
+                    new = self._orphaned(t, who)
+                    self._replace(t.key, new)
+                    self.pending.extendleft(reversed(new))
+                else:
+                    self.pending.appendleft(t)
             self.cond.notify_all()
 
     def complete(self) -> bool:
         with self.cond:
-            return len(self.done) == len(self.order)
-
-    def idle(self) -> bool:
-        """Nothing pending and nothing running, yet not complete: no executor is left to run the rest."""
-        with self.cond:
-            return not self.pending and not self.running and len(self.done) < len(self.order)
+            return all(k in self.done for k in self.order)
 
     def results(self) -> List[Any]:
         """The results in the order the tasks were added."""
@@ -253,11 +316,10 @@ class Pool:
     executor failed), :meth:`plan`, :meth:`recombine`, :meth:`executors` and ``dead``."""
 
     def __init__(self, executors: Sequence[Executor], drive: Driver = drive_serial, local: bool = False,
-                 floor: int = 1, recombine: Callable[[torch.Tensor], torch.Tensor] = first_member,
-                 per_executor: int = CHUNKS_PER_EXECUTOR, seed: Optional[int] = None, verifier: str = "verifier"):
+                 floor: int = 1, recombine: Callable[[torch.Tensor], torch.Tensor] = first_member, seed: Optional[int] = None, verifier: str = "verifier"):
         self.members = list(executors)
         self.drive, self.local, self.floor = drive, bool(local), int(floor)
-        self.rule, self.per_executor = recombine, int(per_executor)
+        self.rule = recombine
         self.seed, self.verifier = seed, verifier
         self.queues: List[TaskQueue] = []   # every queue this pool ran, in order (reports, simulations)
         self.dead: Dict[str, str] = {}       # executors that failed, across the search's rounds
@@ -266,8 +328,8 @@ class Pool:
         return len(self.members) + int(self.local)
 
     def plan(self, n: int, floor: int = 1) -> List[Tuple[int, int]]:
-        """The chunks of ``n`` candidates (:func:`chunk_size`; ``floor``: the search host's micro-batch)."""
-        return plan_chunks(n, chunk_size(n, self.executors(), max(int(floor), self.floor), self.per_executor))
+        """The chunks of ``n`` candidates (:func:`plan_chunks`; ``floor``: the search host's micro-batch)."""
+        return plan_chunks(n, self.executors(), max(int(floor), self.floor))
 
     def recombine(self, matrix: torch.Tensor) -> torch.Tensor:
         return self.rule(matrix)

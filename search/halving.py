@@ -215,11 +215,17 @@ class _DispatchedRounds:
         self.index = 0                        # the schedule index every live row is at
 
     def _orphan(self, end: int):
-        def orphan(task: Task, dead: str) -> Task:
+        """A failed executor's rows of this round: re-run from their seeds elsewhere, in chunks of the
+        micro-batch, so that several executors share them."""
+        size = max(1, int(getattr(self.host, "micro_batch", 0) or 1))
+
+        def orphan(task: Task, dead: str) -> List[Task]:
             rows = list(task.spec["rows"])
-            return Task(task.key, _rows_work(self.base, rows, end, self.verifier, fresh=True, replay=True),
-                        {"rows": rows, "end": end, "replay": True},
-                        cost=float(len(rows) * self.host.nfe(0, end)))
+            return [Task((task.key, "replay", j), _rows_work(self.base, rows[j:j + size], end, self.verifier,
+                                                             fresh=True, replay=True),
+                         {"rows": rows[j:j + size], "end": end, "replay": True},
+                         cost=float(len(rows[j:j + size]) * self.host.nfe(0, end)))
+                    for j in range(0, len(rows), size)]
         return orphan
 
     def advance(self, alive: List[int], end: int, labels: List[str]) -> List[float]:
@@ -234,12 +240,15 @@ class _DispatchedRounds:
             for i in alive:
                 by.setdefault(self.owner[i], []).append(i)
             tasks = []
-            for who, rows in by.items():
+            size = max(1, int(getattr(self.host, "micro_batch", 0) or 1))
+            for who, rows in by.items():  # its rows in micro-batches: an idle executor may re-run the last ones
                 drop = self.dropped.pop(who, [])
-                tasks.append(Task(("rows", self.round, who),
-                                  _rows_work(self.base, rows, end, self.verifier, drop=drop),
-                                  {"rows": rows, "end": end, "drop": drop}, owner=who,
-                                  cost=float(len(rows) * nfe(self.index, end))))
+                for j in range(0, len(rows), size):
+                    part = rows[j:j + size]
+                    tasks.append(Task(("rows", self.round, who, j),
+                                      _rows_work(self.base, part, end, self.verifier, drop=drop if j == 0 else ()),
+                                      {"rows": part, "end": end, "drop": drop if j == 0 else []}, owner=who,
+                                      cost=float(len(part) * nfe(self.index, end))))
         queue = self.dispatch.run(tasks, orphan=self._orphan(end))
         self.tasks += len(queue.order)
         members: Dict[int, torch.Tensor] = {}
@@ -248,6 +257,8 @@ class _DispatchedRounds:
             replay = bool(ans["replay"])
             for r, i in enumerate(ans["rows"]):
                 members[i] = ans["members"][r]
+                if i in self.owner and self.owner[i] != who and self.owner[i] not in self.dispatch.dead:
+                    self.dropped.setdefault(self.owner[i], []).append(i)  # its old state there is stale
                 self.owner[i] = who
                 if replay:
                     self.replayed_rows += 1
@@ -344,8 +355,9 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
                                        "replayed_nfe": rounds.replayed_nfe,
                                        "finished_on": {i: rounds.owner.get(i, "?") for i in alive}}
         if rounds.replayed_rows:
-            report.notes.append(f"{rounds.replayed_rows} row(s) whose executor failed were re-run from their seeds "
-                                f"elsewhere ({rounds.replayed_nfe} NFEs more, not counted in the search's)")
+            report.notes.append(f"{rounds.replayed_rows} row(s) were re-run from their seeds on another executor "
+                                f"(theirs had failed, or was behind) ({rounds.replayed_nfe} NFEs more, not counted "
+                                "in the search's)")
     for r in range(len(report.settings["stages"])):
         rho = spearman([early[i][r] for i in alive], final)
         report.settings["rank_correlation"].append(rho)

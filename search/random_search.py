@@ -40,7 +40,7 @@ class Dispatcher(Protocol):
     (``search/dispatch.py``)."""
 
     def plan(self, n: int, floor: int) -> List[Tuple[int, int]]:
-        """The chunks (start, count) of ``n`` candidates, in order (``search.dispatch.chunk_size``; ``floor``:
+        """The chunks (start, count) of ``n`` candidates, in order (``search.dispatch.plan_chunks``; ``floor``:
         this host's micro-batch)."""
 
     def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], ShardRows]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from search import Strategy, run_strategy
-from search.dispatch import (ExecutorFault, HostExecutor, Pool, Task, TaskQueue, chunk_size, drive_serial,
-                             plan_chunks)
+from search.dispatch import ExecutorFault, HostExecutor, Pool, Task, TaskQueue, drive_serial, plan_chunks
 from search.halving import halving_search
 from search.random_search import random_search
 from toy_host import gaussian_host
@@ -72,10 +71,50 @@ def test_the_queue_hands_out_on_demand_pins_owned_rows_and_puts_a_failed_task_ba
                        "b went away: its task (candidates 2..2) was re-assigned"]
 
 
-def test_chunk_size_is_about_four_per_executor_and_never_below_the_micro_batch():
-    assert chunk_size(64, 4) == 4 and chunk_size(64, 4, floor=8) == 8 and chunk_size(3, 16) == 1
-    assert chunk_size(10, 1, floor=64) == 10
-    assert plan_chunks(10, 4) == [(0, 4), (4, 4), (8, 2)]
+def test_a_backup_run_of_a_running_task_gives_the_first_answer_and_a_failure_then_loses_nothing():
+    q = TaskQueue([Task(k, spec={"start": k, "count": 1}) for k in range(2)])
+    t0, t1 = q.take("a"), q.take("b")
+    assert q.take("c") is None  # nothing pending, no backups asked for
+    assert q.take("c", backup=True) is t0 and q.take("d", backup=True) is t1 and q.backups == 2
+    assert q.take("e", backup=True) is None  # one backup a task
+    assert q.finish(t0, "c", "c0") == ["a"]  # the backup won: a's run can be stopped
+    assert q.finish(t0, "a", "a0") == [] and q.done[0] == "c0" and q.ran[0] == "c"
+    q.fail(t1, "b", "went away")  # its backup still runs it: nothing goes back
+    assert not q.pending and q.notes == []
+    q.finish(t1, "d", "d1")
+    assert q.complete() and q.results() == ["c0", "d1"]
+
+
+def test_an_idle_executor_steals_a_backlogged_owners_last_pinned_task_only_when_the_replay_costs_less():
+    def orphan(t, dead):
+        return [Task((t.key, "replay"), spec={"rows": t.spec["rows"], "replay": True}, cost=11.0)]
+
+    def queue(k):
+        return TaskQueue([Task(("o", j), spec={"rows": [j]}, owner="o", cost=5.0) for j in range(k)], orphan)
+    q = queue(3)  # the owner's other waiting work (10) is less than a replay (11): no steal
+    assert q.take("x", steal=True) is None and q.steals == 0
+    q = queue(4)  # 15 > 11: the last one is re-run by x from scratch
+    t = q.take("x", steal=True)
+    assert t.key == (("o", 3), "replay") and t.owner is None and q.steals == 1
+    assert q.order == [("o", 0), ("o", 1), ("o", 2), (("o", 3), "replay")]
+    assert [p.key for p in q.pending] == [("o", 0), ("o", 1), ("o", 2)]
+    assert q.take("x", steal=True) is None  # 10 left: no longer worth it
+
+
+def test_chunks_fall_in_size_by_factoring_and_never_below_the_micro_batch():
+    assert plan_chunks(64, 4) == [(0, 8), (8, 8), (16, 8), (24, 8), (32, 4), (36, 4), (40, 4), (44, 4),
+                                  (48, 2), (50, 2), (52, 2), (54, 2), (56, 1), (57, 1), (58, 1), (59, 1),
+                                  (60, 1), (61, 1), (62, 1), (63, 1)]
+    assert plan_chunks(64, 4, floor=4)[-4:] == [(48, 4), (52, 4), (56, 4), (60, 4)]
+    assert plan_chunks(10, 1, floor=64) == [(0, 10)] and plan_chunks(3, 16) == [(0, 1), (1, 1), (2, 1)]
+    for n in (1, 7, 100, 1000):
+        for e in (1, 3, 16, 64):
+            for floor in (1, 4, 16):
+                plan = plan_chunks(n, e, floor)
+                assert [i for s, c in plan for i in range(s, s + c)] == list(range(n))
+                sizes = [c for _, c in plan]
+                assert sizes == sorted(sizes, reverse=True) or sizes[-1] < floor  # falling (the last: the rest)
+                assert all(c >= min(floor, n - s) for s, c in plan)
 
 
 # --------------------------------------------------------------------------- random search
@@ -92,7 +131,7 @@ def test_random_search_in_chunks_on_several_executors_equals_one_machine(k, loca
     got = random_search(host(micro_batch=2), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=pool)
     same(got, reference_random())
     shards = got[0].settings["shards"]
-    assert [(s["start"], s["count"]) for s in shards] == plan_chunks(N, chunk_size(N, k + local, 2))
+    assert [(s["start"], s["count"]) for s in shards] == plan_chunks(N, k + local, 2)
     assert len({s["ran_on"] for s in shards}) == k + local  # everyone took chunks
 
 
