@@ -88,6 +88,8 @@ class SimClock:
 
     def __call__(self, queue: TaskQueue, executors) -> None:
         by = {ex.name: ex for ex in executors}
+        self.t = self.now
+        queue.clock = lambda: self.t  # the queue measures speeds on the simulated clock
         for name, w in self.workers.items():  # failed between rounds: its rows are re-run elsewhere
             if w.fail_at is not None and w.fail_at <= self.now and name not in queue.dead:
                 queue.fail(None, name, "failed")
@@ -116,6 +118,7 @@ class SimClock:
             if not events:
                 raise RuntimeError("no simulated worker is left to finish the search")
             t, k, kind, name, task = heapq.heappop(events)
+            self.t = t
             w = self.workers[name]
             if kind in ("done", "lost") and current.get(name, (None,))[0] != k:
                 continue  # a backup that lost the race: it was stopped, and is free again already

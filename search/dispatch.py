@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
@@ -106,6 +107,9 @@ class TaskQueue:
         self.notes: List[str] = []
         self.backups = 0       # backup runs handed out (a running task started again by an idle executor)
         self.steals = 0        # pinned tasks re-run from scratch by an idle executor
+        self.clock: Callable[[], float] = time.monotonic  # a driver on another clock (a simulation) sets its own
+        self.started: Dict[Tuple[Hashable, str], float] = {}
+        self.speed: Dict[str, Tuple[float, float]] = {}  # executor -> (cost finished, seconds it took)
         self.orphan = orphan
         for t in tasks:
             self.add(t)
@@ -146,7 +150,7 @@ class TaskQueue:
             for i, t in enumerate(self.pending):
                 if t.owner is None or t.owner == who:
                     del self.pending[i]
-                    self.running[t.key] = (t, [who])
+                    self._start(t, who)
                     return t
             if steal:
                 t = self._steal(who)
@@ -155,41 +159,69 @@ class TaskQueue:
             if backup:
                 for key, (t, runners) in self.running.items():
                     if t.owner is None and len(runners) == 1 and who not in runners:
-                        runners.append(who)
+                        self._start(t, who)
                         self.backups += 1
                         return t
             return None
 
+    def rate(self, who: str) -> Optional[float]:
+        """``who``'s measured speed (task cost per second of ``clock``, over the tasks it finished), or None."""
+        cost, spent = self.speed.get(who, (0.0, 0.0))
+        return cost / spent if spent > 0 and cost > 0 else None
+
     def _steal(self, who: str) -> Optional[Task]:
-        """A pinned task of a backlogged executor, for ``who`` to re-run from scratch: the owner with the most
-        pinned cost waiting gives up its last task when the replay costs less than the rest of its waiting
-        work (equal speeds assumed: the replay ends before the owner would have started the task)."""
+        """A pinned task of a backlogged executor, for ``who`` to re-run from scratch (``orphan``): the one whose
+        replay by ``who`` would end soonest before its owner would have finished it, reckoned from each one's
+        measured speed (:meth:`rate`; equal speeds while unmeasured) and what the owner has still to do (the
+        rest of its running task, then its pinned tasks waiting before this one); None when no replay ends
+        sooner.  The owner gives up its last waiting task, so the rows it has at hand stay there."""
         if self.orphan is None:
             return None
         backlog: Dict[str, List[Task]] = {}
         for t in self.pending:
             if t.owner is not None and t.owner != who and t.owner not in self.dead:
                 backlog.setdefault(t.owner, []).append(t)
-        if not backlog:
+        now = self.clock()
+        best = None
+        for owner, tasks in sorted(backlog.items()):
+            mine = self.rate(who)
+            theirs = self.rate(owner) or mine or 1.0
+            mine = mine or theirs
+            last = tasks[-1]
+            left = sum(t.cost for t in tasks)  # its waiting tasks, the last one included
+            for key, (t, runners) in self.running.items():  # and the rest of what it runs now
+                if owner in runners:
+                    left += max(0.0, t.cost - (now - self.started.get((key, owner), now)) * theirs)
+            new = self._orphaned(last, owner)
+            gain = left / theirs - sum(t.cost for t in new) / mine
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, last, new)
+        if best is None:
             return None
-        owner = max(backlog, key=lambda o: (sum(t.cost for t in backlog[o]), o))
-        last = backlog[owner][-1]
-        rest = sum(t.cost for t in backlog[owner][:-1])
-        new = self._orphaned(last, owner)
-        if sum(t.cost for t in new) >= rest:
-            return None
+        _, last, new = best
         self.pending.remove(last)
         self._replace(last.key, new)
         self.pending.extendleft(reversed(new[1:]))
         self.steals += 1
-        self.running[new[0].key] = (new[0], [who])
+        self._start(new[0], who)
         return new[0]
+
+    def _start(self, task: Task, who: str) -> None:
+        if task.key in self.running:
+            self.running[task.key][1].append(who)
+        else:
+            self.running[task.key] = (task, [who])
+        self.started[(task.key, who)] = self.clock()
 
     def finish(self, task: Task, who: str, result: Any) -> List[str]:
         """``who`` finished ``task``: the first answer is kept (a backup's later one is dropped).  The other
         executors still running it, whose run can be stopped."""
         with self.cond:
             _, runners = self.running.pop(task.key, (task, [who]))
+            begun = self.started.pop((task.key, who), None)
+            if begun is not None and task.key not in self.done:  # its speed, from the tasks it finished first
+                cost, spent = self.speed.get(who, (0.0, 0.0))
+                self.speed[who] = (cost + float(task.cost), spent + max(0.0, self.clock() - begun))
             if task.key not in self.done:
                 self.done[task.key] = result
                 self.ran[task.key] = who
@@ -316,13 +348,15 @@ class Pool:
     executor failed), :meth:`plan`, :meth:`recombine`, :meth:`executors` and ``dead``."""
 
     def __init__(self, executors: Sequence[Executor], drive: Driver = drive_serial, local: bool = False,
-                 floor: int = 1, recombine: Callable[[torch.Tensor], torch.Tensor] = first_member, seed: Optional[int] = None, verifier: str = "verifier"):
+                 floor: int = 1, recombine: Callable[[torch.Tensor], torch.Tensor] = first_member,
+                 seed: Optional[int] = None, verifier: str = "verifier"):
         self.members = list(executors)
         self.drive, self.local, self.floor = drive, bool(local), int(floor)
         self.rule = recombine
         self.seed, self.verifier = seed, verifier
         self.queues: List[TaskQueue] = []   # every queue this pool ran, in order (reports, simulations)
         self.dead: Dict[str, str] = {}       # executors that failed, across the search's rounds
+        self.speed: Dict[str, Tuple[float, float]] = {}  # executor -> (cost finished, seconds it took)
 
     def executors(self) -> int:
         return len(self.members) + int(self.local)
@@ -340,6 +374,7 @@ class Pool:
         task order.  An executor that failed in an earlier round takes nothing more."""
         queue = TaskQueue([], orphan)
         queue.dead.update(self.dead)
+        queue.speed = self.speed  # the executors' measured speeds carry over from round to round
         for t in tasks:
             queue.add(t)
         self.queues.append(queue)

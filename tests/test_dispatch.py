@@ -85,20 +85,35 @@ def test_a_backup_run_of_a_running_task_gives_the_first_answer_and_a_failure_the
     assert q.complete() and q.results() == ["c0", "d1"]
 
 
-def test_an_idle_executor_steals_a_backlogged_owners_last_pinned_task_only_when_the_replay_costs_less():
+def test_an_idle_executor_steals_a_backlogged_owners_last_pinned_task_when_its_replay_ends_sooner():
     def orphan(t, dead):
         return [Task((t.key, "replay"), spec={"rows": t.spec["rows"], "replay": True}, cost=11.0)]
 
     def queue(k):
         return TaskQueue([Task(("o", j), spec={"rows": [j]}, owner="o", cost=5.0) for j in range(k)], orphan)
-    q = queue(3)  # the owner's other waiting work (10) is less than a replay (11): no steal
+    q = queue(2)  # equal speeds while unmeasured: the owner's 10 waiting are done before a replay of 11
     assert q.take("x", steal=True) is None and q.steals == 0
-    q = queue(4)  # 15 > 11: the last one is re-run by x from scratch
+    q = queue(3)  # 15 > 11: the last one is re-run by x from scratch
     t = q.take("x", steal=True)
-    assert t.key == (("o", 3), "replay") and t.owner is None and q.steals == 1
-    assert q.order == [("o", 0), ("o", 1), ("o", 2), (("o", 3), "replay")]
-    assert [p.key for p in q.pending] == [("o", 0), ("o", 1), ("o", 2)]
+    assert t.key == (("o", 2), "replay") and t.owner is None and q.steals == 1
+    assert q.order == [("o", 0), ("o", 1), (("o", 2), "replay")]
+    assert [p.key for p in q.pending] == [("o", 0), ("o", 1)]
     assert q.take("x", steal=True) is None  # 10 left: no longer worth it
+    now = [0.0]  # measured speeds: the owner did 5 in 5 s, x 5 in 1 s; the owner's 10 take 10 s, a replay 2.2 s
+    q = queue(4)
+    q.clock = lambda: now[0]
+    a, b = q.take("o"), Task("free", spec={"start": 0, "count": 1}, cost=5.0)
+    q.add(b)
+    q.take("x")
+    now[0] = 1.0
+    q.finish(b, "x", "done")
+    now[0] = 5.0
+    q.finish(a, "o", "done")
+    assert q.rate("o") == 1.0 and q.rate("x") == 5.0
+    assert q.take("x", steal=True).key == (("o", 3), "replay")  # 15 s of the owner's against 2.2 s
+    assert q.take("x", steal=True).key == (("o", 2), "replay")  # 10 s against 2.2 s
+    assert q.take("x", steal=True).key == (("o", 1), "replay")  # 5 s against 2.2 s: still sooner
+    assert q.take("x", steal=True) is None and q.steals == 3 and not q.pending
 
 
 def test_chunks_fall_in_size_by_factoring_and_never_below_the_micro_batch():
