@@ -141,9 +141,9 @@ class TaskQueue:
         none now (there may be later: a failed executor's task comes back).  With ``steal``, when nothing is
         pending for it, the last pinned task of the executor with the most pinned work waiting, re-run from
         scratch (``orphan``) when that costs less than the owner's other waiting work (:meth:`_steal`).  With
-        ``backup``, then, a free task another executor is running, the one running longest: whichever
-        finishes first gives the result (the same result: it depends on the task alone), so a slow executor's
-        last task does not hold up the end."""
+        ``backup``, then, a free task another executor is running, when ``who`` would finish it sooner
+        (:meth:`_backup`): whichever finishes first gives the result (the same result: it depends on the task
+        alone), so a slow executor's last task does not hold up the end."""
         with self.cond:
             if who in self.dead:
                 return None
@@ -157,12 +157,28 @@ class TaskQueue:
                 if t is not None:
                     return t
             if backup:
-                for key, (t, runners) in self.running.items():
-                    if t.owner is None and len(runners) == 1 and who not in runners:
-                        self._start(t, who)
-                        self.backups += 1
-                        return t
+                return self._backup(who)
             return None
+
+    def _backup(self, who: str) -> Optional[Task]:
+        """A free task another executor runs, for ``who`` to run too: the one whose run by ``who`` would end
+        soonest before its runner's (measured speeds, :meth:`rate`; equal while unmeasured); None when no
+        backup would end sooner."""
+        now, best = self.clock(), None
+        mine = self.rate(who)
+        for key, (t, runners) in self.running.items():
+            if t.owner is not None or len(runners) != 1 or who in runners:
+                continue
+            theirs = self.rate(runners[0]) or mine or 1.0
+            ends = self.started.get((key, runners[0]), now) + t.cost / theirs
+            gain = ends - (now + t.cost / (mine or theirs))
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, t)
+        if best is None:
+            return None
+        self._start(best[1], who)
+        self.backups += 1
+        return best[1]
 
     def rate(self, who: str) -> Optional[float]:
         """``who``'s measured speed (task cost per second of ``clock``, over the tasks it finished), or None."""

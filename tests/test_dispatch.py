@@ -72,17 +72,35 @@ def test_the_queue_hands_out_on_demand_pins_owned_rows_and_puts_a_failed_task_ba
 
 
 def test_a_backup_run_of_a_running_task_gives_the_first_answer_and_a_failure_then_loses_nothing():
-    q = TaskQueue([Task(k, spec={"start": k, "count": 1}) for k in range(2)])
-    t0, t1 = q.take("a"), q.take("b")
+    q = TaskQueue([Task(k, spec={"start": k, "count": 1}, cost=10.0) for k in range(2)])
+    now = [0.0]
+    q.clock = lambda: now[0]
+    q.speed.update({"a": (10.0, 10.0), "b": (10.0, 10.0), "c": (10.0, 1.0), "d": (10.0, 1.0)})  # c, d: 10x
+    t0 = q.take("a")
+    now[0] = 1.0
+    t1 = q.take("b")
+    now[0] = 2.0
     assert q.take("c") is None  # nothing pending, no backups asked for
-    assert q.take("c", backup=True) is t0 and q.take("d", backup=True) is t1 and q.backups == 2
+    # the run that would end last, if a backup ends sooner: b's (at 11; c's at 3), then a's (at 10)
+    assert q.take("c", backup=True) is t1 and q.take("d", backup=True) is t0 and q.backups == 2
     assert q.take("e", backup=True) is None  # one backup a task
-    assert q.finish(t0, "c", "c0") == ["a"]  # the backup won: a's run can be stopped
-    assert q.finish(t0, "a", "a0") == [] and q.done[0] == "c0" and q.ran[0] == "c"
+    q.speed["x"] = (10.0, 10.0)
+    assert TaskQueue([]).take("x", backup=True) is None
+    assert q.finish(t0, "d", "d0") == ["a"]  # the backup won: a's run can be stopped
+    assert q.finish(t0, "a", "a0") == [] and q.done[0] == "d0" and q.ran[0] == "d"
     q.fail(t1, "b", "went away")  # its backup still runs it: nothing goes back
     assert not q.pending and q.notes == []
-    q.finish(t1, "d", "d1")
-    assert q.complete() and q.results() == ["c0", "d1"]
+    q.finish(t1, "c", "c1")
+    assert q.complete() and q.results() == ["d0", "c1"]
+
+
+def test_a_backup_is_not_started_where_it_would_end_later():
+    q = TaskQueue([Task(0, spec={"start": 0, "count": 1}, cost=10.0)])
+    now = [0.0]
+    q.clock = lambda: now[0]
+    q.take("a")
+    now[0] = 3.0
+    assert q.take("b", backup=True) is None  # equal speeds (unmeasured): b would end 3 s after a
 
 
 def test_an_idle_executor_steals_a_backlogged_owners_last_pinned_task_when_its_replay_ends_sooner():
