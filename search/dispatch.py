@@ -33,6 +33,14 @@ executor samples at once (a smaller one would leave its batch part-empty),
 nor fewer than one.  About log2(n / (executors x floor)) + 1 chunks per
 executor: 5 for 512 candidates on 16 executors with a micro-batch of 4.
 
+Two things a driver may ask for when an executor finds nothing to take: a
+**backup** run of a free task another executor is running, when it would
+finish it sooner (the first answer is kept; the same answer, since it
+depends on the task alone), and a **steal** of a backlogged executor's last
+pinned task, re-run from scratch through ``orphan``, when that would end
+sooner than its owner would get to it.  Both go by the speeds the queue
+measures (task cost over the ``clock`` seconds each executor took).
+
 Drivers run the queue: :func:`drive_serial` (one thread, executors in turn:
 tests), ``engine/workers.py`` (one thread per worker server, this machine's
 lanes in the calling thread) and the simulated clock of
@@ -54,6 +62,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Prot
 import torch
 
 from .sharded import run_shard
+
 
 def plan_chunks(n: int, executors: int, floor: int = 1) -> List[Tuple[int, int]]:
     """Candidates 0..n-1 cut into contiguous chunks (start, count), in order, their sizes falling (factoring):
@@ -88,7 +97,9 @@ class Task:
     work: Optional[Callable[[Any, Dict[Any, Any]], Any]] = None
     spec: Dict[str, Any] = field(default_factory=dict)
     owner: Optional[str] = None
-    cost: float = 1.0  # its size (candidates, or NFE-rows where the strategy knows them): for simulations only
+    # its size, in one unit per queue (candidates, or NFE-rows where the strategy knows them): the queue measures
+    # speeds with it and weighs backups and steals by it; never part of a result
+    cost: float = 1.0
 
 
 class TaskQueue:
