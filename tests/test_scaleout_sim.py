@@ -57,3 +57,12 @@ def test_the_simulated_clock_hands_a_slow_worker_fewer_chunks():
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + s["count"]
     assert by["fast"] > 2 * by["slow"] > 0
     assert clock.now < 1.3 * 32 * args.steps / 5.0  # near the ideal: 32 candidates at 5 NFE-rows/s together
+
+
+def test_the_simulation_is_deterministic():
+    sim = load()
+    args = sim.parse(["--smoke"])
+    ref = sim.strategy_run("halving", 2, args)(sim.host(args))
+    a, b = (sim.one("halving", 2, args, 0, ref) for _ in range(2))
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b and a["failed"] and a["same_as_one_machine"]
