@@ -62,6 +62,7 @@ class WorkerConfig:
     timeout_s: float = 600.0    # the most one shard may take (the node's, capped by the pool's)
     local: bool = True          # this machine samples shards too
     min_chunk: int = 1          # the fewest candidates a chunk holds (a worker's micro-batch)
+    backups: bool = True        # an idle worker runs a chunk a slower one still runs, when it would finish first
     limits: Limits = Limits()   # one HTTP request: wall-clock deadline, body size, JSON depth
     auth_env: str = ""          # the NAME of the variable holding the auth header (read at run time)
     audit_per_shard: int = 2    # candidates of each worker shard this machine samples and scores itself
@@ -291,6 +292,7 @@ class WorkerDispatch:
             raise WorkerRefused(str(e)) from None
         queue = TaskQueue([Task((s, c), spec={"start": s, "count": c}, cost=float(c))
                            for s, c in plan if (s, c) not in self.done])
+        queue.uncancellable.add("local")  # this machine's chunk runs to its end: backing it up gains nothing
         cond = queue.cond
         fresh: List[ShardRows] = []
         fatal: List[BaseException] = []
@@ -299,18 +301,22 @@ class WorkerDispatch:
         urls = [u for u in self.config.urls if u not in self.banned and u not in self.faulty]
         alive = set(urls)
 
+        cancels: Dict[str, threading.Event] = {}  # worker -> the event that stops its current chunk
+
         def worker(url: str) -> None:
             client = Client(url, headers, self.config.limits)
             while True:
                 with cond:  # idle until a chunk is (put back) pending, or the search is over
                     task = None
                     while not (stop.is_set() or fatal or queue.complete()):
-                        task = queue.take(url)
+                        # nothing pending: a backup run of a chunk another participant would finish later
+                        task = queue.take(url, backup=self.config.backups)
                         if task is not None:
                             break
                         cond.wait(self.poll)
                     if task is None:
                         return
+                    cancel = cancels[url] = threading.Event()
                 job = ShardJob(task.spec["start"], task.spec["count"])
 
                 def started(pid: str) -> None:
@@ -318,18 +324,22 @@ class WorkerDispatch:
                         running[url] = (client, pid)
                 try:
                     rows = run_remote(client, job, self.graph_for(job), self.node_id, self.config.timeout_s,
-                                      self.check, stop, started, self.poll)
+                                      self.check, cancel, started, self.poll)
                 except WorkerFault as e:
-                    with cond:  # the chunk goes back first; then the worker's prompt is stopped
+                    lost_race = str(e) == "stopped" and not stop.is_set()
+                    with cond:  # the chunk goes back first (unless its other run goes on); then the prompt stops
                         busy = running.pop(url, None)
-                        queue.fail(task, url, str(e), quiet=True)
-                        alive.discard(url)
+                        if not lost_race:
+                            queue.fail(task, url, str(e), quiet=True)
+                            alive.discard(url)
                         if str(e) != "stopped":
                             self.faulty.add(url)
                             self.notes.append(f"worker {url} {e}: its shard (candidates {job.start}.."
                                               f"{job.start + job.count - 1}) was re-assigned")
                     if busy is not None:
                         client.interrupt(busy[1])
+                    if lost_race:  # its backup (or the run it backed up) answered first: it takes the next
+                        continue
                     return
                 except BaseException as e:  # refused, a bug: the search stops with it
                     with cond:
@@ -339,8 +349,11 @@ class WorkerDispatch:
                     return
                 with cond:
                     running.pop(url, None)
-                    fresh.append(rows)
-                    queue.finish(task, url, rows)
+                    for other in queue.finish(task, url, rows):  # the other run of this chunk is not needed
+                        if other in cancels:
+                            cancels[other].set()
+                    if queue.ran.get(task.key) == url:
+                        fresh.append(rows)
 
         threads = [threading.Thread(target=worker, args=(u,), daemon=True, name=f"infscale-worker {u}")
                    for u in urls]
@@ -363,12 +376,17 @@ class WorkerDispatch:
                     self.interrupted()
                     continue
                 rows = run_local(task.spec["start"], task.spec["count"])
-                queue.finish(task, "local", rows)
+                with cond:
+                    for other in queue.finish(task, "local", rows):  # a worker's backup run is not needed
+                        if other in cancels:
+                            cancels[other].set()
             for rows in reported:
                 self.on_remote(rows)
         finally:
             stop.set()
             with cond:
+                for ev in cancels.values():
+                    ev.set()
                 busy = list(running.values())
                 cond.notify_all()
             for client, pid in busy:  # Cancel (or an error) stops every worker's shard too

@@ -121,6 +121,7 @@ class TaskQueue:
         self.clock: Callable[[], float] = time.monotonic  # a driver on another clock (a simulation) sets its own
         self.started: Dict[Tuple[Hashable, str], float] = {}
         self.speed: Dict[str, Tuple[float, float]] = {}  # executor -> (cost finished, seconds it took)
+        self.uncancellable: set = set()  # executors whose runs cannot be stopped: no backup of theirs
         self.orphan = orphan
         for t in tasks:
             self.add(t)
@@ -173,16 +174,22 @@ class TaskQueue:
 
     def _backup(self, who: str) -> Optional[Task]:
         """A free task another executor runs, for ``who`` to run too: the one whose run by ``who`` would end
-        soonest before its runner's (measured speeds, :meth:`rate`; equal while unmeasured); None when no
-        backup would end sooner."""
+        soonest before its runner's, reckoned from measured speeds (:meth:`rate`); a runner not measured yet
+        is taken to need as long again as it has run so far.  None when no backup would end sooner, or
+        ``who``'s speed is not known either.  Runners in ``uncancellable`` (this machine's lanes, which cannot
+        be stopped mid-chunk, so the search would wait for them anyway) get no backup."""
         now, best = self.clock(), None
         mine = self.rate(who)
         for key, (t, runners) in self.running.items():
-            if t.owner is not None or len(runners) != 1 or who in runners:
+            if t.owner is not None or len(runners) != 1 or who in runners or runners[0] in self.uncancellable:
                 continue
-            theirs = self.rate(runners[0]) or mine or 1.0
-            ends = self.started.get((key, runners[0]), now) + t.cost / theirs
-            gain = ends - (now + t.cost / (mine or theirs))
+            began = self.started.get((key, runners[0]), now)
+            theirs = self.rate(runners[0])
+            ends = began + t.cost / theirs if theirs else now + (now - began)
+            speed = mine or theirs
+            if not speed:
+                continue
+            gain = ends - (now + t.cost / speed)
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, t)
         if best is None:

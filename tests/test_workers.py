@@ -344,6 +344,8 @@ def _bignum(handler, pid, entry):
     handler._reply(200, {pid: entry})
 
 
+SLOW_S = 20.0  # a "slow" fake worker's answer shows this long after its prompt
+
 HOSTILE_HISTORY = {"drip": _drip, "huge": _huge, "huge_announced": lambda h, p, e: _huge(h, p, e, announce=True),
                    "deep": _deep, "bignum": _bignum}
 
@@ -355,6 +357,7 @@ class FakeComfy:
     def __init__(self, mode="ok", answer_edit=None, redirect_to=None):
         self.mode, self.answer_edit, self.redirect_to = mode, answer_edit, redirect_to
         self.requests, self.history, self.interrupted = [], {}, []
+        self.ready_at = {}  # prompt id -> when its answer shows in /history ("slow")
         self.shards = []
         fake = self
 
@@ -375,6 +378,8 @@ class FakeComfy:
             def do_GET(self):
                 fake.requests.append(("GET", self.path, dict(self.headers)))
                 pid = self.path.rsplit("/", 1)[-1]
+                if time.monotonic() < fake.ready_at.get(pid, 0.0):  # "slow": still running
+                    return self._reply(200, {})
                 if pid in fake.history and fake.mode in HOSTILE_HISTORY:
                     return HOSTILE_HISTORY[fake.mode](self, pid, fake.history[pid])
                 self._reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
@@ -409,6 +414,8 @@ class FakeComfy:
                                          "messages": [["execution_error", {"exception_type": "RuntimeError",
                                                                             "exception_message": "CUDA lost"}]]}}
                     return
+                if fake.mode == "slow":
+                    fake.ready_at[pid] = time.monotonic() + SLOW_S
                 rows = sharded.run_shard(host(), spec["seed"], spec["start"], spec["count"])
                 ans = sharded.answer(rows, base_seed=spec["seed"], token=spec["token"], fingerprint={"k": "v"})
                 if fake.answer_edit:
@@ -442,9 +449,9 @@ def dead_url():
         return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connection refused
 
 
-def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
+def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None, backups=True):
     cfg = workers.WorkerConfig(tuple(urls), "test", timeout_s=timeout_s, local=local, auth_env=auth_env,
-                               limits=limits or net.Limits())
+                               limits=limits or net.Limits(), backups=backups)
 
     def check(url, job, ans):
         return sharded.check_answer(ans, start=job.start, count=job.count, base_seed=SEED, members=1, nfe=STEPS,
@@ -476,12 +483,27 @@ def test_a_failing_worker_has_its_shard_reassigned_and_the_result_is_unchanged(f
     good = fakes()
     bad = dead_url() if mode == "unreachable" else fakes(mode).url
     # no local shards: with them the fast toy host could take every shard before the bad worker is tried
-    got, d, _ = run_with([bad, good.url], local=False, timeout_s=1.0 if mode == "hang" else 30.0)
+    # (without backups: the good worker would otherwise back up the hung chunk, test_a_slow_workers_chunk_...)
+    got, d, _ = run_with([bad, good.url], local=False, timeout_s=1.0 if mode == "hang" else 30.0, backups=False)
     same_search(got, reference())
     assert len(d.notes) == 1 and d.notes[0].startswith(f"worker {bad} ")
     assert {"unreachable": "unreachable (", "error": "RuntimeError: CUDA lost",
             "hang": "timed out after 1 s"}[mode] in d.notes[0]
     assert "was re-assigned" in d.notes[0]
+
+
+def test_a_slow_workers_chunk_is_backed_up_by_a_faster_one_and_the_slow_run_stopped(fakes):
+    """Nothing left to take: the fast worker (its speed measured) runs the slow worker's chunk too, answers
+    first, and the slow worker's prompt is stopped; the result is unchanged and nobody is called faulty."""
+    slow, fast = fakes("slow"), fakes()
+    t0 = time.monotonic()
+    got, d, _ = run_with([slow.url, fast.url], local=False)
+    assert time.monotonic() - t0 < SLOW_S / 2
+    same_search(got, reference())
+    assert slow.shards and slow.interrupted and d.notes == []
+    assert {s["ran_on"] for s in got[0].settings["shards"]} == {f"worker {fast.url}"}
+    shards = [(s["start"], s["count"]) for s in got[0].settings["shards"]]
+    assert sorted(fast.shards) == shards and set(slow.shards) <= set(fast.shards)  # the slow one's, backed up
 
 
 def test_when_every_worker_fails_the_shards_run_locally(fakes):
