@@ -170,15 +170,15 @@ class Audit:
 
 
 class ShardDispatcher:
-    """The random search's dispatcher over worker servers (``search.random_search.Dispatcher``): the shards go
-    through :class:`~.workers.WorkerDispatch`, and a relative verifier's member scores are recombined by the
-    verifier's own rule."""
+    """The random search's dispatcher over worker servers (``search.random_search.Dispatcher``): the chunks go
+    through :class:`~.workers.WorkerDispatch` (taken on demand, ``search/dispatch.py``), and a relative
+    verifier's member scores are recombined by the verifier's own rule."""
 
     def __init__(self, workers: WorkerDispatch, verifier, prompt: str):
         self.workers, self.verifier, self.prompt = workers, verifier, prompt
 
-    def parts(self) -> int:
-        return self.workers.parts()
+    def plan(self, n: int, floor: int = 1):
+        return self.workers.plan(n, floor)
 
     def __call__(self, plan, run_local):
         return self.workers(plan, run_local)

@@ -27,7 +27,6 @@ fix.  A worker whose scores fail the master's audit is dropped
 (``WorkerDispatch.ban``) and its shards run again elsewhere."""
 from __future__ import annotations
 
-import collections
 import json
 import re
 import threading
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .endpoints import WorkerPool, auth_headers
+from ..search.dispatch import Task, TaskQueue, plan_chunks
 from ..search.sharded import ShardAnswerError, ShardRows
 from ..verifiers import net
 from ..verifiers.net import Limits
@@ -61,7 +61,8 @@ class WorkerConfig:
     source: str
     timeout_s: float = 600.0    # the most one shard may take (the node's, capped by the pool's)
     local: bool = True          # this machine samples shards too
-    shards_per_worker: int = 2  # shards planned per participant (smaller shards balance better)
+    min_chunk: int = 1          # the fewest candidates a chunk holds (a worker's micro-batch)
+    backups: bool = True        # an idle worker runs a chunk a slower one still runs, when it would finish first
     limits: Limits = Limits()   # one HTTP request: wall-clock deadline, body size, JSON depth
     auth_env: str = ""          # the NAME of the variable holding the auth header (read at run time)
     audit_per_shard: int = 2    # candidates of each worker shard this machine samples and scores itself
@@ -257,9 +258,21 @@ class WorkerDispatch:
         self.done: Dict[Tuple[int, int], ShardRows] = {}
         self.banned: Dict[str, str] = {}
         self.faulty: set = set()
+        self.plans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
 
-    def parts(self) -> int:
-        return max(1, int(self.config.shards_per_worker)) * (len(self.config.urls) + int(self.config.local))
+    def executors(self) -> int:
+        """Who takes chunks: the workers not dropped, and this machine when it samples too."""
+        alive = [u for u in self.config.urls if u not in self.banned and u not in self.faulty]
+        return max(1, len(alive) + int(self.config.local))
+
+    def plan(self, n: int, floor: int = 1) -> List[Tuple[int, int]]:
+        """The chunks of ``n`` candidates (``search.dispatch.plan_chunks``: falling sizes, taken on demand),
+        never below ``floor`` (this machine's micro-batch) or the pool's ``min_chunk``.  The same
+        plan again for the same search (after :meth:`ban`), so only the banned worker's chunks run again."""
+        if (n, floor) in self.plans:
+            return list(self.plans[(n, floor)])
+        self.plans[(n, floor)] = plan_chunks(n, self.executors(), max(int(floor), int(self.config.min_chunk)))
+        return list(self.plans[(n, floor)])
 
     def ban(self, url: str, why: str) -> int:
         """Drops worker ``url`` for the rest of this search (its scores failed the audit): its shards are
@@ -277,9 +290,10 @@ class WorkerDispatch:
             headers = auth_headers(self.config.auth_env)
         except ValueError as e:
             raise WorkerRefused(str(e)) from None
-        cond = threading.Condition()
-        done = {k: v for k, v in self.done.items() if k in set(plan)}
-        pending = collections.deque(ShardJob(s, c) for s, c in plan if (s, c) not in done)
+        queue = TaskQueue([Task((s, c), spec={"start": s, "count": c}, cost=float(c))
+                           for s, c in plan if (s, c) not in self.done])
+        queue.uncancellable.add("local")  # this machine's chunk runs to its end: backing it up gains nothing
+        cond = queue.cond
         fresh: List[ShardRows] = []
         fatal: List[BaseException] = []
         running: Dict[str, Tuple[Client, str]] = {}
@@ -287,34 +301,45 @@ class WorkerDispatch:
         urls = [u for u in self.config.urls if u not in self.banned and u not in self.faulty]
         alive = set(urls)
 
+        cancels: Dict[str, threading.Event] = {}  # worker -> the event that stops its current chunk
+
         def worker(url: str) -> None:
             client = Client(url, headers, self.config.limits)
             while True:
-                with cond:  # idle until a shard is (put back) pending, or the search is over
-                    while not (stop.is_set() or fatal or pending or len(done) == len(plan)):
+                with cond:  # idle until a chunk is (put back) pending, or the search is over
+                    task = None
+                    while not (stop.is_set() or fatal or queue.complete()):
+                        # nothing pending: a backup run of a chunk another participant would finish later
+                        task = queue.take(url, backup=self.config.backups)
+                        if task is not None:
+                            break
                         cond.wait(self.poll)
-                    if stop.is_set() or fatal or not pending:
+                    if task is None:
                         return
-                    job = pending.popleft()
+                    cancel = cancels[url] = threading.Event()
+                job = ShardJob(task.spec["start"], task.spec["count"])
 
                 def started(pid: str) -> None:
                     with cond:
                         running[url] = (client, pid)
                 try:
                     rows = run_remote(client, job, self.graph_for(job), self.node_id, self.config.timeout_s,
-                                      self.check, stop, started, self.poll)
+                                      self.check, cancel, started, self.poll)
                 except WorkerFault as e:
-                    with cond:  # the shard goes back first; then the worker's prompt is stopped
+                    lost_race = str(e) == "stopped" and not stop.is_set()
+                    with cond:  # the chunk goes back first (unless its other run goes on); then the prompt stops
                         busy = running.pop(url, None)
-                        pending.appendleft(job)
-                        alive.discard(url)
+                        if not lost_race:
+                            queue.fail(task, url, str(e), quiet=True)
+                            alive.discard(url)
                         if str(e) != "stopped":
                             self.faulty.add(url)
                             self.notes.append(f"worker {url} {e}: its shard (candidates {job.start}.."
                                               f"{job.start + job.count - 1}) was re-assigned")
-                        cond.notify_all()
                     if busy is not None:
                         client.interrupt(busy[1])
+                    if lost_race:  # its backup (or the run it backed up) answered first: it takes the next
+                        continue
                     return
                 except BaseException as e:  # refused, a bug: the search stops with it
                     with cond:
@@ -324,10 +349,11 @@ class WorkerDispatch:
                     return
                 with cond:
                     running.pop(url, None)
-                    done[(job.start, job.count)] = rows
-                    fresh.append(rows)
-                    self.ran[(job.start, job.count)] = url
-                    cond.notify_all()
+                    for other in queue.finish(task, url, rows):  # the other run of this chunk is not needed
+                        if other in cancels:
+                            cancels[other].set()
+                    if queue.ran.get(task.key) == url:
+                        fresh.append(rows)
 
         threads = [threading.Thread(target=worker, args=(u,), daemon=True, name=f"infscale-worker {u}")
                    for u in urls]
@@ -339,33 +365,34 @@ class WorkerDispatch:
                     if fatal:
                         raise fatal[0]
                     reported, fresh[:] = list(fresh), []
-                    if len(done) == len(plan):
+                    if queue.complete():
                         break
-                    job = None
-                    if pending and (self.config.local or not alive):
-                        job = pending.popleft()
-                    else:
+                    task = queue.take("local") if (self.config.local or not alive) else None
+                    if task is None:
                         cond.wait(self.poll)
                 for rows in reported:
                     self.on_remote(rows)
-                if job is None:
+                if task is None:
                     self.interrupted()
                     continue
-                rows = run_local(job.start, job.count)
+                rows = run_local(task.spec["start"], task.spec["count"])
                 with cond:
-                    done[(job.start, job.count)] = rows
-                    self.ran[(job.start, job.count)] = "local"
-                    cond.notify_all()
+                    for other in queue.finish(task, "local", rows):  # a worker's backup run is not needed
+                        if other in cancels:
+                            cancels[other].set()
             for rows in reported:
                 self.on_remote(rows)
         finally:
             stop.set()
             with cond:
+                for ev in cancels.values():
+                    ev.set()
                 busy = list(running.values())
                 cond.notify_all()
             for client, pid in busy:  # Cancel (or an error) stops every worker's shard too
                 client.interrupt(pid)
             for t in threads:
                 t.join(timeout=10)
-        self.done.update(done)
-        return [done[(s, c)] for s, c in plan]
+        self.done.update(queue.done)
+        self.ran.update(queue.ran)
+        return [self.done[(s, c)] for s, c in plan]

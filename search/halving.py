@@ -29,13 +29,17 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from .common import (TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, score_x0,
                      top_k_indices)
-from .host import SearchHost, final_latents
+from .dispatch import ExecutorFault, Task
+from .host import SearchHost, State, final_latents
 from .noise import seeds_for, wrap_seed
 from .paths import relative_levels
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
+from .sharded import member_rows
 from .stopping import StopRule, Stopper
 
 
@@ -132,8 +136,161 @@ def _scores(host: SearchHost, latents, labels, verifier, final: bool) -> List[fl
     return s
 
 
+class _HostRounds:
+    """The rounds on one host: every live row in one state, sampled together (the host micro-batches)."""
+
+    def __init__(self, host: SearchHost, seeds: List[int], verifier: str):
+        self.host, self.seeds, self.verifier = host, seeds, verifier
+        self.noise = host.initial_noise(seeds)
+        self.state = host.start(self.noise)
+
+    def advance(self, alive: List[int], end: int, labels: List[str]) -> List[float]:
+        final = end >= int(self.host.steps)
+        self.state, x0 = self.host.sample(self.state, end, [self.seeds[i] for i in alive])
+        return _scores(self.host, final_latents(self.state) if final else x0, labels, self.verifier, final=final)
+
+    def keep(self, best: List[int], alive: List[int]) -> None:
+        self.state = self.state.select(best)
+
+    def finalist(self, row: int, i: int) -> Finalist:
+        return finalist(final_latents(self.state)[row:row + 1], self.noise[i:i + 1], self.seeds[i])
+
+
+def _rows_work(base: int, rows: List[int], end: int, verifier: str, drop: Sequence[int] = (), fresh: bool = False,
+               replay: bool = False):
+    """What an executor does with one round's instruction for its rows (``held``: candidate -> its one-row
+    state, kept on the executor between rounds): drop ``drop``; start ``rows`` from their seeds (``fresh``: the
+    first round, or a replay of rows whose executor failed) or continue them; sample them to schedule index
+    ``end``; score their x0-predictions (their final latents at the end).  The answer: the rows, their raw
+    member scores (a relative verifier's are recombined by the master) and, at the end, the finalists."""
+    def work(host: SearchHost, held: Dict[Any, Any]) -> Dict[str, Any]:
+        for i in drop:
+            held.pop(i, None)
+        seeds = [seeds_for(base, i, 1)[0] for i in rows]
+        if fresh:
+            noise = host.initial_noise(seeds)
+            state = host.start(noise)
+        else:
+            missing = [i for i in rows if i not in held]
+            if missing:
+                raise ExecutorFault(f"holds no state for candidate(s) {missing[:5]}")
+            state = State.cat([held[i][0] for i in rows])
+            noise = torch.cat([held[i][1] for i in rows])
+        final, begin = end >= int(host.steps), int(state.index)
+        state, x0 = host.sample(state, end, seeds)
+        first = int(getattr(host, "scored_rows", 0))
+        labels = [f"halving candidate {i} (seed {sd})" for i, sd in zip(rows, seeds)]
+        got = host.score(final_latents(state)) if final else score_x0(host, x0)
+        scores = checked_scores(got, len(rows), labels, verifier)
+        out: Dict[str, Any] = {"rows": list(rows), "members": member_rows(host, first, len(rows), scores),
+                               "nfe": len(rows) * int(host.nfe(begin, end)), "replay": bool(replay), "finalists": {}}
+        for r, i in enumerate(rows):
+            if final:
+                held.pop(i, None)
+                out["finalists"][i] = finalist(state.latent[r:r + 1], noise[r:r + 1], seeds[r])
+            else:
+                held[i] = (state.select([r]), noise[r:r + 1])
+        return out
+    return work
+
+
+class _DispatchedRounds:
+    """The rounds over a dispatcher's executors (``search.dispatch.Pool``): the first round's rows are cut into
+    chunks the executors take on demand; each row's state then stays on the executor that made it, and each
+    later round sends every executor one instruction for its rows (continue these to index L, drop those).  A
+    row whose executor failed is re-run from its seed elsewhere (the same result: a row depends only on its
+    seed); those NFEs are counted apart (``replayed_nfe``), never in the search's own."""
+
+    def __init__(self, dispatch: Any, host: SearchHost, base: int, seeds: List[int], verifier: str):
+        self.dispatch, self.host, self.base, self.seeds, self.verifier = dispatch, host, base, seeds, verifier
+        self.owner: Dict[int, str] = {}      # candidate -> the executor holding its state
+        self.dropped: Dict[str, List[int]] = {}
+        self.matrix: List[torch.Tensor] = []  # every round's member rows, in scoring order (relative verifiers)
+        self.relative = bool(getattr(host, "relative", False))
+        self.kept: Dict[int, Finalist] = {}
+        self.replayed_rows = 0
+        self.replayed_nfe = 0
+        self.tasks = 0
+        self.round = 0
+        self.index = 0                        # the schedule index every live row is at
+
+    def _orphan(self, end: int):
+        """A failed executor's rows of this round: re-run from their seeds elsewhere, in chunks of the
+        micro-batch, so that several executors share them."""
+        size = max(1, int(getattr(self.host, "micro_batch", 0) or 1))
+
+        def orphan(task: Task, dead: str) -> List[Task]:
+            rows = list(task.spec["rows"])
+            return [Task((task.key, "replay", j), _rows_work(self.base, rows[j:j + size], end, self.verifier,
+                                                             fresh=True, replay=True),
+                         {"rows": rows[j:j + size], "end": end, "replay": True},
+                         cost=float(len(rows[j:j + size]) * self.host.nfe(0, end)))
+                    for j in range(0, len(rows), size)]
+        return orphan
+
+    def advance(self, alive: List[int], end: int, labels: List[str]) -> List[float]:
+        self.round += 1
+        nfe = self.host.nfe
+        if not self.owner:  # the first round: chunks of fresh rows, taken on demand
+            plan = self.dispatch.plan(len(alive), max(1, int(getattr(self.host, "micro_batch", 0) or 1)))
+            tasks = [Task(("start", s), _rows_work(self.base, alive[s:s + c], end, self.verifier, fresh=True),
+                          {"rows": alive[s:s + c], "end": end}, cost=float(c * nfe(0, end))) for s, c in plan]
+        else:
+            by: Dict[str, List[int]] = {}
+            for i in alive:
+                by.setdefault(self.owner[i], []).append(i)
+            tasks = []
+            size = max(1, int(getattr(self.host, "micro_batch", 0) or 1))
+            for who, rows in by.items():  # its rows in micro-batches: an idle executor may re-run the last ones
+                drop = self.dropped.pop(who, [])
+                for j in range(0, len(rows), size):
+                    part = rows[j:j + size]
+                    tasks.append(Task(("rows", self.round, who, j),
+                                      _rows_work(self.base, part, end, self.verifier, drop=drop if j == 0 else ()),
+                                      {"rows": part, "end": end, "drop": drop if j == 0 else []}, owner=who,
+                                      cost=float(len(part) * nfe(self.index, end))))
+        queue = self.dispatch.run(tasks, orphan=self._orphan(end))
+        self.tasks += len(queue.order)
+        members: Dict[int, torch.Tensor] = {}
+        for key in queue.order:
+            ans, who = queue.done[key], queue.ran[key]
+            replay = bool(ans["replay"])
+            for r, i in enumerate(ans["rows"]):
+                members[i] = ans["members"][r]
+                if i in self.owner and self.owner[i] != who and self.owner[i] not in self.dispatch.dead:
+                    self.dropped.setdefault(self.owner[i], []).append(i)  # its old state there is stale
+                self.owner[i] = who
+                if replay:
+                    self.replayed_rows += 1
+            if replay:
+                self.replayed_nfe += int(ans["nfe"])
+            for i, f in ans["finalists"].items():
+                self.kept[i] = f
+        m = torch.stack([members[i] for i in alive]).float()
+        if self.relative:
+            self.matrix.append(m)
+            s = self.dispatch.recombine(torch.cat(self.matrix)).reshape(-1).tolist()[-len(alive):]
+        else:
+            s = self.dispatch.recombine(m).reshape(-1).tolist()
+        self.index = end
+        return checked_scores(torch.tensor(s), len(alive), labels, self.verifier)
+
+    def keep(self, best: List[int], alive: List[int]) -> None:
+        kept = {alive[j] for j in best}
+        for i in alive:
+            if i not in kept:
+                self.dropped.setdefault(self.owner.pop(i), []).append(i)
+
+    def finalist(self, row: int, i: int) -> Finalist:
+        return self.kept.get(i) or Finalist(latent=None, result=None,  # type: ignore[arg-type]
+                                            noise=self.host.initial_noise([self.seeds[i]]), seed=self.seeds[i])
+
+
 def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                   stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                   stop: StopRule = None, dispatch: Any = None, member_names: Sequence[str] = (),
+                   **params) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every row on this host; else a dispatcher with rounds (``search.dispatch.Pool``):
+    the same candidates, prunes, scores, ranking and finalists whichever executor holds which row."""
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     keep, T = float(p["keep"]), int(host.steps)
@@ -156,18 +313,17 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
         report.notes.append(f"successive halving: a {T}-step schedule has no step to prune at between the start and "
                             "the end, so this was a random search")
     seeds = seeds_for(base, 0, n)
-    noise = host.initial_noise(seeds)
-    state = host.start(noise)
+    rounds = _HostRounds(host, seeds, verifier) if dispatch is None else \
+        _DispatchedRounds(dispatch, host, base, seeds, verifier)
     alive = list(range(n))              # candidate index of each live row
     early: Dict[int, List[float]] = {}  # candidate -> its x0 scores at the prune points it reached
-    spent = 0
+    spent, index = 0, 0
     stopper = Stopper(stop, "prune rounds")
     for r, point in enumerate(points):
-        start = state.index
-        state, x0 = host.sample(state, point, [seeds[i] for i in alive])
-        spent += len(alive) * int(host.nfe(start, point))
         labels = [f"halving x0 at step {point}: candidate {i} (seed {seeds[i]})" for i in alive]
-        sc = _scores(host, x0, labels, verifier, final=False)
+        sc = rounds.advance(alive, point, labels)
+        spent += len(alive) * int(host.nfe(index, point))
+        index = point
         for i, v in zip(alive, sc):
             early.setdefault(i, []).append(v)
         fired = stopper.see(max(sc), spent)
@@ -176,21 +332,32 @@ def halving_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int =
         report.settings["stages"].append({"index": point, "live": len(alive), "candidates": list(alive),
                                           "kept": [alive[j] for j in best], "scores": sc})
         report.trace.append({"round": r + 1, "nfe": spent, "best": max(sc), "index": point})
-        state = state.select(best)
+        rounds.keep(best, alive)
         alive = [alive[j] for j in best]
         if fired:
             break
-    start = state.index
-    state, _ = host.sample(state, T, [seeds[i] for i in alive])
-    spent += len(alive) * int(host.nfe(start, T))
-    latents = final_latents(state)
     labels = [f"halving candidate {i} (seed {seeds[i]})" for i in alive]
-    final = _scores(host, latents, labels, verifier, final=True)
+    final = rounds.advance(alive, T, labels)
+    spent += len(alive) * int(host.nfe(index, T))
     keeper = TopK(top_k)
     results: Dict[int, CandidateResult] = {}
     for row, (i, v) in enumerate(zip(alive, final)):
         results[i] = CandidateResult(index=i, seed=seeds[i], score=v, nfe=gen, noise_id=labels[row])
-        keeper.offer(v, i, finalist(latents[row:row + 1], noise[i:i + 1], seeds[i]))
+        keeper.offer(v, i, rounds.finalist(row, i))
+    if dispatch is not None:
+        if bool(getattr(host, "relative", False)) and member_names:
+            last = rounds.matrix[-1]
+            for row, i in enumerate(alive):
+                results[i].verifier_scores = {k: float(v) for k, v in zip(member_names, last[row].tolist())
+                                              if math.isfinite(v)}
+        report.settings["dispatch"] = {"executors": int(dispatch.executors()), "tasks": rounds.tasks,
+                                       "failed": dict(dispatch.dead), "replayed_rows": rounds.replayed_rows,
+                                       "replayed_nfe": rounds.replayed_nfe,
+                                       "finished_on": {i: rounds.owner.get(i, "?") for i in alive}}
+        if rounds.replayed_rows:
+            report.notes.append(f"{rounds.replayed_rows} row(s) were re-run from their seeds on another executor "
+                                f"(theirs had failed, or was behind) ({rounds.replayed_nfe} NFEs more, not counted "
+                                "in the search's)")
     for r in range(len(report.settings["stages"])):
         rho = spearman([early[i][r] for i in alive], final)
         report.settings["rank_correlation"].append(rho)
@@ -236,4 +403,4 @@ ALGORITHM = Algorithm(
         Param("last_level", 0.2, "With rounds > 1: noise level of the last prune point (same scale; below "
                                  "first_level); the others lie evenly between.", min=0.05, max=0.95, step=0.05),
     ),
-    samplers="segmentable", finalists="noise", check=_check)
+    samplers="segmentable", finalists="noise", check=_check, dispatch="rounds")

@@ -11,9 +11,11 @@ With a relative verifier (an ensemble) every candidate's latent is kept and
 the scores are recombined over all N at the end (``host.rescore``), so the
 result never depends on the micro-batch.
 
-The same loop runs shards elsewhere: with a :class:`Dispatcher` (worker
-servers) the candidates are cut into shards (``search/sharded.py``) and each
-comes back as scores; there is one random search, wherever it samples.
+The same loop runs elsewhere: with a :class:`Dispatcher` (worker servers,
+or executors in this process) the candidates are cut into small chunks that
+the executors take on demand (``search/dispatch.py``), each sampled and
+scored as a shard (``search/sharded.py``) and back as scores; there is one
+random search, wherever it samples.
 """
 from __future__ import annotations
 
@@ -27,16 +29,19 @@ from .host import SearchHost
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm
 from .report import CandidateResult, Finalist, SearchReport
-from .sharded import ShardAnswerError, ShardRows, plan_shards, run_shard
+from .sharded import ShardAnswerError, ShardRows, run_shard
 from .stopping import StopRule, Stopper
 
 
 class Dispatcher(Protocol):
-    """Where the shards of a random search run when they do not all run on this host in order: worker servers
-    (``engine/worker_search.py``), or anything else that returns each planned shard's :class:`ShardRows`."""
+    """Where the chunks of a random search run when they do not all run on this host in order: worker servers
+    (``engine/worker_search.py``), executors in this process (``search.dispatch.Pool``), or anything else
+    that returns each planned chunk's :class:`ShardRows`.  The executors take the chunks on demand
+    (``search/dispatch.py``)."""
 
-    def parts(self) -> int:
-        """How many shards to cut the candidates into."""
+    def plan(self, n: int, floor: int) -> List[Tuple[int, int]]:
+        """The chunks (start, count) of ``n`` candidates, in order (``search.dispatch.plan_chunks``; ``floor``:
+        this host's micro-batch)."""
 
     def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], ShardRows]
                  ) -> Iterable[ShardRows]:
@@ -61,7 +66,7 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
                   stop: StopRule = None, dispatch: Optional[Dispatcher] = None, member_names: Sequence[str] = (),
                   **params) -> Tuple[SearchReport, List[Finalist]]:
     """``dispatch``: None = every candidate on this host, a micro-batch at a time, in order; else the
-    candidates are cut into ``dispatch.parts()`` shards run wherever it sends them (the same candidates, scores,
+    candidates are cut into the dispatcher's chunks, run wherever it sends them (the same candidates, scores,
     ranking and finalists whoever runs which shard).  ``member_names``: the relative verifier's members, for the
     candidates' member scores of shards that ran elsewhere."""
     ALGORITHM.resolve(params)
@@ -89,11 +94,11 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
     else:
         if stop is not None and stop.active:
             raise ValueError("early stopping reads candidates in order, which shards run elsewhere do not have")
-        plan = plan_shards(n, dispatch.parts())
+        plan = dispatch.plan(n, max(1, int(getattr(host, "micro_batch", 0) or 1)))
         shards = sorted(dispatch(plan, run_local), key=lambda r: r.start)
         if [(r.start, r.count) for r in shards] != plan:
             raise ShardAnswerError(f"the shards that came back ({[(r.start, r.count) for r in shards]}) are not "
-                                   f"the shards planned ({plan})")
+                                   f"the chunks planned ({plan})")
     results: Dict[int, CandidateResult] = {}
     got: List[ShardRows] = []
     spent, unseen = 0, 0
@@ -161,4 +166,4 @@ ALGORITHM = Algorithm(
     description=("Random search (best of N), the paper's strongest algorithm on FLUX: N independent noises, full "
                  "generations, keep the best. The same as SearchLoop without a strategy, plus an explicit NFE "
                  "budget. Any sampler."),
-    samplers="any", finalists="noise")
+    samplers="any", finalists="noise", dispatch="chunks")

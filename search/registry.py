@@ -86,6 +86,10 @@ class Algorithm:
     # replayed by default, cost of one replay in full generations)
     coarse: Optional[Callable[[Dict[str, Any], int], Tuple[int, int, float]]] = None
     notes: Dict[str, str] = field(default_factory=dict)
+    # "chunks": its candidates go to a dispatcher's executors in chunks (random search); "rounds": each row's
+    # state stays on the executor that made it, round after round (successive halving); "": this host only
+    dispatch: str = ""
+
     def defaults(self) -> Dict[str, Any]:
         return {p.name: p.default for p in self.params}
 

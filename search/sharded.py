@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -59,13 +59,6 @@ class ShardRows:
         if self.local_scores is not None:
             return list(self.local_scores)
         return self.rows[:, 0].tolist()
-
-
-def plan_shards(n: int, parts: int) -> List[Tuple[int, int]]:
-    """``n`` candidates cut into about ``parts`` contiguous shards (start, count), in order."""
-    n, parts = int(n), max(1, int(parts))
-    size = max(1, math.ceil(n / parts))
-    return [(s, min(size, n - s)) for s in range(0, n, size)]
 
 
 def member_rows(host: SearchHost, first: int, count: int, scores: Sequence[float]) -> torch.Tensor:

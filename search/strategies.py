@@ -46,7 +46,8 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, top_k: int, seed: int,
                  budget_nfe: int = 0, verifier: str = "verifier", dispatch=None,
                  member_names=()) -> Tuple[SearchReport, List[Finalist]]:
     """``budget_nfe``: the budget already worked out (:func:`budget_of`); 0 = work it out from ``candidates``.
-    ``dispatch`` / ``member_names``: random search's shards elsewhere (``search.random_search.Dispatcher``)."""
+    ``dispatch`` / ``member_names``: the work on other executors (``search/dispatch.py``: random search's
+    chunks, successive halving's rounds)."""
     alg = get(strategy.name)
     params = alg.resolve(strategy.params)
     alg.check_sampler(host.sampler_name)
@@ -55,8 +56,9 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, top_k: int, seed: int,
         raise ValueError(f"the NFE budget must be positive, got {budget} (candidates {candidates})")
     extra = {}
     if dispatch is not None:
-        if alg.name != "random":
-            raise ValueError(f"'{alg.title}' cannot hand its candidates to a dispatcher: only random search can")
+        if not alg.dispatch:
+            raise ValueError(f"'{alg.title}' cannot hand its candidates to a dispatcher: random search and "
+                             "successive halving can")
         extra = {"dispatch": dispatch, "member_names": tuple(member_names)}
 
     stop = strategy.stop if strategy.stop is not None and strategy.stop.active else None

@@ -38,6 +38,7 @@ def _load_pack_parts():
 
 
 workers, sharded, search_pkg = _load_pack_parts()
+dispatch_mod = importlib.import_module("infscale_core.search.dispatch")
 endpoints = importlib.import_module("infscale_core.engine.endpoints")
 net = importlib.import_module("infscale_core.verifiers.net")
 
@@ -66,8 +67,8 @@ class Dispatcher:
     def __init__(self, run, shards, recombine=recombine):
         self.run, self.shards, self.rule = run, shards, recombine
 
-    def parts(self):
-        return self.shards
+    def plan(self, n, floor):  # ``shards`` executors, the core's chunk rule
+        return dispatch_mod.plan_chunks(n, self.shards, floor)
 
     def __call__(self, plan, run_local):
         return self.run(plan, run_local)
@@ -77,9 +78,22 @@ class Dispatcher:
 
 
 def sharded_search(hst, dispatch, shards, recombine=recombine, member_names=()):
-    """The one random search with its candidates in shards handed to ``dispatch``."""
+    """The one random search with its candidates in chunks handed to ``dispatch`` (``shards``: executors)."""
     return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
                                     dispatch=Dispatcher(dispatch, shards, recombine), member_names=member_names)
+
+
+class OverWorkers(Dispatcher):
+    """A random search's dispatcher over a WorkerDispatch: its own chunk plan, an absolute verifier."""
+
+    def __init__(self, d):
+        super().__init__(d, 0)
+        self.plan = d.plan
+
+
+def worker_search(hst, d):
+    """The one random search over a WorkerDispatch."""
+    return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=OverWorkers(d))
 
 
 def same_search(a, b):
@@ -96,8 +110,8 @@ def test_random_search_in_shards_equals_random_search(shards):
     got = sharded_search(host(micro_batch=2), local_dispatch, shards)
     same_search(got, reference())
     assert [f.latent is not None for f in got[1]] == [True] * TOP_K  # local shards keep their finalists' latents
-    assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}
-                                         for s, c in sharded.plan_shards(N, shards)]
+    assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}  # never below the micro-batch
+                                         for s, c in dispatch_mod.plan_chunks(N, shards, 2)]
 
 
 def remote_dispatch(fail=()):
@@ -119,12 +133,12 @@ def remote_dispatch(fail=()):
 
 
 def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_latents():
-    report, finalists = sharded_search(host(), remote_dispatch(), 4)
+    report, finalists = sharded_search(host(), remote_dispatch(), 1)
     same_search((report, finalists), reference())
-    where = {s["start"]: s["ran_on"] for s in report.settings["shards"]}
+    where = {i: s["ran_on"] for s in report.settings["shards"] for i in range(s["start"], s["start"] + s["count"])}
     assert sorted(set(where.values())) == ["local", "worker W"]
     for f in finalists:  # a remote finalist: no latent, its seed's noise, so a stock KSampler replays it
-        remote = where[f.result.index // 3 * 3] != "local"
+        remote = where[f.result.index] != "local"
         assert (f.latent is None) == remote
         assert f.stock_node == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
         assert torch.equal(f.noise, host().initial_noise([f.seed]))
@@ -191,14 +205,6 @@ def test_check_answer_refuses_every_malformed_answer():
     assert "protocol" in broken(lambda a: a.update(protocol=99))
     with pytest.raises(sharded.ShardAnswerError, match="JSON object"):
         sharded.check_answer([1, 2], **kw)
-
-
-def test_plan_shards_covers_every_candidate_once():
-    for n in (1, 2, 7, 64):
-        for parts in (1, 2, 3, 8, 100):
-            plan = sharded.plan_shards(n, parts)
-            assert [i for s, c in plan for i in range(s, s + c)] == list(range(n))
-            assert len(plan) <= parts
 
 
 # --------------------------------------------------------------------------- configuration
@@ -338,6 +344,8 @@ def _bignum(handler, pid, entry):
     handler._reply(200, {pid: entry})
 
 
+SLOW_S = 20.0  # a "slow" fake worker's answer shows this long after its prompt
+
 HOSTILE_HISTORY = {"drip": _drip, "huge": _huge, "huge_announced": lambda h, p, e: _huge(h, p, e, announce=True),
                    "deep": _deep, "bignum": _bignum}
 
@@ -349,6 +357,7 @@ class FakeComfy:
     def __init__(self, mode="ok", answer_edit=None, redirect_to=None):
         self.mode, self.answer_edit, self.redirect_to = mode, answer_edit, redirect_to
         self.requests, self.history, self.interrupted = [], {}, []
+        self.ready_at = {}  # prompt id -> when its answer shows in /history ("slow")
         self.shards = []
         fake = self
 
@@ -369,6 +378,8 @@ class FakeComfy:
             def do_GET(self):
                 fake.requests.append(("GET", self.path, dict(self.headers)))
                 pid = self.path.rsplit("/", 1)[-1]
+                if time.monotonic() < fake.ready_at.get(pid, 0.0):  # "slow": still running
+                    return self._reply(200, {})
                 if pid in fake.history and fake.mode in HOSTILE_HISTORY:
                     return HOSTILE_HISTORY[fake.mode](self, pid, fake.history[pid])
                 self._reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
@@ -403,6 +414,8 @@ class FakeComfy:
                                          "messages": [["execution_error", {"exception_type": "RuntimeError",
                                                                             "exception_message": "CUDA lost"}]]}}
                     return
+                if fake.mode == "slow":
+                    fake.ready_at[pid] = time.monotonic() + SLOW_S
                 rows = sharded.run_shard(host(), spec["seed"], spec["start"], spec["count"])
                 ans = sharded.answer(rows, base_seed=spec["seed"], token=spec["token"], fingerprint={"k": "v"})
                 if fake.answer_edit:
@@ -436,9 +449,9 @@ def dead_url():
         return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connection refused
 
 
-def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
+def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None, backups=True):
     cfg = workers.WorkerConfig(tuple(urls), "test", timeout_s=timeout_s, local=local, auth_env=auth_env,
-                               limits=limits or net.Limits())
+                               limits=limits or net.Limits(), backups=backups)
 
     def check(url, job, ans):
         return sharded.check_answer(ans, start=job.start, count=job.count, base_seed=SEED, members=1, nfe=STEPS,
@@ -450,7 +463,7 @@ def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
 
     remote = []
     d = workers.WorkerDispatch(cfg, graph_for, "1", check, lambda: None, on_remote=remote.append, poll=0.02)
-    got = sharded_search(host(), d, d.parts())
+    got = worker_search(host(), d)
     return got, d, remote
 
 
@@ -470,12 +483,27 @@ def test_a_failing_worker_has_its_shard_reassigned_and_the_result_is_unchanged(f
     good = fakes()
     bad = dead_url() if mode == "unreachable" else fakes(mode).url
     # no local shards: with them the fast toy host could take every shard before the bad worker is tried
-    got, d, _ = run_with([bad, good.url], local=False, timeout_s=1.0 if mode == "hang" else 30.0)
+    # (without backups: the good worker would otherwise back up the hung chunk, test_a_slow_workers_chunk_...)
+    got, d, _ = run_with([bad, good.url], local=False, timeout_s=1.0 if mode == "hang" else 30.0, backups=False)
     same_search(got, reference())
     assert len(d.notes) == 1 and d.notes[0].startswith(f"worker {bad} ")
     assert {"unreachable": "unreachable (", "error": "RuntimeError: CUDA lost",
             "hang": "timed out after 1 s"}[mode] in d.notes[0]
     assert "was re-assigned" in d.notes[0]
+
+
+def test_a_slow_workers_chunk_is_backed_up_by_a_faster_one_and_the_slow_run_stopped(fakes):
+    """Nothing left to take: the fast worker (its speed measured) runs the slow worker's chunk too, answers
+    first, and the slow worker's prompt is stopped; the result is unchanged and nobody is called faulty."""
+    slow, fast = fakes("slow"), fakes()
+    t0 = time.monotonic()
+    got, d, _ = run_with([slow.url, fast.url], local=False)
+    assert time.monotonic() - t0 < SLOW_S / 2
+    same_search(got, reference())
+    assert slow.shards and slow.interrupted and d.notes == []
+    assert {s["ran_on"] for s in got[0].settings["shards"]} == {f"worker {fast.url}"}
+    shards = [(s["start"], s["count"]) for s in got[0].settings["shards"]]
+    assert sorted(fast.shards) == shards and set(slow.shards) <= set(fast.shards)  # the slow one's, backed up
 
 
 def test_when_every_worker_fails_the_shards_run_locally(fakes):
@@ -526,7 +554,7 @@ def test_a_banned_workers_shards_run_again_and_only_those(fakes):
     lost = d.ban(a.url, "its claims failed the audit")
     assert lost == sum(1 for u in first.values() if u == a.url) and lost > 0
     before_b = len(b.shards)
-    again = d(sharded.plan_shards(N, d.parts()), lambda s, c: sharded.run_shard(host(), SEED, s, c))
+    again = d(d.plan(N, 1), lambda s, c: sharded.run_shard(host(), SEED, s, c))
     assert a.url not in d.ran.values()
     assert len(b.shards) - before_b == lost  # only the banned worker's shards ran again (on the other worker)
     assert torch.equal(torch.cat([r.rows for r in again]), sharded.run_shard(host(), SEED, 0, N).rows)
