@@ -12,7 +12,7 @@ For each sampler function (ComfyUI's k-diffusion names, without ``sample_``):
   of one state diverge afterwards.
 
 NFE accounting (``search/nfe.py``), the algorithms' sampler requirements
-(``search/registry.py``) and the README's sampler table all read this table.
+(``search/registry.py``) and the sampler table of docs/strategies.md all read this table.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CLIPScore with any open_clip architecture and a local weights file.
 
-Two score formulas (README, "Verifiers"):
+Two score formulas (docs/verifiers.md):
 * ``cosine``: cos(E_img, E_txt), in [-1, 1];
 * ``clipscore`` (Hessel et al. 2021): w * max(cos, 0) with w = 2.5, in [0, 2.5].
 """
