@@ -143,6 +143,34 @@ def test_pack_nodes_registered_in_editor(comfy, editor):
     assert not editor.errors, editor.errors
 
 
+HELP_NODES = ("InfScale_SearchLoop", "InfScale_CLIPScoreVerifierLoader", "InfScale_NoiseCandidateGenerator",
+              "InfScale_SuccessiveHalvingStrategy")
+HELP_JS = """(types) => types.map((t) => {
+    const cls = LiteGraph.registered_node_types[t];
+    const d = cls && cls.nodeData;
+    if (!d) return {type: t, missing: true};
+    const ins = Object.assign({}, (d.input || {}).required || {}, (d.input || {}).optional || {});
+    const tips = {};
+    for (const [k, v] of Object.entries(ins)) tips[k] = (Array.isArray(v) && v[1] && v[1].tooltip) || "";
+    return {type: t, title: d.display_name || t, description: d.description || "", tooltips: tips};
+})"""
+
+
+def test_node_help_reads_as_help_in_the_editor(comfy, editor):
+    """What a user sees on hovering a few of the pack's main nodes, as the editor holds it: a description that says
+    what the node is for (more than its name), and a tooltip on every input that is more than the input's name."""
+    got = editor.evaluate(HELP_JS, list(HELP_NODES))
+    for node in got:
+        assert not node.get("missing"), f"{node['type']} is not in the editor"
+        desc = node["description"]
+        assert len(desc.split()) >= 8 and desc.strip().lower() != node["title"].lower(), (node["type"], desc)
+        assert node["tooltips"], node["type"]
+        for name, tip in node["tooltips"].items():
+            words = tip.replace("_", " ").split()
+            assert len(words) >= 3 and tip.strip().lower() != name.replace("_", " ").lower(), (node["type"], name, tip)
+    assert not editor.errors, editor.errors
+
+
 def _one_node_workflow(node_type: str, inputs=(), widgets=()) -> dict:
     node = {"id": 1, "type": node_type, "pos": [100, 100], "size": [320, 120], "flags": {}, "order": 0,
             "mode": 0, "inputs": [dict(name=n, type=t, link=None) for n, t in inputs], "outputs": [],
