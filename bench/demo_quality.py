@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,8 @@ def main(argv=None):
     p.add_argument("--prompts", type=int, default=50)
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "demo_quality.json"))
     a = p.parse_args(argv)
+    # a kill (SIGTERM) unwinds like Ctrl-C: the server is stopped and the temporary folders removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     d = run(a.prompts)
     d["meta"]["command"] = "python bench/demo_quality.py" + (f" --prompts {a.prompts}" if a.prompts != 50 else "")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=SEED, help="the first candidate's seed (= the baseline's)")
     p.add_argument("--candidates", type=int, default=CANDIDATES)
     a = p.parse_args(argv)
+    # a kill (SIGTERM) unwinds like Ctrl-C: the server is stopped and the temporary folders removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import shapes_data
     shapes_data.parse(a.prompt)  # a prompt outside the grammar: say so before starting anything
     t0 = time.time()
