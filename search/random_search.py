@@ -4,7 +4,10 @@ N = budget // (NFEs per generation).
 
 The candidates go to the host ``host.micro_batch`` at a time (sample, then
 score, then the next micro-batch), so memory holds one micro-batch and the k
-best latents.  Candidate i's starting noise is exactly ComfyUI's
+best latents.  With early stopping, a call holds no more candidates than the
+rule certainly uses (``Stopper.horizon``: up to ``patience`` for a plateau
+rule, one for a target), so none is paid for after the stop and the result is
+that of any micro-batch size.  Candidate i's starting noise is exactly ComfyUI's
 ``prepare_noise`` for seed base+i and its in-sampler randomness is keyed by
 that seed, so a stock KSampler with the winner's seed makes the winner.
 With a relative verifier (an ensemble) every candidate's latent is kept and
@@ -42,6 +45,9 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
     stopper = Stopper(stop, "candidates", minimum=top_k)
     while i < n and not stopper.fired:
         size = int(getattr(host, "micro_batch", 0) or n)
+        sure = stopper.horizon()  # with a rule: never more than it certainly uses (no candidate paid and dropped)
+        if sure is not None:
+            size = min(size, sure)
         chunk = list(range(i, min(n, i + max(1, size))))
         cs = [seeds[j] for j in chunk]
         noise = host.initial_noise(cs)
