@@ -14,6 +14,7 @@ from .report import CandidateResult, Finalist
 
 # Tags that separate the derived random streams of the algorithms (derive_seed's first part after the base seed).
 TAG_ZO, TAG_PATHS, TAG_PARTICLES, TAG_EVOLUTION = 0x2050, 0x9A75, 0xF4C1, 0xE701
+TAG_TREE = 0x7EE5
 
 
 class NonFiniteScoreError(ValueError):
