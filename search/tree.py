@@ -194,8 +194,19 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
             s = host.rescore().reshape(-1).tolist()[first:first + len(labels)]
         return s, first
 
+    screened_x0: Dict[int, List[float]] = {}   # depth -> x0 scores of every screened child made there
+
+    def worth(c: _Node) -> bool:
+        """A waiting child is finished only if its x0 score is in the top 1/screen of every screened child's at
+        its depth (as successive halving keeps its best fraction); the others are pruned."""
+        xs = screened_x0.get(c.depth, [])
+        if c.x0_score is None or not xs:
+            return True
+        above = sum(1 for x in xs if x > c.x0_score)
+        return above < len(xs) / float(screen)
+
     def best_waiting(u: _Node) -> Optional[_Node]:
-        w = [c for c in u.waiting if not c.pending]
+        w = [c for c in u.waiting if not c.pending and worth(c)]
         return max(w, key=lambda n: (n.x0_score if n.x0_score is not None else -math.inf, -n.id)) if w else None
 
     # ---------------------------------------------------------------- planning one wave
@@ -327,6 +338,7 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
                 sc, _ = scores_of(x0[rows], [f"tree x0 at step {end}: node {kids[r].id}" for r in rows], final=False)
                 for r, v in zip(rows, sc):
                     kids[r].x0_score = v
+                    screened_x0.setdefault(depth + 1, []).append(v)
             for u, ks in groups:
                 c = max(ks, key=lambda n: (n.x0_score if n.x0_score is not None else -math.inf, -n.id))
                 c.pending = 1
@@ -422,7 +434,9 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
     fresh_leaves = sum(1 for n in leaves if n.fresh)
+    unrolled = [n for n in nodes if n.depth == 1 and n.parent is root and not n.rolled]
     report.settings.update({
+        "pruned": sum(1 for n in unrolled if not worth(n)), "waiting": sum(1 for n in unrolled if worth(n)),
         "fresh_noises": fresh_count, "finished": len(leaves), "finished_fresh": fresh_leaves,
         "finished_branched": len(leaves) - fresh_leaves, "nodes": len(nodes),
         "replay": {"ksampler": sum(1 for r in results.values() if r.seed is not None),

@@ -109,14 +109,26 @@ def test_screening_rolls_out_the_child_with_the_best_x0_prediction():
         seen.append(s.clone())
         return s
     host.score = score
-    rep, _ = tree_search(host, seed=3, budget_nfe=10 * 2 + 4 * 2, top_k=1, screen=3, levels=1, first_level=0.6,
+    k1 = rep_k1 = branch_points(host, 1, 0.6, 0.6)[0]
+    rep, _ = tree_search(host, seed=3, budget_nfe=3 * k1 + (10 - k1), top_k=1, screen=3, levels=1, first_level=0.6,
                          parallel=1)
     # one expansion from the root: three fresh noises to the branch point, their x0 scored, the best finished
-    assert rep.settings["fresh_noises"] == 3 and rep.settings["finished"] >= 1
+    assert rep.settings["fresh_noises"] == 3 and rep.settings["finished"] == 1 and rep_k1 == k1
     x0_scores = seen[0]
     assert len(x0_scores) == 3
     best = int(torch.argmax(x0_scores))
     assert rep.candidates[0].seed == 3 + best
+
+
+def test_waiting_children_below_the_screened_fraction_are_pruned():
+    """As successive halving keeps its best fraction, a screened child is finished later only if its x0 score is
+    in the top 1/screen of all screened at its depth: with screen 3 most fresh noises are never finished."""
+    _, rep, _ = _tree("euler", budget=300, top_k=1, screen=3, root_widening=1.0)
+    s = rep.settings
+    assert s["pruned"] > 0 and s["finished_fresh"] < s["fresh_noises"]
+    assert s["pruned"] == s["fresh_noises"] - s["finished_fresh"] - s["waiting"]
+    _, one, _ = _tree("euler", budget=300, top_k=1, screen=1, root_widening=1.0)
+    assert one.settings["pruned"] == 0 and one.settings["finished_fresh"] == one.settings["fresh_noises"]
 
 
 def test_anytime_a_smaller_budget_is_a_prefix_of_a_larger_one():
