@@ -490,7 +490,7 @@ ALGORITHM = Algorithm(
               min=0.05, max=0.95, step=0.05),
         Param("last_level", 0.3, "With levels > 1: noise level of the last branch point (below first_level); the "
                                  "others lie evenly between.", min=0.05, max=0.95, step=0.05),
-        Param("screen", 2, "Children made per expansion; their x0-predictions are scored (no NFEs) and the best "
+        Param("screen", 4, "Children made per expansion; their x0-predictions are scored (no NFEs) and the best "
                            "is finished first (1 = no screening).", min=1, max=16),
         Param("exploration", 1.0, "UCB constant, in units of the spread of the finished scores: larger = visits "
                                   "more of the tree, smaller = refines the best branch.",

@@ -55,7 +55,7 @@ def test_two_model_harness_smoke(tmp_path):
             assert k in meta, k
         budgets, prompts = meta["budgets"], meta["prompts"]
         labels = ["random", f"random ({stochastic})", "zero-order", "paths", "particles (FK)", "evolution",
-                  "successive halving", "random + early stop (patience 4)", "more steps (1 sample)",
+                  "successive halving", "tree search", "random + early stop (patience 4)", "more steps (1 sample)",
                   "coarse-to-fine random"]
         for b in budgets:
             got = [r["method"] for r in rows if r["budget_nfe"] == b]

@@ -22,6 +22,9 @@ STRATEGIES = {
                                         "budget_nfe": 0}),
     "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
                                               "last_level": 0.4, "budget_nfe": 0}),
+    "tree": ("TreeSearchStrategy", {"levels": 1, "first_level": 0.5, "last_level": 0.3, "screen": 2,
+                                    "exploration": 1.0, "widening": 0.5, "root_widening": 0.7, "renoise": 0.3,
+                                    "parallel": 2, "budget_nfe": 0}),
 }
 
 
@@ -228,6 +231,32 @@ def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy
     stock = comfy.run_ok(ksampler_graph(seed=best["seed"], steps=6, prefix="halving_stock"))
     assert torch.equal(latent_file(comfy, stock), latent_file(comfy, entry))
     assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
+
+
+def test_tree_search_replays_unbranched_winners_in_a_stock_ksampler_and_returns_lineages(comfy):
+    import numpy as np
+    from graphs import ksampler_graph
+    from test_server import image_of, latent_file
+    # root_widening 1: every rollout starts from a fresh noise, so the winner never branched: its seed replays it
+    g = with_strategy(search_graph(seed=50, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="tree_fresh"),
+                      "tree", {"root_widening": 1.0})
+    entry = comfy.run_ok(g)
+    rep = report_of(entry)
+    assert rep["algorithm"] == "tree" and rep["nfe_total"] <= 4 * 6
+    assert rep["settings"]["finished_branched"] == 0 and rep["settings"]["fresh_noises"] > 4  # screened starts
+    best = rep["best"]
+    assert best["replay"] == "ksampler" and best["seed"] >= 50
+    stock = comfy.run_ok(ksampler_graph(seed=best["seed"], steps=6, prefix="tree_stock"))
+    assert torch.equal(latent_file(comfy, stock), latent_file(comfy, entry))
+    assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
+    # root_widening 0: one root expansion, the rest branches below it (re-noised): lineages, returned as sampled
+    g = with_strategy(search_graph(seed=50, candidates=6, top_k=1, steps=6, micro_batch=2, prefix="tree_branch"),
+                      "tree", {"root_widening": 0.0, "parallel": 1})
+    rep = report_of(comfy.run_ok(g))
+    s = rep["settings"]
+    assert s["finished_branched"] > 0 and s["replay"]["lineage"] == s["finished_branched"]
+    assert s["sampler_noise"] == "renoise" and rep["nfe_total"] <= 6 * 6
+    assert rep["best"]["replay"] in ("ksampler", "lineage", "batched")
 
 
 def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
