@@ -659,6 +659,10 @@ def markdown(meta, rows, comparison) -> str:
           f"Machine: {meta['machine']}, {meta['threads']} torch thread(s), shared with other jobs; commit "
           f"{meta['commit']}; command `{meta['command']}`; wall time {meta['wall_s']} s (training "
           f"{meta['train_wall_s']} s wall, {meta['train_cpu_s']} s CPU), process CPU time {meta['cpu_s']} s.", ""]
+    if meta.get("merged"):
+        L += ["Run in parts over the budgets (each part trains the same seeded models on this machine), joined by "
+              f"`{meta['merged']['command']}`: " + "; ".join(f"`{p['command']}` ({p['wall_s']} s)"
+                                                            for p in meta["merged"]["parts"]) + ".", ""]
     if meta.get("rerendered"):
         L += [f"Comparison and tables re-rendered from the JSON's per-prompt values (numbers unchanged) at commit "
               f"{meta['rerendered']['commit']}: `{meta['rerendered']['command']}`.", ""]
@@ -678,6 +682,46 @@ def rerender(paths: Sequence[str], cmd: str) -> None:
         with open(os.path.splitext(path)[0] + ".md", "w") as fh:
             fh.write(markdown(d["meta"], d["rows"], d["comparison"]))
         print(f"re-rendered {path}")
+
+
+def merge(paths: Sequence[str], out_stem: str, cmd: str) -> None:
+    """One result from runs of the same model, settings and commit over different budgets (a long run cut into
+    parts, each training the same seeded model): rows joined in budget order, the comparison and the matches
+    recomputed.  Refuses parts whose model, prompts or training differ."""
+    parts = []
+    for path in paths:
+        with open(path) as fh:
+            parts.append(json.load(fh))
+    keys = ("model", "prompts", "diffusion_train_steps", "cond_scale", "commit", "smoke")
+    first = parts[0]["meta"]
+    for d in parts[1:]:
+        bad = [k for k in keys if d["meta"].get(k) != first.get(k)]
+        if bad:
+            raise SystemExit(f"--merge: {', '.join(bad)} differ between {paths[0]} and the other parts")
+    budgets = sorted({b for d in parts for b in d["meta"]["budgets"]})
+    rows, seen = [], set()
+    for d in parts:  # the parts' shared rows (the reference images, one-sample baselines) once
+        for r in d["rows"]:
+            key = (r["method"], r["budget_nfe"])
+            if r["budget_nfe"] not in d["meta"]["budgets"] and key in seen:
+                continue
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    order = {b: i for i, b in enumerate(budgets)}
+    rows.sort(key=lambda r: order.get(r["budget_nfe"], -1))  # stable: each budget keeps its method order
+    meta = dict(first)
+    meta.update({"budgets": budgets, "wall_s": round(sum(d["meta"]["wall_s"] for d in parts), 1),
+                 "cpu_s": round(sum(d["meta"]["cpu_s"] for d in parts), 1),
+                 "merged": {"parts": [{"command": d["meta"]["command"], "budgets": d["meta"]["budgets"],
+                                       "wall_s": d["meta"]["wall_s"]} for d in parts], "command": cmd}})
+    comparison = compare(rows, budgets)
+    with open(out_stem + ".json", "w") as fh:
+        json.dump({"meta": meta, "rows": rows, "comparison": comparison, "matches": matches(rows, budgets)}, fh,
+                  indent=1)
+    with open(out_stem + ".md", "w") as fh:
+        fh.write(markdown(meta, rows, comparison))
+    print(f"merged {len(parts)} parts into {out_stem}.json and .md")
 
 
 def main(argv=None):
@@ -709,6 +753,8 @@ def main(argv=None):
                          "one call); one row per size (default 1)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the one-sample rows")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="join runs of one model over different budgets "
+                    "(same settings and commit) into quality_<model>[_<tag>].json/.md in --out-dir")
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
                     "markdown of finished runs from their JSON")
     args = ap.parse_args(argv)
@@ -716,6 +762,11 @@ def main(argv=None):
     cmd = "python bench/quality/harness.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.rerender:
         rerender(args.rerender, cmd)
+        return []
+    if args.merge:
+        with open(args.merge[0]) as fh:
+            model = json.load(fh)["meta"]["model"]
+        merge(args.merge, os.path.join(args.out_dir, f"quality_{model}" + (f"_{args.tag}" if args.tag else "")), cmd)
         return []
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     for m in models:
