@@ -1,12 +1,12 @@
 """comfyui-inference-scaling: inference-time search for diffusion models in ComfyUI.
 
-ComfyUI imports this folder as a package by its path; everything inside uses
-relative imports."""
+ComfyUI (0.3.64 or newer) imports this folder as a package by its path and
+calls ``comfy_entrypoint`` for the nodes (its V3 node schema, ``nodes/v3.py``);
+everything inside uses relative imports."""
 import importlib.util
 
 if importlib.util.find_spec("comfy") is not None:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import comfy_entrypoint
+    __all__ = ["comfy_entrypoint"]
 else:  # imported outside ComfyUI (pytest collecting the repo, packaging tools): no nodes to offer
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = []

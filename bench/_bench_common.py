@@ -60,8 +60,10 @@ def import_pack():
     mod = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = mod
     spec.loader.exec_module(mod)
-    if not mod.NODE_CLASS_MAPPINGS:
-        raise RuntimeError("the pack exported no nodes: ComfyUI is not importable")
+    nodes = sys.modules.get(PACK_MODULE + ".nodes")
+    if nodes is None or not getattr(nodes, "CLASSES", None):
+        raise RuntimeError("the pack made no nodes: ComfyUI is not importable")
+    mod.NODE_CLASS_MAPPINGS = nodes.CLASSES  # the node classes by ID, in this process only (ComfyUI gets V3 nodes)
     return mod
 
 

@@ -328,7 +328,7 @@ def build_our_verifier(pack, device, smoke: bool, seed: int = 0):
     import torch
     t0 = time.perf_counter()
     clip_mod = __import__(pack.__name__ + ".verifiers.clip_score", fromlist=["x"])
-    host_mod = __import__(pack.__name__ + ".nodes.verifier_models", fromlist=["x"])
+    host_mod = __import__(pack.__name__ + ".engine.verifier_models", fromlist=["x"])
     if smoke:
         import open_clip
         from open_clip import factory
@@ -1407,7 +1407,7 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
     one = str(b.patcher.load_device)
     every = "cpu,cpu" if one == "cpu" else (runner.args.devices or "all")
     if every == "same-gpu-twice":  # the pack refuses a GPU named twice; this probe names it twice on purpose
-        devices_mod = sys.modules[runner.pack.__name__ + ".nodes.devices"]
+        devices_mod = sys.modules[runner.pack.__name__ + ".engine.devices"]
         parse = devices_mod.parse_devices
         devices_mod.parse_devices = lambda text, avail, main: ([main, main] if text == "same-gpu-twice"
                                                                else parse(text, avail, main))
@@ -1419,7 +1419,9 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
         return
     batched, serial = runner.per_cand_batched.get("sd15"), runner.per_cand_serial.get("sd15")
     est = (n * (serial or batched or 1.0) * 2.0 + 10)
-    if runner.fits({"case": "sd15.devices.warmup"}, est / 4):  # untimed: the device clones made and loaded once
+    # untimed: the path warmed up once (the device clones are made in every search and released when it ends, so
+    # the timed all-devices searches include making and loading them)
+    if runner.fits({"case": "sd15.devices.warmup"}, est / 4):
         try:
             with torch.inference_mode():
                 runner.searchloop(b, 2, devices=every)

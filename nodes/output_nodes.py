@@ -1,33 +1,11 @@
 """Output nodes: the report as JSON, a ranked grid, a score-vs-NFE plot, and
 the winner saved with the search's metadata next to ComfyUI's own workflow
-metadata."""
+metadata (``engine/outputs.py`` draws and saves)."""
 from __future__ import annotations
 
-import json
-import os
+from ..engine.outputs import REPORT_CHUNK, ranked_grid_of, save_search_images, score_plot_of
+from ..engine.types import CATEGORY, SCORES
 
-import torch
-
-from . import files
-from .drawing import caption, ranked_grid, score_plot
-from .types import CATEGORY, SCORES
-
-# the PNG text chunk holding the search report (JSON), beside ComfyUI's "prompt" and "workflow"
-REPORT_CHUNK = "infscale_search"
-
-
-def _ordered(images: torch.Tensor, scores):
-    """(images, results) in rank order.  A VerifierScore report ("external")
-    scores a batch in index order; a search's report comes with its top-k
-    images, already best first."""
-    ranked = scores.ranked()
-    if scores.algorithm == "external" and len(scores.candidates) == images.shape[0]:
-        by_index = sorted(scores.candidates, key=lambda c: c.index)
-        pos = {c.index: i for i, c in enumerate(by_index)}
-        idx = torch.tensor([pos[c.index] for c in ranked], dtype=torch.long)
-        return images[idx], ranked
-    n = min(images.shape[0], len(ranked))
-    return images[:n], ranked[:n]
 
 
 class ScoresToJSON:
@@ -65,16 +43,7 @@ class RankedGrid:
         }}
 
     def grid(self, images, scores, columns):
-        if images.shape[0] == 0 or not scores.candidates:
-            raise ValueError("Ranked Grid got an empty batch (0 images or 0 scores): connect the scored candidates; "
-                             "no placeholder image is made")
-        if (scores.settings or {}).get("video"):
-            raise ValueError("Ranked Grid got the scores of videos (their images are frames, video after video): "
-                             "use Video Contact Sheet, which draws one row per video")
-        imgs, results = _ordered(images, scores)
-        labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in results]
-        return (ranked_grid(imgs, labels, columns),)
-
+        return (ranked_grid_of(images, scores, columns),)
 
 class ScorePlot:
     DESCRIPTION = ("The search's trace as a picture: best score so far against NFEs spent. Several SCORES can "
@@ -97,18 +66,7 @@ class ScorePlot:
         }}
 
     def plot(self, scores, width, height, scores_2=None, scores_3=None):
-        series, held = {}, {}
-        for i, rep in enumerate(r for r in (scores, scores_2, scores_3) if r is not None):
-            name = f"{i + 1}: {rep.algorithm}"
-            series[name] = [(float(t["nfe"]), float(t["best"])) for t in rep.trace]
-            h = getattr(rep, "held_out", None) or {}
-            if h.get("trace"):  # the guard's curve: the held-out score of what the search would pick
-                held[f"{i + 1}: held-out"] = [(float(t["nfe"]), float(t["held_out"])) for t in h["trace"]]
-        label = next((f"held-out: {r.held_out['verifier'][:40]}" for r in (scores, scores_2, scores_3)
-                      if r is not None and getattr(r, "held_out", None)), "held-out")
-        return (score_plot(series, title=f"verifier: {scores.verifier[:80]}", width=width, height=height,
-                           right_series=held, right_label=label),)
-
+        return (score_plot_of(scores, width, height, scores_2, scores_3),)
 
 class SaveSearchImage:
     DESCRIPTION = ("Saves images like Save Image (ComfyUI's workflow metadata included, so dropping the PNG on "
@@ -128,29 +86,7 @@ class SaveSearchImage:
         }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     def save(self, images, scores, filename_prefix="search", prompt=None, extra_pnginfo=None):
-        if images.shape[0] == 0:
-            raise ValueError("Save Image with Search Metadata got an empty IMAGE batch (0 images): nothing to save")
-        from PIL.PngImagePlugin import PngInfo
-        from .drawing import to_pil
-        out_dir = files.output_directory()
-        folder, filename, counter, subfolder, _ = files.save_image_path(filename_prefix, out_dir,
-                                                                          images.shape[2], images.shape[1])
-        report = scores.to_json(indent=None)
-        results = []
-        for b, image in enumerate(images):
-            meta = PngInfo()
-            if not files.metadata_disabled():
-                if prompt is not None:
-                    meta.add_text("prompt", json.dumps(prompt))
-                for k, v in (extra_pnginfo or {}).items():
-                    meta.add_text(k, json.dumps(v))
-            meta.add_text(REPORT_CHUNK, report)  # the search's own record, even with --disable-metadata
-            name = f"{filename.replace('%batch_num%', str(b))}_{counter:05}_.png"
-            to_pil(image).save(os.path.join(folder, name), pnginfo=meta, compress_level=4)
-            results.append({"filename": name, "subfolder": subfolder, "type": "output"})
-            counter += 1
-        return {"ui": {"images": results}}
-
+        return {"ui": {"images": save_search_images(images, scores, filename_prefix, prompt, extra_pnginfo)}}
 
 NODES = [
     (ScoresToJSON, "ScoresToJSON", "Scores to JSON"),

@@ -1,13 +1,14 @@
 """SearchLoop: search over starting noises with the model, sampler, VAE and
 verifier already in the graph, then re-render the winners exactly as the
-stock sampler would.  The node only reads its inputs: the search is
-``nodes/pipeline.py``."""
+stock sampler would.  The node builds one ``SearchRequest`` from its inputs;
+the engine (``engine/pipeline.py``) runs it."""
 from __future__ import annotations
 
-from .pipeline import run_search
-from .sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
-from .types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
-from ..search import guard
+from ..engine.pipeline import run_search
+from ..engine.request import SearchRequest, WorkerRequest
+from ..engine.sampling import SamplingPlan, SearchInputError, sampler_names, scheduler_names
+from ..engine.types import CATEGORY, NOISE, SCORES, STRATEGY, VERIFIER, VIDEO_SCORING, WORKERS
+from ..search import Strategy
 from ..search.noise import SEED_MAX
 
 SEED_TOOLTIP = ("Base seed. Random-search candidate i uses seed + i, so candidates are seed ... seed+N-1: "
@@ -74,7 +75,8 @@ class SearchLoop:
                 "guider": ("GUIDER", {"tooltip": "Current ComfyUI: any GUIDER (CFGGuider, BasicGuider for FLUX...). "
                                                  "Replaces model/positive/negative/cfg for sampling."}),
                 "micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from free VRAM (on the "
+                                        "tooltip": "Candidates sampled together (on each device). 0 = sized from "
+                                                   "free VRAM (on the "
                                                    "CPU: one at a time, so Cancel lands within one step); halved "
                                                    "automatically on out-of-memory."}),
                 "exact_winner": ("BOOLEAN", {
@@ -116,8 +118,10 @@ class SearchLoop:
                                "can use; or GPU numbers such as '0,1' (or 'cuda:0,cuda:1'). Each GPU gets its own "
                                "copy of the model and a share of every round's candidates, sampled at once; the "
                                "results do not depend on the GPU; each GPU decodes its share with its own VAE "
-                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. A GPU the weights do not fit on is left out "
-                               "(said on the node and in the report). 'cpu' (it may repeat) is for testing."}),
+                               "copy, and scoring and the winner's exact re-render run on the model's own GPU. "
+                               "A GPU the weights do not fit on is left out "
+                               "(said on the node and in the report). The copies are released when the search ends. "
+                               "Name each device once; 'cpu' (up to twice) is for testing."}),
             },
             # this node's own prompt and id: sent, cut to its inputs, to worker machines (Search Workers)
             "hidden": {"infscale_graph": "PROMPT", "infscale_node": "UNIQUE_ID"},
@@ -140,18 +144,15 @@ class SearchLoop:
                     "denoise": float(denoise) if plan.mode == "ksampler" else None}
         if plan.model_2 is not None:
             settings["switch_step"] = plan.switch
-        out = run_search(plan, strategy, latent, vae, verifier, prompt, seed, n, int(top_k), int(micro_batch),
-                         bool(exact_winner), settings, held_out=held_out_verifier, video=video_scoring,
-                         workers=None if workers is None else (workers, infscale_graph, infscale_node),
-                         devices=devices)
-        # shown on the node: shards re-assigned from failing workers, devices left out, the held-out guard
-        lines = list((out[3].settings.get("workers") or {}).get("faults") or [])
-        lines += list((out[3].settings.get("devices") or {}).get("left_out") or [])
-        if held_out_verifier is not None:
-            lines.append(guard.message(out[3].held_out))
-        if not lines:
-            return out
-        return {"ui": {"text": ["\n".join(lines)]}, "result": out}
+        result = run_search(SearchRequest(
+            plan=plan, latent=latent, vae=vae, verifier=verifier, prompt=prompt, seed=int(seed), candidates=n,
+            top_k=int(top_k), strategy=strategy if strategy is not None else Strategy("random"),
+            micro_batch=int(micro_batch), exact_winner=bool(exact_winner), settings=settings,
+            held_out=held_out_verifier, video=video_scoring, devices=devices,
+            workers=None if workers is None else WorkerRequest(workers, infscale_graph, infscale_node)))
+        if not result.messages:
+            return result.outputs()
+        return {"ui": {"text": ["\n".join(result.messages)]}, "result": result.outputs()}
 
 
 NODES = [(SearchLoop, "SearchLoop", "Search Loop (best of N)")]

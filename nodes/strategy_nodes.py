@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Tuple
 
-from .types import CATEGORY, STRATEGY
+from ..engine.types import CATEGORY, STRATEGY
 from ..search import StopRule, Strategy, algorithms
 from ..search.registry import Algorithm, Param
 
@@ -92,7 +92,8 @@ class EarlyStop:
     DESCRIPTION = ("Stops a strategy once it has its answer: when the best score reaches a target, or when it has "
                    "not risen by more than min_improvement over the last 'patience' candidates (random, zero-order, "
                    "evolution) or scoring rounds (paths, particles, successive halving, which then finish only their "
-                   "best). The NFEs saved are in the report. Where a search stops depends only on the seed and the scores, never on "
+                   "best). The NFEs saved are in the report. Where a search stops depends only on the seed and the "
+                   "scores, never on "
                    "the micro-batch. Needs a verifier with absolute scores (not a rank ensemble).")
     CATEGORY = CATEGORY
     FUNCTION = "make"

@@ -1,302 +1,26 @@
-"""Searching with worker machines: the Search Workers node (which ComfyUI
-servers help), the Search Shard node (what a worker runs), the fingerprint
-that tells whether a worker would score the same candidates the same way, and
-the glue that runs SearchLoop's random search over them
-(``search/sharded.py`` plans and merges, ``nodes/workers.py`` talks HTTP).
-
-Design: the master sends each worker *the same graph* it is running (ComfyUI's
-hidden PROMPT), cut to the Search Loop node's inputs, with that node turned
-into a Search Shard node carrying the shard (candidate range, base seed, a
-token and the master's fingerprint).  The worker loads the same model files by
-name, encodes the same prompts, samples candidates ``start .. start+count-1``
-exactly as Search Loop would, and answers JSON text only: ids, seeds, raw
-member scores, NFEs and its fingerprint, never an image.  The master checks
-the answer, ranks all N, and re-renders its finalists itself."""
+"""The worker nodes: Search Workers (which ComfyUI servers help, a pool the operator configured) and Search
+Shard (what a worker runs).  The search over workers is ``engine/worker_search.py``."""
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import math
-import os
-import re
-import time
-from typing import Any, Dict, List
 
-import torch
-
-from . import compat
-from .devices import build as device_set
-from .host import ComfyHost
-from .progress import Progress, throw_if_interrupted
-from .sampling import SamplingPlan, SearchInputError, scoring_vae
 from .search_loop import SearchLoop
-from .types import CATEGORY, PREFIX, WORKERS
-from .workers import (AUTH_ENV, WORKERS_FILE, WORKERS_FILE_ENV, ShardJob, WorkerConfig, WorkerDispatch,
-                      WorkerRefused, configured_urls)
-from ..search import get_algorithm
-from ..search.sharded import PROTOCOL, ShardAnswerError, answer, check_answer, run_shard, sharded_random_search
-from ..verifiers.protocol import ScoreBook
-
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARD_NODE = "SearchShard"
+from ..engine import endpoints
+from ..engine.sampling import SamplingPlan, SearchInputError
+from ..engine.types import CATEGORY, WORKERS
+from ..engine.worker_search import NOT_SENT, SHARD_NODE, answer_shard
+from ..engine.workers import WorkerConfig
 
 
-def pack_version() -> str:
-    try:
-        text = open(os.path.join(PACK_DIR, "pyproject.toml"), encoding="utf-8").read()
-        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-        return m.group(1) if m else "unknown"
-    except OSError:
-        return "unknown"
-
-
-# --------------------------------------------------------------------------- fingerprint
-SAMPLE = 256          # values hashed per large weight tensor (evenly spaced), besides its shape and dtype
-FULL = 1 << 20        # tensors up to this many values (conditioning, latents) are hashed whole
-
-
-def _tensor(h, t: torch.Tensor, sample: bool) -> None:
-    h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
-    try:
-        flat = t.detach().reshape(-1)
-        if sample and flat.numel() > SAMPLE:
-            idx = torch.linspace(0, flat.numel() - 1, SAMPLE).long().to(flat.device)
-            flat = flat.index_select(0, idx)
-        elif flat.numel() > FULL:
-            idx = torch.linspace(0, flat.numel() - 1, FULL).long().to(flat.device)
-            flat = flat.index_select(0, idx)
-        h.update(flat.float().cpu().contiguous().numpy().tobytes())
-    except Exception:  # a quantized or custom tensor type: its shape and dtype only
-        h.update(b"?")
-
-
-def _feed(h, obj: Any, depth: int = 0, sample: bool = False) -> None:
-    if depth > 8:
-        h.update(b"...")
-    elif isinstance(obj, torch.Tensor):
-        _tensor(h, obj, sample)
-    elif isinstance(obj, torch.nn.Module):
-        for name, p in sorted(list(obj.named_parameters()) + list(obj.named_buffers()), key=lambda kv: kv[0]):
-            h.update(name.encode())
-            _tensor(h, p, True)
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(f"K{k}".encode())
-            _feed(h, obj[k], depth + 1, sample)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)}".encode())
-        for v in obj:
-            _feed(h, v, depth + 1, sample)
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
-        h.update(repr(obj).encode())
-    else:  # functions, hooks, control objects: their kind only
-        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
-
-
-def _digest(feed) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    feed(h)
-    return h.hexdigest()
-
-
-def model_digest(model) -> str:
-    """The diffusion model: a sample of every weight (the original weight where a patch was applied in
-    place), and the patches (LoRAs) themselves."""
-    def feed(h):
-        inner = getattr(model, "model", model)
-        backup = getattr(model, "backup", {}) or {}
-        h.update(type(inner).__name__.encode())
-        for name, p in sorted(inner.state_dict(keep_vars=True).items(), key=lambda kv: kv[0]):
-            b = backup.get(name)
-            if b is not None:
-                p = b[0] if isinstance(b, tuple) else b
-            h.update(name.encode())
-            _tensor(h, p, True)
-        _feed(h, getattr(model, "patches", {}), sample=True)
-    return _digest(feed)
-
-
-def _verifier_modules(v, depth: int = 0):
-    if depth > 4 or v is None:
-        return
-    if isinstance(v, torch.nn.Module):
-        yield v
-        return
-    for attr in ("verifier", "screen", "main"):
-        yield from _verifier_modules(getattr(v, attr, None), depth + 1)
-    for m in getattr(v, "members", None) or []:
-        yield from _verifier_modules(m, depth + 1)
-
-
-def fingerprint(plan: SamplingPlan, vae, verifier, prompt: str) -> Dict[str, str]:
-    """What must be equal on a worker for its scores to be this machine's: one digest per component."""
-    guider = plan.guider
-    conds = getattr(guider, "original_conds", None) if guider is not None else [plan.positive, plan.negative]
-    sampler = {"mode": plan.mode, "sampler": plan.sampler_label, "function": plan.sampler_function(),
-               "sigmas": [float(s) for s in plan.sigmas.tolist()], "cfg": float(plan.cfg),
-               "guider": type(guider).__name__ if guider is not None else None,
-               "guider_cfg": getattr(guider, "cfg", None), "separable": bool(plan.separable),
-               "seeded_noise": bool(compat.SEEDED_DEFAULT_NOISE), "calls": plan.cfg_multiplier()}
-    return {
-        "pack": f"{pack_version()} (shard protocol {PROTOCOL})",
-        "model": model_digest(plan.model),
-        "conditioning": _digest(lambda h: _feed(h, conds)),
-        "latent": _digest(lambda h: _feed(h, {"template": plan.template, "mask": plan.noise_mask})),
-        "vae": _digest(lambda h: _feed(h, getattr(vae, "first_stage_model", None), sample=True)),
-        "verifier": _digest(lambda h: (_feed(h, [getattr(verifier, "name", "verifier"), prompt]),
-                                       [_feed(h, m) for m in _verifier_modules(verifier)])),
-        "sampler": _digest(lambda h: _feed(h, sampler)),
-    }
-
-
-WHAT = {
-    "pack": "pack version: install the same version of this pack on both machines",
-    "model": "diffusion model (its weights or LoRAs differ: put the same checkpoint files under the same names)",
-    "conditioning": "conditioning (the text encoder or the prompts give different tensors)",
-    "latent": "latent or mask (for image-to-image, the same input image must be on the worker)",
-    "vae": "VAE (put the same VAE file under the same name)",
-    "verifier": "verifier (put the same verifier files under the same names)",
-    "sampler": "sampler settings (sigmas or sampler behave differently there: use the same ComfyUI version)",
-}
-
-
-def differences(mine: Dict[str, str], theirs: Any) -> List[str]:
-    if not isinstance(theirs, dict):
-        return ["fingerprint (missing)"]
-    return [k for k in mine if theirs.get(k) != mine[k]]
-
-
-# --------------------------------------------------------------------------- the worker graph
-def shard_graph(graph: Dict[str, Any], node_id: str, spec: Dict[str, Any]) -> Dict[str, Any]:
-    """The prompt a worker runs: the Search Loop node's upstream graph, the node turned into a Search Shard
-    node (only the inputs Search Shard takes: no strategy, workers or held-out verifier) that carries ``spec``."""
-    if node_id not in graph:
-        raise SearchInputError(f"Search Loop (node {node_id}) is not in the prompt ComfyUI gave it: cannot build "
-                               "the workers' prompt")
-    node = copy.deepcopy(graph[node_id])
-    spec_inputs = SearchShard.INPUT_TYPES()
-    known = set(spec_inputs["required"]) | set(spec_inputs["optional"])
-    inputs = {k: v for k, v in node.get("inputs", {}).items() if k in known and k != "shard"}
-    inputs["shard"] = json.dumps(spec, sort_keys=True)
-    out = {node_id: {"class_type": PREFIX + SHARD_NODE, "inputs": inputs}}
-    todo = [v[0] for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)]
-    while todo:
-        nid = todo.pop()
-        if nid in out:
-            continue
-        if nid not in graph:
-            raise SearchInputError(f"node {nid} feeding Search Loop is not in the prompt: cannot build the workers' "
-                                   "prompt")
-        n = copy.deepcopy(graph[nid])
-        out[nid] = {"class_type": n["class_type"], "inputs": n.get("inputs", {})}
-        todo.extend(v[0] for v in out[nid]["inputs"].values()
-                    if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
-    return out
-
-
-# --------------------------------------------------------------------------- the master's side
-def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> None:
-    """Refuses what cannot be sharded over workers yet, saying why (never a silently different search)."""
-    if strategy is not None and strategy.name != "random":
-        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' works in rounds that each depend on the "
-                               "last round's scores; searching with worker machines is implemented for random search "
-                               "only: disconnect Search Workers, or use random search")
-    if strategy is not None and strategy.coarse_steps:
-        raise SearchInputError("coarse-to-fine picks finalists from a coarse round before re-rendering them; with "
-                               "worker machines only plain random search runs: set coarse_steps to 0 or disconnect "
-                               "Search Workers")
-    if strategy is not None and strategy.stop is not None and strategy.stop.active:
-        raise SearchInputError("early stopping reads candidates in order, which shards on several machines do not "
-                               "have: turn early stopping off or disconnect Search Workers")
-    if getattr(plan, "video", False) or getattr(plan, "model_2", None) is not None:
-        raise SearchInputError("searching with worker machines is implemented for image models with one diffusion "
-                               "model; video candidates and two experts (model_2) run on this machine only: "
-                               "disconnect Search Workers")
-    if plan.nfe_per_generation() is None:
-        raise SearchInputError(f"sampler '{plan.sampler_label}' picks its own steps, so a worker's NFEs cannot be "
-                               "checked: pick a fixed-step sampler to search with worker machines")
-    if callable(getattr(verifier, "screen_rows", None)):
-        raise SearchInputError("a verifier pre-filter decides from every candidate screened before, in order, which "
-                               "shards on several machines do not have: connect its main verifier (or an ensemble) "
-                               "directly, or disconnect Search Workers")
-    if held_out is not None:
-        raise SearchInputError("the held-out verifier scores a sample of finished images, which workers do not send "
-                               "back: disconnect held_out_verifier or Search Workers")
-
-
-def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
-                   candidates: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress):
-    """SearchLoop's random search with shards on the worker machines: (report, finalists)."""
-    if not graph or node_id is None:
-        raise SearchInputError("Search Loop did not get its own prompt from ComfyUI (hidden PROMPT / UNIQUE_ID), "
-                               "so it cannot send it to the workers")
-    node_id = str(node_id)
-    gen = plan.nfe_per_generation()
-    budget = int(strategy.budget_nfe) if strategy is not None and strategy.budget_nfe else int(candidates) * gen
-    t0 = time.perf_counter()
-    mine = fingerprint(plan, vae, verifier, prompt)
-    fingerprint_s = time.perf_counter() - t0
-    book = ScoreBook(verifier, prompt)
-    members = len(book.member_names) if book.relative else 1
-    base = int(seed)
-
-    def graph_for(job: ShardJob) -> Dict[str, Any]:
-        spec = {"protocol": PROTOCOL, "start": job.start, "count": job.count, "seed": base, "token": job.token,
-                "expect": mine}
-        return shard_graph(graph, node_id, spec)
-
-    def check(url: str, job: ShardJob, ans: Any):
-        if not isinstance(ans, dict):
-            raise ShardAnswerError(f"the answer of worker {url} is malformed: not a JSON object. Its scores were "
-                                   "not used")
-        diff = differences(mine, ans.get("fingerprint"))
-        if diff:
-            raise WorkerRefused(f"worker {url} is refused: its " + "; its ".join(WHAT.get(k, k) for k in diff)
-                                + " differ from this machine's. Its scores were not used")
-        return check_answer(ans, start=job.start, count=job.count, base_seed=base, members=members, nfe=gen,
-                            token=job.token, source=f"worker {url}")
-
-    dispatch = WorkerDispatch(config, graph_for, node_id, check, throw_if_interrupted,
-                              on_remote=lambda rows: progress.advance(sum(rows.nfe)))
-
-    def recombine(matrix: torch.Tensor) -> torch.Tensor:
-        b = ScoreBook(verifier, prompt)
-        b.add_matrix(matrix)
-        return b.all()
-
-    try:
-        report, finalists = sharded_random_search(
-            host, seed=base, budget_nfe=budget, top_k=top_k, dispatch=dispatch, shards=dispatch.parts(),
-            recombine=recombine, member_names=book.member_names, verifier=getattr(verifier, "name", "verifier"))
-    except (WorkerRefused, ShardAnswerError) as e:
-        raise SearchInputError(str(e)) from None
-    ran = report.settings.get("shards", [])
-    report.settings["workers"] = {"urls": list(config.urls), "source": config.source, "local": bool(config.local),
-                                  "timeout_s": float(config.timeout_s), "faults": list(dispatch.notes),
-                                  "fingerprint_s": round(fingerprint_s, 3)}
-    by = {}
-    for s in ran:
-        by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])
-    report.notes.extend(dispatch.notes)
-    where = {i: s["ran_on"] for s in ran for i in range(s["start"], s["start"] + s["count"])}
-    lost = sum(1 for c in report.candidates if c.score == -math.inf and where.get(c.index, "local") != "local")
-    if lost:  # this machine's own count (report.verifier_failures) sees only its own grader calls
-        report.notes.append(f"{lost} candidate(s) scored on worker machines got -inf (a remote grader gave no valid "
-                            "answer there): they rank last")
-    report.notes.append("candidates sampled and scored: " + ", ".join(f"{v} on {k}" for k, v in by.items())
-                        + "; the finalists were re-rendered on this machine")
-    return report, finalists
-
-
-# --------------------------------------------------------------------------- nodes
 class SearchWorkers:
     DESCRIPTION = ("Other ComfyUI servers that help Search Loop: each runs a shard of the candidates (this pack and "
                    "the same model, VAE and verifier files under the same names must be installed there) and sends "
-                   "back scores only; this machine picks the winners and re-renders them. Random search only. A "
-                   "worker that fails or disappears has its shard re-run elsewhere; one whose files differ is "
-                   f"refused. An auth header for the workers is read from ${AUTH_ENV} ('Header-Name: value' or a "
-                   "token), never stored in the workflow.")
+                   "back scores only; this machine checks a sample of their scores itself, picks the winners and "
+                   "re-renders them. Random search only. The workers are a pool the server's operator lists in "
+                   f"{endpoints.ENDPOINTS_FILE} (ComfyUI's user folder), or ComfyUI-Distributed's workers: a "
+                   "workflow picks a pool by name and can never add an address. A worker that fails, answers "
+                   "nonsense or disappears has its shard re-run elsewhere; one whose scores fail the check is "
+                   "dropped; one whose files differ is refused.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = (WORKERS,)
@@ -305,28 +29,45 @@ class SearchWorkers:
 
     @classmethod
     def INPUT_TYPES(cls):
+        eps = endpoints.load()
         return {"required": {
-            "worker_urls": ("STRING", {
-                "multiline": True, "default": "",
-                "tooltip": "Worker ComfyUI servers, one URL a line (http://192.168.1.20:8188). Empty: the enabled "
-                           "workers of ComfyUI-Distributed's configuration when that pack is installed, else the "
-                           f"file named by ${WORKERS_FILE_ENV} or {WORKERS_FILE} in ComfyUI's user folder. Only "
-                           "these URLs are ever contacted."}),
+            # the widget keeps its name (saved workflows reference it); it now picks a pool by name
+            "worker_urls": (endpoints.choices(sorted(eps.pools)), {
+                "tooltip": "The worker pool: a named group of worker ComfyUI servers that the server's operator "
+                           f"configured in {endpoints.ENDPOINTS_FILE} in ComfyUI's user folder (or the file named "
+                           f"by ${endpoints.ENDPOINTS_FILE_ENV}), plus ComfyUI-Distributed's workers when that "
+                           "pack is installed. 'none configured': the operator has listed none yet "
+                           "(docs/endpoints.md). Only the pool's servers are ever contacted."}),
             "timeout_s": ("INT", {"default": 600, "min": 5, "max": 86400,
-                                  "tooltip": "Seconds one shard may take on a worker before it is interrupted and "
-                                             "its candidates re-run elsewhere."}),
+                                  "tooltip": "Seconds one shard may take on a worker (wall clock) before it is "
+                                             "interrupted and its candidates re-run elsewhere; the operator's "
+                                             "limit for the pool caps it."}),
             "local_shards": ("BOOLEAN", {"default": True,
                                          "tooltip": "On: this machine samples shards too. Off: only the workers do "
-                                                    "(this machine still re-renders the winners, and takes over "
-                                                    "the shards when every worker has failed)."}),
+                                                    "(this machine still checks their scores, re-renders the "
+                                                    "winners, and takes over the shards when every worker has "
+                                                    "failed)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, worker_urls):
+        try:
+            endpoints.pool(worker_urls)
+        except endpoints.EndpointError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, worker_urls, **_):
+        """Runs again when the operator's pool changed (the endpoint list is read at run time)."""
+        return endpoints.change_key(endpoints.pool, worker_urls)
 
     def make(self, worker_urls, timeout_s, local_shards):
         try:
-            urls, source = configured_urls(worker_urls)
-        except ValueError as e:
-            raise SearchInputError(str(e)) from None
-        return (WorkerConfig(tuple(urls), source, float(timeout_s), bool(local_shards)),)
+            pool = endpoints.pool(worker_urls)
+        except endpoints.EndpointError as e:
+            raise SearchInputError(f"Search Workers: {e}") from None
+        return (WorkerConfig.from_pool(pool, float(timeout_s), bool(local_shards)),)
 
 
 class SearchShard:
@@ -346,41 +87,16 @@ class SearchShard:
         spec = SearchLoop.INPUT_TYPES()
         required = dict(spec["required"])
         required["shard"] = ("STRING", {"default": "", "tooltip": "The shard, written by Search Loop: candidate "
-                                                                   "range, base seed, token and expected fingerprint "
-                                                                   "(JSON)."})
-        optional = {k: v for k, v in spec["optional"].items() if k in ("sampler", "sigmas", "guider", "micro_batch")}
+                                                                   "range, base seed, token and a digest of the "
+                                                                   "master's fingerprint (JSON)."})
+        optional = {k: v for k, v in spec["optional"].items() if k not in NOT_SENT}
         return {"required": required, "optional": optional}
 
     def run(self, model, positive, negative, latent, vae, verifier, prompt, seed, candidates, top_k, sampler_name,
             scheduler, steps, cfg, denoise, shard, sampler=None, sigmas=None, guider=None, micro_batch=0, **_):
-        try:
-            spec = json.loads(shard)
-            start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
-                                         str(spec["token"]))
-        except (ValueError, KeyError, TypeError):
-            raise SearchInputError("Search Shard needs the shard JSON Search Loop writes (start, count, seed, "
-                                   "token); this node runs on worker machines and is not placed by hand") from None
-        if spec.get("protocol") != PROTOCOL:
-            raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
-                                   f"{PROTOCOL}: install the same pack version on both machines")
-        if start < 0 or count < 1 or base != int(seed):
-            raise SearchInputError(f"shard {start}..{start + count - 1} of seed {base} does not belong to this "
-                                   f"search (seed {seed})")
         plan = SamplingPlan(model, positive, negative, latent, cfg, sampler_name, scheduler, steps, denoise,
                             sampler=sampler, sigmas=sigmas, guider=guider)
-        mine = fingerprint(plan, vae, verifier, prompt)
-        expect = spec.get("expect") or {}
-        if differences(mine, expect):  # refused before any sampling: the master names what differs
-            out = {"protocol": PROTOCOL, "token": token, "start": start, "count": count, "fingerprint": mine,
-                   "refused": "fingerprint", "candidates": []}
-        else:
-            gen = plan.nfe_per_generation() or max(1, plan.sigmas.numel() - 1)
-            progress = Progress(total=count * gen, model=plan.model)
-            vae = scoring_vae(plan, vae)
-            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed), devices=device_set(plan, "all", vae))  # every GPU of the worker
-            rows = run_shard(host, base, start, count, verifier=getattr(verifier, "name", "verifier"))
-            out = answer(rows, base_seed=base, token=token, fingerprint=mine)
+        out = answer_shard(plan, vae, verifier, prompt, int(seed), int(micro_batch), shard)
         text = json.dumps(out)
         return {"ui": {"text": [text]}, "result": (text,)}
 

@@ -21,7 +21,7 @@ from .evolution import evolution_search
 from .halving import halving_search
 from .coarse_to_fine import coarse_to_fine
 from .stopping import StopRule, Stopper
-from .strategies import Strategy, run_strategy
+from .strategies import Strategy, budget_of, run_strategy
 
 __all__ = [
     "candidate_noise", "candidate_noises", "Candidate",
@@ -33,5 +33,5 @@ __all__ = [
     "SearchHost", "State", "derive_seed",
     "random_search", "zero_order_search", "neighbour", "paths_search", "particle_search", "resample_indices",
     "effective_sample_size", "evolution_search", "halving_search", "coarse_to_fine",
-    "StopRule", "Stopper", "Strategy", "run_strategy",
+    "StopRule", "Stopper", "Strategy", "budget_of", "run_strategy",
 ]

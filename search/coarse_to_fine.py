@@ -1,6 +1,6 @@
 """Coarse-to-fine: search cheaply on a coarser schedule, re-render the best at full steps.
 
-Any algorithm whose finalists carry a starting noise (registry ``replay="noise"``:
+Any algorithm whose finalists carry a starting noise (registry ``finalists="noise"``:
 random, zero-order, evolution) runs on ``host.with_steps(coarse_steps)`` with the
 budget minus the re-render cost; its top ``rerender`` finalists are then
 generated again on the full host from the same noises (and sampler seeds),
@@ -71,11 +71,11 @@ def replay(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[torch.Tensor, int]
 
 def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_steps: int, budget_nfe: int,
                    rerender: int = 0, top_k: int = 1, verifier: str = "verifier",
-                   replay_factor: float = 1.0) -> Tuple[SearchReport, List[Dict[str, Any]]]:
+                   replay_factor: float = 1.0) -> Tuple[SearchReport, List[Finalist]]:
     """``replay_factor``: a path/particle finalist's replay costs about this many
     full generations (paths re-walk their re-noised stretches); the budget keeps
     that much per finalist for the full-step stage."""
-    if get(algorithm).replay == "recipe":
+    if get(algorithm).finalists == "recipe":
         return _coarse_to_fine_recipes(host, inner, algorithm=algorithm, coarse_steps=coarse_steps,
                                        budget_nfe=budget_nfe, rerender=rerender, top_k=top_k, verifier=verifier,
                                        replay_factor=replay_factor)
@@ -124,7 +124,8 @@ def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_ste
 
 
 def _coarse_to_fine_recipes(host: SearchHost, inner: Inner, *, algorithm: str, coarse_steps: int, budget_nfe: int,
-                            rerender: int, top_k: int, verifier: str, replay_factor: float):
+                            rerender: int, top_k: int, verifier: str,
+                            replay_factor: float) -> Tuple[SearchReport, List[Finalist]]:
     if not 1 <= coarse_steps < host.steps:
         raise ValueError(f"coarse_steps must be between 1 and the full step count minus one ({host.steps - 1}), "
                          f"got {coarse_steps}")

@@ -2,19 +2,32 @@
 (the ``devices`` text of Search Loop), and how the rows of one sampling call
 are cut into contiguous per-device chunks.
 
-Plain Python: ``nodes/devices.py`` makes one model clone per device and runs
+Plain Python: ``engine/devices.py`` makes one model clone per device and runs
 each chunk in its own thread; the rows come back in their order, so a
 candidate's result does not depend on the device that ran it."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+# CPU lanes exist to test the many-device path on a machine without GPUs: each is one more copy of the model's
+# weights in RAM, so a text may name the CPU at most this many times.
+MAX_CPU_LANES = 2
 DEVICES_HELP = ("write 'all' (every GPU ComfyUI can use), GPU numbers such as '0,1', torch device names such as "
-                "'cuda:0,cuda:1', or 'cpu' (a CPU device may be named more than once, for testing)")
+                f"'cuda:0,cuda:1', or 'cpu' (for testing: it may be named up to {MAX_CPU_LANES} times)")
+ECHO_CHARS = 80  # the most characters of the input an error message repeats
 
 
 class DevicesError(ValueError):
     """A ``devices`` text that names no usable device."""
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` as an error message repeats it: whole when short, else its first ``limit`` characters, an ellipsis
+    and the full length (a workflow's text may be any size)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
 
 
 def parse_devices(text: Optional[str], available: Sequence[str], main: str) -> List[str]:
@@ -22,8 +35,9 @@ def parse_devices(text: Optional[str], available: Sequence[str], main: str) -> L
 
     ``available``: the devices ComfyUI can use (``"cuda:0"``, ``"cuda:1"``...); ``main``: the device the model is
     loaded on.  ``""`` or ``"all"``: every available device, main first.  A number ``k`` is GPU ``k`` of the main
-    device's type; ``"cpu"`` is always allowed and may repeat (two model copies on the CPU); a GPU named twice is
-    refused (it would hold the weights twice for nothing)."""
+    device's type; ``"cpu"`` is always allowed and may repeat up to ``MAX_CPU_LANES`` times (model copies on the
+    CPU, for testing); a GPU named twice is refused (it would hold the weights twice for nothing).  Errors repeat
+    the text shortened (:func:`shorten`)."""
     main = str(main)
     avail = [str(d) for d in available]
     raw = (text or "").strip().lower()
@@ -36,25 +50,32 @@ def parse_devices(text: Optional[str], available: Sequence[str], main: str) -> L
         if not token:
             continue
         if token == "cpu":
+            if out.count("cpu") >= MAX_CPU_LANES:
+                raise DevicesError(f"devices: 'cpu' is named more than {MAX_CPU_LANES} times in "
+                                   f"'{shorten(text)}': CPU lanes are for testing and each holds one more copy "
+                                   f"of the model, so name cpu at most {MAX_CPU_LANES} times")
             out.append("cpu")
             continue
-        if token.isdigit():
-            name = f"{kind}:{int(token)}"
-        elif ":" in token and token.split(":", 1)[1].isdigit():
-            name = f"{token.split(':', 1)[0]}:{int(token.split(':', 1)[1])}"
+        prefix, _, index = token.rpartition(":")
+        # a device index: ASCII digits only (int() of other Unicode digits, or of a huge number, raises)
+        number = index.isascii() and index.isdigit() and len(index) <= 6
+        if number and ":" not in token:
+            name = f"{kind}:{int(index)}"
+        elif number and prefix.isascii() and prefix.isalpha() and len(prefix) <= 16:
+            name = f"{prefix}:{int(index)}"
         elif token in ("cuda", "xpu", "mps", "npu", "mlu"):
             name = f"{token}:0"
         else:
-            raise DevicesError(f"devices: '{token}' is not a device: {DEVICES_HELP}")
+            raise DevicesError(f"devices: '{shorten(token)}' is not a device: {DEVICES_HELP}")
         if name not in avail and not (name == main):
             have = ", ".join(avail) if avail else "none"
             raise DevicesError(f"devices: {name} is not a device ComfyUI can use here (it can use: {have}): "
                                f"{DEVICES_HELP}")
         if name in out:
-            raise DevicesError(f"devices: {name} is named twice: name each GPU once")
+            raise DevicesError(f"devices: {name} is named twice: name each device once")
         out.append(name)
     if not out:
-        raise DevicesError(f"devices: '{text}' names no device: {DEVICES_HELP}")
+        raise DevicesError(f"devices: '{shorten(text)}' names no device: {DEVICES_HELP}")
     if main in out:  # the main device first: the rows of a small call go there
         out.remove(main)
         out.insert(0, main)

@@ -151,4 +151,4 @@ ALGORITHM = Algorithm(
                                    "exploited; a budget of no more generations than this is a plain random search.",
               min=2, max=1024, optional=True),
     ),
-    samplers="any", replay="noise", check=_check)
+    samplers="any", finalists="noise", check=_check)

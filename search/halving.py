@@ -236,4 +236,4 @@ ALGORITHM = Algorithm(
         Param("last_level", 0.2, "With rounds > 1: noise level of the last prune point (same scale; below "
                                  "first_level); the others lie evenly between.", min=0.05, max=0.95, step=0.05),
     ),
-    samplers="segmentable", replay="noise", check=_check)
+    samplers="segmentable", finalists="noise", check=_check)

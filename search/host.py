@@ -1,7 +1,7 @@
 """The seam between the search algorithms and whatever runs the model.
 
 Every algorithm in ``search/`` talks to the model only through a
-:class:`SearchHost`.  ComfyUI's host lives in ``nodes/host.py``; the tests and
+:class:`SearchHost`.  ComfyUI's host lives in ``engine/host.py``; the tests and
 the CPU quality benchmark have their own small hosts.  Nothing here imports
 ComfyUI.
 

@@ -268,4 +268,4 @@ ALGORITHM = Algorithm(
                                               "lambda multiplies the verifier's own units (FK steering).",
               choices=REWARD_SCALES, optional=True),
     ),
-    samplers="stochastic", replay="recipe", coarse=_coarse)
+    samplers="stochastic", finalists="recipe", coarse=_coarse)

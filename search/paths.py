@@ -304,4 +304,4 @@ ALGORITHM = Algorithm(
                                     "candidates instead (paths measured below random search at two generations); "
                                     "2 = search from two generations on.", min=1, max=64, optional=True),
     ),
-    samplers="segmentable", replay="recipe", check=_check, coarse=_coarse)
+    samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)

@@ -5,7 +5,7 @@ An entry (:class:`Algorithm`) says everything the rest of the pack needs:
 the function, its parameters (default, range, tooltip: the strategy nodes'
 widgets are generated from them, so a default lives here and nowhere else),
 which samplers it needs (``any``, ``segmentable``, ``stochastic``: read off
-``search/samplers.py``), and how its finalists are replayed.
+``search/samplers.py``), and what its finalists carry (a noise or a recipe).
 
 Every algorithm function has the same signature::
 
@@ -80,13 +80,12 @@ class Algorithm:
     node: str                 # the strategy node's ID suffix (never renamed)
     description: str
     samplers: str = "any"     # "any" | "segmentable" | "stochastic"
-    replay: str = "noise"     # finalists carry: "noise" (a starting noise, maybe a seed) | "recipe" (a lineage)
+    finalists: str = "noise"  # what its finalists carry: "noise" (a starting noise, maybe a seed) | "recipe" (a lineage)
     check: Optional[Callable[[Dict[str, Any]], None]] = None   # cross-parameter rules, raise ValueError
     # coarse-to-fine of a "recipe" algorithm, from (params, candidates): (finalists it can offer, how many are
     # replayed by default, cost of one replay in full generations)
     coarse: Optional[Callable[[Dict[str, Any], int], Tuple[int, int, float]]] = None
     notes: Dict[str, str] = field(default_factory=dict)
-
     def defaults(self) -> Dict[str, Any]:
         return {p.name: p.default for p in self.params}
 

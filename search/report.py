@@ -20,8 +20,11 @@ class CandidateResult:
     noise_id: str = ""
     rank: int = 0  # 1 = best; filled by SearchReport.finalize
     verifier_scores: Dict[str, float] = field(default_factory=dict)
-    final_score: Optional[float] = None  # score of the batch-1 re-render, when re-rendered
-    replay: str = ""  # how the output was made: "ksampler", "noise" (SamplerCustomAdvanced + NOISE), "search"
+    final_score: Optional[float] = None  # a finalist's score as returned: its batch-1 re-render's, else its search score
+    # how a finalist's output was made (docs/how-it-works.md): "ksampler" (the stock KSampler call with its seed),
+    # "noise" (SamplerCustomAdvanced + its NOISE), "batched" (replayable, exact_winner off: the search's batched
+    # sample), "lineage" (paths, particles: the search's own sample); "" for a candidate that is not a finalist
+    replay: str = ""
 
 
 @dataclass
@@ -46,8 +49,9 @@ class Finalist:
     batch: Optional[int] = None
 
     @property
-    def replay(self) -> str:
-        """How a stock node replays it: "ksampler" (the seed), "noise" (its NOISE), or "" (it cannot)."""
+    def stock_node(self) -> str:
+        """The stock node that makes it again exactly: "ksampler" (a KSampler with its seed), "noise"
+        (SamplerCustomAdvanced with its NOISE), or "" (none: a lineage)."""
         if self.noise is not None and self.result.seed is not None and self.seed == self.result.seed:
             return "ksampler"
         return "noise" if self.noise is not None else ""

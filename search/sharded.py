@@ -1,16 +1,15 @@
-"""Random search split into shards of candidates that can run anywhere.
+"""Shards of a random search's candidates, which can run anywhere.
 
 Random search is embarrassingly parallel: candidate ``i`` has seed
 ``base + i``, its noise and its score depend on nothing else (the micro-batch
 included), so a shard ``(start, count)`` of candidates gives the same scores
-wherever it runs.  :func:`sharded_random_search` is random search with the
-candidates cut into shards and handed to a *dispatcher*, which decides where
-each shard runs (``run_local`` on this host, or elsewhere: a worker ComfyUI
-over HTTP, ``nodes/workers.py``; another GPU of this machine could be one
-more dispatcher) and returns every shard's :class:`ShardRows`.  The rows are
-put back in candidate order and ranked here, with a relative verifier's
-member scores recombined over all N at once, so the winner and the ranking
-equal the unsharded search's whoever ran which shard.
+wherever it runs.  :func:`run_shard` samples and scores one on a host;
+``search/random_search.py`` (the one random search) hands shards to this host
+in order, or to a *dispatcher* that decides where each runs (a worker ComfyUI
+over HTTP, ``engine/workers.py``), and puts the rows back in candidate order,
+with a relative verifier's member scores recombined over all N at once, so
+the winner and the ranking equal the unsharded search's whoever ran which
+shard.
 
 A shard that ran elsewhere comes back as scores only (raw member scores and
 NFEs per candidate); its finalists carry no latent, and the finalist step
@@ -23,16 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import TopK, check_budget, check_top_k, checked_scores, finalist, generation_nfe, render
+from .common import TopK, checked_scores, finalist, generation_nfe, render
 from .host import SearchHost
 from .noise import seeds_for, wrap_seed
-from .report import CandidateResult, Finalist, SearchReport
+from .report import Finalist
 
-PROTOCOL = 1  # the shard answer's format (check_answer)
+PROTOCOL = 2  # the shard's format: 2 sends a digest of the master's fingerprint, never the fingerprint
+MAX_SCORE = 1e9  # no verifier scores beyond this: a claimed score past it is refused as out of range
 
 
 class ShardAnswerError(ValueError):
@@ -50,6 +50,15 @@ class ShardRows:
     nfe: List[int]
     where: str = "local"
     kept: Dict[int, Finalist] = field(default_factory=dict)
+    local_scores: Optional[List[float]] = None  # sampled here: the scores the host gave (relative: so far)
+    host_first: int = 0                          # sampled here: the host's row number of the first candidate
+
+    def scores(self) -> List[float]:
+        """The candidates' scores as far as this shard knows them: the host's, or the first member's (a
+        relative verifier's are recombined over every shard by the search)."""
+        if self.local_scores is not None:
+            return list(self.local_scores)
+        return self.rows[:, 0].tolist()
 
 
 def plan_shards(n: int, parts: int) -> List[Tuple[int, int]]:
@@ -72,15 +81,20 @@ def member_rows(host: SearchHost, first: int, count: int, scores: Sequence[float
 
 
 def run_shard(host: SearchHost, base_seed: int, start: int, count: int, keep: int = 0,
-              verifier: str = "verifier") -> ShardRows:
+              verifier: str = "verifier", matrix: bool = True, keep_relative: bool = False) -> ShardRows:
     """Candidates ``start .. start+count-1`` of a random search with base seed ``base_seed``, sampled and
     scored on ``host`` exactly as :func:`~.random_search.random_search` samples them (same seeds, same
-    noise, ``host.micro_batch`` at a time); ``keep`` best (absolute verifiers) are kept with their latents."""
+    noise, ``host.micro_batch`` at a time); the ``keep`` best are kept with their latents (absolute verifiers;
+    relative ones too with ``keep_relative``).  ``matrix``: the rows are the raw member scores (what another
+    machine can recombine); else the scores as one column."""
     gen = generation_nfe(host)
     seeds = seeds_for(wrap_seed(base_seed), int(start), int(count))
     relative = bool(getattr(host, "relative", False))
+    keeping = bool(keep) and (keep_relative or not relative)
     topk = TopK(max(1, keep))
     parts: List[torch.Tensor] = []
+    scored: List[float] = []
+    host_first = None
     i = 0
     while i < count:
         size = int(getattr(host, "micro_batch", 0) or count)
@@ -89,83 +103,26 @@ def run_shard(host: SearchHost, base_seed: int, start: int, count: int, keep: in
         noise = host.initial_noise(cs)
         latents, _, batch = render(host, noise, cs)
         first = int(getattr(host, "scored_rows", 0))
+        host_first = first if host_first is None else host_first
         scores = checked_scores(host.score(latents), len(chunk), [f"seed {s}" for s in cs], verifier)
-        parts.append(member_rows(host, first, len(chunk), scores))
-        if keep and not relative:
+        scored.extend(scores)
+        parts.append(member_rows(host, first, len(chunk), scores) if matrix
+                     else torch.tensor(scores, dtype=torch.float32).reshape(-1, 1))
+        if keeping:
             for r, j in enumerate(chunk):
                 topk.offer(scores[r], start + j, finalist(latents[r:r + 1], noise[r:r + 1], cs[r], batch=batch[r]))
         i += len(chunk)
-    kept = {idx: f for _, idx, f in topk.items} if keep and not relative else {}
+    kept = {idx: f for _, idx, f in topk.items} if keeping else {}
     return ShardRows(int(start), int(count), torch.cat(parts) if parts else torch.zeros(0, 1), [gen] * int(count),
-                     kept=kept)
-
-
-Dispatch = Callable[[List[Tuple[int, int]], Callable[[int, int], ShardRows]], List[ShardRows]]
-
-
-def sharded_random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int, dispatch: Dispatch,
-                          shards: int, recombine: Callable[[torch.Tensor], torch.Tensor],
-                          member_names: Sequence[str] = (), verifier: str = "verifier"
-                          ) -> Tuple[SearchReport, List[Finalist]]:
-    """Random search (the same candidates, scores, ranking and finalists as ``random_search``) with its
-    candidates cut into about ``shards`` shards, run wherever ``dispatch`` sends them.
-
-    ``dispatch(plan, run_local)`` returns one :class:`ShardRows` per planned shard (any order);
-    ``run_local(start, count)`` runs a shard on this host.  ``recombine(matrix)``: the N scores of the
-    N × M member matrix in candidate order (a relative verifier's own rule; column 0 otherwise)."""
-    gen = generation_nfe(host)
-    check_budget(budget_nfe, gen, "random search (one full generation)")
-    n = int(budget_nfe) // gen
-    check_top_k(top_k, n, f"the {n} candidates the budget buys")
-    base = wrap_seed(seed)
-    plan = plan_shards(n, shards)
-
-    def run_local(start: int, count: int) -> ShardRows:
-        return run_shard(host, base, start, count, keep=top_k, verifier=verifier)
-
-    done = dispatch(plan, run_local)
-    by_start = {s.start: s for s in done}
-    if sorted((s.start, s.count) for s in done) != plan:
-        raise ShardAnswerError(f"the shards that came back ({sorted((s.start, s.count) for s in done)}) are not "
-                               f"the shards planned ({plan})")
-    matrix = torch.cat([by_start[s].rows for s, _ in plan])
-    nfe = [v for s, _ in plan for v in by_start[s].nfe]
-    scores = recombine(matrix).reshape(-1).tolist()
-    checked_scores(torch.tensor(scores), n, [f"seed {wrap_seed(base + i)}" for i in range(n)], verifier)
-    relative = bool(getattr(host, "relative", False))
-    seeds = seeds_for(base, 0, n)
-    report = SearchReport(algorithm="random", top_k=top_k, verifier=verifier, nfe_per_generation=gen,
-                          settings={"candidates": n, "budget_nfe": int(budget_nfe)})
-    results = {}
-    for i in range(n):
-        res = CandidateResult(index=i, seed=seeds[i], score=float(scores[i]), nfe=int(nfe[i]))
-        if relative and member_names:
-            res.verifier_scores = {k: float(v) for k, v in zip(member_names, matrix[i].tolist()) if math.isfinite(v)}
-        results[i] = res
-    report.candidates = [results[i] for i in range(n)]
-    best = -math.inf
-    for i, res in enumerate(report.candidates):
-        best = max(best, res.score)
-        report.trace.append({"nfe": (i + 1) * gen, "best": best})
-    report.nfe_total = int(sum(nfe))
-    report.finalize()
-    kept = {i: f for s in done for i, f in s.kept.items()}
-    keep = TopK(top_k)
-    for i in range(n):
-        f = kept.get(i)
-        if f is None:  # scored elsewhere (or a relative verifier's): re-rendered from its seed
-            f = Finalist(latent=None, result=None, noise=host.initial_noise([seeds[i]]),  # type: ignore[arg-type]
-                         seed=seeds[i], batch=None)
-        keep.offer(results[i].score, i, f)
-    report.settings["shards"] = [{"start": s, "count": c, "ran_on": by_start[s].where} for s, c in plan]
-    return report, keep.finalists(results)
+                     kept=kept, local_scores=scored, host_first=int(host_first or 0))
 
 
 def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members: int, nfe: Optional[int],
                  token: str, source: str) -> ShardRows:
     """A shard answer from outside this process (a worker's JSON), validated before any of it is used:
     the protocol and token, exactly the candidates of the shard in order, their seeds, ``members`` member
-    scores each, finite or -inf (as ``checked_scores`` allows: a remote grader's failed answer), and positive NFEs (``nfe`` each when the sampler's NFEs are known)."""
+    scores each, finite or -inf (as ``checked_scores`` allows: a remote grader's failed answer), and positive
+    NFEs (``nfe`` each when the sampler's NFEs are known)."""
     def bad(why: str) -> ShardAnswerError:
         return ShardAnswerError(f"the answer of {source} for candidates {start}..{start + count - 1} is malformed: "
                                 f"{why}. Its scores were not used")
@@ -186,14 +143,18 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
             raise bad(f"candidate entry {j} is not an object")
         idx = c.get("index")
         if type(idx) is not int or idx != start + j:
-            raise bad(f"entry {j} names candidate {idx!r}, expected {start + j} (ids must be the shard's, in order)")
-        if c.get("seed") != seeds[j]:
-            raise bad(f"candidate {idx} has seed {c.get('seed')!r}, expected {seeds[j]}")
+            raise bad(f"entry {j} names another candidate than {start + j} (ids must be the shard's, in order)")
+        if type(c.get("seed")) is not int or c.get("seed") != seeds[j]:
+            raise bad(f"candidate {idx} has another seed than {seeds[j]}")
         m = c.get("members")
         if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
             raise bad(f"candidate {idx} has member scores {m!r}, expected {members} number(s)")
+        if any(type(v) is int and abs(v) > MAX_SCORE for v in m):  # before float(): 10**400 overflows it
+            raise bad(f"candidate {idx} has a score out of range (no verifier scores beyond {MAX_SCORE:g})")
         if not all(math.isfinite(v) or v == -math.inf for v in m):  # -inf: a remote grader's failed answer
             raise bad(f"candidate {idx} has a non-finite score {m!r}")
+        if any(math.isfinite(v) and abs(v) > MAX_SCORE for v in m):
+            raise bad(f"candidate {idx} has a score out of range {m!r} (no verifier scores beyond {MAX_SCORE:g})")
         v = c.get("nfe")
         if type(v) is not int or v < 1 or (nfe is not None and v != nfe):
             raise bad(f"candidate {idx} spent {v!r} NFEs, expected {nfe if nfe is not None else 'a positive count'}")

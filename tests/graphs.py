@@ -46,3 +46,36 @@ def ksampler_graph(seed, sampler="euler", scheduler="normal", steps=4, cfg=7.0, 
     g["8"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}}
     g["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix + "_latent"}}
     return g
+
+
+def custom_sampling(g, noise_ref, latent_ref=("4", 0), cfg=7.0, steps=4, sampler="euler", ids=(40, 41, 42, 43)):
+    gid, sid, sgid, scid = (str(i) for i in ids)
+    g[gid] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "cfg": cfg}}
+    g[sid] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+    g[sgid] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}}
+    g[scid] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": list(noise_ref), "guider": [gid, 0], "sampler": [sid, 0], "sigmas": [sgid, 0],
+        "latent_image": list(latent_ref)}}
+    return scid
+
+
+def aesthetic_node(clip="tiny-clip-768.safetensors", mlp="tiny-aesthetic.pth"):
+    return {"class_type": PREFIX + "AestheticVerifierLoader",
+            "inputs": {"clip_arch": "ViT-L-14", "clip_weights": clip, "aesthetic_weights": mlp}}
+
+
+def batch_score_graph(verifier_nodes: dict, verifier_ref, batch=3, seed=5):
+    """A stock KSampler batch, decoded, scored by VerifierScore, reported as JSON (node 8)."""
+    g = base_graph()
+    g["4"]["inputs"]["batch_size"] = batch
+    g["6"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+        "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
+    g.update(verifier_nodes)
+    g["20"] = {"class_type": PREFIX + "VerifierScore",
+               "inputs": {"images": ["7", 0], "verifier": verifier_ref, "prompt": "a red apple"}}
+    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["20", 0]}}
+    return g

@@ -1,4 +1,4 @@
-"""Run in a subprocess by tests/test_flow_strategies.py: ComfyHost.renoise and
+"""Run in a subprocess by tests/test_flow_strategies.py: the sampling lanes' renoise (engine/lanes.py) and
 its coefficients against ComfyUI's own ``noise_scaling``, for every model
 sampling type the given ComfyUI has (EPS, v-prediction, flow/CONST).
 
@@ -19,7 +19,7 @@ def main(comfy_dir: str) -> dict:
     import_comfy_and_pack(comfy_dir)
     import torch
     import comfy.model_sampling as cms
-    from infscale_pack.nodes.host import ComfyHost
+    from infscale_pack.engine.lanes import Lanes
     from infscale_pack.search.host import State
 
     kinds = {"eps": (cms.ModelSamplingDiscrete, cms.EPS), "v_prediction": (cms.ModelSamplingDiscrete, cms.V_PREDICTION)}
@@ -34,10 +34,9 @@ def main(comfy_dir: str) -> dict:
             model_sampling=ms), load_device=torch.device("cpu"))
         sig = torch.tensor([float(ms.sigma_max), float(ms.percent_to_sigma(0.3)), float(ms.percent_to_sigma(0.6)),
                             float(ms.percent_to_sigma(0.9)), 0.0])
-        plan = types.SimpleNamespace(sigmas=sig, model=fake_model, template=torch.zeros(1, 4, 8, 8), noise_mask=None,
+        plan = types.SimpleNamespace(sigmas=sig, model=fake_model, template=torch.zeros(1, 4, 8, 8), noise_mask=None, clock=None,
                                      sampler_function=lambda: "euler")
-        host = ComfyHost.__new__(ComfyHost)
-        host.plan, host.sigmas, host.sampler_name = plan, sig, "euler"
+        host = Lanes(plan, progress=None, micro_batch=1, sigmas=sig)
         g = torch.Generator().manual_seed(0)
         latent = torch.randn(3, 4, 8, 8, generator=g)
         eps = torch.randn(3, 4, 8, 8, generator=g)

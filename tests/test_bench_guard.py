@@ -22,7 +22,7 @@ LABELS = ["random", "zero-order", "evolution"]
 
 def test_guard_sample_size_is_the_packs():
     import guard as bench_guard
-    text = (REPO / "nodes" / "pipeline.py").read_text()
+    text = (REPO / "engine" / "pipeline.py").read_text()
     assert int(re.search(r"^HELD_OUT_SAMPLES = (\d+)", text, re.M).group(1)) == bench_guard.HELD_OUT_SAMPLES
 
 

@@ -40,33 +40,19 @@ SCREENSHOTS = os.environ.get("INFSCALE_SCREENSHOTS")
 # probes) on a closed machine; headless needs no GPU nor sandbox in a container.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-# widget values that keep a queued workflow cheap on CPU (as test_workflows does)
-SMALL = {"EmptyLatentImage": {"width": 64, "height": 64},
-         "InfScale_SearchLoop": {"candidates": 3, "top_k": 1, "steps": 3}}
 UI_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from comfy_server import execution_error  # noqa: E402
-from test_workflows import TINY  # noqa: E402  (published file names -> tiny test files)
 from ui_to_api import ui_to_api  # noqa: E402
-
-try:  # test_workflows' own sizes for queued workflows, where it has them
-    from test_workflows import shrink  # noqa: E402
-except ImportError:
-    shrink = None
-try:  # and the text attention mask LTX-Video needs from its stand-in text encoder
-    from test_workflows import with_text_attention_mask  # noqa: E402
-except ImportError:
-    with_text_attention_mask = None
-try:  # and its fixture that puts the tiny SDXL / SD3 checkpoints on the server
-    from test_workflows import server  # noqa: E402,F401
-except ImportError:
-    server = None
+# published file names -> tiny test files; the sizes for queued workflows; the text attention mask LTX-Video
+# needs from its stand-in text encoder; the fixture that puts the tiny SDXL / SD3 checkpoints on the server
+from workflow_server import TINY, server, shrink, with_text_attention_mask  # noqa: E402,F401
 
 if not os.path.isfile(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set INFSCALE_CHROMIUM)",
                 allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install -r tests/requirements-ci.txt)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install -r .ci/requirements-current.txt)")
 
 READY_JS = """() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph
     && LiteGraph.registered_node_types && LiteGraph.registered_node_types.KSampler)"""
@@ -262,14 +248,7 @@ def _cheap(prompt: dict) -> dict:
         for k, v in node["inputs"].items():
             if isinstance(v, str) and v in TINY:
                 node["inputs"][k] = TINY[v]
-    if shrink is not None:
-        prompt = shrink(prompt)
-        return with_text_attention_mask(prompt) if with_text_attention_mask is not None else prompt
-    for node in prompt.values():
-        for k, v in SMALL.get(node["class_type"], {}).items():
-            if k in node["inputs"]:
-                node["inputs"][k] = v
-    return prompt
+    return with_text_attention_mask(shrink(prompt))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
@@ -279,8 +258,7 @@ def test_workflow_queued_from_editor(comfy, editor, path, request):
     the way) and runs it."""
     wf = json.load(open(path))
     _skip_if_host_lacks(comfy, wf)
-    if server is not None:
-        request.getfixturevalue("server")
+    request.getfixturevalue("server")  # the tiny SDXL / SD3 checkpoints and the input image
     for n in wf["nodes"]:  # img2img: the input image the workflow names
         if n["type"] == "LoadImage" and n.get("mode", 0) == 0:
             img = os.path.join(comfy.input_dir, n["widgets_values"][0])

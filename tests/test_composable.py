@@ -1,34 +1,15 @@
-"""Composable search and current-ComfyUI features (GUIDER, NOISE,
-SamplerCustomAdvanced, flow models). Tests needing them skip on the 2024 host."""
+"""Composable search and ComfyUI's custom-sampling features (GUIDER, NOISE,
+SamplerCustomAdvanced, flow models)."""
 import os
 
 import pytest
 import safetensors.torch
 import torch
 
-from graphs import PREFIX, base_graph, search_graph, verifier_node
-from comfy_server import execution_error
-from test_server import latent_file, report_of
-
-
-def need(comfy, *nodes):
-    missing = [n for n in nodes if not comfy.has_node(n)]
-    if missing:
-        pytest.skip(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)} (GUIDER/NOISE/custom sampling "
-                    "arrived after the 2024 host); runs on current ComfyUI")
-
-
-def custom_sampling(g, noise_ref, latent_ref=("4", 0), cfg=7.0, steps=4, sampler="euler", ids=(40, 41, 42, 43)):
-    gid, sid, sgid, scid = (str(i) for i in ids)
-    g[gid] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
-                                                    "cfg": cfg}}
-    g[sid] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
-    g[sgid] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
-                                                          "denoise": 1.0}}
-    g[scid] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": list(noise_ref), "guider": [gid, 0], "sampler": [sid, 0], "sigmas": [sgid, 0],
-        "latent_image": list(latent_ref)}}
-    return scid
+from comfy_server import execution_error, need
+from graphs import PREFIX, base_graph, custom_sampling, search_graph, verifier_node
+from server_outputs import latent_file, report_of
+from strategy_graphs import with_strategy
 
 
 def test_composable_matches_searchloop(comfy):
@@ -131,7 +112,6 @@ def test_noise_winners_replay_exactly_in_sampler_custom_advanced(comfy):
     """exact_winner means the same for every strategy: a zero-order or evolved winner (a starting noise, not a
     seed) is re-rendered through SamplerCustomAdvanced's call, so SearchLoop's NOISE output replays it bit for bit."""
     need(comfy, "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect", "BasicScheduler")
-    from test_strategies_server import with_strategy
     kinds = []
     for name in ("zero_order", "evolution"):
         for sampler in ("euler", "euler_ancestral"):
@@ -149,18 +129,6 @@ def test_noise_winners_replay_exactly_in_sampler_custom_advanced(comfy):
                 assert torch.equal(latent_file(comfy, entry, "54"), latent_file(comfy, entry, "9")), \
                     f"{name}/{sampler}: the NOISE output must replay the winner exactly"
     assert "noise" in kinds  # at least one winner was a derived noise (neighbour / child), not a seed
-
-
-@pytest.fixture(scope="module")
-def sd3(comfy, comfy_path, models_dir):
-    need(comfy, "EmptySD3LatentImage")
-    from comfy_server import CACHE
-    from tiny_models import ensure_checkpoint
-    path = ensure_checkpoint(comfy_path, "sd3", os.path.join(CACHE, "checkpoints"))
-    link = os.path.join(models_dir["checkpoints"], "tiny-sd3.safetensors")
-    if not os.path.exists(link):
-        os.symlink(path, link)
-    return "tiny-sd3.safetensors"
 
 
 def test_flow_model_sd3_runs_through_searchloop(comfy, sd3):

@@ -50,7 +50,7 @@ def test_random_search_returns_argmax_and_top_k():
     assert [c.index for c in ranked[:3]] == [6, 1, 3]  # tie 0.9/0.9 goes to the lower index
     assert report.best.seed == 106 and report.best.rank == 1
     assert [f.result.index for f in finalists] == [6, 1, 3]  # only the top-k are kept, best first
-    assert finalists[0].replay == "ksampler" and finalists[0].seed == 106 and finalists[0].batch == 1
+    assert finalists[0].stock_node == "ksampler" and finalists[0].seed == 106 and finalists[0].batch == 1
     assert host.calls == [[0, 1, 2], [3, 4, 5], [6]]  # one micro-batch at a time
     assert report.nfe_total == 70 and all(c.nfe == 10 for c in report.candidates)
     assert [t["nfe"] for t in report.trace] == [10, 20, 30, 40, 50, 60, 70]  # per candidate: no micro-batch
@@ -240,6 +240,11 @@ def test_registry_resolves_defaults_and_refuses_bad_values():
     for alg in algorithms().values():
         assert alg.resolve({}) == alg.defaults()  # the defaults themselves are valid
         assert alg.node.endswith("Strategy") and alg.title and alg.description
+    # what the finalists carry: a starting noise, or a recipe (a lineage) with its coarse-to-fine callback
+    carry = {name: alg.finalists for name, alg in algorithms().items()}
+    assert carry == {"random": "noise", "zero_order": "noise", "paths": "recipe", "particles": "recipe",
+                     "evolution": "noise", "halving": "noise", "tree": "recipe"}
+    assert all((alg.coarse is not None) == (alg.finalists == "recipe") for alg in algorithms().values())
     zo = algorithms()["zero_order"]
     assert zo.resolve({"neighbours": 4})["neighbours"] == 4
     with pytest.raises(ValueError, match="unknown parameter.*nieghbours"):

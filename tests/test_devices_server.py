@@ -9,10 +9,9 @@ import json
 
 import safetensors.torch
 
-from comfy_server import execution_error
+from comfy_server import execution_error, interrupt_run
 from graphs import PREFIX, search_graph
-from test_server import interrupt_run
-from test_strategies_server import with_strategy
+from strategy_graphs import with_strategy
 
 
 def report_of(entry) -> dict:
@@ -80,6 +79,47 @@ def test_bad_devices_text_names_the_input(comfy):
     err = execution_error(comfy.run(g))
     assert err is not None and err["node_type"] == PREFIX + "SearchLoop"
     assert "devices: 'gpu-zero' is not a device" in err["exception_message"], err["exception_message"]
+
+
+def held_after(comfy, devices, prefix, **kw):
+    """A search on ``devices``, then, in the same prompt (the loaders' outputs still cached), what the process holds:
+    the live ModelPatchers and VAEs and ComfyUI's loaded models, by object id (tests/fixtures/test_nodes)."""
+    g = search_graph(prefix=prefix, **kw)
+    if devices is not None:
+        g["6"]["inputs"]["devices"] = devices
+    g["30"] = {"class_type": "InfScaleTest_HeldModels", "inputs": {"after": ["8", 0]}}  # runs after the search
+    entry = comfy.run_ok(g)
+    return json.loads(entry["outputs"]["30"]["text"][0]), report_of(entry)
+
+
+def test_device_copies_are_released_when_the_search_ends(comfy):
+    """The model clone and VAE copy a 'cpu,cpu' search makes for its second lane are gone when it ends: the process
+    holds the same model and VAE objects as after the same search on one device, ComfyUI's loaded models are
+    among them, and a later search on 'all' finds nothing left either."""
+    kw = dict(seed=41, candidates=2, top_k=1, steps=2, sampler="euler")
+    one, _ = held_after(comfy, "cpu", "held_one", **kw)
+    for devices, prefix in (("cpu,cpu", "held_two"), (None, "held_all")):
+        now, rep = held_after(comfy, devices, prefix, **kw)
+        if devices == "cpu,cpu":  # both lanes sampled and decoded: a clone and a VAE copy were made
+            assert rep["settings"]["devices"]["rows"] == {"0:cpu": 1, "1:cpu": 1}
+            assert rep["settings"]["devices"]["decode_on_every_device"]
+        assert len(now["patchers"]) == len(one["patchers"]) and now["patchers"] == one["patchers"], \
+            f"model patchers alive after a search on {devices!r}: {len(now['patchers'])}, on 'cpu': {len(one['patchers'])}"
+        assert now["vaes"] == one["vaes"], f"VAEs alive after a search on {devices!r}: {len(now['vaes'])}, " \
+            f"on 'cpu': {len(one['vaes'])}"
+        assert set(now["loaded"]) <= set(one["patchers"]), (devices, now["loaded"], one["patchers"])
+
+
+def test_cpu_named_thirty_times_is_refused_on_the_node(comfy):
+    g = search_graph(seed=3, candidates=2, top_k=1, steps=2, prefix="dev_cpu30")
+    g["6"]["inputs"]["devices"] = ",".join(["cpu"] * 30)
+    err = execution_error(comfy.run(g))
+    assert err is not None and err["node_type"] == PREFIX + "SearchLoop"
+    msg = err["exception_message"]
+    assert "'cpu' is named more than 2 times" in msg and "… (119 characters)" in msg, msg
+    g["6"]["inputs"]["devices"] = "x" * 100_000
+    msg = execution_error(comfy.run(g))["exception_message"]
+    assert "… (100000 characters)" in msg and len(msg) < 400, msg[:500]
 
 
 def test_cancel_stops_every_device(comfy):

@@ -10,9 +10,8 @@ import sys
 import pytest
 
 from graphs import search_graph
-from test_composable import need, sd3  # noqa: F401  (the sd3 fixture)
-from test_server import latent_file, report_of
-from test_strategies_server import with_strategy
+from server_outputs import latent_file, report_of
+from strategy_graphs import with_strategy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

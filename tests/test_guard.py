@@ -94,7 +94,7 @@ def test_search_loop_guard_warns_on_an_anti_correlated_held_out_verifier(comfy, 
 
 def test_verifier_score_guard_and_same_verifier_refusal(comfy):
     from comfy_server import execution_error
-    from test_server_verifiers import batch_score_graph
+    from graphs import batch_score_graph
     nodes = {"30": _aesthetic("tiny-aesthetic.pth"), "31": _aesthetic("tiny-aesthetic-negated.pth")}
     g = batch_score_graph(nodes, ["30", 0], batch=4)
     g["20"]["inputs"]["held_out_verifier"] = ["31", 0]

@@ -5,7 +5,7 @@ test-only Text Attention Mask node adds the all-ones attention mask T5 would giv
 
 Image-to-video: LTX Image To Video encodes the start image into the first latent frame and marks it with a
 per-frame noise mask (B x 1 x T x 1 x 1, 0 on the keyframe); Search Loop passes the mask to ComfyUI's sampling
-as a stock KSampler does.  Current ComfyUI only: the 2024 host has no LTX-Video, and these tests skip there."""
+as a stock KSampler does."""
 from __future__ import annotations
 
 import json
@@ -27,9 +27,6 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def ltx(comfy, comfy_path, models_dir):
-    if not comfy.has_node("LTXVImgToVideo"):
-        pytest.skip(f"this ComfyUI ({comfy.version}) has no LTX-Video and no video latents (the 2024 host): "
-                    "the video tests run on current ComfyUI")
     add_ltxv(comfy_path, models_dir)
     Image.new("RGB", (SIZE, SIZE), (220, 120, 30)).save(comfy.input_dir + "/ltx_start.png")
     return comfy
@@ -156,7 +153,7 @@ def test_ltx_image_to_video_with_ltxv_scheduler_reproduces_in_sampler_custom(ltx
 
 def test_ltx_keyframe_survives_strategies_that_renoise(ltx):
     """Paths stops candidates mid-schedule, re-noises and resumes (the host re-composes the masked frames each
-    segment, nodes/host.py): the keyframe still ends as the start image's latent."""
+    segment, engine/host.py): the keyframe still ends as the start image's latent."""
     entry = ltx.run_ok(search_graph(True, seed=30, prefix="ltx_paths", candidates=2, micro_batch=0, strategy=(
         "PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5, "backward": 0.7,
                           "budget_nfe": 0})))

@@ -58,7 +58,7 @@ def test_grid_plot_and_png_metadata_round_trip(comfy):
 def test_every_node_taking_images_refuses_an_empty_batch(comfy):
     """Issue #18, item 4: an IMAGE batch of 0 images is an error naming the empty batch, never a placeholder."""
     from comfy_server import execution_error
-    from test_server_verifiers import batch_score_graph
+    from graphs import batch_score_graph
     base = batch_score_graph({"30": {"class_type": PREFIX + "CLIPScoreVerifierLoader",
                                      "inputs": {"arch": "ViT-L-14", "weights": "tiny-clip.safetensors",
                                                 "mode": "cosine"}}}, ["30", 0], batch=2)

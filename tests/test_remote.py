@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import tracemalloc
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 
+from loopback import serve, stop
 from search.common import NonFiniteScoreError, checked_scores
 from verifiers.ensemble import EnsembleVerifier
 from verifiers.protocol import ScoreBook
@@ -64,7 +66,10 @@ class StandIn:
                 body = json.loads(raw)
                 with outer.lock:
                     outer.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
-                status, data, *extra = behave(self, body)
+                try:
+                    status, data, *extra = behave(self, body)
+                except _Sent:
+                    return
                 try:
                     self.send_response(status)
                     for k, v in (extra[0] if extra else {}).items():
@@ -76,15 +81,12 @@ class StandIn:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server, base = serve(Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = base + "/v1"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -188,7 +190,7 @@ def test_garbage_answers_are_a_clear_error_or_counted_minus_inf(stand_in, guard)
     srv = stand_in(behave)
     allowed.add(("127.0.0.1", srv.port))
     batch = grey_batch([0.9, 0.1, 0.8, 0.2])
-    with pytest.raises(RemoteGraderError, match=r"candidate [13] of this batch: the (response|answer) is not JSON"):
+    with pytest.raises(RemoteGraderError, match=r"candidate [13] of this batch: .*is not JSON"):
         RemoteVLMVerifier(srv.url, "tiny", mode="rubric", timeout=5).score(batch, "p")
     v = RemoteVLMVerifier(srv.url, "tiny", mode="rubric", timeout=5, on_failure="-inf")
     s = v.score(batch, "p")
@@ -230,7 +232,7 @@ def test_a_hanging_server_fails_within_the_timeout(stand_in, guard):
     assert v.deadline() == pytest.approx(2.5)
     t0 = time.monotonic()
     try:
-        with pytest.raises(RemoteGraderError, match=r"no answer after 2 attempt\(s\): the request timed out"):
+        with pytest.raises(RemoteGraderError, match=r"no answer after 2 attempt\(s\): .*deadline of 1 s"):
             v.score(grey_batch([0.5, 0.5, 0.5]), "p")
         elapsed = time.monotonic() - t0
     finally:
@@ -240,6 +242,103 @@ def test_a_hanging_server_fails_within_the_timeout(stand_in, guard):
     assert sent >= 2  # retried
     time.sleep(1.6)  # past the in-flight attempts' timeout and a backoff: the failed batch sends nothing more
     assert len(srv.requests) == sent
+
+
+def _dripping(handler, body):
+    """Headers at once, then one byte every 0.25 s (an answer of 200 bytes: 50 s)."""
+    raw = json.dumps(completion('{"score": 5}')).encode().ljust(200)
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    try:
+        for i in range(len(raw)):
+            handler.wfile.write(raw[i:i + 1])
+            handler.wfile.flush()
+            time.sleep(0.25)
+    except OSError:
+        pass
+    raise _Sent()
+
+
+class _Sent(Exception):
+    """The behaviour wrote its own answer (StandIn sends none)."""
+
+
+def _huge(handler, body):
+    """300 MB of answer, streamed without a Content-Length (never held in memory here)."""
+    handler.send_response(200)
+    handler.end_headers()
+    chunk = b" " * (1024 * 1024)
+    try:
+        for _ in range(300):
+            handler.wfile.write(chunk)
+    except OSError:
+        pass
+    raise _Sent()
+
+
+def test_a_dripping_or_huge_or_deep_answer_costs_at_most_its_limits(stand_in, guard):
+    """Bounded in time (a wall-clock deadline, not one per read), size (4 x 300 MB answers hold at most the cap)
+    and depth; on_failure=-inf is honoured for each."""
+    from verifiers import net
+    allowed, _ = guard
+    drip, huge = stand_in(_dripping), stand_in(_huge)
+    deep = stand_in(lambda h, b: (200, b'{"choices": ' + b"[" * 100000 + b"]" * 100000 + b"}"))
+    for srv in (drip, huge, deep):
+        allowed.add(("127.0.0.1", srv.port))
+    limits = net.Limits(deadline_s=1.0, max_bytes=1024 * 1024, max_depth=32)
+    t0 = time.monotonic()
+    v = RemoteVLMVerifier(drip.url, "tiny", mode="rubric", timeout=1.0, retries=0, limits=limits)
+    with pytest.raises(RemoteGraderError, match="deadline of 1 s"):
+        v.score(grey_batch([0.5]), "p")
+    assert time.monotonic() - t0 < 4.0  # the drip would take 50 s
+    tracemalloc.start()
+    try:
+        v = RemoteVLMVerifier(huge.url, "tiny", mode="rubric", timeout=30.0, retries=0, concurrency=4,
+                              limits=limits, on_failure="-inf")
+        with pytest.raises(RemoteGraderError, match="every candidate.*larger than the limit of 1.0 MiB"):
+            v.score(grey_batch([0.5, 0.4, 0.3, 0.2]), "p")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 4 * (1024 * 1024 + net.CHUNK), peak  # 4 answers at once, each cut at the cap
+    v = RemoteVLMVerifier(deep.url, "tiny", mode="rubric", timeout=5.0, retries=0, limits=limits)
+    with pytest.raises(RemoteGraderError, match="nested deeper than the limit of 32"):
+        v.score(grey_batch([0.5]), "p")
+    # with on_failure=-inf a hostile answer scores -inf (counted) while the others are used
+    mixed = stand_in(lambda h, b: (200, b"[" * 5000 + b"]" * 5000) if image_mean(b) < 100
+                     else (200, json.dumps(completion('{"score": 6}')).encode()))
+    allowed.add(("127.0.0.1", mixed.port))
+    v = RemoteVLMVerifier(mixed.url, "tiny", mode="rubric", timeout=5.0, retries=0, limits=limits,
+                          on_failure="-inf")
+    assert v.score(grey_batch([0.9, 0.1]), "p").tolist() == [6.0, -math.inf] and v.failures == 1
+
+
+def test_numbers_out_of_range_are_refused(stand_in, guard):
+    """A positive logprob, probabilities of 'yes' over 1, and non-finite numbers are refused, never clamped."""
+    allowed, _ = guard
+    answers = [
+        completion(None, {"token": "Yes", "logprob": 0.7, "top_logprobs": [{"token": "Yes", "logprob": 0.7}]}),
+        completion(None, {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1},
+                                                                            {"token": "yes", "logprob": -0.2}]}),
+    ]
+    for ans, why in zip(answers, ("a logprob above 0", "add up to")):
+        srv = stand_in(lambda h, b, ans=ans: (200, json.dumps(ans).encode()))
+        allowed.add(("127.0.0.1", srv.port))
+        with pytest.raises(RemoteGraderError, match=why):
+            RemoteVLMVerifier(srv.url, "tiny", timeout=5).score(grey_batch([0.5]), "p")
+    for raw in (b'{"choices": [{"logprobs": {"content": [{"token": "Yes", "logprob": -Infinity}]}}]}',
+                b'{"choices": [{"logprobs": {"content": [{"token": "Yes", "logprob": 1e999}]}}]}',
+                b'{"choices": [{"logprobs": {"content": [{"token": "Yes", "logprob": NaN}]}}]}'):
+        srv = stand_in(lambda h, b, raw=raw: (200, raw))
+        allowed.add(("127.0.0.1", srv.port))
+        with pytest.raises(RemoteGraderError, match="refused"):
+            RemoteVLMVerifier(srv.url, "tiny", timeout=5).score(grey_batch([0.5]), "p")
+    ok = completion(None, {"token": "Yes", "logprob": -0.5, "top_logprobs": [{"token": "Yes", "logprob": -0.5}]})
+    srv = stand_in(lambda h, b: (200, json.dumps(ok).encode()))
+    allowed.add(("127.0.0.1", srv.port))
+    assert RemoteVLMVerifier(srv.url, "tiny", timeout=5).score(grey_batch([0.5]), "p").tolist() == \
+        pytest.approx([math.exp(-0.5)])
 
 
 def test_retries_on_5xx_and_429_then_succeeds(stand_in, guard):
@@ -301,7 +400,7 @@ def test_api_key_comes_from_the_named_env_var_at_call_time_and_is_never_kept(sta
         v.score(grey_batch([0.5]), "p")
     assert seen == []  # refused before any request
     monkeypatch.setenv("INFSCALE_TEST_KEY", "wrong")
-    with pytest.raises(RemoteGraderError, match="HTTP 401 .*api_key_env"):
+    with pytest.raises(RemoteGraderError, match="HTTP 401 .*variable the operator named"):
         v.score(grey_batch([0.5, 0.4]), "p")
     monkeypatch.setenv("INFSCALE_TEST_KEY", secret)  # read at call time, not at construction
     assert v.score(grey_batch([0.5, 0.4]), "p").tolist() == [8.0, 8.0]
@@ -355,8 +454,7 @@ def test_remote_failures_compose_with_every_strategy():
     scoring call -inf, as a remote grader with on_failure = -inf does for a failed answer: every strategy
     finishes within its budget, and no -inf candidate wins."""
     from search import Strategy, run_strategy
-    from test_algorithms import STRATEGIES
-    from toy_host import gaussian_host
+    from toy_host import STRATEGIES, gaussian_host
 
     cases = STRATEGIES + [("halving", {}, "euler")]
     for name, params, sampler in cases:
@@ -445,10 +543,11 @@ def test_real_openai_compatible_server(tmp_path, guard):
 
 # --------------------------------------------------------------------------- the loader node on ComfyUI
 def test_server_remote_grader_in_a_search(comfy, stand_in, tmp_path):
-    """Search Loop on the real ComfyUI server with the remote grader: the stand-in grades brightness and gets
-    the key from the environment variable named on the node, one answer is garbage and scores -inf
-    (on_failure = -inf), and the report counts it; the key is in neither the report, the PNG nor the history."""
-    from comfy_server import TEST_API_KEY
+    """Search Loop on the real ComfyUI server with the remote grader the operator configured: the stand-in grades
+    brightness and gets the key from the environment variable the operator named, one answer is garbage and
+    scores -inf (on_failure = -inf), and the report counts it; neither the key nor its variable's name is in the
+    report, the PNG or the history, and the report names the grader, not its URL."""
+    from comfy_server import TEST_API_KEY, set_endpoints
     from graphs import PREFIX, search_graph
     seen, lock = [], threading.Lock()
 
@@ -460,12 +559,16 @@ def test_server_remote_grader_in_a_search(comfy, stand_in, tmp_path):
             return 200, b"{not json"
         return rubric_from_image(handler, body)
     srv = stand_in(behave)
-    info = comfy.object_info()[PREFIX + "RemoteVLMVerifier"]
+    set_endpoints(comfy, graders={"stand-in": {"base_url": srv.url, "model": "tiny",
+                                               "api_key_env": "INFSCALE_TEST_API_KEY"}})
+    info = comfy.get("/object_info/" + PREFIX + "RemoteVLMVerifier")[PREFIX + "RemoteVLMVerifier"]
     assert info["category"] == "inference scaling" and "higher is better" in info["description"]
     for name, spec in info["input"]["required"].items():
         assert spec[1].get("tooltip"), name
+    assert info["input"]["required"]["base_url"][0] == ["stand-in"]  # the operator's graders, by name
+    assert info["input"]["required"]["api_key_env"][0] == ["set by the operator"]
     loader = {"class_type": PREFIX + "RemoteVLMVerifier", "inputs": {
-        "base_url": srv.url, "model": "tiny", "mode": "rubric", "question": "", "api_key_env": "INFSCALE_TEST_API_KEY",
+        "base_url": "stand-in", "model": "", "mode": "rubric", "question": "", "api_key_env": "set by the operator",
         "concurrency": 3, "timeout": 20.0, "retries": 0, "on_failure": "-inf"}}
     g = search_graph(seed=11, candidates=3, top_k=1, micro_batch=3, prefix="remote")
     g["5"] = loader
@@ -476,19 +579,18 @@ def test_server_remote_grader_in_a_search(comfy, stand_in, tmp_path):
     scores = sorted(c["score"] for c in rep["candidates"])
     assert rep["verifier_failures"] == 1 and scores[0] == -math.inf and all(1 <= s <= 10 for s in scores[1:])
     assert any("-inf" in n for n in rep["notes"])
-    assert rep["verifier"].startswith("remote[rubric](tiny @ http://127.0.0.1:")
+    assert rep["verifier"] == "remote[rubric](tiny @ stand-in)"
     assert len(seen) == 4 and set(seen) == {"Bearer " + TEST_API_KEY}  # 3 candidates + the winner's re-render
     png = comfy.output_file(entry["outputs"]["11"]["images"][0])
     with open(png, "rb") as f:
         data = f.read()
     history = json.dumps(comfy.get("/history"))
     for text in (data.decode("latin-1"), history, json.dumps(rep)):
-        assert TEST_API_KEY not in text
-    assert b"INFSCALE_TEST_API_KEY" in data  # the variable's name is the only trace, in the saved workflow
-    # settings errors are refused before the run: no URL, an unset key variable, a pasted key
-    for bad, msg in (({"base_url": ""}, "no base URL is set"),
-                     ({"api_key_env": "INFSCALE_UNSET_VARIABLE"}, "INFSCALE_UNSET_VARIABLE"),
-                     ({"api_key_env": "sk-abc123/def"}, "NAME of an environment variable")):
+        assert TEST_API_KEY not in text and "INFSCALE_TEST_API_KEY" not in text and srv.url not in text
+    # settings errors are refused before the run: a URL, an unknown grader, a model the operator did not allow
+    for bad, msg in (({"base_url": srv.url}, "a workflow may no longer choose where this server connects"),
+                     ({"base_url": "elsewhere"}, "no remote grader named 'elsewhere'"),
+                     ({"model": "big-model"}, "serves model 'tiny', not 'big-model'")):
         g["5"] = dict(loader, inputs=dict(loader["inputs"], **bad))
         code, body = comfy.queue(g)
         assert code == 400 and msg in json.dumps(body), (bad, body)
@@ -507,11 +609,13 @@ def test_server_remote_grader_with_verifier_score_and_best_pick(comfy, stand_in)
             first = n[0] == 1
         return (200, b"[]") if first else rubric_from_image(handler, body)
     srv = stand_in(behave)
+    from comfy_server import set_endpoints
+    set_endpoints(comfy, graders={"stand-in": {"base_url": srv.url, "model": "tiny"}})
     g = base_graph("a grey square")
     g["4"]["inputs"]["batch_size"] = 3
-    g["5"] = {"class_type": PREFIX + "RemoteVLMVerifier", "inputs": {
-        "base_url": srv.url, "model": "tiny", "mode": "rubric", "question": "Rate {prompt}: JSON score 1-10",
-        "api_key_env": "", "concurrency": 2, "timeout": 20.0, "retries": 1, "on_failure": "-inf"}}
+    g["5"] = {"class_type": PREFIX + "RemoteVLMVerifier", "inputs": {  # as saved before graders had names: the
+        "base_url": "stand-in", "model": "tiny", "mode": "rubric", "question": "Rate {prompt}: JSON score 1-10",
+        "api_key_env": "", "concurrency": 2, "timeout": 20.0, "retries": 1, "on_failure": "-inf"}}  # '' is fine
     g["6"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 8,
         "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}

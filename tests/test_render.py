@@ -6,9 +6,9 @@ import torch
 
 from search.schedule import resample_sigmas
 
-# nodes/drawing.py imports no ComfyUI: load the file alone (importing the nodes package would need ComfyUI)
+# engine/drawing.py imports no ComfyUI: load the file alone (importing the nodes package would need ComfyUI)
 _spec = importlib.util.spec_from_file_location(
-    "infscale_render", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nodes", "drawing.py"))
+    "infscale_render", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine", "drawing.py"))
 _render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_render)
 caption, ranked_grid, score_plot = _render.caption, _render.ranked_grid, _render.score_plot

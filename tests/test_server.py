@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -12,25 +11,13 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from comfy_server import execution_error, interrupt_run
 from graphs import PREFIX, ksampler_graph, search_graph
-from comfy_server import execution_error
+from server_outputs import image_of, latent_file, report_of
 
 NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON", "EarlyStop",
                                  "SuccessiveHalvingStrategy", "TreeSearchStrategy", "SelfConsistencyVerifierLoader",
                                  "VerifierPrefilter")]
-
-
-def report_of(entry) -> dict:
-    return json.loads(entry["outputs"]["8"]["text"][0])
-
-
-def image_of(comfy, entry, node="7", i=0) -> np.ndarray:
-    return np.asarray(Image.open(comfy.output_file(entry["outputs"][node]["images"][i])))
-
-
-def latent_file(comfy, entry, node="9") -> torch.Tensor:
-    item = entry["outputs"][node]["latents"][0]
-    return safetensors.torch.load_file(comfy.output_file(item))["latent_tensor"]
 
 
 def test_object_info_lists_every_node(comfy):
@@ -123,41 +110,6 @@ def test_img2img_search(comfy):
     g["6"]["inputs"]["latent"] = ["21", 0]
     rep = report_of(comfy.run_ok(g))
     assert all(c["nfe"] == 4 for c in rep["candidates"])  # denoise 0.5 keeps `steps` steps
-
-
-def interrupt_run(comfy, graph, after: int, timeout: float = 300):
-    """Queues ``graph``, posts /interrupt at its ``after``-th progress message, follows it to the end.
-    Returns (interrupted, progress messages after the interrupt, seconds from the interrupt to the end)."""
-    ws = comfy.websocket()
-    try:
-        code, body = comfy.queue(graph)
-        assert code == 200
-        pid = body["prompt_id"]
-        seen, later, interrupted, t_int = 0, 0, False, None
-        ws.settimeout(timeout)
-        while True:
-            msg = ws.recv()
-            if not isinstance(msg, str):
-                continue
-            m = json.loads(msg)
-            data = m.get("data", {})
-            if data.get("prompt_id") not in (None, pid):
-                continue
-            if m["type"] == "progress":
-                seen += 1
-                if seen == after:
-                    t_int = time.time()
-                    comfy.post("/interrupt", {})
-                elif seen > after:
-                    later += 1
-            elif m["type"] == "execution_interrupted":
-                interrupted = True
-                break
-            elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
-                break
-        return interrupted, later, (time.time() - t_int) if t_int is not None else None
-    finally:
-        ws.close()
 
 
 def test_interrupt_stops_search_within_one_step(comfy):

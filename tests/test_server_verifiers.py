@@ -6,27 +6,7 @@ import json
 
 import pytest
 
-from graphs import PREFIX, base_graph, search_graph
-
-
-def aesthetic_node(clip="tiny-clip-768.safetensors", mlp="tiny-aesthetic.pth"):
-    return {"class_type": PREFIX + "AestheticVerifierLoader",
-            "inputs": {"clip_arch": "ViT-L-14", "clip_weights": clip, "aesthetic_weights": mlp}}
-
-
-def batch_score_graph(verifier_nodes: dict, verifier_ref, batch=3, seed=5):
-    """A stock KSampler batch, decoded, scored by VerifierScore, reported as JSON (node 8)."""
-    g = base_graph()
-    g["4"]["inputs"]["batch_size"] = batch
-    g["6"] = {"class_type": "KSampler", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
-        "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
-    g["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
-    g.update(verifier_nodes)
-    g["20"] = {"class_type": PREFIX + "VerifierScore",
-               "inputs": {"images": ["7", 0], "verifier": verifier_ref, "prompt": "a red apple"}}
-    g["8"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["20", 0]}}
-    return g
+from graphs import PREFIX, aesthetic_node, batch_score_graph, search_graph
 
 
 def report(entry, node="8"):
@@ -153,7 +133,7 @@ def test_self_consistency_verifier_in_search_loop(comfy):
     SearchLoop (random search and zero-order), alone and in an ensemble; refused where no preview exists."""
     from comfy_server import execution_error
     from graphs import search_graph
-    from test_strategies_server import with_strategy
+    from strategy_graphs import with_strategy
     g = search_graph(seed=12, candidates=3, top_k=1, steps=4, prefix="selfc")
     g["5"] = _self_consistency()
     entry = comfy.run_ok(g)

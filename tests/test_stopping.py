@@ -221,7 +221,7 @@ def test_halving_spends_at_most_its_budget_and_keeps_the_right_fraction(budget_g
 def test_halving_winner_is_exactly_its_seeds_full_run():
     host = gaussian_host(steps=10)
     rep, fin = halving_search(host, seed=21, budget_nfe=10 * 12, top_k=2)
-    assert [f.replay for f in fin] == ["ksampler", "ksampler"]
+    assert [f.stock_node for f in fin] == ["ksampler", "ksampler"]
     for f in fin:
         ref = gaussian_host(steps=10)
         state, _ = ref.sample(ref.start(ref.initial_noise([f.result.seed])), 10, [f.result.seed])

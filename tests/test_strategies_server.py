@@ -2,7 +2,6 @@
 SearchLoop's strategy input, with the tiny SD1.5-format checkpoint."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import safetensors.torch
@@ -10,39 +9,8 @@ import torch
 
 from comfy_server import execution_error
 from graphs import PREFIX, search_graph
-
-STRATEGIES = {
-    "random": ("RandomSearchStrategy", {"budget_nfe": 12}),
-    "zero_order": ("ZeroOrderStrategy", {"neighbours": 2, "cosine": 0.9, "budget_nfe": 0}),
-    "paths": ("PathsStrategy", {"paths": 2, "noises_per_path": 2, "start_level": 0.3, "forward": 0.5,
-                                "backward": 0.7, "budget_nfe": 0}),
-    "particles": ("ParticleStrategy", {"particles": 3, "potential": "max", "lam": 10.0, "interval": 2,
-                                       "ess_threshold": 0.0, "budget_nfe": 0}),
-    "evolution": ("EvolutionStrategy", {"population": 3, "elites": 1, "tournament": 2, "mutation": 0.3,
-                                        "budget_nfe": 0}),
-    "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
-                                              "last_level": 0.4, "budget_nfe": 0}),
-    "tree": ("TreeSearchStrategy", {"levels": 1, "first_level": 0.5, "last_level": 0.3, "screen": 2,
-                                    "exploration": 1.0, "widening": 0.5, "root_widening": 0.7, "renoise": 0.3,
-                                    "parallel": 2, "budget_nfe": 0}),
-}
-
-
-def with_strategy(g, name, inputs=None, coarse=None):
-    cls, defaults = STRATEGIES[name]
-    g["40"] = {"class_type": PREFIX + cls, "inputs": dict(defaults, **(inputs or {}))}
-    ref = ["40", 0]
-    if coarse is not None:
-        g["41"] = {"class_type": PREFIX + "CoarseToFine",
-                   "inputs": {"coarse_steps": coarse[0], "finalists": coarse[1], "strategy": ref}}
-        ref = ["41", 0]
-    g["6"]["inputs"]["strategy"] = ref
-    return g
-
-
-def report_of(entry):
-    return json.loads(entry["outputs"]["8"]["text"][0])
-
+from server_outputs import image_of, latent_file, report_of
+from strategy_graphs import STRATEGIES, with_strategy
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_each_strategy_runs_within_its_budget(comfy, name):
@@ -138,9 +106,6 @@ def test_img2img_inpainting_with_every_strategy(comfy, name):
 
 
 def test_strategy_with_guider_and_custom_sigmas(comfy):
-    if not (comfy.has_node("CFGGuider") and comfy.has_node("KSamplerSelect")):
-        pytest.skip(f"this ComfyUI ({comfy.version}) lacks CFGGuider (GUIDER arrived after the 2024 host); "
-                    "runs on current ComfyUI")
     for name in ("paths", "zero_order"):
         g = search_graph(seed=8, candidates=4, top_k=1, steps=4, prefix=f"guided_{name}")
         g["40"] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0],
@@ -216,7 +181,6 @@ def test_random_strategy_refuses_a_budget_below_one_generation(comfy):
 def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy):
     import numpy as np
     from graphs import ksampler_graph
-    from test_server import image_of, latent_file
     g = with_strategy(search_graph(seed=40, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="halving"),
                       "halving")
     entry = comfy.run_ok(g)
@@ -236,7 +200,6 @@ def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy
 def test_tree_search_replays_unbranched_winners_in_a_stock_ksampler_and_returns_lineages(comfy):
     import numpy as np
     from graphs import ksampler_graph
-    from test_server import image_of, latent_file
     # root_widening 1: every rollout starts from a fresh noise, so the winner never branched: its seed replays it
     g = with_strategy(search_graph(seed=50, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="tree_fresh"),
                       "tree", {"root_widening": 1.0})
@@ -260,9 +223,12 @@ def test_tree_search_replays_unbranched_winners_in_a_stock_ksampler_and_returns_
 
 
 def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
-    for name in ("random", "zero_order"):
-        g = with_strategy(search_graph(seed=9, candidates=8, top_k=1, steps=3, micro_batch=1,
-                                       prefix=f"early_{name}"), name, {"budget_nfe": 0})
+    # zero-order finishes the round the stop falls in, and its first round is its start pool (8 noises by
+    # default: the whole budget here), so it starts from 4; random search samples one candidate per call under a
+    # target rule (Stopper.horizon), so it stops after the first
+    for name, inputs in (("random", {"budget_nfe": 0}), ("zero_order", {"budget_nfe": 0, "start_noises": 4})):
+        g = with_strategy(search_graph(seed=9, candidates=8, top_k=1, steps=3, micro_batch=4,
+                                       prefix=f"early_{name}"), name, inputs)
         g["42"] = {"class_type": PREFIX + "EarlyStop", "inputs": {
             "mode": "target score", "target_score": -1000.0, "patience": 8, "min_improvement": 0.0,
             "strategy": g["6"]["inputs"]["strategy"]}}
@@ -271,6 +237,7 @@ def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
         es = rep["settings"]["early_stop"]
         assert es["stopped"] and "target" in es["reason"], es
         assert rep["nfe_total"] < 8 * 3 and es["nfe_saved"] == 8 * 3 - rep["nfe_total"]
+        assert rep["nfe_total"] == {"random": 3, "zero_order": 4 * 3}[name]
         assert any("stopped early" in n for n in rep["notes"])
     # a rank ensemble's scores are relative: refused with a message on the node
     g = with_strategy(search_graph(seed=9, candidates=4, top_k=1, steps=3, prefix="early_rel"), "random",

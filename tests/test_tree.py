@@ -47,7 +47,7 @@ def test_every_finalist_replays_from_its_recipe_and_unbranched_ones_from_their_s
     for f in fin:
         lat, nfe = replay(gaussian_host(sampler=sampler, steps=10), f.recipe)
         assert torch.equal(lat, f.latent)
-        if f.replay == "ksampler":  # a fresh noise never branched: the stock run of its seed, in one call
+        if f.stock_node == "ksampler":  # a fresh noise never branched: the stock run of its seed, in one call
             kinds.add("ksampler")
             again = gaussian_host(sampler=sampler, steps=10)
             state, _ = again.sample(again.start(again.initial_noise([f.result.seed])), 10, [f.result.seed])

@@ -36,7 +36,7 @@ def test_clipscore_equals_open_clip_arithmetic(tiny):
         torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         ie = model.encode_image(x, normalize=True)
-        te = model.encode_text(open_clip.get_tokenizer("its_custom__tiny-clip")([prompt]), normalize=True)
+        te = model.encode_text(open_clip.get_tokenizer("its_test_tiny-clip")([prompt]), normalize=True)
     expected = (ie @ te.T).squeeze(1)
     got = v.score(imgs, prompt)
     assert torch.allclose(got, expected, atol=1e-5)
@@ -82,6 +82,23 @@ def test_mismatched_architecture_is_refused(tiny, tmp_path):
     shutil.copy(tiny, p)
     with pytest.raises(MismatchedWeightsError, match="does not match open_clip 'ViT-B-32'"):
         load_open_clip("ViT-B-32", str(p))
+
+
+def test_a_custom_config_stays_out_of_the_architecture_list(tiny, tmp_path):
+    """The JSON config beside a weights file is open_clip's architecture for that build only: it never joins
+    open_clip.list_models() (the loaders' arch lists), and a config that is no open_clip config is refused."""
+    import open_clip
+    before = open_clip.list_models()
+    model, tok = load_open_clip("ViT-L-14", tiny)
+    assert open_clip.list_models() == before
+    assert not [a for a in open_clip.list_models() if a.startswith("its_custom__")]
+    assert CLIPScoreVerifier(model, tok).score(images(1), "x").shape == (1,)  # built from that config all the same
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(open(tiny, "rb").read())
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(VerifierFileError, match="not an open_clip model config"):
+        load_open_clip("ViT-L-14", str(bad))
+    assert open_clip.list_models() == before
 
 
 def test_missing_truncated_and_unsafe_files(tmp_path, tiny):

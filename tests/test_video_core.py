@@ -6,9 +6,8 @@ import torch
 from search import Strategy, run_strategy
 from search.noise import candidate_noise
 from search.video import VideoInputError, VideoScoring, aggregate, frame_indices, split_videos
-from toy_host import gaussian_host
+from toy_host import STRATEGIES, gaussian_host
 
-from test_algorithms import STRATEGIES
 
 VIDEO_SHAPE = (1, 4, 5, 6, 6)  # B x C x T x H x W
 
@@ -46,6 +45,26 @@ def test_bad_settings_and_frame_counts_are_clear():
         VideoScoring(aggregate="median")
     with pytest.raises(VideoInputError, match="at least 1"):
         frame_indices(5, 0, "evenly spaced")
+
+
+def test_fewer_frames_than_asked_are_recorded_and_said():
+    """k evenly spaced frames of a shorter video: each frame is scored once; the report's ``frames`` is what was
+    scored, ``frames_requested`` what was asked, and the shortfall is a message that says what to do."""
+    k50 = VideoScoring("evenly spaced", 50)
+    assert k50.indices(5) == [0, 1, 2, 3, 4]
+    assert k50.to_dict(5) == {"pick": "evenly spaced", "frames": 5, "aggregate": "mean", "frames_requested": 50}
+    assert k50.to_dict()["frames"] == 50  # before any video is seen: the setting
+    assert k50.shortfall(5) == ("Video Scoring asks for 50 frames per video (evenly spaced), but each video has "
+                                "only 5 frames: 5 were scored; set frames to 5 or fewer in Video Scoring, or make "
+                                "longer videos")
+    assert k50.shortfall(50) is None and k50.shortfall(81) is None
+    default = VideoScoring()
+    assert default.to_dict(33) == {"pick": "first/middle/last", "frames": 3, "aggregate": "mean"}
+    assert default.shortfall(33) is None
+    assert "has only 1 frame: 1 was scored; make longer videos, or pick 'first'" in default.shortfall(1)
+    assert default.to_dict(1)["frames_requested"] == 3
+    first = VideoScoring("first", 7)
+    assert first.to_dict(9)["frames"] == 1 and first.shortfall(1) is None
 
 
 def test_candidate_noise_of_a_video_latent_is_prepare_noise():

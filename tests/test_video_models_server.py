@@ -6,9 +6,7 @@ reproduced bit for bit by a stock KSampler, its score equal to its frames scored
 Text encoders: the tiny CLIP-L stands in for each model's own (HunyuanVideo: a Llama-3-8B-class model plus
 CLIP-L; Wan: UMT5-XXL; both fixed-size configs).  The tiny HunyuanVideo takes a 768-wide context, so CLIP-L is
 loaded as a plain CLIP (type "stable_diffusion": 768-wide context and pooled output); Wan takes a 4096-wide one,
-so it is loaded as SD3's (context padded to 4096).
-
-Current ComfyUI only: the 2024 host has neither model and no video latents; these tests skip there."""
+so it is loaded as SD3's (context padded to 4096)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +20,7 @@ import torch
 
 from comfy_server import CACHE, HUNYUAN_VIDEO_FILES, WAN22_FILES, add_model_files
 from graphs import PREFIX, verifier_node
-from test_video_server import frames_of, latent_file, report_of
+from server_outputs import frames_of, latent_file, report_of
 
 TEXT = "a paper boat drifting down a rainy street"
 FRAMES = 5  # 1 + 4k frames; 5 frames = 2 latent frames for both models
@@ -44,10 +42,6 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def server(comfy, comfy_path, models_dir):
-    missing = [m["node"] for m in MODELS.values() if not comfy.has_node(m["node"])]
-    if missing:
-        pytest.skip(f"this ComfyUI ({comfy.version}) lacks {', '.join(missing)}: no HunyuanVideo / Wan 2.2 and no "
-                    "video latents (the 2024 host); the video tests run on current ComfyUI")
     for m in MODELS.values():
         add_model_files(comfy_path, models_dir, m["files"])
     return comfy

@@ -1,9 +1,7 @@
 """Video search on the real server with a tiny Wan 2.1 (tests/tiny_models.py: the diffusion model, the Wan 2.1
-VAE and a CLIP-L text encoder loaded as SD3's, which gives the 4096-wide context Wan takes).  Current ComfyUI
-only: the 2024 host has no Wan and no video latents, and these tests skip there with that reason."""
+VAE and a CLIP-L text encoder loaded as SD3's, which gives the 4096-wide context Wan takes)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,12 +9,12 @@ import textwrap
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from PIL import Image
 
 from comfy_server import CACHE, REPO, add_wan21, execution_error
 from graphs import PREFIX, verifier_node
+from server_outputs import frames_of, latent_file, report_of
 
 TEXT = "a cat walking on a beach"
 FRAMES = 5  # Wan: 1 + 4k frames; 5 frames = 2 latent frames
@@ -25,9 +23,6 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def wan(comfy, comfy_path, models_dir):
-    if not comfy.has_node("EmptyHunyuanLatentVideo"):
-        pytest.skip(f"this ComfyUI ({comfy.version}) has no Wan and no video latents (the 2024 host): "
-                    "the video tests run on current ComfyUI")
     add_wan21(comfy_path, models_dir)
     return comfy
 
@@ -81,18 +76,6 @@ def stock_graph(seed, steps=3, cfg=5.0, sampler="euler", prefix="wanstock", fram
                                                                   "prompt": TEXT}}
     g["15"] = {"class_type": PREFIX + "ScoresToJSON", "inputs": {"scores": ["14", 0]}}
     return g
-
-
-def report_of(entry, node="8") -> dict:
-    return json.loads(entry["outputs"][node]["text"][0])
-
-
-def latent_file(comfy, entry, node="9") -> torch.Tensor:
-    return safetensors.torch.load_file(comfy.output_file(entry["outputs"][node]["latents"][0]))["latent_tensor"]
-
-
-def frames_of(comfy, entry, node) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(comfy.output_file(it))) for it in entry["outputs"][node]["images"]])
 
 
 def test_wan_search_reproduces_in_stock_ksampler_and_scores_the_frames(wan):
@@ -274,6 +257,35 @@ def composable_graph(frames_per_video, batch=2):
     return g
 
 
+def test_more_frames_asked_than_the_videos_have_is_said_and_reported(wan):
+    """Video Scoring with k = 50 evenly spaced frames on 5-frame videos: every frame is scored once, the node and
+    the report's notes say so, and the report records the 5 frames scored (and the 50 asked for)."""
+    entry = wan.run_ok(wan_search(seed=23, candidates=2, top_k=1, micro_batch=2, prefix="wan_k50",
+                                  scoring={"pick": "evenly spaced", "frames": 50, "aggregate": "mean"}))
+    rep = report_of(entry)
+    video = rep["settings"]["video"]
+    assert video["frames"] == FRAMES and video["frames_requested"] == 50
+    assert video["scored_frames"] == list(range(FRAMES)) and video["frames_per_video"] == FRAMES
+    note = ("Video Scoring asks for 50 frames per video (evenly spaced), but each video has only 5 frames: 5 were "
+            "scored; set frames to 5 or fewer in Video Scoring, or make longer videos")
+    assert video["note"] == note and note in rep["notes"]
+    assert note in entry["outputs"]["6"]["text"][0]  # shown on Search Loop
+    # Verifier Score on the same kind of videos says the same
+    g = composable_graph(FRAMES)
+    g["20"] = {"class_type": PREFIX + "VideoScoring", "inputs": {"pick": "evenly spaced", "frames": 50,
+                                                                "aggregate": "mean"}}
+    g["14"]["inputs"]["video_scoring"] = ["20", 0]
+    entry = wan.run_ok(g)
+    rep = report_of(entry, "15")
+    assert rep["settings"]["video"]["frames"] == FRAMES and note in rep["notes"]
+    assert note in entry["outputs"]["14"]["text"][0]
+    # as many frames as the videos have: no note
+    rep = report_of(wan.run_ok(wan_search(seed=23, candidates=2, top_k=1, micro_batch=2, prefix="wan_k5",
+                                          scoring={"pick": "evenly spaced", "frames": FRAMES, "aggregate": "mean"})))
+    assert rep["settings"]["video"]["frames"] == FRAMES and "frames_requested" not in rep["settings"]["video"]
+    assert not any("Video Scoring asks for" in n for n in rep["notes"])
+
+
 def test_composable_verifier_score_takes_video_frames(wan):
     entry = wan.run_ok(composable_graph(FRAMES))
     rep = report_of(entry, "15")
@@ -321,7 +333,16 @@ def preview_on_prefilter():
     return g
 
 
+def zero_frame_latent():
+    """Trim Video Latent cutting every frame: a 0-frame video latent, refused before any sampling."""
+    g = wan_search(prefix="bad_zero")
+    g["21"] = {"class_type": "TrimVideoLatent", "inputs": {"samples": ["4", 0], "trim_amount": 99}}
+    g["6"]["inputs"]["latent"] = ["21", 0]
+    return g
+
+
 BAD = {
+    "zero_frame_latent": (zero_frame_latent, "the video latent has 0 frames"),
     "preview_with_a_relative_verifier": (preview_on_prefilter, "pruning by latent preview ranks each candidate"),
     "frames_not_matching": (lambda: composable_graph(3), "not a whole number of 3-frame videos"),
     "ranked_grid_of_videos": (ranked_grid_of_videos, "use Video Contact Sheet"),
@@ -356,7 +377,7 @@ PREFIX_SCRIPT = textwrap.dedent("""
     pack = importlib.util.module_from_spec(spec)
     sys.modules["infscale_pack"] = pack
     spec.loader.exec_module(pack)
-    video = sys.modules["infscale_pack.nodes.video"]
+    video = sys.modules["infscale_pack.engine.video"]
     count = video.causal_frame_count(vae)
     assert count is not None, "the Wan 2.1 VAE is on the causal whitelist"
     z = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -365,7 +386,9 @@ PREFIX_SCRIPT = textwrap.dedent("""
     for n in (1, 2):
         part = vae.decode(z[:, :, :n])
         assert part.shape[1] == count(n), (n, part.shape)
-        assert torch.equal(part, full[:, :count(n)]), (n, (part - full[:, :count(n)]).abs().max().item())
+        # equal up to float rounding: the convolution kernels a CPU picks for a shorter input may round
+        # differently (bit-identical on some CPUs, within 2e-6 on others)
+        assert (part - full[:, :count(n)]).abs().max().item() <= 1e-5, (n, (part - full[:, :count(n)]).abs().max())
     # the Wan 2.2 VAE class (48 channels), small and random, decodes a prefix exactly too
     import comfy.ldm.wan.vae2_2 as wan22
     assert (wan22.WanVAE.__module__, wan22.WanVAE.__name__) in video.CAUSAL_VAES
@@ -377,17 +400,15 @@ PREFIX_SCRIPT = textwrap.dedent("""
     z = torch.randn(1, 48, 3, 2, 2)
     with torch.no_grad():
         full = small.decode(z)
-        assert full.shape[2] == 9 and torch.equal(small.decode(z[:, :, :2]), full[:, :, :5])
+        assert full.shape[2] == 9 and (small.decode(z[:, :, :2]) - full[:, :, :5]).abs().max().item() <= 1e-5
     print("ok")
 """)
 
 
 def test_the_wan_vae_decodes_a_latent_prefix_exactly(comfy_path):
-    """The Wan 2.1 VAE decodes latent frame by latent frame: the first n latent frames decode to exactly the
-    first 4n - 3 frames of the whole decode (bit for bit, on CPU), which the prefix decode relies on; the same
-    for the Wan 2.2 VAE's class (built small)."""
-    if not os.path.isdir(os.path.join(comfy_path, "comfy", "ldm", "wan")):
-        pytest.skip("this ComfyUI has no Wan VAE (the 2024 host): the video tests run on current ComfyUI")
+    """The Wan 2.1 VAE decodes latent frame by latent frame: the first n latent frames decode to the first
+    4n - 3 frames of the whole decode (equal up to float rounding, on CPU), which the prefix decode relies on;
+    the same for the Wan 2.2 VAE's class (built small)."""
     from tiny_models import ensure_checkpoint
     vae = ensure_checkpoint(comfy_path, "wan21_vae", os.path.join(CACHE, "checkpoints"), seed=0)
     proc = subprocess.run([sys.executable, "-c", PREFIX_SCRIPT, vae, REPO], cwd=comfy_path, capture_output=True,

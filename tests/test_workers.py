@@ -1,5 +1,5 @@
 """Core tier: random search in shards (search/sharded.py) on the toy host, the shard answer's validation, and
-the worker dispatcher (nodes/workers.py) against small fake ComfyUI servers over real HTTP on loopback:
+the worker dispatcher (engine/workers.py) against small fake ComfyUI servers over real HTTP on loopback:
 re-assignment of a failed worker's shard, errors for refusals and malformed answers, no other address
 contacted.  The two-real-servers tests are in test_workers_server.py."""
 from __future__ import annotations
@@ -8,34 +8,38 @@ import importlib
 import json
 import os
 import sys
-import threading
+import time
+import tracemalloc
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 
+from loopback import serve, stop
 from toy_host import gaussian_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_pack_parts():
-    """nodes/workers.py imports no ComfyUI: load it (and search/) as parts of a package without running
+    """engine/workers.py imports no ComfyUI: load it (and search/) as parts of a package without running
     nodes/__init__.py, which would need ComfyUI."""
     if "infscale_core" not in sys.modules:
         pkg = types.ModuleType("infscale_core")
         pkg.__path__ = [REPO]
         sys.modules["infscale_core"] = pkg
-        sub = types.ModuleType("infscale_core.nodes")
-        sub.__path__ = [os.path.join(REPO, "nodes")]
-        sys.modules["infscale_core.nodes"] = sub
-    return (importlib.import_module("infscale_core.nodes.workers"),
+        sub = types.ModuleType("infscale_core.engine")
+        sub.__path__ = [os.path.join(REPO, "engine")]
+        sys.modules["infscale_core.engine"] = sub
+    return (importlib.import_module("infscale_core.engine.workers"),
             importlib.import_module("infscale_core.search.sharded"),
             importlib.import_module("infscale_core.search"))
 
 
 workers, sharded, search_pkg = _load_pack_parts()
+endpoints = importlib.import_module("infscale_core.engine.endpoints")
+net = importlib.import_module("infscale_core.verifiers.net")
 
 SEED, N, TOP_K, STEPS = 11, 12, 3, 6
 
@@ -56,6 +60,28 @@ def local_dispatch(plan, run_local):
     return [run_local(s, c) for s, c in plan]
 
 
+class Dispatcher:
+    """A random search's dispatcher (search.random_search.Dispatcher) over a plain function."""
+
+    def __init__(self, run, shards, recombine=recombine):
+        self.run, self.shards, self.rule = run, shards, recombine
+
+    def parts(self):
+        return self.shards
+
+    def __call__(self, plan, run_local):
+        return self.run(plan, run_local)
+
+    def recombine(self, m):
+        return self.rule(m)
+
+
+def sharded_search(hst, dispatch, shards, recombine=recombine, member_names=()):
+    """The one random search with its candidates in shards handed to ``dispatch``."""
+    return search_pkg.random_search(hst, seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
+                                    dispatch=Dispatcher(dispatch, shards, recombine), member_names=member_names)
+
+
 def same_search(a, b):
     (ra, fa), (rb, fb) = a, b
     assert [c.score for c in ra.candidates] == [c.score for c in rb.candidates]
@@ -66,9 +92,8 @@ def same_search(a, b):
 
 
 @pytest.mark.parametrize("shards", [1, 3, 5, 12])
-def test_sharded_random_search_equals_random_search(shards):
-    got = sharded.sharded_random_search(host(micro_batch=2), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                        dispatch=local_dispatch, shards=shards, recombine=recombine)
+def test_random_search_in_shards_equals_random_search(shards):
+    got = sharded_search(host(micro_batch=2), local_dispatch, shards)
     same_search(got, reference())
     assert [f.latent is not None for f in got[1]] == [True] * TOP_K  # local shards keep their finalists' latents
     assert got[0].settings["shards"] == [{"start": s, "count": c, "ran_on": "local"}
@@ -94,15 +119,14 @@ def remote_dispatch(fail=()):
 
 
 def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_latents():
-    report, finalists = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                                      dispatch=remote_dispatch(), shards=4, recombine=recombine)
+    report, finalists = sharded_search(host(), remote_dispatch(), 4)
     same_search((report, finalists), reference())
     where = {s["start"]: s["ran_on"] for s in report.settings["shards"]}
     assert sorted(set(where.values())) == ["local", "worker W"]
     for f in finalists:  # a remote finalist: no latent, its seed's noise, so a stock KSampler replays it
         remote = where[f.result.index // 3 * 3] != "local"
         assert (f.latent is None) == remote
-        assert f.replay == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
+        assert f.stock_node == "ksampler" and f.seed == f.result.seed == SEED + f.result.index
         assert torch.equal(f.noise, host().initial_noise([f.seed]))
 
 
@@ -127,10 +151,8 @@ def test_relative_verifier_rows_are_recombined_over_every_candidate():
             r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
         return r.mean(1)
 
-    full = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                         dispatch=local_dispatch, shards=1, recombine=ranks, member_names=["a", "b"])
-    split = sharded.sharded_random_search(two(host()), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K,
-                                          dispatch=local_dispatch, shards=4, recombine=ranks, member_names=["a", "b"])
+    full = sharded_search(two(host()), local_dispatch, 1, ranks, ["a", "b"])
+    split = sharded_search(two(host()), local_dispatch, 4, ranks, ["a", "b"])
     same_search(full, split)
     assert set(full[0].candidates[0].verifier_scores) == {"a", "b"}
     assert all(f.latent is None for f in split[1])  # relative: every finalist is re-rendered
@@ -151,7 +173,7 @@ def test_check_answer_refuses_every_malformed_answer():
         return str(e.value)
 
     assert "expected 3 candidates" in broken(lambda a: a["candidates"].pop())
-    assert "expected 5" in broken(lambda a: a["candidates"][1].update(index=99))
+    assert "another candidate than 5" in broken(lambda a: a["candidates"][1].update(index=99))
     assert "seed" in broken(lambda a: a["candidates"][0].update(seed=1))
     assert "non-finite" in broken(lambda a: a["candidates"][2].update(members=[float("nan")]))
     assert "non-finite" in broken(lambda a: a["candidates"][2].update(members=[float("inf")]))
@@ -162,6 +184,9 @@ def test_check_answer_refuses_every_malformed_answer():
     assert "number" in broken(lambda a: a["candidates"][2].update(members=[0.1, 0.2]))
     assert "NFEs" in broken(lambda a: a["candidates"][0].update(nfe=STEPS + 1))
     assert "NFEs" in broken(lambda a: a["candidates"][0].update(nfe=True))
+    assert "out of range" in broken(lambda a: a["candidates"][2].update(members=[10 ** 400]))  # no OverflowError
+    assert "out of range" in broken(lambda a: a["candidates"][2].update(members=[-2e9]))
+    assert "another seed" in broken(lambda a: a["candidates"][0].update(seed=10 ** 5000))  # never printed whole
     assert "token" in broken(lambda a: a.update(token="other"))
     assert "protocol" in broken(lambda a: a.update(protocol=99))
     with pytest.raises(sharded.ShardAnswerError, match="JSON object"):
@@ -177,48 +202,146 @@ def test_plan_shards_covers_every_candidate_once():
 
 
 # --------------------------------------------------------------------------- configuration
-def test_worker_urls_are_parsed_strictly():
-    assert workers.parse_urls("http://a:8188/\n# a comment\nhttps://b.example/comfy , http://a:8188") == \
-        ["http://a:8188", "https://b.example/comfy"]
-    for bad in ("ftp://a", "a:8188", "http://", "http://u:p@a:1", "http://a:1/?x=1"):
-        with pytest.raises(ValueError, match="not a worker URL"):
-            workers.parse_urls(bad)
+def test_the_auth_header_comes_from_the_pools_variable_and_never_travels(monkeypatch):
+    monkeypatch.delenv("POOL_AUTH", raising=False)
+    assert endpoints.auth_headers("POOL_AUTH") == {} and endpoints.auth_headers("") == {}
+    monkeypatch.setenv("POOL_AUTH", "X-Distributed-Token: s3cret")
+    assert endpoints.auth_headers("POOL_AUTH") == {"X-Distributed-Token": "s3cret"}
+    monkeypatch.setenv("POOL_AUTH", "tok")
+    assert endpoints.auth_headers("POOL_AUTH") == {"Authorization": "Bearer tok"}
+    monkeypatch.setenv("POOL_AUTH", "X-A: b\r\nX-Injected: 1")
+    with pytest.raises(ValueError, match="POOL_AUTH must be"):
+        endpoints.auth_headers("POOL_AUTH")
+    cfg = workers.WorkerConfig(("http://a:1",), "node", auth_env="POOL_AUTH")
+    assert "tok" not in repr(cfg) and "s3cret" not in repr(cfg)  # the config holds the variable's name only
 
 
-def test_auth_header_comes_from_the_environment_only(monkeypatch):
-    monkeypatch.delenv(workers.AUTH_ENV, raising=False)
-    assert workers.auth_headers() == {}
-    monkeypatch.setenv(workers.AUTH_ENV, "X-Distributed-Token: s3cret")
-    assert workers.auth_headers() == {"X-Distributed-Token": "s3cret"}
-    monkeypatch.setenv(workers.AUTH_ENV, "tok")
-    assert workers.auth_headers() == {"Authorization": "Bearer tok"}
-    cfg = workers.WorkerConfig(("http://a:1",), "node")
-    assert "tok" not in repr(cfg)  # the config that travels in the graph never holds it
-
-
-def test_comfyui_distributed_config_and_workers_file(tmp_path, monkeypatch):
+@pytest.fixture
+def endpoint_file(tmp_path, monkeypatch):
+    """The operator's endpoint list at a file of this test (and no ComfyUI-Distributed installed)."""
+    path = tmp_path / "infscale_endpoints.json"
+    monkeypatch.setenv(endpoints.ENDPOINTS_FILE_ENV, str(path))
     custom = tmp_path / "custom_nodes"
-    (custom / "ComfyUI-Distributed").mkdir(parents=True)
-    (custom / "ComfyUI-Distributed" / "gpu_config.json").write_text(json.dumps({"workers": [
+    custom.mkdir()
+    fake = types.SimpleNamespace(get_folder_paths=lambda name: [str(custom)], base_path=str(tmp_path),
+                                 get_user_directory=lambda: str(tmp_path / "user"))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+
+    def write(data):
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
+        return path
+    write.custom = custom
+    return write
+
+
+def test_the_endpoint_list_is_parsed_strictly(endpoint_file):
+    path = endpoint_file({"worker_pools": {
+        "studio": {"urls": ["http://a:8188/", "https://b.example/comfy", "http://a:8188"], "auth_env": "STUDIO_AUTH",
+                   "request_timeout_s": 5, "max_response_mb": 2, "audit_per_shard": 3},
+        "bad-url": {"urls": ["ftp://a"]}, "creds": {"urls": ["http://u:p@a:1"]}, "query": {"urls": ["http://a:1/?x=1"]},
+        "secret": {"urls": ["http://a:1"], "auth_env": "sk-123/abc"}, "extra": {"urls": ["http://a:1"], "url": "x"},
+        "none configured": {"urls": ["http://a:1"]}},
+        "graders": {"qwen": {"base_url": "http://127.0.0.1:8000/v1", "model": "Qwen", "api_key_env": "QWEN_KEY",
+                             "timeout_s": 30},
+                    "nomodel": {"base_url": "http://127.0.0.1:8000/v1"},
+                    "badurl": {"base_url": "127.0.0.1:8000", "model": "m"}}})
+    eps = endpoints.load()
+    assert sorted(eps.pools) == ["studio"] and sorted(eps.graders) == ["qwen"]
+    studio = eps.pools["studio"]
+    assert studio.urls == ("http://a:8188", "https://b.example/comfy") and studio.auth_env == "STUDIO_AUTH"
+    assert studio.limits() == net.Limits(5.0, 2 * 1024 * 1024, 32) and studio.audit_per_shard == 3
+    assert eps.graders["qwen"].limits().deadline_s == 30
+    text = " ".join(eps.problems)
+    for name in ("bad-url", "creds", "query", "secret", "extra", "none configured", "nomodel", "badurl"):
+        assert f"'{name}'" in text, (name, text)
+    assert "never the secret itself" in text and "unknown key(s) url" in text and str(path) in text
+    cfg = workers.WorkerConfig.from_pool(studio, timeout_s=99999, local=True)
+    assert cfg.timeout_s == studio.timeout_s and cfg.limits == studio.limits() and cfg.auth_env == "STUDIO_AUTH"
+    # a workflow names a pool; a URL (as workflows saved before wrote) is refused, saying how to configure it
+    assert endpoints.pool("studio") is not None
+    for old in ("http://10.0.0.9:8188", "http://a:1\nhttp://b:2", "127.0.0.1:8188, 127.0.0.2:8188"):
+        with pytest.raises(endpoints.EndpointError, match="may no longer choose the machines.*worker_pools"):
+            endpoints.pool(old)
+    with pytest.raises(endpoints.EndpointError, match="no worker pool named 'other'.*configured: studio"):
+        endpoints.pool("other")
+    assert endpoints.pool("").name == "studio"  # '' (a workflow saved before pools): the only pool there is
+    with pytest.raises(endpoints.EndpointError, match="may no longer choose where this server connects"):
+        endpoints.grader("http://127.0.0.1:8293/v1")
+    assert endpoints.check_key_env_widget("") is None and endpoints.check_key_env_widget("set by the operator") is None
+    # the answer to a named variable never depends on whether it exists
+    os.environ.pop("INFSCALE_SURELY_UNSET", None)
+    assert endpoints.check_key_env_widget("PATH") == endpoints.check_key_env_widget("INFSCALE_SURELY_UNSET")
+    endpoint_file("{not json")
+    eps = endpoints.load()
+    assert eps.pools == {} and "could not be read" in eps.problems[0]
+    with pytest.raises(endpoints.EndpointError, match="no worker pool is configured.*could not be read"):
+        endpoints.pool("")
+
+
+def test_comfyui_distributeds_workers_are_one_more_pool(endpoint_file):
+    (endpoint_file.custom / "ComfyUI-Distributed").mkdir()
+    (endpoint_file.custom / "ComfyUI-Distributed" / "gpu_config.json").write_text(json.dumps({"workers": [
         {"id": "1", "host": "10.0.0.5", "port": 8189, "enabled": True},
         {"id": "2", "host": "10.0.0.6", "port": 8190, "enabled": False},
         {"id": "3", "host": "pod.proxy.runpod.net", "port": 443, "type": "cloud", "enabled": True}]}))
-    fake = types.SimpleNamespace(get_folder_paths=lambda name: [str(custom)], base_path=str(tmp_path))
-    monkeypatch.setitem(sys.modules, "folder_paths", fake)
-    monkeypatch.delenv(workers.WORKERS_FILE_ENV, raising=False)
-    urls, source = workers.configured_urls("")
-    assert urls == ["http://10.0.0.5:8189", "https://pod.proxy.runpod.net"] and "gpu_config.json" in source
-    assert workers.configured_urls("http://x:1")[0] == ["http://x:1"]  # the node's list wins
-    (custom / "ComfyUI-Distributed" / "gpu_config.json").unlink()
-    with pytest.raises(ValueError, match="no worker URL"):
-        workers.configured_urls("")
-    listing = tmp_path / "w.txt"
-    listing.write_text("# workers\nhttp://127.0.0.1:9001\n")
-    monkeypatch.setenv(workers.WORKERS_FILE_ENV, str(listing))
-    assert workers.configured_urls("") == (["http://127.0.0.1:9001"], str(listing))
+    pool = endpoints.load().pools[endpoints.DISTRIBUTED_POOL]
+    assert pool.urls == ("http://10.0.0.5:8189", "https://pod.proxy.runpod.net")
+    assert pool.auth_env == "INFSCALE_WORKER_AUTH" and pool.source == "ComfyUI-Distributed"
+    endpoint_file({"worker_pools": {"studio": {"urls": ["http://a:1"]}}})
+    assert sorted(endpoints.load().pools) == ["ComfyUI-Distributed", "studio"]
+    with pytest.raises(endpoints.EndpointError, match="pick a worker pool"):
+        endpoints.pool("")
 
 
 # --------------------------------------------------------------------------- the dispatcher over HTTP
+def _drip(handler, pid, entry):
+    """Headers at once, then one byte of the body every 0.25 s (about 20 s for the whole answer)."""
+    raw = json.dumps({pid: entry}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    try:
+        for i in range(min(len(raw), 80)):
+            handler.wfile.write(raw[i:i + 1])
+            handler.wfile.flush()
+            time.sleep(0.25)
+    except OSError:
+        pass
+
+
+def _huge(handler, pid, entry, announce=False):
+    """400 MB of body (never held in memory here), with or without a Content-Length announcing it."""
+    total = 400 * 1024 * 1024
+    handler.send_response(200)
+    if announce:
+        handler.send_header("Content-Length", str(total))
+    handler.end_headers()
+    chunk = b" " * (1024 * 1024)
+    try:
+        for _ in range(total // len(chunk)):
+            handler.wfile.write(chunk)
+    except OSError:
+        pass
+    handler.close_connection = True
+
+
+def _deep(handler, pid, entry):
+    handler._raw(b'{"' + pid.encode() + b'": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+
+
+def _bignum(handler, pid, entry):
+    """The shard answer with a score of 10**400 (valid JSON, no float holds it)."""
+    entry = json.loads(json.dumps(entry))
+    ans = json.loads(entry["outputs"]["1"]["text"][0])
+    ans["candidates"][0]["members"] = ["BIG"]
+    entry["outputs"]["1"]["text"][0] = json.dumps(ans).replace('"BIG"', "1" + "0" * 400)
+    handler._reply(200, {pid: entry})
+
+
+HOSTILE_HISTORY = {"drip": _drip, "huge": _huge, "huge_announced": lambda h, p, e: _huge(h, p, e, announce=True),
+                   "deep": _deep, "bignum": _bignum}
+
+
 class FakeComfy:
     """A ComfyUI stand-in on loopback: POST /prompt runs the shard on a toy host (``mode`` says how it
     misbehaves), GET /history/<id> answers as ComfyUI does; every request is recorded."""
@@ -246,7 +369,15 @@ class FakeComfy:
             def do_GET(self):
                 fake.requests.append(("GET", self.path, dict(self.headers)))
                 pid = self.path.rsplit("/", 1)[-1]
+                if pid in fake.history and fake.mode in HOSTILE_HISTORY:
+                    return HOSTILE_HISTORY[fake.mode](self, pid, fake.history[pid])
                 self._reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
+
+            def _raw(self, raw):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -279,13 +410,10 @@ class FakeComfy:
                 fake.history[pid] = {"outputs": {"1": {"text": [json.dumps(ans)]}},
                                      "status": {"status_str": "success", "completed": True, "messages": []}}
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -308,8 +436,9 @@ def dead_url():
         return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connection refused
 
 
-def run_with(urls, local=True, timeout_s=30.0):
-    cfg = workers.WorkerConfig(tuple(urls), "test", timeout_s=timeout_s, local=local)
+def run_with(urls, local=True, timeout_s=30.0, auth_env="", limits=None):
+    cfg = workers.WorkerConfig(tuple(urls), "test", timeout_s=timeout_s, local=local, auth_env=auth_env,
+                               limits=limits or net.Limits())
 
     def check(url, job, ans):
         return sharded.check_answer(ans, start=job.start, count=job.count, base_seed=SEED, members=1, nfe=STEPS,
@@ -321,15 +450,14 @@ def run_with(urls, local=True, timeout_s=30.0):
 
     remote = []
     d = workers.WorkerDispatch(cfg, graph_for, "1", check, lambda: None, on_remote=remote.append, poll=0.02)
-    got = sharded.sharded_random_search(host(), seed=SEED, budget_nfe=N * STEPS, top_k=TOP_K, dispatch=d,
-                                        shards=d.parts(), recombine=recombine)
+    got = sharded_search(host(), d, d.parts())
     return got, d, remote
 
 
 def test_workers_share_the_search_and_give_the_local_result(fakes, monkeypatch):
-    monkeypatch.setenv(workers.AUTH_ENV, "X-Distributed-Token: s3cret")
+    monkeypatch.setenv("TEST_POOL_AUTH", "X-Distributed-Token: s3cret")
     a, b = fakes(), fakes()
-    got, d, remote = run_with([a.url, b.url], local=False)
+    got, d, remote = run_with([a.url, b.url], local=False, auth_env="TEST_POOL_AUTH")
     same_search(got, reference())
     assert a.shards and b.shards and sum(r.count for r in remote) == N  # every shard ran on a worker
     assert {r.where for r in remote} == {f"worker {a.url}", f"worker {b.url}"}
@@ -356,13 +484,53 @@ def test_when_every_worker_fails_the_shards_run_locally(fakes):
     assert {s["ran_on"] for s in got[0].settings["shards"]} == {"local"} and len(d.notes) == 2
 
 
-def test_a_malformed_answer_stops_the_search_naming_the_worker(fakes):
-    bad = fakes(answer_edit=lambda a: a["candidates"][0].update(members=[float("nan")]))
-    with pytest.raises(sharded.ShardAnswerError, match=f"worker {bad.url} .*malformed.*non-finite"):
-        run_with([bad.url], local=False)
-    bad2 = fakes(answer_edit=lambda a: a["candidates"][0].update(index=1000))
-    with pytest.raises(sharded.ShardAnswerError, match="ids must be the shard's"):
-        run_with([bad2.url], local=False)
+def test_a_malformed_answer_has_its_shard_reassigned_naming_the_worker(fakes):
+    for edit, why in ((lambda a: a["candidates"][0].update(members=[float("nan")]), "JSON constant NaN"),
+                      (lambda a: a["candidates"][0].update(index=1000), "ids must be the shard's"),
+                      (lambda a: a["candidates"][0].update(members=[1e12]), "out of range")):
+        bad = fakes(answer_edit=edit)
+        got, d, _ = run_with([bad.url], local=False)
+        same_search(got, reference())  # the shard ran locally instead
+        assert len(d.notes) == 1 and d.notes[0].startswith(f"worker {bad.url} ") and why in d.notes[0], d.notes
+        assert "re-assigned" in d.notes[0]
+
+
+@pytest.mark.parametrize("mode, why", [("drip", "deadline of 1 s"), ("deep", "nested deeper than the limit of 32"),
+                                       ("bignum", "more than 20 digits"),
+                                       ("huge", "larger than the limit of 1.0 MiB"),
+                                       ("huge_announced", "announces 400.0 MiB")])
+def test_a_hostile_answer_costs_at_most_its_limits_and_the_shard_runs_elsewhere(fakes, mode, why):
+    """A worker that drips its answer, nests it 100,000 deep, claims a score of 10**400 or sends 400 MB: each
+    request is bounded (1 s, 1 MiB, depth 32, no number beyond 64 bits), the failure names the worker, and the
+    shard is re-run locally with the same result."""
+    bad = fakes(mode)
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        got, d, _ = run_with([bad.url], local=False, limits=net.Limits(deadline_s=1.0, max_bytes=1024 * 1024))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    elapsed = time.monotonic() - t0
+    same_search(got, reference())
+    (note,) = d.notes
+    assert note.startswith(f"worker {bad.url} ") and why in note and "re-assigned" in note, note
+    assert elapsed < 8, elapsed  # the deadline of each request (1 s) plus stopping the prompt, not the drip's 20 s
+    assert peak < 2 * 1024 * 1024 + 512 * 1024, peak  # never more than the cap held (plus a chunk)
+
+
+def test_a_banned_workers_shards_run_again_and_only_those(fakes):
+    a, b = fakes(), fakes()
+    got, d, _ = run_with([a.url, b.url], local=False)
+    first = dict(d.ran)
+    lost = d.ban(a.url, "its claims failed the audit")
+    assert lost == sum(1 for u in first.values() if u == a.url) and lost > 0
+    before_b = len(b.shards)
+    again = d(sharded.plan_shards(N, d.parts()), lambda s, c: sharded.run_shard(host(), SEED, s, c))
+    assert a.url not in d.ran.values()
+    assert len(b.shards) - before_b == lost  # only the banned worker's shards ran again (on the other worker)
+    assert torch.equal(torch.cat([r.rows for r in again]), sharded.run_shard(host(), SEED, 0, N).rows)
+    assert any(n.startswith(f"worker {a.url} was dropped: its claims failed the audit") for n in d.notes)
 
 
 def test_a_refused_prompt_stops_the_search_with_comfyuis_reason(fakes):

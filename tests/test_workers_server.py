@@ -6,16 +6,15 @@ malformed answer and a redirect to an address not configured are errors; killing
 the same result (its shard re-run).
 
 The worker's requests go through a recording proxy (the only URL configured), so every request the master
-makes is seen.  The worker is killed in the last test of the module."""
+makes is seen.  One test kills the worker; a test after it gets a new one."""
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -23,10 +22,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from comfy_server import execution_error, free_port, launch, shutdown
-from graphs import PREFIX, base_graph, search_graph, verifier_node
-from test_composable import custom_sampling, need
-from test_server_verifiers import aesthetic_node
+from comfy_server import execution_error, free_port, launch, need, set_endpoints, shutdown
+from graphs import PREFIX, aesthetic_node, base_graph, custom_sampling, search_graph, verifier_node
+from loopback import serve, stop
 
 SEED, N = 321, 4
 
@@ -44,9 +42,10 @@ def latent_of(comfy, entry, node="9") -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def worker(comfy_path, models_dir, tmp_path_factory):
+def worker_server(comfy_path, models_dir, tmp_path_factory):
     """A second ComfyUI on another port: the same tiny-sd15 file and verifiers, and under the name
-    'tiny-other.safetensors' a checkpoint whose diffusion model differs (the master has the original there)."""
+    'tiny-other.safetensors' a checkpoint whose diffusion model differs (the master has the original there).
+    ``live()`` gives the running server, launching a new one if a test killed it."""
     root = tmp_path_factory.mktemp("worker_models")
     ckpts = root / "checkpoints"
     ckpts.mkdir()
@@ -61,13 +60,22 @@ def worker(comfy_path, models_dir, tmp_path_factory):
     made = not os.path.lexists(other)
     if made:
         os.symlink(src, other)
-    client = launch(comfy_path, tmp_path_factory.mktemp("worker"), {
-        "base_path": str(root), "checkpoints": "checkpoints", "verifiers": models_dir["verifiers"]})
-    yield client
-    if client.proc.poll() is None:
-        shutdown(client)
-    else:
-        client.log.close()
+    servers = []
+
+    def live():
+        if servers and servers[-1].proc.poll() is None:
+            return servers[-1]
+        if servers:
+            servers[-1].log.close()
+        servers.append(launch(comfy_path, tmp_path_factory.mktemp("worker"), {
+            "base_path": str(root), "checkpoints": "checkpoints", "verifiers": models_dir["verifiers"]}))
+        return servers[-1]
+
+    yield live
+    if servers and servers[-1].proc.poll() is None:
+        shutdown(servers[-1])
+    elif servers:
+        servers[-1].log.close()
     if made:  # the master's checkpoint list is as the other modules expect it again
         os.remove(other)
 
@@ -117,13 +125,16 @@ class Proxy:
             def do_POST(self):
                 self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
+
+
+@pytest.fixture
+def worker(worker_server):
+    """The worker server, alive (the test that kills it may run in any order)."""
+    return worker_server()
 
 
 @pytest.fixture
@@ -133,9 +144,12 @@ def proxy(worker):
     p.close()
 
 
-def with_workers(g, urls, local=True, timeout_s=300):
+def with_workers(comfy, g, urls, local=True, timeout_s=300, **pool):
+    """Search Loop with a Search Workers node naming the pool 'test-pool', which the operator's endpoint list of
+    the master now holds with ``urls`` (and ``pool``'s settings)."""
+    set_endpoints(comfy, worker_pools={"test-pool": dict({"urls": list(urls)}, **pool)})
     g["11"] = {"class_type": PREFIX + "SearchWorkers",
-               "inputs": {"worker_urls": "\n".join(urls), "timeout_s": timeout_s, "local_shards": local}}
+               "inputs": {"worker_urls": "test-pool", "timeout_s": timeout_s, "local_shards": local}}
     g["6"]["inputs"]["workers"] = ["11", 0]
     return g
 
@@ -184,22 +198,25 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
     """One live worker and one unreachable URL: the unreachable one's shard is re-assigned (said on the node),
     the live one samples its shards, and the result is the local search's."""
     ref = local_search(comfy)
-    before = len(worker_prompts(worker))
+    before = set(worker_prompts(worker))
     dead = f"http://127.0.0.1:{free_port()}"
-    entry = comfy.run_ok(with_workers(ensemble_search("wk_shard"), [proxy.url, dead]))
+    entry = comfy.run_ok(with_workers(comfy, ensemble_search("wk_shard"), [proxy.url, dead]))
     rep = assert_same_search(comfy, entry, ref)
     assert all(set(c["verifier_scores"]) == set(r["verifier_scores"]) and len(c["verifier_scores"]) == 2
                for c, r in zip(rep["candidates"], report_of(ref)["candidates"]))
     ran = {s["ran_on"] for s in rep["settings"]["shards"]}
     assert f"worker {proxy.url}" in ran and f"worker {dead}" not in ran, rep["settings"]["shards"]
-    assert rep["settings"]["workers"]["urls"] == [proxy.url, dead]
+    assert rep["settings"]["workers"]["pool"] == "worker pool 'test-pool' (endpoints file)"
+    assert rep["settings"]["workers"]["workers"] == 2
+    assert comfy.endpoints_file not in json.dumps(rep)  # no path of the server's in the saved report
     (fault,) = rep["settings"]["workers"]["faults"]
     assert fault.startswith(f"worker {dead} unreachable (") and "re-assigned" in fault
     assert fault in entry["outputs"]["6"]["text"][0]  # shown on the node
     assert any("re-rendered on this machine" in n for n in rep["notes"])
-    # the worker ran Search Shard prompts only, answered JSON text and saved no image
-    hist = worker_prompts(worker)
-    assert len(hist) > before
+    # the worker ran Search Shard prompts only, answered JSON text and saved no image (this search's prompts:
+    # another test's, such as the refused checkpoint's, may be in its history too)
+    hist = {pid: h for pid, h in worker_prompts(worker).items() if pid not in before}
+    assert hist
     for pid, h in hist.items():
         (nid, out), = h["outputs"].items()
         assert set(out) == {"text"}
@@ -212,7 +229,8 @@ def test_a_search_sharded_over_a_worker_equals_the_local_search(comfy, worker, p
 
 
 def test_a_worker_with_a_different_checkpoint_is_refused_naming_it(comfy, worker, proxy):
-    g = with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_other"), [proxy.url], local=False)
+    g = with_workers(comfy, search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_other"), [proxy.url],
+                     local=False)
     g["1"]["inputs"]["ckpt_name"] = "tiny-other.safetensors"
     err = execution_error(comfy.run(g))
     assert err is not None, "the search must stop"
@@ -221,7 +239,7 @@ def test_a_worker_with_a_different_checkpoint_is_refused_naming_it(comfy, worker
     assert "conditioning" not in msg and "verifier" not in msg  # only what differs is named
 
 
-def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
+def test_a_malformed_worker_answer_has_its_shard_run_here_and_is_said(comfy, proxy):
     def tamper(raw):
         hist = json.loads(raw)
         for h in hist.values():
@@ -231,11 +249,78 @@ def test_a_malformed_worker_answer_is_a_clear_error(comfy, proxy):
                 out["text"][0] = json.dumps(ans)
         return json.dumps(hist).encode()
     proxy.tamper = tamper
-    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_bad"),
-                                                 [proxy.url], local=False)))
-    assert err is not None
-    msg = err["exception_message"]
-    assert f"worker {proxy.url}" in msg and "malformed" in msg and "ids must be the shard's" in msg, msg
+    entry = comfy.run_ok(with_workers(comfy, search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_bad"),
+                                      [proxy.url], local=False))
+    rep = report_of(entry)
+    (fault,) = rep["settings"]["workers"]["faults"]
+    assert fault.startswith(f"worker {proxy.url} ") and "ids must be the shard's" in fault and "re-assigned" in fault
+    assert fault in entry["outputs"]["6"]["text"][0]  # said on the node
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} == {"local"}
+
+
+def test_a_lying_worker_is_caught_by_the_audit_and_the_winner_is_the_honest_one(comfy, worker, proxy):
+    """The worker's answers claim a score of 1e6 for one of its candidates: the master's audit (it samples and
+    scores that candidate itself) catches the lie, drops the worker, re-runs its shards here, and the result is
+    the local search's; the node and the report say so."""
+    def tamper(raw):
+        hist = json.loads(raw)
+        for h in hist.values():
+            for out in h.get("outputs", {}).values():
+                ans = json.loads(out["text"][0])
+                for c in ans["candidates"]:
+                    c["members"] = [1e6 for _ in c["members"]]
+                out["text"][0] = json.dumps(ans)
+        return json.dumps(hist).encode()
+    proxy.tamper = tamper
+    ref = local_search(comfy)
+    entry = comfy.run_ok(with_workers(comfy, ensemble_search("wk_lie"), [proxy.url], local=False, audit_per_shard=1))
+    rep = assert_same_search(comfy, entry, ref)
+    audit = rep["settings"]["workers"]["audit"]
+    (dropped,) = audit["dropped"]
+    assert dropped["worker"] == proxy.url and "disagrees with this machine's own" in dropped["why"], dropped
+    assert audit["candidates"] >= 1 and audit["nfe"] > 0
+    assert any(f.startswith(f"worker {proxy.url} was dropped") for f in rep["settings"]["workers"]["faults"])
+    assert f"worker {proxy.url} was dropped" in entry["outputs"]["6"]["text"][0]  # said on the node
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} == {"local"}
+
+
+def test_a_dripping_worker_costs_at_most_the_deadline(comfy):
+    """A worker that accepts the prompt, then drips its /history answer one byte every 0.5 s: with the pool's
+    request deadline of 1 s, its shard is re-run here within seconds (the drip alone would take minutes)."""
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            raw = b'{"prompt_id": "p1", "number": 0}' if self.path == "/prompt" else b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "400")
+            self.end_headers()
+            try:
+                for _ in range(400):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+    srv, url = serve(Drip)
+    try:
+        t0 = time.monotonic()
+        entry = comfy.run_ok(with_workers(comfy, search_graph(seed=SEED, candidates=2, top_k=1, prefix="wk_drip"),
+                                          [url], local=False, request_timeout_s=1))
+        elapsed = time.monotonic() - t0
+    finally:
+        stop(srv)
+    (fault,) = report_of(entry)["settings"]["workers"]["faults"]
+    assert fault.startswith(f"worker {url} ") and "deadline of 1 s" in fault and "re-assigned" in fault, fault
+    assert elapsed < 60, elapsed
 
 
 def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
@@ -243,8 +328,8 @@ def test_no_request_goes_to_an_address_not_configured(comfy, worker, proxy):
     an address the user did not configure, never gets the prompt."""
     proxy.redirect = worker.base
     before = len(worker_prompts(worker))
-    err = execution_error(comfy.run(with_workers(search_graph(seed=SEED, candidates=4, top_k=1, prefix="wk_redir"),
-                                                 [proxy.url], local=False)))
+    err = execution_error(comfy.run(with_workers(comfy, search_graph(seed=SEED, candidates=4, top_k=1,
+                                                                     prefix="wk_redir"), [proxy.url], local=False)))
     assert err is not None and "redirect" in err["exception_message"] and "refused" in err["exception_message"]
     assert len(worker_prompts(worker)) == before
     assert proxy.requests == [("POST", "/prompt")]
@@ -295,9 +380,9 @@ def test_composable_search_in_ranges_as_comfyui_distributed_runs_it(comfy):
 
 
 def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, proxy):
-    """Runs last: the worker process is killed while it samples a shard."""
+    """The worker process is killed while it samples a shard (the next test that needs a worker gets a new one)."""
     ref = local_search(comfy)
-    code, body = comfy.queue(with_workers(ensemble_search("wk_kill"), [proxy.url]))
+    code, body = comfy.queue(with_workers(comfy, ensemble_search("wk_kill"), [proxy.url]))
     assert code == 200, body
     t0 = time.time()
     while time.time() - t0 < 120:  # a shard of the master's prompt is running on the worker

@@ -4,9 +4,7 @@ values listed, numbers in range) and, converted to the API format, runs on the
 real server with its model files mapped to tiny checkpoints / verifiers of the
 same architecture.
 
-Workflows whose nodes arrived after the 2024 host (GUIDER, NOISE,
-SamplerCustomAdvanced, SD3 latents) skip there with the reason; they run on
-current ComfyUI (recorded in CONTRIBUTING.md).  The tiny SDXL checkpoint (~2 GB,
+The tiny SDXL checkpoint (~2 GB,
 see tests/tiny_models.py) is built once into the test cache; set
 INFSCALE_SKIP_SDXL=1 to skip the SDXL workflow instead."""
 import glob
@@ -19,65 +17,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from ui_to_api import UI_ONLY, WIDGET_TYPES, ui_to_api  # noqa: E402
+import workflow_server  # noqa: E402
+from workflow_server import TINY, shrink, with_text_attention_mask  # noqa: E402
+
+server = workflow_server.server  # the fixture: the server with the tiny files the workflows need
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
-
-# published file names used in the workflows -> tiny test files of the same architecture
-TINY = {
-    "v1-5-pruned-emaonly.safetensors": "tiny-sd15.safetensors",
-    "sd_xl_base_1.0.safetensors": "tiny-sdxl.safetensors",
-    "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors": "tiny-sd3.safetensors",
-    "ViT-L-14-openai.safetensors": "tiny-clip-768.safetensors",  # + tiny-clip-768.json, its config
-    "sac+logos+ava1-l14-linearMSE.pth": "tiny-aesthetic.pth",
-    "ImageReward": "tiny-imagereward",
-    "wan2.1_t2v_1.3B_fp16.safetensors": "tiny-wan21.safetensors",
-    "wan_2.1_vae.safetensors": "tiny-wan21-vae.safetensors",
-    "wan2.2_ti2v_5B_fp16.safetensors": "tiny-wan22.safetensors",
-    "wan2.2_vae.safetensors": "tiny-wan22-vae.safetensors",  # full size (its widths are fixed in comfy.sd)
-    # Wan 2.2 14B's two experts have the Wan 2.1 architecture (16 channels, the Wan 2.1 VAE): two tiny Wan 2.1
-    # files with different weights
-    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "tiny-wan21.safetensors",
-    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "tiny-wan21-low.safetensors",
-    # UMT5-XXL has a fixed 5.7 G-parameter config: a tiny CLIP-L loaded as SD3's text encoder (its context
-    # padded to 4096 wide, what Wan takes) stands in; "wan" is only ever the CLIPLoader's type widget
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "tiny-clip-l.safetensors",
-    "wan": "sd3",
-    # LTX-Video: the checkpoint (model + VAE) and, for T5-XXL (fixed 4096 wide, 24 layers), the same CLIP-L
-    # stand-in; T5's attention mask, which LTX's model needs, comes from a test node (with_text_attention_mask)
-    "ltx-video-2b-v0.9.5.safetensors": "tiny-ltxv.safetensors",
-    "t5xxl_fp16.safetensors": "tiny-clip-l.safetensors",
-    "ltxv": "sd3",
-}
-# nodes the 2024 host (ComfyUI a28a9dc8) lacks: a workflow that needs one of them skips there
-NEWER_THAN_2024_HOST = {"CFGGuider", "BasicGuider", "SamplerCustomAdvanced", "RandomNoise", "EmptySD3LatentImage",
-                        "EmptyHunyuanLatentVideo", "LTXVImgToVideo", "LTXVConditioning", "LTXVScheduler",
-                        "LTXVPreprocess", "Wan22ImageToVideoLatent", "ModelSamplingSD3"}
-INPUT_IMAGE = "example.png"
-
-
-@pytest.fixture(scope="module")
-def server(comfy, comfy_path, models_dir):
-    """The server with the tiny checkpoints the workflows need and an input image;
-    /object_info fetched afresh (file lists change)."""
-    from comfy_server import CACHE, WAN22_FILES, add_ltxv, add_model_files, add_wan21
-    from tiny_models import ensure_checkpoint
-    from PIL import Image
-    cache = os.path.join(CACHE, "checkpoints")
-    kinds = [] if os.environ.get("INFSCALE_SKIP_SDXL") else ["sdxl"]
-    if comfy.has_node("EmptySD3LatentImage"):
-        kinds.append("sd3")
-    for kind in kinds:
-        link = os.path.join(models_dir["checkpoints"], f"tiny-{kind}.safetensors")
-        if not os.path.exists(link):
-            os.symlink(ensure_checkpoint(comfy_path, kind, cache), link)
-    if comfy.has_node("EmptyHunyuanLatentVideo"):  # current ComfyUI: the tiny Wan 2.1 and LTX-Video files
-        add_wan21(comfy_path, models_dir)
-        add_ltxv(comfy_path, models_dir)
-    if comfy.has_node("Wan22ImageToVideoLatent"):  # the tiny Wan 2.2 5B files
-        add_model_files(comfy_path, models_dir, WAN22_FILES)
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(os.path.join(comfy.input_dir, INPUT_IMAGE))
-    comfy._object_info = comfy.get("/object_info")
-    return comfy
 
 
 def load(path):
@@ -166,63 +111,10 @@ def validate(wf, info, rename):
     return problems
 
 
-def skip_if_newer(server, wf):
-    missing = sorted({n["type"] for n in wf["nodes"]} - set(server.object_info()) - UI_ONLY)
-    if missing and set(missing) <= NEWER_THAN_2024_HOST:
-        pytest.skip(f"this ComfyUI ({server.version}) lacks {', '.join(missing)}, which arrived after the 2024 host; "
-                    "runs on current ComfyUI (docs/test-runs.md records the runs)")
+def skip_if_sdxl_is_off(server, wf):
     if "tiny-sdxl.safetensors" in json.dumps(ui_to_api(wf, server.object_info(), rename=TINY)) \
             and os.environ.get("INFSCALE_SKIP_SDXL"):
         pytest.skip("INFSCALE_SKIP_SDXL is set (the tiny SDXL checkpoint is ~2 GB)")
-
-
-def shrink(api):
-    """Small sizes, few steps and candidates, budgets still valid."""
-    for node in api.values():
-        t, inp = node["class_type"], node["inputs"]
-        if t in ("EmptyLatentImage", "EmptySD3LatentImage"):
-            inp.update(width=64, height=64, batch_size=1 if inp.get("batch_size", 1) == 1 else 3)
-        elif t == "EmptyHunyuanLatentVideo":
-            inp.update(width=16, height=16, length=5)
-        elif t == "LTXVImgToVideo":
-            inp.update(width=64, height=64, length=9)
-        elif t == "LTXVScheduler":
-            inp.update(steps=3)
-        elif t == "Wan22ImageToVideoLatent":
-            inp.update(width=32, height=32, length=5)  # the node's smallest size (16x spatial compression)
-        elif t == "InfScale_NoiseCandidateGenerator":
-            inp.update(count=3)
-        elif t == "InfScale_SearchLoop":
-            inp.update(candidates=3, top_k=1, steps=3)
-            if inp.get("switch_step"):  # two experts: switch inside the 3 steps
-                inp.update(switch_step=2)
-        elif t == "BasicScheduler":
-            inp.update(steps=3)
-        elif t == "InfScale_CoarseToFine":
-            inp.update(coarse_steps=2, finalists=1)  # 3 x 3 = 9 NFEs: 3 re-rendered + a coarse round
-        elif t == "InfScale_ParticleStrategy":
-            inp.update(particles=3, interval=min(inp["interval"], 2))
-        elif t == "InfScale_BestPick":
-            inp.update(top_k=min(inp["top_k"], 3))
-        elif t == "InfScale_ScorePlot":
-            inp.update(width=200, height=150)
-    return api
-
-
-def with_text_attention_mask(api):
-    """LTX-Video's model needs the text attention mask T5-XXL puts in the conditioning; the tiny CLIP-L standing
-    in for T5 gives none, so the test node Text Attention Mask (tests/fixtures/test_nodes) adds T5's all-ones
-    mask after every text encoder of an LTX graph."""
-    if not any(n["class_type"].startswith("LTXV") for n in api.values()):
-        return api
-    for nid in [k for k, n in api.items() if n["class_type"] == "CLIPTextEncode"]:
-        masked = f"{nid}_mask"
-        for node in api.values():
-            for name, v in node["inputs"].items():
-                if v == [nid, 0]:
-                    node["inputs"][name] = [masked, 0]
-        api[masked] = {"class_type": "InfScaleTest_TextAttentionMask", "inputs": {"conditioning": [nid, 0]}}
-    return api
 
 
 def test_there_are_workflows():
@@ -272,13 +164,178 @@ def test_converter_handles_ui_only_nodes_and_defaults():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
 def test_workflow_validates_and_runs(server, path):
     wf = load(path)
-    skip_if_newer(server, wf)
+    skip_if_sdxl_is_off(server, wf)
     info = server.object_info()
     problems = validate(wf, info, TINY)
     assert not problems, f"{os.path.basename(path)}:\n" + "\n".join(problems)
     api = with_text_attention_mask(shrink(ui_to_api(wf, info, rename=TINY)))
     assert not any(n["class_type"] in UI_ONLY for n in api.values())
+    with_reports(api, info)
     entry = server.run_ok(api)
     for nid, node in api.items():
         if node["class_type"] in ("SaveImage", "PreviewImage", "InfScale_SaveSearchImage", "SaveAnimatedWEBP"):
             assert entry["outputs"].get(nid, {}).get("images"), f"output node {nid} ({node['class_type']}) saved nothing"
+    replay(server, api, entry, os.path.basename(path)[:-len(".json")])
+
+
+# --------------------------------------------------------------------------- replay
+# Every search above, and a few more below, leaves a record: its reports (timings left out) and a digest of every
+# image it saved. tests/fixtures/replay/ holds the records made before the engine was rebuilt; a search must give
+# the same reports and winners. On the machine that recorded them the images are the same bit for bit
+# (INFSCALE_REPLAY_STRICT=1 checks that); another CPU may round a convolution differently, so by default the
+# scores are compared within 1e-4 and the images within 1/255 on average.
+# INFSCALE_REPLAY_RECORD=1 writes the records afresh (only where the change is meant to change results).
+REPLAY = os.path.join(REPO, "tests", "fixtures", "replay")
+REPORT_NODE = "InfScale_ScoresToJSON"
+TIMING = ("phases", "fingerprint_s")
+
+
+def with_reports(api, info):
+    """A Scores to JSON node on every SCORES output of the graph (the record's reports)."""
+    for nid in sorted(api):
+        outs = info[api[nid]["class_type"]]["output"]
+        for slot, typ in enumerate(outs):
+            if typ == "INFSCALE_SCORES":
+                api[f"{nid}_report{slot}"] = {"class_type": REPORT_NODE, "inputs": {"scores": [nid, slot]}}
+    return api
+
+
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _image_digests(server, item_list):
+    import hashlib
+
+    import numpy as np
+    from PIL import Image, ImageSequence
+    out = []
+    for item in item_list:
+        path = server.output_file(item)
+        if item.get("type") == "temp":  # Preview Image: ComfyUI's temp folder (a "temp" inside --temp-directory)
+            root = os.path.join(os.path.dirname(server.output_dir), "temp")
+            path = next(p for p in (os.path.join(root, "temp", item.get("subfolder", ""), item["filename"]),
+                                    os.path.join(root, item.get("subfolder", ""), item["filename"]))
+                        if os.path.exists(p))
+        with Image.open(path) as im:
+            frames = [np.asarray(f.convert("RGB"), dtype=np.uint8) for f in ImageSequence.Iterator(im)]
+        arr = np.stack(frames)
+        out.append({"sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "shape": list(arr.shape),
+                    "mean": round(float(arr.mean()), 4)})
+    return out
+
+
+def record_of(server, api, entry):
+    rec = {"reports": {}, "images": {}}
+    for nid, node in sorted(api.items()):
+        out = entry["outputs"].get(nid, {})
+        if node["class_type"] == REPORT_NODE:
+            rec["reports"][nid] = _untimed(json.loads(out["text"][0]))
+        elif out.get("images"):
+            rec["images"][nid] = _image_digests(server, out["images"])
+    return rec
+
+
+def _close(a, b, path, problems, tol):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                problems.append(f"{path}.{k}: {'missing now' if k not in b else 'new'}")
+            else:
+                _close(a[k], b[k], f"{path}.{k}", problems, tol)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            problems.append(f"{path}: {len(a)} items recorded, {len(b)} now")
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]", problems, tol)
+    elif isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        if not (a == b or abs(a - b) <= tol * (1 + abs(a))):
+            problems.append(f"{path}: {a!r} recorded, {b!r} now")
+    elif a != b:
+        problems.append(f"{path}: {a!r} recorded, {b!r} now")
+
+
+def compare_records(old, new, strict):
+    problems = []
+    _close(old["reports"], new["reports"], "reports", problems, 0.0 if strict else 1e-4)
+    if set(old["images"]) != set(new["images"]):
+        problems.append(f"image outputs: {sorted(old['images'])} recorded, {sorted(new['images'])} now")
+    for nid in sorted(set(old["images"]) & set(new["images"])):
+        for i, (a, b) in enumerate(zip(old["images"][nid], new["images"][nid])):
+            if a["shape"] != b["shape"]:
+                problems.append(f"images.{nid}[{i}]: shape {a['shape']} recorded, {b['shape']} now")
+            elif strict and a["sha256"] != b["sha256"]:
+                problems.append(f"images.{nid}[{i}]: not the recorded image bit for bit")
+            elif abs(a["mean"] - b["mean"]) > 1.0:
+                problems.append(f"images.{nid}[{i}]: mean pixel {a['mean']} recorded, {b['mean']} now")
+    return problems
+
+
+def replay(server, api, entry, name):
+    rec = record_of(server, api, entry)
+    path = os.path.join(REPLAY, name + ".json")
+    if os.environ.get("INFSCALE_REPLAY_RECORD") == "1":
+        os.makedirs(REPLAY, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(rec, f, indent=1, sort_keys=True)
+            f.write("\n")
+        return
+    assert os.path.exists(path), f"no record for {name}: run with INFSCALE_REPLAY_RECORD=1 once"
+    problems = compare_records(load(path), rec, os.environ.get("INFSCALE_REPLAY_STRICT") == "1")
+    assert not problems, f"{name} differs from its record:\n" + "\n".join(problems[:40])
+
+
+def _strategy_search(name, cls, inputs, seed, **kw):
+    from graphs import PREFIX, search_graph
+    g = search_graph(seed=seed, prefix=f"replay_{name}", **kw)
+    g["40"] = {"class_type": PREFIX + cls, "inputs": inputs}
+    g["6"]["inputs"]["strategy"] = ["40", 0]
+    return g
+
+
+AESTHETIC = {"class_type": "InfScale_AestheticVerifierLoader", "inputs": {
+    "clip_arch": "ViT-L-14", "clip_weights": "tiny-clip-768.safetensors", "aesthetic_weights": "tiny-aesthetic.pth"}}
+
+
+def _extra_searches():
+    """Searches the workflows do not show: every strategy node the tests wire by hand, early stopping, a rank
+    ensemble, the held-out guard, VerifierScore over candidates."""
+    from graphs import PREFIX, search_graph
+    out = {}
+    out["halving"] = _strategy_search("halving", "SuccessiveHalvingStrategy", {
+        "starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7, "last_level": 0.4, "budget_nfe": 0},
+        seed=40, candidates=4, top_k=2, steps=6, micro_batch=2)
+    out["evolution"] = _strategy_search("evolution", "EvolutionStrategy", {
+        "population": 3, "elites": 1, "tournament": 2, "mutation": 0.3, "budget_nfe": 0},
+        seed=7, candidates=6, top_k=2, steps=3)
+    out["zero_order_held_out"] = g = _strategy_search("zero_order", "ZeroOrderStrategy", {
+        "neighbours": 2, "cosine": 0.9, "budget_nfe": 0}, seed=3, candidates=5, top_k=2, steps=3)
+    g["44"] = json.loads(json.dumps(AESTHETIC))
+    g["6"]["inputs"]["held_out_verifier"] = ["44", 0]
+    out["random_early_stop_ensemble"] = g = search_graph(seed=9, candidates=6, top_k=2, steps=3, micro_batch=2,
+                                                         prefix="replay_early", sampler="euler_ancestral")
+    g["42"] = {"class_type": PREFIX + "EarlyStop", "inputs": {
+        "mode": "plateau", "target_score": 0.0, "patience": 2, "min_improvement": 0.0}}
+    g["6"]["inputs"]["strategy"] = ["42", 0]
+    out["ensemble"] = g = search_graph(seed=11, candidates=4, top_k=2, steps=3, prefix="replay_ensemble",
+                                       sampler="dpmpp_2m", scheduler="karras")
+    g["43"] = {"class_type": PREFIX + "VerifierEnsemble", "inputs": {
+        "mode": "mean_rank", "verifier_1": ["5", 0], "weight_1": 1.0, "verifier_2": ["44", 0], "weight_2": 0.5}}
+    g["44"] = json.loads(json.dumps(AESTHETIC))
+    g["6"]["inputs"]["verifier"] = ["43", 0]
+    return out
+
+
+EXTRA = sorted(_extra_searches())
+
+
+@pytest.mark.parametrize("name", EXTRA)
+def test_search_replays_its_record(server, name):
+    api = _extra_searches()[name]
+    with_reports(api, server.object_info())
+    entry = server.run_ok(api)
+    replay(server, api, entry, name)

@@ -232,3 +232,18 @@ def gaussian_host(*, prediction="eps", sampler="euler", steps=10, micro_batch=0,
     target = mu + s * torch.randn(shape, generator=g)
     return ToyHost(GaussianToy(mu, s, prediction), target_scorer(target), shape=shape, steps=steps, sampler=sampler,
                    prediction=prediction, micro_batch=micro_batch)
+
+
+# (algorithm, params, sampler): the strategies every shared algorithm test runs on the toy host
+STRATEGIES = [
+    ("random", {}, "euler"),
+    ("zero_order", {"neighbours": 3, "cosine": 0.9}, "euler"),
+    ("paths", {"paths": 2, "noises_per_path": 3}, "euler"),
+    ("particles", {"interval": 3, "potential": "difference", "lam": 5.0}, "euler_ancestral"),
+    ("particles", {"potential": "max", "ess_threshold": 0.5, "resampling": "systematic"}, "euler_ancestral"),
+    ("evolution", {"population": 5, "elites": 2}, "euler"),
+    ("zero_order", {}, "euler_ancestral"),
+    ("evolution", {"population": 4, "elites": 1, "tournament": 3}, "euler_ancestral"),
+    ("tree", {"parallel": 2}, "euler"),
+    ("tree", {"screen": 3, "levels": 3, "parallel": 2}, "euler_ancestral"),
+]

@@ -1,5 +1,5 @@
-"""The main job on the embedded default: start the test ComfyUI (the vendored
-2024 copy, or $COMFYUI_PATH) with this pack, run workflows/sd15_random_search.json
+"""The main job on the embedded default: start the test ComfyUI
+(.test-cache/ComfyUI-0.3.64, or $COMFYUI_PATH) with this pack, run workflows/sd15_random_search.json
 on the tiny random-weight SD1.5 checkpoint and tiny CLIP verifier, and write
 the winner image and the scores JSON to the folder named on the command line.
 

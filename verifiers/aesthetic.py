@@ -14,6 +14,7 @@ from typing import List
 import torch
 
 from .base import Verifier
+from .protocol import Capabilities
 from .loading import MismatchedWeightsError, check_keys, load_state_dict
 
 PUBLISHED = ("https://huggingface.co/camenduru/improved-aesthetic-predictor "
@@ -55,7 +56,7 @@ class AestheticVerifier(Verifier):
 
     name = "aesthetic"
     score_range = "about 1..10 (LAION rating scale)"
-    needs_prompt = False
+    CAPABILITIES = Capabilities(needs_prompt=False)
 
     def __init__(self, clip_scorer, mlp: AestheticMLP, batch_size: int = 32):
         """``clip_scorer``: a CLIPScoreVerifier whose image embeddings are used

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Callable, List, Sequence, Union
 
 import torch
 
-from .protocol import SingleVerifier
+from .protocol import Capabilities, SingleVerifier
 
 Prompts = Union[str, Sequence[str]]
 
@@ -37,7 +38,7 @@ class Verifier(SingleVerifier, torch.nn.Module):
 
     name: str = "verifier"
     score_range: str = ""
-    needs_prompt: bool = True
+    CAPABILITIES = Capabilities()  # batched, absolute, reads the prompt; a subclass declares its own
 
     TEXT_CACHE_SIZE = 64  # prompts whose text embedding is kept (least recently used dropped first)
 
@@ -66,6 +67,10 @@ class Verifier(SingleVerifier, torch.nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._text_cache.clear()  # device/dtype moves invalidate cached text embeddings
         return super()._apply(fn, *args, **kwargs)
+
+    def capabilities(self) -> Capabilities:
+        """The class's ``CAPABILITIES``, on the device its parameters are on now."""
+        return replace(self.CAPABILITIES, device=str(self.param_device()))
 
     # plain methods, not properties: ComfyUI's ModelPatcher sets attributes such
     # as ``.device`` on the modules it manages

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from typing import Dict, List, Optional
 
 import torch
@@ -33,15 +34,31 @@ def config_beside(weights_path: str) -> Optional[str]:
     return cfg if os.path.isfile(cfg) else None
 
 
-def _register_config(cfg_path: str) -> str:
+_REGISTRY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def registered_config(cfg_path: str):
+    """The JSON model config at ``cfg_path`` under a name in open_clip's registry while the block runs (open_clip
+    builds models and tokenizers by name only), and out of it afterwards: a config of one file never shows up in
+    the architecture lists (``open_clip.list_models()``) or in a later build."""
     name = "its_custom__" + os.path.splitext(os.path.basename(cfg_path))[0]
     with open(cfg_path) as f:
         cfg = json.load(f)
-    if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+    if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise VerifierFileError(f"'{cfg_path}' is not an open_clip model config (needs vision_cfg and text_cfg)")
     from open_clip import factory
-    factory._MODEL_CONFIGS[name] = cfg  # open_clip's own registry (add_model_config keys by file stem)
-    return name
+    with _REGISTRY_LOCK:  # open_clip's own registry (add_model_config keys by file stem), a module global
+        missing = object()
+        before = factory._MODEL_CONFIGS.get(name, missing)
+        factory._MODEL_CONFIGS[name] = cfg
+        try:
+            yield name
+        finally:
+            if before is missing:
+                factory._MODEL_CONFIGS.pop(name, None)
+            else:
+                factory._MODEL_CONFIGS[name] = before
 
 
 def hf_names(model_cfg: Dict) -> List[str]:
@@ -69,9 +86,16 @@ def build_open_clip(arch: str, weights_path: Optional[str] = None, allow_downloa
     architecture whose text tower or tokenizer lives on the Hugging Face Hub
     is built offline unless ``allow_download``: from the local Hugging Face
     cache, or refused naming what is missing."""
-    import open_clip
     cfg = config_beside(weights_path) if weights_path else None
-    name = _register_config(cfg) if cfg else arch
+    if cfg is None:
+        return _build_open_clip(arch, arch, None, allow_download)
+    with registered_config(cfg) as name:
+        return _build_open_clip(arch, name, cfg, allow_download)
+
+
+def _build_open_clip(arch: str, name: str, cfg: Optional[str], allow_download: bool):
+    """build_open_clip with the model config registered under ``name``."""
+    import open_clip
     if name not in open_clip.list_models() and not cfg:
         raise VerifierFileError(f"open_clip has no architecture '{arch}'; known: {', '.join(open_clip.list_models()[:8])}, ...")
     what = f"the model config '{cfg}'" if cfg else f"open_clip architecture '{arch}'"

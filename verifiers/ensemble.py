@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .protocol import Capabilities, Declared, capabilities, name_of, preview_kwargs
+
 MODES = ("mean_rank", "zscore")
 
 
@@ -71,11 +73,9 @@ def _weights(weights: Optional[Sequence[float]], m: int) -> torch.Tensor:
     return w / w.sum()
 
 
-class EnsembleVerifier:
+class EnsembleVerifier(Declared):
     """Combines member verifiers (anything with ``score(images, prompt)`` and ``name``): a relative
     verifier of the protocol in ``verifiers/protocol.py`` (its scores are recombined there)."""
-
-    relative = True
 
     def __init__(self, members: Sequence, weights: Optional[Sequence[float]] = None, mode: str = "mean_rank"):
         if mode not in MODES:
@@ -87,7 +87,7 @@ class EnsembleVerifier:
             raise ValueError(f"{len(weights)} weights for {len(members)} verifiers")
         flat, flat_w = [], []
         for v, w in zip(members, weights):
-            if callable(getattr(v, "screen_rows", None)):
+            if capabilities(v).prefilter:
                 raise ValueError("a pre-filter cannot be an ensemble member (it screens candidates one at a time "
                                  "over the whole search): make the ensemble the pre-filter's main verifier")
             if isinstance(v, EnsembleVerifier) and v.mode == mode:
@@ -100,39 +100,45 @@ class EnsembleVerifier:
                 flat.append(v)
                 flat_w.append(w)
         _weights(flat_w, len(flat))  # validates
-        levels = {float(v.preview_level) for v in flat if getattr(v, "needs_preview", False)}
+        caps = [capabilities(v) for v in flat]
+        levels = {float(c.preview_level) for c in caps if c.needs_preview}
         if len(levels) > 1:
             raise ValueError(f"the ensemble's self-consistency members want previews at different noise levels "
                              f"({', '.join(f'{x:g}' for x in sorted(levels))}): give them one level")
-        native = {bool(getattr(v, "video_native", False)) for v in flat}
+        native = {c.video_native for c in caps}
         if len(native) > 1:
             raise ValueError("the ensemble mixes video-native verifiers (they score whole clips) with image "
                              "verifiers (they score frames): use one kind per ensemble")
-        self.video_native = native.pop()
-        self.needs_preview = bool(levels)
-        self.preview_level = levels.pop() if levels else None
+        self.caps = Capabilities(batched=all(c.batched for c in caps), relative=True, video_native=native.pop(),
+                                 needs_prompt=any(c.needs_prompt for c in caps), needs_preview=bool(levels),
+                                 preview_level=levels.pop() if levels else None)
         self.members: List = flat
         self.weights: List[float] = flat_w
         self.mode = mode
 
+    def capabilities(self) -> Capabilities:
+        return self.caps
+
+    def inner_verifiers(self) -> List:
+        return list(self.members)
+
     @property
     def name(self) -> str:
-        parts = ", ".join(f"{w:g}*{getattr(v, 'name', 'verifier')}" for v, w in zip(self.members, self.weights))
+        parts = ", ".join(f"{w:g}*{name_of(v)}" for v, w in zip(self.members, self.weights))
         return f"ensemble[{self.mode}]({parts})"
 
     @property
     def member_names(self) -> List[str]:
         names, seen = [], {}
         for v in self.members:
-            n = getattr(v, "name", "verifier")
+            n = name_of(v)
             seen[n] = seen.get(n, 0) + 1
             names.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
         return names
 
     def score_members(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
         """N x M raw member scores (``previews``: for self-consistency members, see verifiers/self_consistency.py)."""
-        cols = [(v.score(images, prompt, previews=previews) if getattr(v, "needs_preview", False)
-                 else v.score(images, prompt)).float().cpu().reshape(-1) for v in self.members]
+        cols = [v.score(images, prompt, **preview_kwargs(v, previews)).float().cpu().reshape(-1) for v in self.members]
         return torch.stack(cols, dim=1)
 
     def combine(self, matrix: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from .protocol import Capabilities, Declared, capabilities, member_names_of, name_of, preview_kwargs, recombine
+
 SCREEN_PREFIX = "screen:"
 
 
@@ -32,7 +34,7 @@ def admits(screened: Sequence[float], value: float, keep: float, warmup: int) ->
     """The sequential keep rule for one candidate: kept when it is among the first ``warmup`` or its screen
     ``value`` is among the best ``keep`` fraction of every candidate screened so far (``screened``, the ones
     before it, in order), itself included; ties keep it.  Also the rule of a video search's latent-preview
-    pruning (``nodes/video.py``)."""
+    pruning (``engine/video.py``)."""
     n = len(screened) + 1
     if n <= int(warmup):
         return True
@@ -69,50 +71,56 @@ def place_below(out: torch.Tensor, scored: torch.Tensor, screen: torch.Tensor) -
     return out
 
 
-class PrefilterVerifier:
-    relative = True
+class PrefilterVerifier(Declared):
 
     def __init__(self, screen, main, keep: float = 0.5, warmup: int = 8):
         for role, v in (("screen", screen), ("main verifier", main)):
             if isinstance(v, PrefilterVerifier):
                 raise ValueError(f"the {role} is itself a pre-filter: chain them the other way round (one "
                                  "pre-filter whose main verifier is an ensemble)")
-        if getattr(screen, "relative", False):
-            raise ValueError(f"the screen '{getattr(screen, 'name', 'verifier')}' is relative (an ensemble): its "
+        screen_caps, main_caps = capabilities(screen), capabilities(main)
+        if screen_caps.relative:
+            raise ValueError(f"the screen '{name_of(screen)}' is relative (an ensemble): its "
                              "score of a candidate changes with the others, so it cannot screen one at a time; "
                              "screen with a single verifier")
         if not 0.0 < float(keep) <= 1.0:
             raise ValueError(f"keep is the fraction the main verifier scores, in (0, 1], got {keep}")
         if int(warmup) < 0:
             raise ValueError(f"warmup must be >= 0, got {warmup}")
-        levels = {float(v.preview_level) for v in (screen, main) if getattr(v, "needs_preview", False)}
+        levels = {float(c.preview_level) for c in (screen_caps, main_caps) if c.needs_preview}
         if len(levels) > 1:
             raise ValueError(f"the screen and the main verifier want previews at different noise levels "
                              f"({', '.join(f'{x:g}' for x in sorted(levels))}): give them one level")
-        self.needs_preview = bool(levels)
-        self.preview_level = levels.pop() if levels else None
+        self.caps = Capabilities(batched=screen_caps.batched and main_caps.batched, relative=True,
+                                 needs_prompt=screen_caps.needs_prompt or main_caps.needs_prompt,
+                                 needs_preview=bool(levels), preview_level=levels.pop() if levels else None,
+                                 prefilter=True)
         self.screen, self.main = screen, main
         self.keep, self.warmup = float(keep), int(warmup)
 
+    def capabilities(self) -> Capabilities:
+        return self.caps
+
+    def inner_verifiers(self) -> List:
+        return [self.screen, self.main]
+
     @property
     def name(self) -> str:
-        return (f"prefilter({getattr(self.screen, 'name', 'verifier')} keeps {self.keep:g} -> "
-                f"{getattr(self.main, 'name', 'verifier')})")
+        return f"prefilter({name_of(self.screen)} keeps {self.keep:g} -> {name_of(self.main)})"
 
     @property
     def main_members(self) -> List[str]:
-        names = list(getattr(self.main, "member_names", []) or [])
-        return names or [getattr(self.main, "name", "verifier")]
+        return member_names_of(self.main)
 
     @property
     def member_names(self) -> List[str]:
-        return self.main_members + [SCREEN_PREFIX + getattr(self.screen, "name", "verifier")]
+        return self.main_members + [SCREEN_PREFIX + name_of(self.screen)]
 
     # ------------------------------------------------------------------ scoring
     @staticmethod
     def _call(v, images, prompt, previews, members: bool) -> torch.Tensor:
-        kw = {"previews": previews} if getattr(v, "needs_preview", False) else {}
-        if members and getattr(v, "relative", False):
+        kw = preview_kwargs(v, previews)
+        if members and capabilities(v).relative:
             return v.score_members(images, prompt, **kw).float().cpu().reshape(images.shape[0], -1)
         return v.score(images, prompt, **kw).float().cpu().reshape(-1, 1)
 
@@ -135,7 +143,7 @@ class PrefilterVerifier:
         m = len(self.main_members)
         screen = self._call(self.screen, images, prompt, previews, members=False)[:, 0]
         if not bool(torch.isfinite(screen).all()):
-            raise ValueError(f"the screen '{getattr(self.screen, 'name', 'verifier')}' returned a non-finite score: "
+            raise ValueError(f"the screen '{name_of(self.screen)}' returned a non-finite score: "
                              "check its weights, or run the VAE in fp32 (--fp32-vae)")
         if k > 1:
             per = screen.reshape(-1, k)
@@ -160,9 +168,7 @@ class PrefilterVerifier:
         scored = ~torch.isnan(mat[:, 0])
         out = torch.zeros(mat.shape[0])
         if scored.any():
-            main = mat[scored, :m]
-            out[scored] = (self.main.combine(main).float().reshape(-1) if getattr(self.main, "relative", False)
-                           else main[:, 0])
+            out[scored] = recombine(self.main, mat[scored, :m])
         return place_below(out, scored, mat[:, -1])
 
     def score(self, images: torch.Tensor, prompt, previews: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -171,7 +177,7 @@ class PrefilterVerifier:
 
 
 def is_prefilter(verifier) -> bool:
-    return callable(getattr(verifier, "screen_rows", None))
+    return capabilities(verifier).prefilter
 
 
 def summary(verifier, matrix: torch.Tensor) -> Optional[dict]:
@@ -181,7 +187,7 @@ def summary(verifier, matrix: torch.Tensor) -> Optional[dict]:
     mat = matrix.float().reshape(matrix.shape[0], -1)
     n = int(mat.shape[0])
     scored = int((~torch.isnan(mat[:, 0])).sum()) if n else 0
-    return {"screen": getattr(verifier.screen, "name", "verifier"), "main": getattr(verifier.main, "name", "verifier"),
+    return {"screen": name_of(verifier.screen), "main": name_of(verifier.main),
             "keep": verifier.keep, "warmup": verifier.warmup, "screened": n, "main_scored": scored,
             "main_skipped": n - scored}
 

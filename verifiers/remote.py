@@ -12,25 +12,26 @@ its candidate by the request it answers, never by the order answers arrive in.  
   ``response_format``.  Range [1, 10].
 * ``yes_no``: the model answers ``{"answer": "yes" | "no"}`` under a JSON schema: 1 or 0.
 
-Network: only the configured base URL is contacted (``http.client`` directly: no proxy from the environment,
-no redirect followed).  The API key is read from the environment variable named by ``api_key_env`` at each
-request and is never stored here.  ``concurrency`` requests at a time; each attempt has ``timeout`` seconds
-(connect and every read), a call as a whole at most ``deadline()`` seconds; connection errors, timeouts and
-HTTP 408/429/5xx are retried ``retries`` times with backoff.  A missing or malformed answer (after the
-retries) raises :class:`RemoteGraderError`, or with ``on_failure="-inf"`` scores that candidate ``-inf``
-and counts it in ``failures`` (the search report's ``verifier_failures``); a batch in which every candidate
-failed is an error either way (nothing could be ranked), and so is a missing API key.
+Network: only the configured base URL is contacted, only at ``<base>/chat/completions`` (``verifiers/net.py``:
+no proxy from the environment, no redirect followed).  In ComfyUI the base URL, the model and the name of the
+API key's environment variable come from the operator's endpoint list (``engine/endpoints.py``), never from a
+workflow.  The API key is read from that variable at each request and is never stored here.  ``concurrency``
+requests at a time; each attempt is bounded by ``limits`` (``timeout`` seconds of wall clock for connect, send
+and read together, a body-size cap and a JSON depth cap; non-finite numbers are refused), a call as a whole
+takes at most ``deadline()`` seconds; connection errors, timeouts and HTTP 408/429/5xx are retried ``retries``
+times with backoff.  A missing, malformed, oversized or out-of-range answer (after the retries) raises
+:class:`RemoteGraderError`, or with ``on_failure="-inf"`` scores that candidate ``-inf`` and counts it in
+``failures`` (the search report's ``verifier_failures``); a batch in which every candidate failed is an error
+either way (nothing could be ranked), and so is a missing API key.
 """
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import math
 import os
 import re
-import ssl
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -40,8 +41,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
+from . import net
 from .base import as_prompt_list
-from .protocol import SingleVerifier
+from .protocol import Capabilities, SingleVerifier, inner_verifiers
 
 MODES = ("vqascore", "rubric", "yes_no")
 ON_FAILURE = ("error", "-inf")
@@ -65,6 +67,7 @@ TOP_LOGPROBS = 20      # the most the OpenAI API accepts
 MAX_ANSWER_TOKENS = 64  # JSON modes: {"score": 10} is a handful of tokens
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOGPROB_SLACK = 1e-4   # a logprob above this is not a log-probability: the answer is refused
 
 
 class RemoteGraderError(RuntimeError):
@@ -117,18 +120,19 @@ def _is_yes(token: str) -> bool:
 class RemoteVLMVerifier(SingleVerifier):
     """A VLM grader behind an OpenAI-compatible chat-completions endpoint (see the module docstring)."""
 
-    relative = False
-    needs_prompt = True
+    CAPABILITIES = Capabilities(batched=False)  # one request per image, on another machine
 
     def __init__(self, base_url: str, model: str, mode: str = "vqascore", question: str = "",
                  api_key_env: str = "", concurrency: int = 4, timeout: float = 60.0, retries: int = 2,
-                 on_failure: str = "error", cancel: Optional[Callable[[], None]] = None):
+                 on_failure: str = "error", cancel: Optional[Callable[[], None]] = None,
+                 limits: Optional[net.Limits] = None, label: str = ""):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
         if on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}, got '{on_failure}'")
         self.scheme, self.host, self.port, self.path = parse_base_url(base_url)
         self.base_url = base_url.strip()
+        self.label = label.strip()  # the endpoint's name in reports (its URL when unnamed)
         self.model = (model or "").strip()
         if not self.model:
             raise ValueError("no model name is set: give the name the server serves the model under")
@@ -148,6 +152,8 @@ class RemoteVLMVerifier(SingleVerifier):
         if int(concurrency) < 1 or float(timeout) <= 0 or int(retries) < 0:
             raise ValueError("concurrency must be >= 1, timeout > 0 and retries >= 0")
         self.concurrency, self.timeout, self.retries = int(concurrency), float(timeout), int(retries)
+        self.limits = (limits or net.Limits(max_bytes=4 * 1024 * 1024)).sooner(self.timeout)
+        self.timeout = self.limits.deadline_s
         self.on_failure = on_failure
         self.cancel = cancel
         self.failures = 0  # candidates scored -inf (on_failure="-inf"), over this verifier's life
@@ -156,7 +162,8 @@ class RemoteVLMVerifier(SingleVerifier):
     # ------------------------------------------------------------------ identity
     @property
     def name(self) -> str:
-        return f"remote[{self.mode}]({self.model} @ {self.scheme}://{self.host}:{self.port}{self.path})"
+        where = self.label or f"{self.scheme}://{self.host}:{self.port}{self.path}"
+        return f"remote[{self.mode}]({self.model} @ {where})"
 
     @property
     def score_range(self) -> str:
@@ -196,34 +203,30 @@ class RemoteVLMVerifier(SingleVerifier):
         return headers
 
     def _post(self, body: bytes) -> dict:
-        """One attempt: POST to the configured host only (no proxy, no redirect)."""
-        if self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        """One attempt: POST to the configured host only (no proxy, no redirect), bounded by ``limits``."""
+        where = f"the server {self.scheme}://{self.host}:{self.port}"
         try:
-            conn.request("POST", self.path + "/chat/completions", body=body, headers=self._headers())
-            resp = conn.getresponse()
-            data = resp.read()
-        except (TimeoutError, OSError, http.client.HTTPException) as e:
-            what = "timed out" if isinstance(e, TimeoutError) or "timed out" in str(e) else f"failed ({e!r})"
-            raise _Retryable(f"the request {what} after at most {self.timeout:g} s") from None
-        finally:
-            conn.close()
-        if resp.status in RETRY_STATUS:
-            raise _Retryable(f"HTTP {resp.status}: {data[:300].decode('utf-8', 'replace')}")
-        if resp.status != 200:
-            hint = " (check the key in the environment variable named by api_key_env)" \
-                if resp.status in (401, 403) else ""
-            if 300 <= resp.status < 400:
-                hint = f" (a redirect to {resp.getheader('Location')!r}; it is not followed: give the final URL)"
-            raise RemoteGraderError(f"the server answered HTTP {resp.status}{hint}: "
+            status, headers, data = net.request(self.scheme, self.host, self.port, "POST",
+                                                self.path + "/chat/completions", body, self._headers(), self.limits,
+                                                where)
+        except net.NetError as e:
+            if e.kind in ("unreachable", "deadline"):
+                raise _Retryable(str(e)) from None
+            raise _BadAnswer(str(e)) from None
+        if status in RETRY_STATUS:
+            raise _Retryable(f"HTTP {status}: {data[:300].decode('utf-8', 'replace')}")
+        if status != 200:
+            hint = " (check the key in the environment variable the operator named for this grader)" \
+                if status in (401, 403) else ""
+            if 300 <= status < 400:
+                hint = f" (a redirect to {net.shorten(headers.get('location'), 80)!r}; it is not followed: the " \
+                       "operator must configure the final URL)"
+            raise RemoteGraderError(f"the server answered HTTP {status}{hint}: "
                                     f"{data[:300].decode('utf-8', 'replace')}")
         try:
-            return json.loads(data)
-        except ValueError:
-            raise _BadAnswer(f"the response is not JSON: {data[:200].decode('utf-8', 'replace')!r}") from None
+            return net.loads(data, self.limits.max_depth, where)
+        except net.NetError as e:
+            raise _BadAnswer(str(e)) from None
 
     def parse(self, response: dict) -> float:
         """The score in one chat-completions response; _BadAnswer when it is missing or malformed."""
@@ -247,17 +250,23 @@ class RemoteVLMVerifier(SingleVerifier):
                 if not isinstance(t, dict) or not isinstance(t.get("token"), str) or \
                         not isinstance(t.get("logprob"), (int, float)) or isinstance(t.get("logprob"), bool):
                     raise _BadAnswer(f"a malformed top_logprobs entry: {str(t)[:200]}")
+                if float(t["logprob"]) > LOGPROB_SLACK:
+                    raise _BadAnswer(f"a logprob above 0 ({float(t['logprob']):.4g}) is not a log-probability: "
+                                     "the server's answer is broken")
                 if _is_yes(t["token"]):
                     p += math.exp(min(float(t["logprob"]), 0.0))
+            if p > 1.0 + LOGPROB_SLACK:
+                raise _BadAnswer(f"the probabilities of 'yes' add up to {p:.4g}, more than 1: the server's answer "
+                                 "is broken")
             return min(p, 1.0)  # "yes" not among the top tokens: P(Yes) is below the least listed, taken as 0
         text = (choice.get("message") or {}).get("content") if isinstance(choice.get("message"), dict) else None
         if not isinstance(text, str):
             raise _BadAnswer(f"no message content in the response: {str(choice)[:200]}")
         stripped = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
         try:
-            answer = json.loads(stripped)
-        except ValueError:
-            raise _BadAnswer(f"the answer is not JSON: {text[:200]!r}") from None
+            answer = net.loads(stripped, self.limits.max_depth, "the answer")
+        except net.NetError:
+            raise _BadAnswer(f"the answer is not JSON of a finite score: {text[:200]!r}") from None
         if self.mode == "rubric":
             s = answer.get("score") if isinstance(answer, dict) else None
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not (1 <= s <= 10) or s != int(s):
@@ -350,10 +359,7 @@ def failures_of(verifier) -> int:
     pre-filter's screen and main verifier included)."""
     if isinstance(verifier, RemoteVLMVerifier):
         return verifier.failures
-    members = getattr(verifier, "members", None)  # an ensemble's list (a rubric's members() is a method)
-    inner = list(members) if isinstance(members, (list, tuple)) else []
-    inner += [v for v in (getattr(verifier, a, None) for a in ("verifier", "screen", "main")) if v is not None]
-    return sum(failures_of(v) for v in inner if v is not verifier)
+    return sum(failures_of(v) for v in inner_verifiers(verifier) if v is not verifier)
 
 
 __all__ = ["RemoteVLMVerifier", "RemoteGraderError", "MODES", "ON_FAILURE", "QUESTIONS", "failures_of",

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from .clip_score import CLIPScoreVerifier
+from .protocol import Capabilities, capabilities
 
 PREVIEW_MESSAGE = (
     "the self-consistency verifier compares each candidate with its own x0-prediction part-way through sampling, "
@@ -32,15 +33,17 @@ class PreviewRequired(ValueError):
 
 class SelfConsistencyVerifier(CLIPScoreVerifier):
     name = "self_consistency"
-    needs_prompt = False
-    needs_preview = True
 
     def __init__(self, clip_model, level: float = 0.4, batch_size: int = 32):
         super().__init__(clip_model, tokenizer=None, mode="cosine", batch_size=batch_size)
         if not 0.0 < float(level) < 1.0:
             raise ValueError(f"the preview level must lie strictly between 0 (clean) and 1 (pure noise), got {level}")
-        self.preview_level = float(level)
+        self.level = float(level)
         self.score_range = "[-1, 1]"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(needs_prompt=False, needs_preview=True, preview_level=self.level,
+                            device=str(self.param_device()))
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts="", previews: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -59,11 +62,11 @@ class SelfConsistencyVerifier(CLIPScoreVerifier):
 
 
 def needs_preview(verifier) -> bool:
-    return bool(getattr(verifier, "needs_preview", False))
+    return capabilities(verifier).needs_preview
 
 
 def preview_level(verifier) -> Optional[float]:
-    return float(verifier.preview_level) if needs_preview(verifier) else None
+    return capabilities(verifier).preview_level
 
 
 __all__ = ["SelfConsistencyVerifier", "PreviewRequired", "PREVIEW_MESSAGE", "needs_preview", "preview_level"]

@@ -25,7 +25,7 @@ finished candidate for these three algorithms; the host's ``score`` is
 wrapped to keep each one (final latent, search score, NFEs spent when it was
 scored).
 
-Per prompt the guard runs as the pack runs it (nodes/pipeline.py): the
+Per prompt the guard runs as the pack runs it (engine/pipeline.py): the
 held-out verifier scores every ``guard.sample_stride(budget // 10, 32)``-th
 finished candidate in scoring order, starting with the first, and the winner;
 ``guard.summary`` gets the search scores of all candidates of the report and
@@ -64,7 +64,7 @@ from search import guard, run_strategy  # noqa: E402
 
 BUDGETS = (40, 80, 160, 320, 640)
 SETTINGS = ("random", "zero_order", "evolution")   # random with the family's deterministic sampler
-HELD_OUT_SAMPLES = 32     # nodes/pipeline.py's HELD_OUT_SAMPLES (the test checks they agree)
+HELD_OUT_SAMPLES = 32     # engine/pipeline.py's HELD_OUT_SAMPLES (the test checks they agree)
 GUARD_SEED = 37           # neither the verifier's (11) nor the judge's (23)
 HELD_OUT = ("guard_verifier", "judge")            # who plays the held-out verifier
 TRUTH = ("sampled", "all")                        # the median the winner's judge log p is compared with
@@ -145,7 +145,7 @@ def confusion(fired: Sequence[bool], degraded: Sequence[bool]) -> Dict[str, Any]
 
 def evaluate_guard(ev: Evaluator, res, budget: int, held_nets: Dict[str, Any], samples: int) -> Dict[str, Any]:
     """The guard per prompt with each held-out verifier, against the judge's ground truth."""
-    stride = guard.sample_stride(budget // GEN_STEPS, samples)   # as nodes/pipeline.py: the expected candidates
+    stride = guard.sample_stride(budget // GEN_STEPS, samples)   # as engine/pipeline.py: the expected candidates
     counts = [len(r["cand_scores"]) for r in res]
     cand_cls = torch.cat([torch.full((n,), c, dtype=torch.long) for n, c in zip(counts, ev.classes)])
     lat_all = torch.cat([r["cand_latents"] for r in res])
@@ -260,7 +260,7 @@ def markdown(d) -> str:
          f"{meta['description']}. {meta['prompts']} prompts (class = p mod 10, seed 1000+p); one generation = "
          f"{meta['generation_steps']} NFEs; random search with {meta['samplers'][0]}, zero-order and evolution at "
          "their registry defaults (as harness.py runs them). Per prompt the guard (search/guard.py) runs as "
-         f"nodes/pipeline.py runs it: the held-out verifier scores every stride-th finished candidate (stride = "
+         f"engine/pipeline.py runs it: the held-out verifier scores every stride-th finished candidate (stride = "
          f"sample_stride(budget / 10, {meta['held_out_samples']})) and the winner, and fires when the winner is "
          "above the median search score but below the median held-out score of the sample.", "",
          f"**Guard verifier** (the user's held_out_verifier): {g['architecture']}, seed {g['seed']}, trained "

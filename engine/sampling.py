@@ -115,7 +115,7 @@ class SamplingPlan:
     """How candidates are sampled: KSampler widgets, SAMPLER + SIGMAS
     (SamplerCustom) or GUIDER (+ SAMPLER/SIGMAS, SamplerCustomAdvanced)."""
 
-    stop = None  # a device thread's threading.Event (nodes/devices.py): set = stop at the next model call
+    stop = None  # a device thread's threading.Event (engine/devices.py): set = stop at the next model call
 
     def __init__(self, model, positive, negative, latent: Dict[str, Any], cfg: float, sampler_name: str,
                  scheduler: str, steps: int, denoise: float, sampler=None, sigmas=None, guider=None,
@@ -215,6 +215,16 @@ class SamplingPlan:
             raise SearchInputError(
                 f"the latent has batch size {samples.shape[0]}: SearchLoop makes its own candidates, so give it "
                 "a batch-1 latent (Empty Latent Image with batch_size 1, or one VAE-encoded image)")
+        if samples.ndim == 5 and samples.shape[2] == 0:
+            raise SearchInputError(
+                f"the video latent has 0 frames (shape {tuple(samples.shape)}): there is nothing to sample. Give "
+                "Search Loop a latent with at least one frame: raise length on the empty latent node (Empty Hunyuan "
+                "Latent Video, Wan22 Image To Video Latent, Empty LTXV Latent Video...), or trim fewer frames "
+                "(Trim Video Latent's trim_amount must be below the latent's frame count)")
+        if any(int(d) == 0 for d in samples.shape[-2:]) or samples.shape[1] == 0:
+            raise SearchInputError(
+                f"the latent has an empty dimension (shape {tuple(samples.shape)}): there is nothing to sample. "
+                "Make it with a width, height and channel count of at least 1 (an Empty Latent node for this model)")
         fixed = compat.fix_empty_latent_channels(self.model, samples)
         want = latent_channels(self.model)
         if want is not None and fixed.shape[1] != want:
@@ -361,55 +371,3 @@ def guide_frames(conditioning) -> int:
         if idx is not None:
             return int(torch.unique(idx[:, 0]).shape[0])
     return 0
-
-
-class GuideCroppedVAE:
-    """The VAE, decoding a video latent without the guide frames at its end: what LTXV Crop Guides before VAE
-    Decode gives in ComfyUI's LTX-Video templates, so the verifier scores (and ``image`` shows) the video
-    alone.  Everything else is the VAE's own."""
-
-    def __init__(self, vae, frames: int):
-        self._vae, self._frames = vae, int(frames)
-
-    def _crop(self, samples: torch.Tensor) -> torch.Tensor:
-        return samples[:, :, :samples.shape[2] - self._frames] if samples.ndim == 5 else samples
-
-    def decode(self, samples, *args, **kwargs):
-        return self._vae.decode(self._crop(samples), *args, **kwargs)
-
-    def decode_tiled(self, samples, *args, **kwargs):
-        return self._vae.decode_tiled(self._crop(samples), *args, **kwargs)
-
-    @property
-    def upscale_ratio(self):
-        """The VAE's, its temporal part (latent frames -> frames) counting the video's latent frames only."""
-        ratio = self._vae.upscale_ratio
-        if isinstance(ratio, (tuple, list)) and callable(ratio[0]):
-            frames_of, n = ratio[0], self._frames
-            return (lambda t: frames_of(t - n),) + tuple(ratio[1:])
-        return ratio
-
-    def __getattr__(self, name):
-        return getattr(self._vae, name)
-
-
-def scoring_vae(plan: SamplingPlan, vae):
-    """The VAE the search decodes candidates with: the guide-cropping view when LTXV Add Guide appended
-    frames (the ``latent`` output keeps them, for LTXV Crop Guides after it, as after a KSampler)."""
-    return GuideCroppedVAE(vae, plan.guide_frames) if plan.video and plan.guide_frames else vae
-
-
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """B x H x W x 3 images of image latents; B x T x H x W x 3 frames of video latents (5-D)."""
-    images = vae.decode(latents)
-    if latents.ndim == 5:  # a video VAE: B x T x H x W x 3 (a 4-D answer is one video's frames)
-        return images.reshape(latents.shape[0], -1, *images.shape[-3:])
-    if images.ndim == 5:  # some hosts return B x T x H x W x C for image VAEs too
-        images = images.reshape(-1, *images.shape[-3:])
-    return images
-
-
-def output_latent(template_latent: Dict[str, Any], samples: torch.Tensor) -> Dict[str, Any]:
-    out = {k: v for k, v in template_latent.items() if k not in ("samples", "batch_index")}
-    out["samples"] = samples
-    return out

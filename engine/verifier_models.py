@@ -15,6 +15,7 @@ from the device), the models go with it."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 import weakref
 from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -25,18 +26,19 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from .progress import throw_if_interrupted
-from ..verifiers.protocol import SingleVerifier
+from ..verifiers.protocol import Capabilities, SingleVerifier, capabilities
 
 KEEP = 4         # verifiers the pack itself keeps alive (most recently loaded first to stay)
 KEEP_PARTS = 8   # shared parts (CLIP models, heads) likewise
 
 
 class Part:
-    """One shared module and the ModelPatcher that loads / offloads it."""
-    __slots__ = ("module", "patcher", "__weakref__")
+    """One shared module and the ModelPatcher that loads / offloads it; ``companion``: what goes with the module
+    and lives exactly as long as the part (an open_clip model's tokenizer), or None."""
+    __slots__ = ("module", "patcher", "companion", "__weakref__")
 
-    def __init__(self, module, patcher):
-        self.module, self.patcher = module, patcher
+    def __init__(self, module, patcher, companion=None):
+        self.module, self.patcher, self.companion = module, patcher, companion
 
 
 _lock = threading.RLock()
@@ -62,10 +64,21 @@ def live() -> Dict[str, int]:
 
 def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """The module for ``key`` (built once while anything holds it), in the verifier dtype, with its patcher."""
+    return _shared(key, lambda: (build(), None)).module
+
+
+def shared_part_with(key: Tuple, build: Callable[[], Tuple[torch.nn.Module, object]]) -> Tuple[torch.nn.Module, object]:
+    """:func:`shared_part` for a build that returns ``(module, companion)``: the companion (an open_clip model's
+    tokenizer) is kept on the part, so it is bounded and released exactly as the module's part is."""
+    part = _shared(key, build)
+    return part.module, part.companion
+
+
+def _shared(key: Tuple, build: Callable[[], Tuple[torch.nn.Module, object]]) -> Part:
     with _lock:
         part = _parts.get(key)
         if part is None:
-            module = build()
+            module, companion = build()
             load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
             if load_device.type == "cuda" and mm.should_use_fp16(load_device):
                 cast = getattr(module, "cast_for_gpu", None)  # a module choosing its half dtype (VLMs: bf16)
@@ -74,10 +87,10 @@ def shared_part(key: Tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Mo
             size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
             patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device,
                                                        size=size)
-            part = Part(module, patcher)
+            part = Part(module, patcher, companion)
             _parts[key] = part
         _touch(_recent_parts, key, part, KEEP_PARTS)
-        return part.module
+        return part
 
 
 def _part_of(key: Tuple) -> Part:
@@ -113,17 +126,12 @@ class HostVerifier(SingleVerifier):
     def name(self) -> str:
         return self.description
 
-    @property
-    def needs_preview(self) -> bool:
-        return bool(getattr(self.verifier, "needs_preview", False))
+    def capabilities(self) -> Capabilities:
+        """The wrapped verifier's, on the device ComfyUI loads it onto for scoring."""
+        return replace(capabilities(self.verifier), device=str(self.patchers[0].load_device))
 
-    @property
-    def video_native(self) -> bool:
-        return bool(getattr(self.verifier, "video_native", False))
-
-    @property
-    def preview_level(self):
-        return getattr(self.verifier, "preview_level", None)
+    def inner_verifiers(self):
+        return [self.verifier]
 
     def score(self, images: torch.Tensor, prompt: Union[str, Sequence[str]], **kw) -> torch.Tensor:
         throw_if_interrupted()
@@ -143,4 +151,4 @@ def cached(key: Tuple, build: Callable[[], HostVerifier]) -> HostVerifier:
         return hv
 
 
-__all__ = ["HostVerifier", "shared_part", "cached", "live", "KEEP", "KEEP_PARTS"]
+__all__ = ["HostVerifier", "shared_part", "shared_part_with", "cached", "live", "KEEP", "KEEP_PARTS"]

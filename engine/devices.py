@@ -2,7 +2,7 @@
 
 One lane per device: the main device samples with the graph's own model; every
 other device with a deep clone of it made through ComfyUI's model management
-(``compat.device_clone``), loaded before any thread starts.  ``DeviceSet.run``
+(``gpus.device_clone``), loaded before any thread starts.  ``DeviceSet.run``
 cuts the rows of one sampling call into contiguous per-device chunks
 (``search.devices.split_rows``), runs each chunk in its own thread, and returns
 the chunks' results in row order; ``ComfyHost`` calls it for every sampling
@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
+import gc
 import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import compat, memory
+from . import compat, gpus, memory
 from .progress import Stopped
 from .sampling import SamplingPlan, SearchInputError
 from ..search.devices import DevicesError, parse_devices, split_rows
@@ -38,10 +37,11 @@ GPU_MIN_ROWS = 4
 @dataclass
 class Lane:
     device: str
-    plan: SamplingPlan
+    plan: Optional[SamplingPlan]  # None once the set is released (a device clone's plan)
     rows: int = 0             # rows this device sampled (a row = one candidate in one sampling call)
     micro_batch: int = 0      # 0: the host's; lowered on this device's out-of-memory
     vae: Any = None           # this device's VAE copy (None: decoding stays on the main device)
+    copy: bool = False        # the lane's models (and VAE) are copies made for it, released with the set
 
 
 @dataclass
@@ -51,6 +51,8 @@ class DeviceSet:
     notes: List[str] = field(default_factory=list)  # devices left out, and why
     stop: threading.Event = field(default_factory=threading.Event)
     min_rows: int = 1  # the fewest rows a device is given when a call is cut (GPU_MIN_ROWS on GPUs)
+    released: bool = False
+    _decoded: bool = False  # decoders, as it was before release
 
     @property
     def parallel(self) -> bool:
@@ -59,7 +61,32 @@ class DeviceSet:
     @property
     def decoders(self) -> bool:
         """Every device has a VAE of its own: decoding is cut over the devices too."""
+        if self.released:
+            return self._decoded
         return self.parallel and all(ln.vae is not None for ln in self.lanes)
+
+    def copies(self) -> List[Any]:
+        """The model clones and VAE copies this set made (never the graph's own model or VAE)."""
+        out: List[Any] = []
+        for ln in self.lanes:
+            if ln.copy and ln.plan is not None:
+                out += [m for m in (ln.plan.model, ln.plan.model_2, ln.vae) if m is not None]
+        return out
+
+    def release(self) -> None:
+        """Lets go of every copy this set made (model clones, VAE copies), at the end of its search: they leave
+        ComfyUI's loaded models and their weights are freed, so a later search, ``/free`` or the next graph
+        never finds them held.  The report's facts (devices, rows) stay; sampling with this set is over."""
+        if self.released:
+            return
+        self._decoded = self.decoders
+        copies = self.copies()
+        self.released = True
+        for ln in self.lanes:
+            if ln.copy:
+                ln.plan = None
+            ln.vae = None
+        _release(copies)
 
     def info(self) -> Dict[str, Any]:
         """The report's ``settings["devices"]``: which devices ran how many rows."""
@@ -97,7 +124,7 @@ class DeviceSet:
                 self.stop.set()
 
         threads = []
-        with compat.serialized_model_loading():
+        with gpus.serialized_model_loading():
             for k, (i, a, b) in enumerate(chunks):
                 lane = self.lanes[i]
                 lane.rows += (b - a) if count else 0
@@ -141,10 +168,10 @@ def _controls(plan: SamplingPlan) -> bool:
 
 def _fits(plan: SamplingPlan, device: torch.device) -> Optional[str]:
     """Why the model's weights do not fit on ``device`` (with one candidate's working memory), or None."""
-    total = compat.total_memory(device)
+    total = gpus.total_memory(device)
     if total is None:
         return None
-    need = compat.model_size(plan.model) + (compat.model_size(plan.model_2) if plan.model_2 is not None else 0)
+    need = gpus.model_size(plan.model) + (gpus.model_size(plan.model_2) if plan.model_2 is not None else 0)
     need += memory.memory_per_candidate(plan.model, plan.template.shape, plan.cfg_multiplier()) or 0
     if need > total * 0.95:
         return (f"{device} left out: the model needs about {need / GIB:.1f} GiB with one candidate, the device has "
@@ -152,36 +179,47 @@ def _fits(plan: SamplingPlan, device: torch.device) -> Optional[str]:
     return None
 
 
-# the clones of the last model searched, kept for the next search with it: (device, role, lane) -> (the source
-# weights, what the clone's patches were made from, the clone).  A different model or patch replaces them.
-_CLONES: Dict[tuple, tuple] = {}
+def _release(copies: List[Any]) -> None:
+    """Takes model clones and VAE copies out of ComfyUI's loaded models and frees their memory.  Empties
+    ``copies``: with the caller's other references dropped, nothing holds them any more."""
+    copies[:] = [c for c in copies if c is not None]
+    if not copies:
+        return
+    gpus.forget_models(copies)
+    copies.clear()
+    gc.collect()  # a ModelPatcher's references go round in cycles: free the weights now, not at some later gc
+    gpus.empty_cache()
 
 
-def _clone_vae(vae, device: torch.device, lane: int):
-    key = (str(device), "vae", lane)
-    hit = _CLONES.get(key)
-    if hit is not None and hit[0]() is vae.first_stage_model:
-        return hit[2]
-    _CLONES.pop(key, None)
-    clone = compat.device_vae(vae, device)
-    if clone is not None:
-        _CLONES[key] = (weakref.ref(vae.first_stage_model), None, clone)
-    return clone
-
-
-def _clone(model, device: torch.device, role: str, lane: int):
-    key = (str(device), role, lane)
-    made_from = (getattr(model, "patches_uuid", None),
-                 tuple(sorted((k, id(v)) for k, v in (getattr(model, "object_patches", None) or {}).items())))
-    hit = _CLONES.get(key)
-    if hit is not None and hit[0]() is model.model and hit[1] == made_from:
-        clone = hit[2]
-        clone.model_options = copy.deepcopy(model.model_options)  # wrappers, cfg functions: this run's
-        return clone
-    _CLONES.pop(key, None)
-    clone = compat.device_clone(model, device)
-    _CLONES[key] = (weakref.ref(model.model), made_from, clone)
-    return clone
+def _add_lanes(out: DeviceSet, plan: SamplingPlan, names: Sequence[str], main: str) -> None:
+    """One lane per device named: the graph's own model on the main device, a clone loaded on every other one
+    (a device the weights do not fit on, or that runs out of memory loading them, is left out with a note)."""
+    for name in names:
+        if name == main and not any(ln.device == main for ln in out.lanes):
+            out.lanes.append(Lane(main, plan.on_device(plan.model, plan.model_2, plan.guider, out.stop)))
+            continue
+        dev = torch.device(name)
+        why = _fits(plan, dev)
+        if why is not None:
+            out.notes.append(why)
+            continue
+        made: List[Any] = []  # this device's clones, released if it is left out
+        try:
+            made.append(gpus.device_clone(plan.model, dev))
+            if plan.model_2 is not None:
+                made.append(gpus.device_clone(plan.model_2, dev))
+            for m in made:
+                gpus.load_on_device(m)
+        except BaseException as e:  # noqa: BLE001 - out-of-memory leaves the device out; the rest is raised
+            _release(made)
+            if not memory.is_oom(e):
+                raise
+            memory.free_memory_after_oom()
+            out.notes.append(f"{name} left out: out of memory while loading the model's weights there")
+            continue
+        model, model_2 = made[0], (made[1] if len(made) > 1 else None)
+        guider = gpus.device_guider(plan.guider, model) if plan.guider is not None else None
+        out.lanes.append(Lane(name, plan.on_device(model, model_2, guider, out.stop), copy=True))
 
 
 def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
@@ -189,7 +227,7 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
     With ``vae`` on the main device, each other device gets a copy of it and decodes its share too."""
     main = str(plan.model.load_device)
     try:
-        names = parse_devices(text, [str(d) for d in compat.torch_devices()], main)
+        names = parse_devices(text, [str(d) for d in gpus.torch_devices()], main)
     except DevicesError as e:
         raise SearchInputError(str(e)) from e
     requested = (text or "").strip() or "all"
@@ -204,37 +242,17 @@ def build(plan: SamplingPlan, text: Optional[str], vae=None) -> DeviceSet:
         notes.append(f"only {main}: the conditioning carries a ControlNet or GLIGEN model, which ComfyUI loads on "
                      "the main device only")
         return DeviceSet([Lane(main, plan)], requested, notes)
-    lanes: List[Lane] = []
-    stop = threading.Event()
-    for name in names:
-        if name == main and not any(ln.device == main for ln in lanes):
-            lanes.append(Lane(main, plan.on_device(plan.model, plan.model_2, plan.guider, stop)))
-            continue
-        dev = torch.device(name)
-        why = _fits(plan, dev)
-        if why is not None:
-            notes.append(why)
-            continue
-        try:
-            model = _clone(plan.model, dev, "model", len(lanes))
-            model_2 = _clone(plan.model_2, dev, "model_2", len(lanes)) if plan.model_2 is not None else None
-            compat.load_on_device(model)
-            if model_2 is not None:
-                compat.load_on_device(model_2)
-        except BaseException as e:  # noqa: BLE001 - out-of-memory leaves the device out; the rest is raised
-            if not memory.is_oom(e):
-                raise
-            memory.free_memory_after_oom()
-            notes.append(f"{name} left out: out of memory while loading the model's weights there")
-            continue
-        guider = compat.device_guider(plan.guider, model) if plan.guider is not None else None
-        lanes.append(Lane(name, plan.on_device(model, model_2, guider, stop)))
-    if not lanes:
-        notes.append(f"every device named was left out: sampling on {main}")
-        return DeviceSet([Lane(main, plan)], requested, notes)
-    if vae is not None and len(lanes) > 1 and str(getattr(vae, "device", "")) == main:
-        for i, lane in enumerate(lanes):  # a VAE copy per device (the main device's is the graph's own)
-            lane.vae = vae if lane.device == main and lane.plan.model is plan.model else \
-                _clone_vae(vae, torch.device(lane.device), i)
-    gpu = any(torch.device(lane.device).type != "cpu" for lane in lanes)
-    return DeviceSet(lanes, requested, notes, stop, min_rows=GPU_MIN_ROWS if gpu else 1)
+    out = DeviceSet([], requested, notes, threading.Event())
+    try:
+        _add_lanes(out, plan, names, main)
+        if not out.lanes:
+            notes.append(f"every device named was left out: sampling on {main}")
+            return DeviceSet([Lane(main, plan)], requested, notes)
+        if vae is not None and out.parallel and str(getattr(vae, "device", "")) == main:
+            for lane in out.lanes:  # a VAE copy per device (the main device's is the graph's own)
+                lane.vae = gpus.device_vae(vae, torch.device(lane.device)) if lane.copy else vae
+    except BaseException:
+        out.release()  # the copies made so far
+        raise
+    out.min_rows = GPU_MIN_ROWS if any(torch.device(ln.device).type != "cpu" for ln in out.lanes) else 1
+    return out

@@ -1,5 +1,5 @@
-"""Video candidates on ComfyUI's side: the Video Scoring settings node, frame
-scoring through a :class:`FrameBook`, and the ranked contact sheet.
+"""Video candidates on ComfyUI's side: frame scoring through a :class:`FrameBook`
+(and :class:`PrunedBook`, which prunes on the latent preview first).
 
 A video latent (``B x C x T x H x W``) decodes to ``B x T x H x W x 3``
 frames (ComfyUI's ``VAE.decode``); an image verifier scores ``k`` of them
@@ -13,12 +13,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .drawing import caption, ranked_grid
-from .types import CATEGORY, SCORES, VIDEO_SCORING
-from ..search.video import (AGGREGATES, PICKS, VideoInputError, VideoScoring, latent_frame_of, latent_frames_needed,
-                            split_videos)
+from ..search.video import VideoInputError, VideoScoring, latent_frame_of, latent_frames_needed
 from ..verifiers import prefilter
-from ..verifiers.protocol import ScoreBook, is_video_native
+from ..verifiers.protocol import Book, ScoreBook, capabilities, name_of
 
 DEFAULT = VideoScoring()
 PREFILTER_NATIVE = ("the Verifier Pre-filter scores frames, and a video-native verifier scores whole clips: connect "
@@ -85,8 +82,8 @@ def decode_prefix(frame_count: Optional[Callable[[int], int]], latent_frames: in
     return latent_frames_needed(frame_count, t, max(frames))
 
 
-class FrameBook:
-    """A :class:`ScoreBook` over candidates that are videos: each candidate's scored frames are booked as
+class FrameBook(Book):
+    """A score book (``verifiers.protocol.Book``) over candidates that are videos: each candidate's scored frames are booked as
     rows of the image verifier's book (a relative verifier combines over every frame scored so far), and
     every score handed out is per candidate, aggregated over its frames."""
 
@@ -94,11 +91,12 @@ class FrameBook:
         self.book = ScoreBook(verifier, prompt)
         self.scoring = scoring
         self.relative = self.book.relative
+        caps = capabilities(verifier)
         # a video-native verifier (verifiers/protocol.py) scores each candidate's picked frames as one clip
-        self.native = is_video_native(verifier)
+        self.native = caps.video_native
         # a pre-filter screens each candidate from its frames, aggregated as the scoring says (prefilter.py)
-        self.prefilter = verifier if prefilter.is_prefilter(verifier) else None
-        if self.prefilter is not None and any(is_video_native(v) for v in (verifier.screen, verifier.main)):
+        self.prefilter = verifier if caps.prefilter else None
+        if self.prefilter is not None and any(capabilities(v).video_native for v in (verifier.screen, verifier.main)):
             raise VideoInputError(PREFILTER_NATIVE)
         self.k: Optional[int] = None
         self.total: Optional[int] = None
@@ -176,28 +174,21 @@ class FrameBook:
         cols = [self.scoring.combine(m[:, j], self.k) for j in range(m.shape[1])]
         return torch.stack(cols, dim=1)
 
-    def columns(self):
-        """(member name, its per-candidate scores, the candidates they belong to), as ``ScoreBook.columns``."""
-        for name, col in zip(self.member_names, self.matrix().T):
-            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()  # a pre-filter's main skips candidates
-            yield name, col[rows], rows
-
-    def members(self, row: int) -> dict:
-        if not self.relative:
-            return {}
-        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
-
     def info(self) -> Dict:
-        """What the report records: the frame count, the frames scored and how they combine."""
-        out = self.scoring.to_dict()
+        """What the report records: the frame count, the frames scored and how they combine; ``note`` when the
+        videos have fewer frames than the scoring asks for (shown on the node and among the report's notes)."""
+        out = self.scoring.to_dict(self.total)
         if self.native:
             out["aggregate"] = "the verifier's own (video-native)"
         if self.total is not None:
             out.update(frames_per_video=int(self.total), scored_frames=self.scoring.indices(self.total))
+            note = self.scoring.shortfall(self.total)
+            if note:
+                out["note"] = note
         return out
 
 
-class PrunedBook:
+class PrunedBook(Book):
     """Latent-preview pruning in front of a :class:`FrameBook`: each candidate's scored frames are first made
     from its latent (``preview_videos``) and scored by the search's own verifier; the candidate is decoded and
     scored for real only when its preview score is among the best ``preview_keep`` fraction of every candidate
@@ -209,12 +200,13 @@ class PrunedBook:
     PREVIEW_PREFIX = "preview:"
 
     def __init__(self, verifier, prompt, scoring: VideoScoring):
-        if getattr(verifier, "relative", False):
+        caps = capabilities(verifier)
+        if caps.relative:
             raise VideoInputError(
                 f"pruning by latent preview ranks each candidate's preview by the verifier's own score, one at a "
-                f"time; '{getattr(verifier, 'name', 'verifier')}' is relative (an ensemble or a pre-filter: its "
+                f"time; '{name_of(verifier)}' is relative (an ensemble or a pre-filter: its "
                 "score of a candidate changes with the others): use a single verifier, or set preview_keep to 1")
-        if getattr(verifier, "needs_preview", False):
+        if caps.needs_preview:
             raise VideoInputError(
                 "pruning by latent preview scores a latent's RGB preview alone, which the self-consistency "
                 "verifier cannot score (it compares a video with its own x0-prediction): set preview_keep to 1, "
@@ -224,7 +216,7 @@ class PrunedBook:
         self.scoring = scoring
         self.gate = prefilter.SequentialGate(scoring.preview_keep, scoring.preview_warmup)
         self.decoded: List[Optional[int]] = []   # each candidate's row in ``inner``, None when pruned
-        self.name = getattr(verifier, "name", "verifier")
+        self.name = name_of(verifier)
 
     @property
     def count(self) -> int:
@@ -284,14 +276,6 @@ class PrunedBook:
             out[:, -1] = torch.as_tensor(self.gate.screened, dtype=torch.float32)
         return out
 
-    def columns(self):
-        for name, col in zip(self.member_names, self.matrix().T):
-            rows = (~torch.isnan(col)).nonzero().reshape(-1).tolist()
-            yield name, col[rows], rows
-
-    def members(self, row: int) -> dict:
-        return {k: v for k, v in zip(self.member_names, self.matrix()[int(row)].tolist()) if math.isfinite(v)}
-
     def info(self) -> Dict:
         out = self.inner.info() if self.inner.total is not None else self.preview.info()
         decoded = sum(1 for d in self.decoded if d is not None)
@@ -307,100 +291,3 @@ def score_videos(verifier, prompt, videos: torch.Tensor, scoring: VideoScoring) 
 def as_frames(images: torch.Tensor) -> torch.Tensor:
     """``N x T x H x W x 3`` videos -> an IMAGE batch of ``N*T`` frames, video after video (images pass through)."""
     return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
-
-
-class VideoScoringNode:
-    DESCRIPTION = ("How Search Loop and Verifier Score score video candidates with an image verifier: which frames "
-                   "of each candidate are decoded-and-scored (first / middle / last, or k evenly spaced) and how "
-                   "their scores combine into the candidate's score (mean, or min: a video is as good as its worst "
-                   "frame). Without this node a video is scored on its first, middle and last frames, mean. With a "
-                   "causal video VAE (Wan 2.1, 2.2) only the leading latent frames the scored frames need are "
-                   "decoded; preview_keep below 1 prunes candidates on their latent preview before any decode.")
-    CATEGORY = CATEGORY
-    FUNCTION = "make"
-    RETURN_TYPES = (VIDEO_SCORING,)
-    RETURN_NAMES = ("video_scoring",)
-    OUTPUT_TOOLTIPS = ("Connect to Search Loop's (or Verifier Score's) video_scoring input.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "pick": (list(PICKS), {"default": PICKS[0],
-                                   "tooltip": "first/middle/last: three frames (frames is not used); evenly spaced: "
-                                              "'frames' frames from the first to the last; first: the first "
-                                              "frame alone (cheapest: with Wan's VAE only the first latent "
-                                              "frame is decoded)."}),
-            "frames": ("INT", {"default": 3, "min": 1, "max": 1024,
-                               "tooltip": "k, the frames scored per candidate when pick is 'evenly spaced'."}),
-            "aggregate": (list(AGGREGATES), {"default": "mean",
-                                             "tooltip": "How the frames' scores make the candidate's score: their "
-                                                        "mean, or their min (the worst frame)."}),
-        }, "optional": {
-            "preview_keep": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05,
-                                       "tooltip": "Search Loop: prune before decoding. 1 = off. Below 1, each "
-                                                  "candidate's scored frames are first made from its latent with "
-                                                  "ComfyUI's latent preview (no VAE) and scored by the verifier; "
-                                                  "the candidate is decoded and scored for real only when its "
-                                                  "preview score is among the best preview_keep fraction seen so "
-                                                  "far. Pruned candidates rank below every decoded one. Needs a "
-                                                  "model whose latent format has preview factors (Wan 2.1, 2.2) "
-                                                  "and a single verifier (not an ensemble)."}),
-            "preview_warmup": ("INT", {"default": 2, "min": 0, "max": 1024,
-                                       "tooltip": "With preview_keep below 1: the first candidates, always decoded "
-                                                  "(the fraction needs some previews to stand on)."}),
-        }}
-
-    def make(self, pick, frames, aggregate, preview_keep=1.0, preview_warmup=2):
-        try:
-            return (VideoScoring(pick=pick, frames=int(frames), aggregate=aggregate,
-                                 preview_keep=float(preview_keep), preview_warmup=int(preview_warmup)),)
-        except VideoInputError as e:
-            raise ValueError(str(e)) from e
-
-
-class VideoContactSheet:
-    DESCRIPTION = ("A ranked contact sheet of video candidates: one row per candidate, best first, showing the "
-                   "frames its score came from, captioned rank · score · seed. Give it Search Loop's top_k_images "
-                   "and scores (a video search), or Verifier Score's frames and scores.")
-    CATEGORY = CATEGORY
-    FUNCTION = "sheet"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("contact_sheet",)
-    OUTPUT_TOOLTIPS = ("One image: the contact sheet (goes into Save Image / Preview Image).",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "Frames, video after video: Search Loop's top_k_images of a video "
-                                            "search, or the batch Verifier Score scored."}),
-            "scores": (SCORES, {"tooltip": "The scores that go with these videos (they say how many frames each "
-                                           "video has and which frames were scored)."}),
-        }}
-
-    def sheet(self, images, scores):
-        video = (scores.settings or {}).get("video")
-        if not video or not video.get("frames_per_video"):
-            raise ValueError("Video Contact Sheet needs the scores of a video search (or of Verifier Score with "
-                             "frames_per_video set): these scores are of images; use Ranked Grid for images")
-        t = int(video["frames_per_video"])
-        try:
-            videos = split_videos(images, t)
-        except VideoInputError as e:
-            raise ValueError(f"Video Contact Sheet: {e}") from e
-        ranked = scores.ranked()
-        if scores.algorithm == "external" and len(scores.candidates) == videos.shape[0]:
-            pos = {c.index: i for i, c in enumerate(sorted(scores.candidates, key=lambda c: c.index))}
-            order = [pos[c.index] for c in ranked]
-        else:  # a search's top-k, already best first
-            order = list(range(min(videos.shape[0], len(ranked))))
-        if not order:
-            raise ValueError("Video Contact Sheet got no scored video: connect the scored candidates")
-        idx = torch.as_tensor(list(video.get("scored_frames") or range(t)), dtype=torch.long)
-        rows = videos[torch.as_tensor(order, dtype=torch.long)][:, idx]        # n x k x H x W x 3
-        tiles = rows.permute(0, 2, 1, 3, 4).reshape(rows.shape[0], rows.shape[2], -1, rows.shape[-1])
-        labels = [caption(r.rank, r.score, r.seed, r.noise_id if r.seed is None else "") for r in ranked[:len(order)]]
-        return (ranked_grid(tiles, labels, columns=1),)
-
-
-NODES = [(VideoScoringNode, "VideoScoring", "Video Scoring"),
-         (VideoContactSheet, "VideoContactSheet", "Video Contact Sheet")]

@@ -15,7 +15,7 @@ from . import compat
 
 
 class Stopped(Exception):
-    """A device's sampling thread stops because another device's failed or saw Cancel (nodes/devices.py)."""
+    """A device's sampling thread stops because another device's failed or saw Cancel (engine/devices.py)."""
 
 
 def throw_if_interrupted(stop: Optional[threading.Event] = None) -> None:
