@@ -47,6 +47,8 @@ import math
 import os
 import subprocess
 import sys
+import atexit
+import shutil
 import tempfile
 import time
 import traceback
@@ -1133,7 +1135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cap-model", default="sd15", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.comfyui = bc.find_comfyui(args.comfyui)
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="infscale_bench_")
+    if args.workdir is None:   # a scratch folder of our own: removed when the run ends
+        args.workdir = tempfile.mkdtemp(prefix="infscale_bench_")
+        atexit.register(shutil.rmtree, args.workdir, True)
     if args.cap_child is not None:
         caps_child(args)
         return 0

@@ -26,6 +26,8 @@ plus peer_style_pil_preprocess: CPU time of the PIL + CLIPImageProcessor path th
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import os
 import statistics
@@ -425,6 +427,7 @@ def main(argv=None) -> int:
                 timing="median of reps after one warm-up; torch.cuda.synchronize around each call")
     results = bc.Results(args.out, meta)
     workdir = tempfile.mkdtemp(prefix="infscale_vbench_")
+    atexit.register(shutil.rmtree, workdir, True)     # the scratch folder goes when the run ends
     results.doc["models"]["full_size_on_meta"] = full_size_check()
     results.write()
 

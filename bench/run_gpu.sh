@@ -6,10 +6,12 @@ set -u
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+if ls .whl/*.whl >/dev/null 2>&1; then   # offline machines: wheels carried in .whl/, installed for this run only
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/infscale-site.XXXXXX") || exit 1
+  trap 'rm -rf "$SITE"' EXIT
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
     || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/nvidia_smi.csv" 2>&1
 CASES=${1:-sd15,sdxl,caps,n256,strategies,flux}

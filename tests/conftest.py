@@ -31,6 +31,7 @@ WHOLE_MODULE = {
     "test_bench_quality.py": "bench",
     "test_bench_sizes.py": "bench",
     "test_bench_guard.py": "bench",
+    "test_demo_quality.py": "bench",
 }
 NO_COMFYUI = {
     "test_workers.py": "network",

@@ -228,6 +228,8 @@ def write_tokenizer(folder: str) -> dict:
 
 
 def reference(out: str) -> None:
+    import atexit
+    import shutil
     import tempfile
 
     import numpy as np
@@ -246,6 +248,7 @@ def reference(out: str) -> None:
     torch.manual_seed(0)
     os.makedirs(out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hpsv3_ref_")
+    atexit.register(shutil.rmtree, work, True)     # the scratch folder goes when the script ends
     base = os.path.join(work, "Qwen2-VL-tiny")
     os.makedirs(base)
     token_ids, n_tokens = write_tokenizer(base)
