@@ -28,6 +28,10 @@ Budget (whole budget spent where it can be):
   least M).  A fixed ``paths`` keeps M in every round and reports what it
   left unspent.
 * A round runs only if it and denoising its N survivors to the end still fit.
+* With ``paths`` = 0, a budget under ``min_generations`` (4) generations is
+  random search's candidates exactly (``settings["fallback"]``, and a note):
+  at two generations paths measured below random search on the benchmark
+  (one path, one round), and under four it did not beat it.
 * When a regular round no longer fits, the search tries one last round
   straight to the end (renoise to f, or less far back when that is too
   expensive) with at least 2 re-noisings per path; only when even that does not
@@ -44,7 +48,7 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from .common import (TAG_PATHS, TopK, check_budget, check_top_k, checked_scores, derived_noise, end_level, finalist,
-                     generation_nfe, score_x0, top_k_indices)
+                     generation_nfe, random_fallback, score_x0, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
@@ -118,6 +122,11 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     start_level, forward, backward = p["start_level"], p["forward"], p["backward"]
     gen = generation_nfe(host)
     budget = int(budget_nfe)
+    if not p["paths"] and budget < int(p["min_generations"]) * gen:
+        check_budget(budget, gen, "search over paths (one generation)")
+        return random_fallback(host, algorithm="paths", seed=seed, budget_nfe=budget, top_k=top_k, verifier=verifier,
+                               stop=stop, why=f"a {budget}-NFE budget is under {p['min_generations']} generations "
+                               f"({int(p['min_generations']) * gen} NFEs), where paths measured below random search")
     N = p["paths"] or paths_for_budget(host, budget, M, start_level, forward, backward)
     check_budget(budget, N * gen, f"search over paths with {N} paths (one generation per path)")
     check_top_k(top_k, N, "the number of paths")
@@ -276,9 +285,10 @@ ALGORITHM = Algorithm(
                  "repeatedly each is re-noised M times forward by delta_f and denoised back by delta_b, the "
                  "x0-predictions are scored and the best N kept, until the schedule ends. Levels are fractions "
                  "of YOUR schedule's noise span (1 = its start, 0 = clean), each round at least one step back and "
-                 "one step on. Spends the whole budget (more paths, more re-noisings in the last round); below "
-                 "two generations' worth it cannot search and is plain sampling, and under four it fell below "
-                 "random search in the benchmarks (the report says so in both cases). Needs a "
+                 "one step on. Spends the whole budget (more paths, more re-noisings in the last round). With paths "
+                 "0, a budget under min_generations (4) runs random search's candidates instead, since paths "
+                 "measured below random search there; with a fixed paths count, below two generations it cannot "
+                 "search and under four the report warns. Needs a "
                  "single-step sampler (see the README's sampler table)."),
     params=(
         Param("paths", 0, "N paths kept each round; 0 = as many as the budget holds.", min=0, max=256),
@@ -290,5 +300,8 @@ ALGORITHM = Algorithm(
               min=0.0, max=1.0, step=0.01),
         Param("backward", 0.4, "Backward denoising interval (paper: 0.81); must exceed forward so each round makes "
                                "progress; at least one step.", min=0.01, max=1.0, step=0.01),
+        Param("min_generations", 4, "With paths = 0: a budget under this many generations runs random search's "
+                                    "candidates instead (paths measured below random search at two generations); "
+                                    "2 = search from two generations on.", min=1, max=64, optional=True),
     ),
     samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)

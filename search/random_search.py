@@ -4,7 +4,10 @@ N = budget // (NFEs per generation).
 
 The candidates go to the host ``host.micro_batch`` at a time (sample, then
 score, then the next micro-batch), so memory holds one micro-batch and the k
-best latents.  Candidate i's starting noise is exactly ComfyUI's
+best latents.  With early stopping, a call holds no more candidates than the
+rule certainly uses (``Stopper.horizon``: up to ``patience`` for a plateau
+rule, one for a target), so none is paid for after the stop and the result is
+that of any micro-batch size.  Candidate i's starting noise is exactly ComfyUI's
 ``prepare_noise`` for seed base+i and its in-sampler randomness is keyed by
 that seed, so a stock KSampler with the winner's seed makes the winner.
 With a relative verifier (an ensemble) every candidate's latent is kept and
@@ -51,12 +54,18 @@ class Dispatcher(Protocol):
         """N scores of the N x M member matrix (a relative verifier's own rule)."""
 
 
-def _local(host: SearchHost, n: int, run_local: Callable[[int, int], ShardRows]) -> Iterator[ShardRows]:
+def _local(host: SearchHost, n: int, run_local: Callable[[int, int], ShardRows],
+           stopper: Optional[Stopper] = None) -> Iterator[ShardRows]:
     """This host's lanes: ``host.micro_batch`` candidates a shard, in candidate order, each sized when it
-    starts (an out-of-memory halving applies to the next); stops being asked when the search stops."""
+    starts (an out-of-memory halving applies to the next); stops being asked when the search stops.  With an
+    early-stopping rule a shard holds no more candidates than the rule certainly uses (``Stopper.horizon``), so
+    none is paid for after the stop."""
     i = 0
-    while i < n:
+    while i < n and not (stopper is not None and stopper.fired):
         size = int(getattr(host, "micro_batch", 0) or n)
+        sure = stopper.horizon() if stopper is not None else None
+        if sure is not None:
+            size = min(size, sure)
         count = min(n - i, max(1, size))
         yield run_local(i, count)
         i += count
@@ -88,8 +97,9 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
                              matrix=False, keep_relative=True)
         return run_shard(host, base, start, count, keep=top_k, verifier=verifier)
 
+    stopper = Stopper(stop, "candidates", minimum=top_k)
     if dispatch is None:
-        shards: Iterable[ShardRows] = _local(host, n, run_local)
+        shards: Iterable[ShardRows] = _local(host, n, run_local, stopper)
         plan = None
     else:
         if stop is not None and stop.active:
@@ -102,7 +112,6 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
     results: Dict[int, CandidateResult] = {}
     got: List[ShardRows] = []
     spent, unseen = 0, 0
-    stopper = Stopper(stop, "candidates", minimum=top_k)
     for rows in shards:
         got.append(rows)
         spent += int(sum(rows.nfe))

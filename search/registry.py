@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .samplers import canonical, facts, names_where
 
 # the registry entries: modules of this package that define ALGORITHM, in node order
-MODULES = ("random_search", "zero_order", "paths", "particles", "evolution", "halving")
+MODULES = ("random_search", "zero_order", "paths", "particles", "evolution", "halving", "tree")
 
 
 class UnsupportedSamplerError(ValueError):

@@ -17,6 +17,14 @@ What an observation is depends on the algorithm (its module says):
 
 The report's ``settings["early_stop"]`` states the rule, whether and why it
 fired, where, and the NFEs saved against the budget.
+
+Micro-batching: :meth:`Stopper.horizon` is the number of further observations
+that are certain to be used (the rule cannot fire before the last of them).
+Random search samples at most that many candidates per host call, so a
+candidate is never paid for and then thrown away, and the stop (and the
+winner) is the same for every micro-batch size: a plateau rule samples up to
+``patience`` candidates at a time, a target rule one at a time (any candidate
+may reach it).
 """
 from __future__ import annotations
 
@@ -89,6 +97,24 @@ class Stopper:
         if self.fired:
             self.at, self.nfe_at = self.seen, nfe
         return self.fired
+
+    def horizon(self) -> Optional[int]:
+        """How many further observations the rule certainly uses: it cannot fire before the last of them
+        (None: no rule, or it never fires, so any number).  Once fired: 0."""
+        if self.rule is None:
+            return None
+        if self.fired:
+            return 0
+        least = max(1, self.minimum - self.seen)   # it never fires before `minimum` observations
+        out = None
+        if self.rule.target is not None:
+            out = least
+        if self.rule.patience:
+            # without a rise it fires once `since` reaches patience; a rise only pushes that further away
+            first = 1 if self.reference == -math.inf else 0  # the first observation is always a rise
+            wait = max(least, int(self.rule.patience) + first - self.since)
+            out = wait if out is None else min(out, wait)
+        return out
 
     def report(self, budget_nfe: int, spent: int) -> Optional[Dict[str, Any]]:
         """The report's ``settings["early_stop"]`` (None when no rule is set)."""

@@ -16,6 +16,9 @@ STRATEGIES = {
                                         "budget_nfe": 0}),
     "halving": ("SuccessiveHalvingStrategy", {"starts": 0, "keep": 0.5, "rounds": 2, "first_level": 0.7,
                                               "last_level": 0.4, "budget_nfe": 0}),
+    "tree": ("TreeSearchStrategy", {"levels": 1, "first_level": 0.5, "last_level": 0.3, "screen": 2,
+                                    "exploration": 1.0, "widening": 0.5, "root_widening": 0.7, "renoise": 0.3,
+                                    "parallel": 2, "budget_nfe": 0}),
 }
 
 

@@ -491,7 +491,7 @@ def test_paths_always_has_a_search_round_from_two_generations(prediction, steps,
         for extra in (0, steps // 2):
             budget = gens * steps + extra
             host = gaussian_host(prediction=prediction, steps=steps)
-            r, f = paths_search(host, seed=3, budget_nfe=budget, **levels)
+            r, f = paths_search(host, seed=3, budget_nfe=budget, min_generations=2, **levels)
             assert r.settings["rounds"], (steps, levels, budget)
             assert r.nfe_total == host.nfe_rows <= budget
             if r.settings["rounds"][-1]["end_index"] < steps:  # a later round did not fit: the report says so
@@ -503,14 +503,36 @@ def test_paths_always_has_a_search_round_from_two_generations(prediction, steps,
 
 def test_paths_below_two_generations_says_it_did_not_search():
     host = gaussian_host(steps=10)
-    r, _ = run_strategy(Strategy("paths", {}, budget_nfe=12), host, candidates=1, top_k=1, seed=0)
+    params = {"min_generations": 1}  # search at any budget (the default falls back under four generations)
+    r, _ = run_strategy(Strategy("paths", params, budget_nfe=12), host, candidates=1, top_k=1, seed=0)
     assert r.settings["rounds"] == [] and r.nfe_total == 10
     assert any("no search round" in n for n in r.notes) and any("spent 10 of the 12" in n for n in r.notes)
     # under four generations it searches, but the report says random search did better there
-    r, _ = run_strategy(Strategy("paths", {}, budget_nfe=30), gaussian_host(steps=10), candidates=1, top_k=1, seed=0)
+    r, _ = run_strategy(Strategy("paths", params, budget_nfe=30), gaussian_host(steps=10), candidates=1, top_k=1,
+                        seed=0)
     assert r.settings["rounds"] and any("under four generations" in n for n in r.notes)
     r, _ = run_strategy(Strategy("paths", {}, budget_nfe=40), gaussian_host(steps=10), candidates=1, top_k=1, seed=0)
     assert not any("under four generations" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("budget", [10, 12, 20, 35])
+def test_paths_under_four_generations_is_random_search_with_recipes(budget):
+    """At its defaults, paths under four generations runs random search's candidates (it measured below random
+    search at two generations), says so, and its finalists still carry recipes (coarse-to-fine replays them)."""
+    from search.coarse_to_fine import replay
+    rand, rfin = run_strategy(Strategy("random", {}, budget_nfe=budget), gaussian_host(steps=10), candidates=1,
+                              top_k=1, seed=4)
+    rep, fin = run_strategy(Strategy("paths", {}, budget_nfe=budget), gaussian_host(steps=10), candidates=1,
+                            top_k=1, seed=4)
+    assert rep.algorithm == "paths" and rep.settings["fallback"] == "random"
+    assert [(c.seed, c.score) for c in rep.candidates] == [(c.seed, c.score) for c in rand.candidates]
+    assert torch.equal(fin[0].latent, rfin[0].latent) and fin[0].stock_node == "ksampler"
+    assert "random search" in rep.notes[0] and "under 4 generations" in rep.notes[0]
+    lat, _ = replay(gaussian_host(steps=10), fin[0].recipe)
+    assert torch.equal(lat, fin[0].latent)
+    r40, _ = run_strategy(Strategy("paths", {}, budget_nfe=40), gaussian_host(steps=10), candidates=1, top_k=1,
+                          seed=4)
+    assert "fallback" not in r40.settings and r40.settings["rounds"]
 
 
 def test_paths_levels_are_relative_to_the_users_schedule():
@@ -529,12 +551,38 @@ def test_paths_levels_are_relative_to_the_users_schedule():
 @pytest.mark.parametrize("budget_gens,want", [(2, 2), (4, 2), (9, 3), (30, 10)])
 def test_evolution_population_comes_from_the_budget(budget_gens, want):
     host = gaussian_host(steps=5)
-    r, _ = evolution_search(host, seed=1, budget_nfe=5 * budget_gens, generations=3)
+    r, _ = evolution_search(host, seed=1, budget_nfe=5 * budget_gens, generations=3, min_population=2)
     assert r.settings["population"] == want and r.nfe_total == 5 * budget_gens == host.nfe_rows
 
 
+@pytest.mark.parametrize("budget_gens,want", [(2, 2), (4, 4), (8, 8), (9, 8), (16, 8), (30, 10)])
+def test_evolution_draws_a_fresh_pool_of_min_population_first(budget_gens, want):
+    host = gaussian_host(steps=5)
+    r, _ = evolution_search(host, seed=1, budget_nfe=5 * budget_gens)
+    assert r.settings["population"] == want and r.nfe_total == 5 * budget_gens == host.nfe_rows
+    assert [c.seed for c in r.candidates[:want]] == [1 + i for i in range(want)]  # random search's candidates
+
+
+@pytest.mark.parametrize("name", ["zero_order", "evolution"])
+@pytest.mark.parametrize("budget_gens", [2, 4, 8])
+def test_small_budgets_are_exactly_random_search_and_say_so(name, budget_gens):
+    """Up to 8 generations zero-order and evolution draw only fresh noises: random search's candidates, scores
+    and winner, so a poor first pool is never exploited (the issue's losses at 4 and 8 generations)."""
+    rand, rfin = run_strategy(Strategy("random", {}, budget_nfe=6 * budget_gens), gaussian_host(steps=6),
+                              candidates=1, top_k=1, seed=9)
+    rep, fin = run_strategy(Strategy(name, {}, budget_nfe=6 * budget_gens), gaussian_host(steps=6), candidates=1,
+                            top_k=1, seed=9)
+    assert [(c.seed, c.score) for c in rep.candidates] == [(c.seed, c.score) for c in rand.candidates]
+    assert fin[0].result.seed == rfin[0].result.seed and torch.equal(fin[0].latent, rfin[0].latent)
+    assert any("random search" in n for n in rep.notes)
+    # one generation more and they exploit
+    more, _ = run_strategy(Strategy(name, {}, budget_nfe=6 * 9), gaussian_host(steps=6), candidates=1, top_k=1,
+                           seed=9)
+    assert any(c.seed is None for c in more.candidates)
+
+
 @pytest.mark.parametrize("name,sampler", [("random", "euler"), ("zero_order", "euler"), ("paths", "euler"),
-                                          ("particles", "euler_ancestral"), ("evolution", "euler")])
+                                          ("particles", "euler_ancestral"), ("evolution", "euler"), ("tree", "euler")])
 def test_ties_go_to_the_lowest_candidate_index(name, sampler):
     host = _constant_host(sampler=sampler, steps=6)
     params = {"ess_threshold": 0.5} if name == "particles" else {}  # equal weights: ESS = k, never resampled
@@ -550,7 +598,8 @@ def test_ties_go_to_the_lowest_candidate_index(name, sampler):
 
 
 @pytest.mark.parametrize("name,sampler", [("random", "euler"), ("zero_order", "euler"), ("paths", "euler"),
-                                          ("particles", "euler_ancestral"), ("evolution", "euler")])
+                                          ("particles", "euler_ancestral"), ("evolution", "euler"), ("tree", "euler"),
+                                          ("tree", "euler_ancestral")])
 @pytest.mark.parametrize("budget", [20, 35, 40, 80, 160, 640])
 def test_defaults_spend_the_budget_or_say_why(name, sampler, budget):
     host = gaussian_host(sampler=sampler, steps=10)
@@ -562,5 +611,5 @@ def test_defaults_spend_the_budget_or_say_why(name, sampler, budget):
             assert "the rest holds no further full step of the algorithm" in r.notes[-1]
         else:
             assert r.settings["unspent_reason"] and r.settings["unspent_reason"] in r.notes[-1]
-    if name == "paths":  # every budget here holds two generations: paths has a search round
+    if budget >= 40 and name == "paths":  # under four generations paths is random search (see above)
         assert r.settings["rounds"]

@@ -55,7 +55,7 @@ def test_two_model_harness_smoke(tmp_path):
             assert k in meta, k
         budgets, prompts = meta["budgets"], meta["prompts"]
         labels = ["random", f"random ({stochastic})", "zero-order", "paths", "particles (FK)", "evolution",
-                  "successive halving", "random + early stop (patience 4)", "more steps (1 sample)",
+                  "successive halving", "tree search", "random + early stop (patience 4)", "more steps (1 sample)",
                   "coarse-to-fine random"]
         for b in budgets:
             got = [r["method"] for r in rows if r["budget_nfe"] == b]
@@ -185,3 +185,52 @@ def test_flow_host_segments_and_schedule():
     assert float(sig[0]) == 1.0 and float(sig[-1]) == 0.0 and abs(sch.level(float(sig[5])) - 0.5) < 1e-6
     assert float(sig[5]) > 0.5  # shift 3 keeps more steps at high noise
     assert h.index_at_level(0.11) == 9
+
+
+def test_harness_merges_runs_over_different_budgets(tmp_path):
+    """--merge joins parts of one long run (same model, settings, commit) and recomputes the paired comparison and
+    the smallest budget matching random search; parts of different runs are refused."""
+    import harness
+
+    def part(budgets, acc_tree, model="digits"):
+        meta = {"model": model, "prompts": 4, "diffusion_train_steps": 150, "cond_scale": 1.0, "commit": "c",
+                "smoke": False, "budgets": budgets, "wall_s": 1.0, "cpu_s": 1.0, "command": f"part {budgets}",
+                "description": "d", "generation_steps": 10, "samplers": ["euler", "euler_ancestral"], "data": "x",
+                "verifier_acc_on_judge_split": 1.0, "judge_acc_on_verifier_split": 1.0, "machine": "m",
+                "threads": 1, "train_wall_s": 1.0, "train_cpu_s": 1.0}
+        rows = [{"method": "real images (reference)", "budget_nfe": 0, "sampler": "", "note": "", "verifier": 0.0,
+                 "verifier_se": 0.0, "judge_acc": 1.0, "judge_acc_se": 0.0, "judge_logp": 0.0, "judge_logp_se": 0.0,
+                 "fd": 0.0, "diversity": 0.0, "per_prompt": {"judge_correct": [1] * 4, "verifier": [0.0] * 4}}]
+        for b in budgets:
+            for method, alg, acc in (("random", "random", [0, 0, 0, 0] if b < 320 else [1, 1, 1, 0]),
+                                     ("tree search", "tree", acc_tree)):
+                rows.append({"method": method, "budget_nfe": b, "sampler": "euler", "note": "", "algorithm": alg,
+                             "compared_with": "deterministic", "early_stop": None, "verifier": 0.0,
+                             "verifier_se": 0.0, "judge_acc": sum(acc) / 4, "judge_acc_se": 0.1, "judge_logp": 0.0,
+                             "judge_logp_se": 0.0, "fd": 1.0, "diversity": 1.0, "nfe_mean": float(b),
+                             "nfe_min": b, "nfe_max": b, "under_budget_prompts": 0, "nfe_counted_mean": float(b),
+                             "nfe_count_mismatch_prompts": 0,
+                             "per_prompt": {"judge_correct": acc, "verifier": [0.0] * 4}})
+        return {"meta": meta, "rows": rows, "comparison": []}
+
+    paths = []
+    for name, d in (("a", part([80], [1, 1, 1, 0])), ("b", part([320], [1, 1, 1, 1]))):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(d))
+        paths.append(str(p))
+    harness.merge(paths, str(tmp_path / "quality_digits_m"), "merge cmd")
+    d = json.loads((tmp_path / "quality_digits_m.json").read_text())
+    assert d["meta"]["budgets"] == [80, 320] and d["meta"]["merged"]["command"] == "merge cmd"
+    assert [(r["method"], r["budget_nfe"]) for r in d["rows"]] == [
+        ("real images (reference)", 0), ("random", 80), ("tree search", 80), ("random", 320), ("tree search", 320)]
+    assert [(c["method"], c["budget_nfe"]) for c in d["comparison"]] == [("tree search", 80), ("tree search", 320)]
+    m = next(x for x in d["matches"] if x["method"] == "tree search" and x["reference_budget"] == 320)
+    assert m["budget"] == 80 and m["fraction"] == 0.25 and m["delta"] == 0.0  # 3 of 4 right, as random at 320
+    r = next(x for x in d["matches"] if x["method"] == "random")
+    assert r["budget"] == 320  # random at 80 (0 of 4) does not match its own 320 (3 of 4): Δ −0.75 ± 0.25
+    md = (tmp_path / "quality_digits_m.md").read_text()
+    assert "smallest matching budget" in md and "Run in parts" in md
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps(part([160], [1, 1, 1, 1], model="shapes")))
+    with pytest.raises(SystemExit, match="model"):
+        harness.merge([paths[0], str(other)], str(tmp_path / "x"), "cmd")

@@ -18,11 +18,12 @@ pytest.importorskip("scipy")
 if str(QUALITY) not in sys.path:
     sys.path.insert(0, str(QUALITY))
 
-# every strategy the harness runs (successive halving arrived after the committed sizes results were measured)
+# every strategy the harness runs (successive halving and tree search arrived after the committed sizes results were
+# measured)
 LABELS = {"digits": ["random", "random (euler_ancestral)", "zero-order", "paths", "particles (FK)", "evolution",
-                     "successive halving"],
+                     "successive halving", "tree search"],
           "shapes": ["random", "random (euler_ancestral_RF)", "zero-order", "paths", "particles (FK)", "evolution",
-                     "successive halving"]}
+                     "successive halving", "tree search"]}
 
 
 def test_sizes_smoke(tmp_path):

@@ -243,7 +243,7 @@ def test_registry_resolves_defaults_and_refuses_bad_values():
     # what the finalists carry: a starting noise, or a recipe (a lineage) with its coarse-to-fine callback
     carry = {name: alg.finalists for name, alg in algorithms().items()}
     assert carry == {"random": "noise", "zero_order": "noise", "paths": "recipe", "particles": "recipe",
-                     "evolution": "noise", "halving": "noise"}
+                     "evolution": "noise", "halving": "noise", "tree": "recipe"}
     assert all((alg.coarse is not None) == (alg.finalists == "recipe") for alg in algorithms().values())
     zo = algorithms()["zero_order"]
     assert zo.resolve({"neighbours": 4})["neighbours"] == 4

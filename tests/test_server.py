@@ -16,7 +16,7 @@ from graphs import PREFIX, ksampler_graph, search_graph
 from server_outputs import image_of, latent_file, report_of
 
 NODE_IDS = [PREFIX + n for n in ("SearchLoop", "CLIPScoreVerifierLoader", "ScoresToJSON", "EarlyStop",
-                                 "SuccessiveHalvingStrategy", "SelfConsistencyVerifierLoader",
+                                 "SuccessiveHalvingStrategy", "TreeSearchStrategy", "SelfConsistencyVerifierLoader",
                                  "VerifierPrefilter")]
 
 

@@ -103,6 +103,44 @@ def test_random_search_stop_never_depends_on_the_micro_batch():
     assert runs[0][1] < 20
 
 
+@pytest.mark.parametrize("rule", [StopRule(patience=4), StopRule(patience=3, min_improvement=0.01),
+                                  StopRule(target=-0.39), StopRule(patience=6, target=-0.39)])
+def test_random_search_stop_pays_for_no_candidate_it_drops_at_any_micro_batch(rule):
+    """The stop decision and the micro-batch fit together: a call never holds more candidates than the rule
+    certainly uses, so every micro-batch size spends exactly the NFEs of one candidate per call."""
+    runs = []
+    for mb in (1, 3, 8, 64, 0):
+        host = gaussian_host(steps=6, micro_batch=mb)
+        rep, fin = random_search(host, seed=11, budget_nfe=6 * 40, top_k=1, stop=rule)
+        seen = len(rep.candidates)
+        assert host.nfe_rows == rep.nfe_total == 6 * seen, mb   # nothing sampled beyond what was used
+        assert not any("left out" in n for n in rep.notes), mb
+        runs.append((_scores_in_order(rep), rep.nfe_total, fin[0].result.index))
+    assert all(r == runs[0] for r in runs) and runs[0][1] < 6 * 40  # the stop fired, at the same candidate
+
+
+def test_stopper_horizon_is_what_the_rule_certainly_uses():
+    s = Stopper(StopRule(patience=4))
+    assert s.horizon() == 5          # the first observation is a rise, then 4 without one
+    s.see(1.0)
+    assert s.horizon() == 4
+    s.see(0.5)
+    s.see(0.4)
+    assert s.horizon() == 2
+    s.see(2.0)                       # a rise: patience starts over
+    assert s.horizon() == 4
+    for _ in range(4):
+        s.see(0.0)
+    assert s.fired and s.horizon() == 0
+    t = Stopper(StopRule(target=1.0), minimum=3)
+    assert t.horizon() == 3
+    t.see(0.0)
+    t.see(0.0)
+    t.see(0.0)
+    assert t.horizon() == 1          # any candidate may reach a target
+    assert Stopper(None).horizon() is None
+
+
 def test_plateau_stops_after_patience_candidates_without_a_rise():
     host = gaussian_host(steps=6)
     rep, _ = random_search(host, seed=2, budget_nfe=6 * 64, stop=StopRule(patience=5, min_improvement=0.0))

@@ -197,10 +197,38 @@ def test_successive_halving_replays_its_winner_exactly_in_a_stock_ksampler(comfy
     assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
 
 
+def test_tree_search_replays_unbranched_winners_in_a_stock_ksampler_and_returns_lineages(comfy):
+    import numpy as np
+    from graphs import ksampler_graph
+    # root_widening 1: every rollout starts from a fresh noise, so the winner never branched: its seed replays it
+    g = with_strategy(search_graph(seed=50, candidates=4, top_k=1, steps=6, micro_batch=2, prefix="tree_fresh"),
+                      "tree", {"root_widening": 1.0})
+    entry = comfy.run_ok(g)
+    rep = report_of(entry)
+    assert rep["algorithm"] == "tree" and rep["nfe_total"] <= 4 * 6
+    assert rep["settings"]["finished_branched"] == 0 and rep["settings"]["fresh_noises"] > 4  # screened starts
+    best = rep["best"]
+    assert best["replay"] == "ksampler" and best["seed"] >= 50
+    stock = comfy.run_ok(ksampler_graph(seed=best["seed"], steps=6, prefix="tree_stock"))
+    assert torch.equal(latent_file(comfy, stock), latent_file(comfy, entry))
+    assert np.array_equal(image_of(comfy, stock, node="8"), image_of(comfy, entry))
+    # root_widening 0: one root expansion, the rest branches below it (re-noised): lineages, returned as sampled
+    g = with_strategy(search_graph(seed=50, candidates=6, top_k=1, steps=6, micro_batch=2, prefix="tree_branch"),
+                      "tree", {"root_widening": 0.0, "parallel": 1})
+    rep = report_of(comfy.run_ok(g))
+    s = rep["settings"]
+    assert s["finished_branched"] > 0 and s["replay"]["lineage"] == s["finished_branched"]
+    assert s["sampler_noise"] == "renoise" and rep["nfe_total"] <= 6 * 6
+    assert rep["best"]["replay"] in ("ksampler", "lineage", "batched")
+
+
 def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
-    for name in ("random", "zero_order"):
-        g = with_strategy(search_graph(seed=9, candidates=8, top_k=1, steps=3, micro_batch=1,
-                                       prefix=f"early_{name}"), name, {"budget_nfe": 0})
+    # zero-order finishes the round the stop falls in, and its first round is its start pool (8 noises by
+    # default: the whole budget here), so it starts from 4; random search samples one candidate per call under a
+    # target rule (Stopper.horizon), so it stops after the first
+    for name, inputs in (("random", {"budget_nfe": 0}), ("zero_order", {"budget_nfe": 0, "start_noises": 4})):
+        g = with_strategy(search_graph(seed=9, candidates=8, top_k=1, steps=3, micro_batch=4,
+                                       prefix=f"early_{name}"), name, inputs)
         g["42"] = {"class_type": PREFIX + "EarlyStop", "inputs": {
             "mode": "target score", "target_score": -1000.0, "patience": 8, "min_improvement": 0.0,
             "strategy": g["6"]["inputs"]["strategy"]}}
@@ -209,6 +237,7 @@ def test_early_stop_node_stops_a_strategy_and_reports_the_saving(comfy):
         es = rep["settings"]["early_stop"]
         assert es["stopped"] and "target" in es["reason"], es
         assert rep["nfe_total"] < 8 * 3 and es["nfe_saved"] == 8 * 3 - rep["nfe_total"]
+        assert rep["nfe_total"] == {"random": 3, "zero_order": 4 * 3}[name]
         assert any("stopped early" in n for n in rep["notes"])
     # a rank ensemble's scores are relative: refused with a message on the node
     g = with_strategy(search_graph(seed=9, candidates=4, top_k=1, steps=3, prefix="early_rel"), "random",

@@ -244,4 +244,6 @@ STRATEGIES = [
     ("evolution", {"population": 5, "elites": 2}, "euler"),
     ("zero_order", {}, "euler_ancestral"),
     ("evolution", {"population": 4, "elites": 1, "tournament": 3}, "euler_ancestral"),
+    ("tree", {"parallel": 2}, "euler"),
+    ("tree", {"screen": 3, "levels": 3, "parallel": 2}, "euler_ancestral"),
 ]

@@ -21,14 +21,20 @@ below it; paths' count) is shrunk to what it holds, and the settings column
 says so.  ``--params alg.key=value,...`` overrides defaults (never shrunk).
 
 Methods: random search with the family's deterministic and stochastic
-samplers, zero-order, paths, evolution (deterministic sampler) and particles
-(stochastic sampler).  Measured on each prompt's winner: verifier score,
+samplers, zero-order, paths, evolution, successive halving and the tree search
+(deterministic sampler) and particles (stochastic sampler); ``tree_sto`` adds
+the tree search with the stochastic sampler.  ``--cond-scale`` weakens the
+denoiser's class conditioning (a harder task, the stand-in for weak
+guidance); ``--early-stop`` adds random search under a plateau rule, once per
+host micro-batch in ``--stop-micro-batch``.  Measured on each prompt's winner: verifier score,
 judge accuracy and log p, Fréchet distance of judge features against real
 images, diversity (mean pairwise L2 between a class's winners), NFEs spent
 (reported by the algorithm and counted at the denoiser; runs that spent less
 than the budget are flagged).  Comparison: judge accuracy (and verifier
 score) minus random search's with the same sampler, paired over prompts, with
-its standard error, and whether it is ≥ −1 SE.
+its standard error, and whether it is ≥ −1 SE; and per method the smallest
+budget whose judge accuracy matches random search's at N = 32 and N = 64
+(320 and 640 NFE) within one SE, paired (``matches``).
 
 All prompts of a method run at once: each prompt's search runs in its own
 thread and its host's denoiser and verifier calls are gathered into one
@@ -66,9 +72,12 @@ from toy_host import GaussianToy  # noqa: E402
 
 GEN_STEPS = 10                      # one generation = 10 steps = 10 NFEs
 BUDGETS = (20, 40, 80, 160, 320, 640)
-STRATEGIES = ("zero_order", "paths", "particles", "evolution", "halving")
+STRATEGIES = ("zero_order", "paths", "particles", "evolution", "halving", "tree")
+# more strategy keys --strategies accepts: another sampler family for an algorithm
+EXTRA = {"tree_sto": "tree"}
+STOCHASTIC = ("particles", "tree_sto")   # run with the family's stochastic sampler, compared with its random search
 LABELS = {"zero_order": "zero-order", "paths": "paths", "particles": "particles (FK)", "evolution": "evolution",
-          "halving": "successive halving"}
+          "halving": "successive halving", "tree": "tree search", "tree_sto": "tree search (stochastic)"}
 _FUNCS = {"zero_order": _zo.zero_order_search, "paths": _paths.paths_search,
           "particles": _particles.particle_search, "evolution": _evolution.evolution_search}
 
@@ -169,6 +178,7 @@ class Method:
     coarse_steps: int = 0
     skip: str = ""                      # why it cannot run at this budget
     stop: Any = None                    # a StopRule (early stopping) or None
+    micro_batch: int = 1                # the host's micro-batch with early stopping (0 = all candidates at once)
 
 
 def function_default(alg: str, key: str):
@@ -202,21 +212,27 @@ def runnable(fam, strategy: Strategy, sampler: str) -> str:
 
 
 def methods_for(fam, budget: int, overrides: Dict[str, Dict[str, Any]], strategies: Sequence[str],
-                extras: bool, patience: int = 0, target: Optional[float] = None) -> List[Method]:
+                extras: bool, patience: int = 0, target: Optional[float] = None,
+                stop_micro_batches: Sequence[int] = (1,)) -> List[Method]:
     det, sto = fam.samplers
     gen = GEN_STEPS
     out = [Method("random", "random", det, "deterministic", dict(overrides.get("random", {}))),
            Method(f"random ({sto})", "random", sto, "stochastic", dict(overrides.get("random", {})))]
-    for alg in strategies:
-        params, derived = fit_sizes(alg, overrides.get(alg, {}), budget, gen)
-        fs = "stochastic" if alg == "particles" else "deterministic"
-        out.append(Method(LABELS[alg], alg, sto if alg == "particles" else det, fs, params, derived))
-    if patience:  # early stopping on a plateau of random search (patience counts candidates)
-        out.append(Method(f"random + early stop (patience {patience})", "random", det, "deterministic",
-                          dict(overrides.get("random", {})), stop=StopRule(patience=int(patience))))
-    if target is not None:  # early stopping at a target verifier score
-        out.append(Method(f"random + early stop (score >= {target:g})", "random", det, "deterministic",
-                          dict(overrides.get("random", {})), stop=StopRule(target=float(target))))
+    for key in strategies:
+        alg = EXTRA.get(key, key)
+        params, derived = fit_sizes(alg, overrides.get(key, {}), budget, gen)
+        fs = "stochastic" if key in STOCHASTIC else "deterministic"
+        out.append(Method(LABELS[key], alg, sto if key in STOCHASTIC else det, fs, params, derived))
+    for mb in stop_micro_batches:  # the host's micro-batch under early stopping (1 = one candidate per call)
+        tail = "" if list(stop_micro_batches) == [1] else f", micro-batch {mb or 'all'}"
+        if patience:  # early stopping on a plateau of random search (patience counts candidates)
+            out.append(Method(f"random + early stop (patience {patience}{tail})", "random", det, "deterministic",
+                              dict(overrides.get("random", {})), stop=StopRule(patience=int(patience)),
+                              micro_batch=int(mb)))
+        if target is not None:  # early stopping at a target verifier score
+            out.append(Method(f"random + early stop (score >= {target:g}{tail})", "random", det, "deterministic",
+                              dict(overrides.get("random", {})), stop=StopRule(target=float(target)),
+                              micro_batch=int(mb)))
     if extras:
         out.append(Method("more steps (1 sample)", "random", det, "deterministic", {}, steps=budget))
         out.append(Method("coarse-to-fine random", "random", det, "deterministic", {"rerender": 4}, coarse_steps=4))
@@ -239,7 +255,7 @@ def parse_params(text: str) -> Dict[str, Dict[str, Any]]:
         alg, _, name = key.strip().partition(".")
         if not name or not _:
             raise SystemExit(f"--params: '{item}' is not algorithm.parameter=value")
-        if alg not in ("random",) + STRATEGIES:
+        if alg not in ("random",) + STRATEGIES + tuple(EXTRA):
             raise SystemExit(f"--params: unknown algorithm '{alg}'")
         v: Any = value.strip()
         for conv in (int, float):
@@ -392,12 +408,13 @@ class Evaluator:
             c = classes[p]
             host = fam.host(lambda x, s: eng.call(p, "den", float(s), x, c), lambda z: eng.call(p, "score", None, z, c),
                             steps=m.steps, sampler=m.sampler, schedule=self.built.schedule)
-            if m.stop is not None:  # one candidate per call, so a stop saves what it says (prompts still batch)
-                host.micro_batch = 1
+            if m.stop is not None:  # the host's micro-batch (1: one candidate per call; prompts still batch)
+                host.micro_batch = int(m.micro_batch)
             r, f = run_strategy(strat, host, candidates=1, top_k=1, seed=seeds[p])
             out = {"latent": f[0].latent, "score": float(f[0].result.score), "nfe": int(r.nfe_total),
                    "nfe_counted": int(host.nfe_rows), "score_rows": int(host.score_rows),
-                   "settings": dict(r.settings)}
+                   "settings": dict(r.settings), "candidates": [c.index for c in r.candidates],
+                   "sample_calls": len(host.sample_calls)}
             if m.coarse_steps:  # analysis only (not part of the budget): all coarse candidates at full steps
                 cands = sorted(r.settings["coarse_report"]["candidates"], key=lambda d: d["index"])
                 cs = [d["seed"] for d in cands]
@@ -416,6 +433,9 @@ class Evaluator:
         for s in settings:
             s.pop("coarse_report", None)
         extra = {"algorithm": m.algorithm, "params": m.params, "derived_from_budget": m.derived,
+                 "micro_batch": int(m.micro_batch) if m.stop is not None else None,
+                 "candidates_used_mean": float(np.mean([len(r.get("candidates", [])) or 0 for r in res])),
+                 "sample_calls_mean": float(np.mean([r["sample_calls"] for r in res])),
                  "compared_with": m.family_sampler, "early_stop": None if m.stop is None else m.stop.to_dict(),
                  "nfe_mean": float(np.mean(nfes)), "nfe_min": int(min(nfes)), "nfe_max": int(max(nfes)),
                  "under_budget_prompts": int(sum(n < budget for n in nfes)),
@@ -437,12 +457,26 @@ class Evaluator:
         return self.measure(label or m.label, budget, m.sampler, note, lat, [r["score"] for r in res], extra), lat
 
 
+def weaken_conditioning(net, scale: float) -> None:
+    """Pulls the denoiser's class embeddings toward their mean: e_c <- mean + scale * (e_c - mean).  Below 1 the
+    class signal is weaker (a harder task: fewer single samples show their class), the harness's stand-in for
+    weak guidance (these models have no unconditional branch to guide with); it costs no model call."""
+    if float(scale) == 1.0:
+        return
+    with torch.no_grad():
+        w = net.cls.weight
+        mean = w.mean(0, keepdim=True)
+        w.copy_(mean + float(scale) * (w - mean))
+
+
 def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequence[str],
                overrides: Dict[str, Dict[str, Any]], smoke: bool, extras: bool, train_steps: int, log=print,
-               patience: int = 0, target: Optional[float] = None):
+               patience: int = 0, target: Optional[float] = None, cond_scale: float = 1.0,
+               stop_micro_batches: Sequence[int] = (1,), baselines: bool = True):
     t_start, c_start = time.time(), time.process_time()
     log(f"[{fam.name}] training (smoke={smoke})")
     built = fam.build(smoke=smoke, train_steps=train_steps, log=log)
+    weaken_conditioning(built.net, cond_scale)
     t_train = time.time() - t_start
     torch.set_grad_enabled(False)
     ev = Evaluator(fam, built, prompts, log, t_start)
@@ -450,12 +484,12 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
     ev.measure_real()
 
     det, sto = fam.samplers
-    for sampler in (det, sto):
+    for sampler in (det, sto) if baselines else ():
         m = Method(f"baseline 1 sample ({sampler})", "random", sampler,
                    "deterministic" if sampler == det else "stochastic")
         ev.run_method(m, GEN_STEPS)
     for budget in budgets:
-        for m in methods_for(fam, budget, overrides, strategies, extras, patience, target):
+        for m in methods_for(fam, budget, overrides, strategies, extras, patience, target, stop_micro_batches):
             if m.skip:
                 rows.append({"method": m.label, "budget_nfe": budget, "sampler": m.sampler, "algorithm": m.algorithm,
                              "params": m.params, "note": f"not run at this budget: {m.skip}"})
@@ -466,6 +500,7 @@ def run_family(fam, *, prompts: int, budgets: Sequence[int], strategies: Sequenc
     comparison = compare(rows, budgets)
     meta = dict(built.meta)
     meta.update({"model": fam.name, "description": fam.description, "prompts": prompts, "budgets": list(budgets),
+                 "cond_scale": float(cond_scale), "stop_micro_batches": list(stop_micro_batches),
                  "generation_steps": GEN_STEPS, "samplers": list(fam.samplers), "strategies": list(strategies),
                  "params_overrides": overrides, "smoke": smoke, "extras": extras, "early_stop_patience": patience,
                  "early_stop_target": target,
@@ -503,6 +538,41 @@ def compare(rows, budgets):
     return out
 
 
+def matches(rows, budgets, references=(320, 640)):
+    """Per method, the smallest budget at which its judge accuracy matches random search's at a reference budget
+    (N = 32 and N = 64 generations: 320 and 640 NFE): paired over prompts, Δ ≥ −1 SE (as in ``compare``), against
+    random search with the same sampler family.  Methods are compared at every budget up to the reference."""
+    out = []
+    for ref_b in references:
+        if ref_b not in budgets:
+            continue
+        ref = {r["compared_with"]: r for r in rows if r.get("budget_nfe") == ref_b and r.get("algorithm") == "random"
+               and r["method"].startswith("random") and not r.get("early_stop") and "per_prompt" in r}
+        labels = []
+        for r in rows:
+            if "per_prompt" in r and r.get("compared_with") in ref and r.get("budget_nfe", 0) >= 10 \
+                    and not r["method"].startswith("baseline") and r["method"] not in labels:
+                labels.append(r["method"])
+        for label in labels:
+            tried = sorted((r for r in rows if r["method"] == label and "per_prompt" in r
+                            and r["budget_nfe"] <= ref_b), key=lambda r: r["budget_nfe"])
+            if not tried:
+                continue
+            base = ref[tried[0]["compared_with"]]
+            entry = {"method": label, "random": base["method"], "reference_budget": ref_b, "budget": None,
+                     "tried": [r["budget_nfe"] for r in tried]}
+            for r in tried:
+                d = (np.asarray(r["per_prompt"]["judge_correct"], float)
+                     - np.asarray(base["per_prompt"]["judge_correct"], float))
+                m, se = mean_se(d)
+                if m >= -se - TIE:
+                    entry.update(budget=r["budget_nfe"], nfe_spent=r.get("nfe_mean", r["budget_nfe"]),
+                                 fraction=r.get("nfe_mean", r["budget_nfe"]) / ref_b, delta=m, delta_se=se)
+                    break
+            out.append(entry)
+    return out
+
+
 # --- reports ----------------------------------------------------------------------------------------------------
 def _pm(r, k, nd=3):
     return f"{r[k]:.{nd}f} ± {r[k + '_se']:.{nd}f}" if k in r else "—"
@@ -510,7 +580,9 @@ def _pm(r, k, nd=3):
 
 def markdown(meta, rows, comparison) -> str:
     L = [f"# Quality benchmark, model `{meta['model']}`: search algorithms at their defaults", "",
-         f"{meta['description']}. Denoiser trained {meta['diffusion_train_steps']} steps. {meta['prompts']} prompts "
+         f"{meta['description']}. Denoiser trained {meta['diffusion_train_steps']} steps"
+         + (f", conditioning strength {meta['cond_scale']:g} (class embeddings pulled toward their mean: a harder "
+            "task)" if meta.get("cond_scale", 1.0) != 1.0 else "") + f". {meta['prompts']} prompts "
          f"(class = p mod 10, seed 1000+p); one generation = {meta['generation_steps']} steps = "
          f"{meta['generation_steps']} NFEs; samplers {meta['samplers'][0]} (deterministic) and {meta['samplers'][1]} "
          "(stochastic). Mean ± standard error over prompts. Verifier = log p(class | x0) of the search's classifier; "
@@ -563,6 +635,21 @@ def markdown(meta, rows, comparison) -> str:
                 ok = "✓" if c[f"{name}_ge_random_minus_1se"] else "✗"
                 cells.append(f"{c['delta_' + name]:+.3f} ± {c['delta_' + name + '_se']:.3f} {ok}")
             L.append(f"| {mth} | {vs} | " + " | ".join(cells) + " |")
+    found = matches(rows, budgets)
+    for ref_b in sorted({m["reference_budget"] for m in found}):
+        L += ["", f"## The smallest budget that matches random search at N = {ref_b // meta['generation_steps']} "
+              f"({ref_b} NFE)", "",
+              "Judge accuracy at each budget up to it, paired over prompts against random search (same sampler) at "
+              f"{ref_b} NFE; matched = Δ ≥ −1 SE. NFE spent = mean over prompts (the fraction is of {ref_b}).", "",
+              "| method | vs | smallest matching budget | NFE spent | fraction | Δ judge accuracy | budgets tried |",
+              "|---|---|---|---|---|---|---|"]
+        for m in (x for x in found if x["reference_budget"] == ref_b):
+            tried = ", ".join(str(b) for b in m["tried"])
+            if m["budget"] is None:
+                L.append(f"| {m['method']} | {m['random']} at {ref_b} | none | — | — | — | {tried} |")
+            else:
+                L.append(f"| {m['method']} | {m['random']} at {ref_b} | {m['budget']} | {m['nfe_spent']:.1f} | "
+                         f"{100 * m['fraction']:.0f} % | {m['delta']:+.3f} ± {m['delta_se']:.3f} | {tried} |")
     acc = [f"verifier accuracy on the judge's split {meta['verifier_acc_on_judge_split']:.3f}",
            f"judge accuracy on the verifier's split {meta['judge_acc_on_verifier_split']:.3f}"]
     if "judge_acc_on_reference" in meta:
@@ -572,6 +659,10 @@ def markdown(meta, rows, comparison) -> str:
           f"Machine: {meta['machine']}, {meta['threads']} torch thread(s), shared with other jobs; commit "
           f"{meta['commit']}; command `{meta['command']}`; wall time {meta['wall_s']} s (training "
           f"{meta['train_wall_s']} s wall, {meta['train_cpu_s']} s CPU), process CPU time {meta['cpu_s']} s.", ""]
+    if meta.get("merged"):
+        L += ["Run in parts over the budgets (each part trains the same seeded models on this machine), joined by "
+              f"`{meta['merged']['command']}`: " + "; ".join(f"`{p['command']}` ({p['wall_s']} s)"
+                                                            for p in meta["merged"]["parts"]) + ".", ""]
     if meta.get("rerendered"):
         L += [f"Comparison and tables re-rendered from the JSON's per-prompt values (numbers unchanged) at commit "
               f"{meta['rerendered']['commit']}: `{meta['rerendered']['command']}`.", ""]
@@ -584,12 +675,53 @@ def rerender(paths: Sequence[str], cmd: str) -> None:
         with open(path) as fh:
             d = json.load(fh)
         d["comparison"] = compare(d["rows"], d["meta"]["budgets"])
+        d["matches"] = matches(d["rows"], d["meta"]["budgets"])
         d["meta"]["rerendered"] = {"commit": git_state(), "command": cmd}
         with open(path, "w") as fh:
             json.dump(d, fh, indent=1)
         with open(os.path.splitext(path)[0] + ".md", "w") as fh:
             fh.write(markdown(d["meta"], d["rows"], d["comparison"]))
         print(f"re-rendered {path}")
+
+
+def merge(paths: Sequence[str], out_stem: str, cmd: str) -> None:
+    """One result from runs of the same model, settings and commit over different budgets (a long run cut into
+    parts, each training the same seeded model): rows joined in budget order, the comparison and the matches
+    recomputed.  Refuses parts whose model, prompts or training differ."""
+    parts = []
+    for path in paths:
+        with open(path) as fh:
+            parts.append(json.load(fh))
+    keys = ("model", "prompts", "diffusion_train_steps", "cond_scale", "commit", "smoke")
+    first = parts[0]["meta"]
+    for d in parts[1:]:
+        bad = [k for k in keys if d["meta"].get(k) != first.get(k)]
+        if bad:
+            raise SystemExit(f"--merge: {', '.join(bad)} differ between {paths[0]} and the other parts")
+    budgets = sorted({b for d in parts for b in d["meta"]["budgets"]})
+    rows, seen = [], set()
+    for d in parts:  # the parts' shared rows (the reference images, one-sample baselines) once
+        for r in d["rows"]:
+            key = (r["method"], r["budget_nfe"])
+            if r["budget_nfe"] not in d["meta"]["budgets"] and key in seen:
+                continue
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    order = {b: i for i, b in enumerate(budgets)}
+    rows.sort(key=lambda r: order.get(r["budget_nfe"], -1))  # stable: each budget keeps its method order
+    meta = dict(first)
+    meta.update({"budgets": budgets, "wall_s": round(sum(d["meta"]["wall_s"] for d in parts), 1),
+                 "cpu_s": round(sum(d["meta"]["cpu_s"] for d in parts), 1),
+                 "merged": {"parts": [{"command": d["meta"]["command"], "budgets": d["meta"]["budgets"],
+                                       "wall_s": d["meta"]["wall_s"]} for d in parts], "command": cmd}})
+    comparison = compare(rows, budgets)
+    with open(out_stem + ".json", "w") as fh:
+        json.dump({"meta": meta, "rows": rows, "comparison": comparison, "matches": matches(rows, budgets)}, fh,
+                  indent=1)
+    with open(out_stem + ".md", "w") as fh:
+        fh.write(markdown(meta, rows, comparison))
+    print(f"merged {len(parts)} parts into {out_stem}.json and .md")
 
 
 def main(argv=None):
@@ -601,7 +733,8 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=0, help="default 300 (smoke 20)")
     ap.add_argument("--budgets", default="", help="comma-separated NFE budgets (default 20,40,80,160,320,640; smoke 20,80)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES),
-                    help="which algorithms besides random search (default all: " + ",".join(STRATEGIES) + ")")
+                    help="which algorithms besides random search (default all: " + ",".join(STRATEGIES) + "; also "
+                         "tree_sto: the tree search with the stochastic sampler)")
     ap.add_argument("--params", default="", help="overrides, e.g. zero_order.neighbours=4,zero_order.cosine=0.66")
     ap.add_argument("--train-steps", default="", help="denoiser training steps per model, e.g. digits=2000,shapes=1500 "
                     "(defaults: " + ", ".join(f"{k}={f.default_train_steps}" for k, f in FAMILIES.items()) + ")")
@@ -611,7 +744,17 @@ def main(argv=None):
                     help="add random search with early stopping on a plateau of PATIENCE candidates")
     ap.add_argument("--early-stop-target", type=float, default=None, metavar="SCORE",
                     help="add random search that stops once a candidate's verifier score (log p) reaches SCORE")
+    ap.add_argument("--cond-scale", type=float, default=1.0, metavar="S",
+                    help="conditioning strength: the denoiser's class embeddings pulled toward their mean, "
+                         "e = mean + S * (e - mean); below 1 = a harder task (fewer single samples show their class), "
+                         "the stand-in for weak guidance (default 1: as trained)")
+    ap.add_argument("--stop-micro-batch", default="1", metavar="LIST",
+                    help="the host's micro-batch for the early-stopping rows, comma-separated (0 = all candidates in "
+                         "one call); one row per size (default 1)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the one-sample rows")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="join runs of one model over different budgets "
+                    "(same settings and commit) into quality_<model>[_<tag>].json/.md in --out-dir")
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
                     "markdown of finished runs from their JSON")
     args = ap.parse_args(argv)
@@ -620,14 +763,19 @@ def main(argv=None):
     if args.rerender:
         rerender(args.rerender, cmd)
         return []
+    if args.merge:
+        with open(args.merge[0]) as fh:
+            model = json.load(fh)["meta"]["model"]
+        merge(args.merge, os.path.join(args.out_dir, f"quality_{model}" + (f"_{args.tag}" if args.tag else "")), cmd)
+        return []
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     for m in models:
         if m not in FAMILIES:
             raise SystemExit(f"unknown model '{m}'; pick from {', '.join(FAMILIES)}")
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for s in strategies:
-        if s not in STRATEGIES:
-            raise SystemExit(f"unknown strategy '{s}'; pick from {', '.join(STRATEGIES)}")
+        if s not in STRATEGIES + tuple(EXTRA):
+            raise SystemExit(f"unknown strategy '{s}'; pick from {', '.join(STRATEGIES + tuple(EXTRA))}")
     train = {}
     for item in filter(None, args.train_steps.split(",")):
         k, _, v = item.partition("=")
@@ -643,11 +791,14 @@ def main(argv=None):
                                             overrides=overrides, smoke=args.smoke, extras=args.extras or args.smoke,
                                             train_steps=train.get(name, 0),
                                             patience=args.early_stop or (4 if args.smoke else 0),
-                                            target=args.early_stop_target)
+                                            target=args.early_stop_target, cond_scale=args.cond_scale,
+                                            stop_micro_batches=[int(v) for v in args.stop_micro_batch.split(",")],
+                                            baselines=not args.no_baselines)
         meta.update({"commit": commit, "machine": machine(), "command": cmd})
         stem = os.path.join(args.out_dir, f"quality_{name}" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
-            json.dump({"meta": meta, "rows": rows, "comparison": comparison}, fh, indent=1)
+            json.dump({"meta": meta, "rows": rows, "comparison": comparison,
+                       "matches": matches(rows, meta["budgets"])}, fh, indent=1)
         with open(stem + ".md", "w") as fh:
             fh.write(markdown(meta, rows, comparison))
         print(f"wrote {stem}.json and .md ({meta['wall_s']} s)")
