@@ -478,9 +478,10 @@ def paths_search():
         "scored and the best N paths kept, until the schedule ends.",
         "Knobs at the pack's defaults, chosen on two benchmark models (bench/README.md): paths N = 0 (as many as "
         "the budget holds), noises_per_path M = 2, start_level 0.6, forward 0.2, backward 0.4. Levels are "
-        "fractions of your schedule's noise span (1 = its start, 0 = clean), so every budget of two or more "
-        "generations gets a search round (the paper's 0.11 / 0.78 / 0.81 assume 30+ steps). budget_nfe 0 = "
-        "candidates x steps.",
+        "fractions of your schedule's noise span (1 = its start, 0 = clean), so a short schedule still has room "
+        "for search rounds (the paper's 0.11 / 0.78 / 0.81 assume 30+ steps). With paths 0, a budget under "
+        "min_generations (4) generations runs random search's candidates instead: paths measured below random "
+        "search there. budget_nfe 0 = candidates x steps.",
         "Needs a single-step sampler (euler, euler_ancestral, heun, dpm_2, dpmpp_sde, ddim, lcm ...): multistep "
         "samplers (dpmpp_2m, uni_pc ...) are refused, since a restart would drop their history.", CLIP_NOTE]),
         sampler="euler", reroute_vae=True)
