@@ -10,7 +10,7 @@ from search import Strategy, run_strategy
 from search.dispatch import ExecutorFault, HostExecutor, Pool, Task, TaskQueue, drive_serial, plan_chunks
 from search.halving import halving_search
 from search.random_search import random_search
-from toy_host import gaussian_host
+from toy_host import gaussian_host, mean_rank, two_member_relative
 
 pytestmark = pytest.mark.core
 
@@ -237,28 +237,11 @@ def test_halving_through_run_strategy_with_early_stopping_and_a_relative_verifie
     from search import StopRule
 
     def relative(hst):
-        hst.relative = True
-        book = []
-        score = hst.score
-
-        def scored(latents):
-            s = score(latents)
-            book.append(torch.stack([s, -latents.flatten(1).abs().mean(1)], 1))
-            return s
-        hst.score = scored
-        hst.member_matrix = lambda first, count: torch.cat(book)[first:first + count]
-        hst.rescore = lambda: ranks(torch.cat(book))
-        return hst
-
-    def ranks(m):
-        r = torch.zeros_like(m)
-        for j in range(m.shape[1]):
-            r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
-        return r.mean(1)
+        return two_member_relative(hst, rescore=True)
 
     strat = Strategy("halving", {"rounds": 2, "first_level": 0.7, "last_level": 0.3}, budget_nfe=30 * STEPS)
     ref = run_strategy(strat, relative(host()), top_k=2, seed=SEED)
-    pool = Pool([HostExecutor(f"e{j}", relative(host())) for j in range(3)], recombine=ranks)
+    pool = Pool([HostExecutor(f"e{j}", relative(host())) for j in range(3)], recombine=mean_rank)
     got = run_strategy(strat, relative(host()), top_k=2, seed=SEED, dispatch=pool, member_names=("a", "b"))
     same_halving(got, ref)
     assert set(got[0].candidates[0].verifier_scores) == {"a", "b"}

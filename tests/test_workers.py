@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from loopback import serve, stop
-from toy_host import gaussian_host
+from toy_host import gaussian_host, mean_rank, two_member_relative
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,27 +146,10 @@ def test_shards_scored_elsewhere_give_the_same_ranking_and_come_back_without_lat
 
 def test_relative_verifier_rows_are_recombined_over_every_candidate():
     """Two members, combined by mean rank over all N: shards give the raw rows, the ranking comes from all."""
-    def two(hst):
-        hst.relative = True
-        book = []
-        score = hst.score
+    two = two_member_relative
 
-        def scored(latents):
-            s = score(latents)
-            book.append(torch.stack([s, -latents.flatten(1).abs().mean(1)], 1))
-            return s
-        hst.score = scored
-        hst.member_matrix = lambda first, count: torch.cat(book)[first:first + count]
-        return hst
-
-    def ranks(m):
-        r = torch.zeros_like(m)
-        for j in range(m.shape[1]):
-            r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
-        return r.mean(1)
-
-    full = sharded_search(two(host()), local_dispatch, 1, ranks, ["a", "b"])
-    split = sharded_search(two(host()), local_dispatch, 4, ranks, ["a", "b"])
+    full = sharded_search(two(host()), local_dispatch, 1, mean_rank, ["a", "b"])
+    split = sharded_search(two(host()), local_dispatch, 4, mean_rank, ["a", "b"])
     same_search(full, split)
     assert set(full[0].candidates[0].verifier_scores) == {"a", "b"}
     assert all(f.latent is None for f in split[1])  # relative: every finalist is re-rendered

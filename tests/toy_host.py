@@ -247,3 +247,30 @@ STRATEGIES = [
     ("tree", {"parallel": 2}, "euler"),
     ("tree", {"screen": 3, "levels": 3, "parallel": 2}, "euler_ancestral"),
 ]
+
+
+def mean_rank(m: torch.Tensor) -> torch.Tensor:
+    """A relative verifier's rule over an N x M member matrix: each member's scores ranked, the ranks averaged."""
+    r = torch.zeros_like(m)
+    for j in range(m.shape[1]):
+        r[m[:, j].argsort(), j] = torch.arange(m.shape[0], dtype=m.dtype)
+    return r.mean(1)
+
+
+def two_member_relative(hst, rescore: bool = False):
+    """``hst`` scored by a relative verifier of two members (its own score, and minus the latent's mean absolute
+    value), recombined by :func:`mean_rank`: the member matrix is kept row by row as the search scores, and with
+    ``rescore`` the host also recombines all of it (what the pipeline's host does at the end)."""
+    hst.relative = True
+    book = []
+    score = hst.score
+
+    def scored(latents):
+        s = score(latents)
+        book.append(torch.stack([s, -latents.flatten(1).abs().mean(1)], 1))
+        return s
+    hst.score = scored
+    hst.member_matrix = lambda first, count: torch.cat(book)[first:first + count]
+    if rescore:
+        hst.rescore = lambda: mean_rank(torch.cat(book))
+    return hst
