@@ -114,24 +114,3 @@ def render(host: SearchHost, noises: torch.Tensor, seeds: Sequence[int]) -> Tupl
     state, _ = host.sample(host.start(noises), host.steps, list(seeds))
     batch = state.batch if state.batch is not None else [None] * len(state)
     return final_latents(state), int(host.nfe(0, host.steps)) * int(noises.shape[0]), list(batch)
-
-
-def random_fallback(host: SearchHost, *, algorithm: str, why: str, seed: int, budget_nfe: int, top_k: int,
-                    verifier: str, stop=None):
-    """Random search's own candidates, scores and winner, reported under ``algorithm`` with ``why`` in its notes:
-    what an algorithm runs at a budget where it measured below random search.  Finalists carry a recipe too (their
-    seed's whole run), so coarse-to-fine replays them like the algorithm's lineages."""
-    from .random_search import random_search
-    report, finalists = random_search(host, seed=seed, budget_nfe=budget_nfe, top_k=top_k, verifier=verifier,
-                                      stop=stop)
-    report.algorithm = algorithm
-    report.settings["fallback"] = "random"
-    report.notes.insert(0, f"{algorithm}: {why}, so this was a random search (its candidates, scores and winner "
-                           "exactly)")
-    left = int(budget_nfe) - report.nfe_total
-    if left > 0 and "unspent_reason" not in report.settings:
-        report.settings["unspent_reason"] = (f"the remaining {left} NFEs are less than one generation "
-                                             f"({report.nfe_per_generation} NFEs)")
-    for f in finalists:
-        f.recipe = {"seed": int(f.seed), "ops": [("sample", 0.0, int(f.seed))]}
-    return report, finalists

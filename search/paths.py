@@ -48,9 +48,10 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from .common import (TAG_PATHS, TopK, check_budget, check_top_k, checked_scores, derived_noise, end_level, finalist,
-                     generation_nfe, random_fallback, score_x0, top_k_indices)
+                     generation_nfe, score_x0, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
 from .noise import seeds_for, wrap_seed
+from .random_search import random_fallback
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
 from .stopping import StopRule, Stopper

@@ -170,6 +170,27 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
     return report, finalists
 
 
+
+def random_fallback(host: SearchHost, *, algorithm: str, why: str, seed: int, budget_nfe: int, top_k: int,
+                    verifier: str, stop=None):
+    """Random search's own candidates, scores and winner, reported under ``algorithm`` with ``why`` in its notes:
+    what an algorithm runs at a budget where it measured below random search.  Finalists carry a recipe too (their
+    seed's whole run), so coarse-to-fine replays them like the algorithm's lineages."""
+    report, finalists = random_search(host, seed=seed, budget_nfe=budget_nfe, top_k=top_k, verifier=verifier,
+                                      stop=stop)
+    report.algorithm = algorithm
+    report.settings["fallback"] = "random"
+    report.notes.insert(0, f"{algorithm}: {why}, so this was a random search (its candidates, scores and winner "
+                           "exactly)")
+    left = int(budget_nfe) - report.nfe_total
+    if left > 0 and "unspent_reason" not in report.settings:
+        report.settings["unspent_reason"] = (f"the remaining {left} NFEs are less than one generation "
+                                             f"({report.nfe_per_generation} NFEs)")
+    for f in finalists:
+        f.recipe = {"seed": int(f.seed), "ops": [("sample", 0.0, int(f.seed))]}
+    return report, finalists
+
+
 ALGORITHM = Algorithm(
     name="random", run=random_search, params=(), title="Random Search", node="RandomSearchStrategy",
     description=("Random search (best of N), the paper's strongest algorithm on FLUX: N independent noises, full "

@@ -63,35 +63,6 @@ def provenance() -> dict:
         return json.load(f)
 
 
-CLIP_KEYS = {"token": ("transformer.text_model.embeddings.token_embedding.weight", (49408, 768), "Embedding"),
-             "position": ("transformer.text_model.embeddings.position_embedding.weight", (77, 768), "Embedding"),
-             "norm_weight": ("transformer.text_model.final_layer_norm.weight", (768,), "LayerNorm"),
-             "norm_bias": ("transformer.text_model.final_layer_norm.bias", (768,), "LayerNorm")}
-
-
-def clip_fingerprint(tensors) -> str:
-    """sha256 (16 hex digits) of the text encoder's embeddings and final LayerNorm (fp16), the tensors its
-    contexts depend on (CLIP_KEYS names -> tensors)."""
-    import torch
-    h = hashlib.sha256()
-    for name in sorted(CLIP_KEYS):
-        h.update(name.encode())
-        h.update(tensors[name].to(torch.float16).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def clip_embeddings() -> dict:
-    """The frozen CLIP-L's embeddings and final LayerNorm (fp16) without ComfyUI: tests/tiny_models.py's fill of
-    those keys (seed nets.CLIP_SEED), the values clip_state gives them."""
-    import torch
-    sys.path[:0] = [p for p in (HERE, os.path.join(REPO, "tests")) if p not in sys.path]
-    import nets
-    import tiny_models
-    return {name: tiny_models._fill("cond_stage_model." + key, shape, torch.float32, owner, nets.CLIP_SEED,
-                                    "sd15").to(torch.float16)
-            for name, (key, shape, owner) in CLIP_KEYS.items()}
-
-
 def clip_state(clip_module, seed):
     """The frozen CLIP-L (keys as SDClipModel.state_dict(), fp16), as the SD1.5 checkpoint stores it: no
     logit_scale, no text_projection (tests/tiny_models.py's sd15 rule), and every layer's output projections
@@ -133,9 +104,9 @@ def build_checkpoint(out: str) -> dict:
         state["model.diffusion_model." + k] = v
     cs = clip_state(clip, nets.CLIP_SEED)
     want = prov.get("clip_l_fingerprint")
-    got = clip_fingerprint({name: cs[key] for name, (key, _shape, _owner) in CLIP_KEYS.items()})
-    if got != clip_fingerprint(clip_embeddings()):
-        raise SystemExit("this ComfyUI's CLIP-L keys are laid out otherwise than build.CLIP_KEYS expects")
+    got = nets.clip_fingerprint({name: cs[key] for name, (key, _shape, _owner) in nets.CLIP_KEYS.items()})
+    if got != nets.clip_fingerprint(nets.clip_embeddings()):
+        raise SystemExit("this ComfyUI's CLIP-L keys are laid out otherwise than nets.CLIP_KEYS expects")
     if want and got != want:
         raise SystemExit(f"the seeded CLIP-L text encoder differs from the one the UNet was trained with "
                          f"(fingerprint {got}, trained with {want}): tests/tiny_models.py's fill must have changed; "

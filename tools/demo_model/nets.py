@@ -49,7 +49,10 @@ evaluates.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import sys
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -373,3 +376,32 @@ class Judge(nn.Module):
     def predict(self, x01: torch.Tensor) -> torch.Tensor:
         """n x 4 predicted labels (as shapes_data.labels)."""
         return torch.stack([h.argmax(1) for h in self(x01)], 1)
+
+
+# --- the frozen CLIP-L's embeddings (what a prompt's context depends on) -------------------------------------------
+CLIP_KEYS = {"token": ("transformer.text_model.embeddings.token_embedding.weight", (49408, 768), "Embedding"),
+             "position": ("transformer.text_model.embeddings.position_embedding.weight", (77, 768), "Embedding"),
+             "norm_weight": ("transformer.text_model.final_layer_norm.weight", (768,), "LayerNorm"),
+             "norm_bias": ("transformer.text_model.final_layer_norm.bias", (768,), "LayerNorm")}
+
+
+def clip_fingerprint(tensors) -> str:
+    """sha256 (16 hex digits) of the text encoder's embeddings and final LayerNorm (fp16), the tensors its
+    contexts depend on (CLIP_KEYS names -> tensors)."""
+    h = hashlib.sha256()
+    for name in sorted(CLIP_KEYS):
+        h.update(name.encode())
+        h.update(tensors[name].to(torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def clip_embeddings() -> dict:
+    """The frozen CLIP-L's embeddings and final LayerNorm (fp16) without ComfyUI: tests/tiny_models.py's fill of
+    those keys (seed CLIP_SEED), the values build.clip_state gives them."""
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import tiny_models
+    return {name: tiny_models._fill("cond_stage_model." + key, shape, torch.float32, owner, CLIP_SEED,
+                                    "sd15").to(torch.float16)
+            for name, (key, shape, owner) in CLIP_KEYS.items()}

@@ -179,15 +179,14 @@ def text_contexts(tokens_file, device):
     (last row), as ComfyUI's SD1 CLIPTextEncode computes it from the checkpoint (layer 'last', final LayerNorm):
     with zero output projections every layer passes its input through, so the context is the final LayerNorm of
     token embedding + position embedding."""
-    import build
     with open(tokens_file) as f:
         toks = json.load(f)
     assert toks["captions"] == list(S.CAPTIONS) + [""], "caption_tokens.json is for another caption list"
-    t = build.clip_embeddings()                                     # fp16, as the checkpoint stores them
+    t = nets.clip_embeddings()                                     # fp16, as the checkpoint stores them
     ids = torch.tensor([row + [toks["pad"]] * (77 - len(row)) for row in toks["tokens"]])
     x = t["token"].float()[ids] + t["position"].float()[None]
     ctx = F.layer_norm(x, (768,), t["norm_weight"].float(), t["norm_bias"].float(), 1e-5)
-    fingerprint = build.clip_fingerprint(t)
+    fingerprint = nets.clip_fingerprint(t)
     log(f"  text: {ctx.shape[0]} contexts, CLIP-L fingerprint {fingerprint}")
     return ctx.to(device), fingerprint
 
