@@ -93,7 +93,7 @@ def loopback(tmp_path):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield root, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
