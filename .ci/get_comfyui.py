@@ -74,7 +74,7 @@ def download(url: str, dest: str) -> None:
         raise SetupError(f"downloading {url} failed: {type(e).__name__}: {e}") from e
 
 
-def unpack(tarball: str, into: str, version: str) -> str:
+def unpack(tarball: str, into: str) -> str:
     """The archive's single top folder, unpacked safely into ``into``; returns its path."""
     try:
         tf = tarfile.open(tarball, "r:*")
@@ -140,7 +140,7 @@ def get(dest: str, version: str, tarball: str = None, url: str = None, log=print
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            top = unpack(source, tmp, version)
+            top = unpack(source, tmp)
             check(top, expected)
             if os.path.exists(dest):
                 shutil.rmtree(dest)
@@ -174,7 +174,7 @@ def write_checksums(tarball: str, version: str) -> int:
     if not tarball:
         raise SetupError("--write-checksums needs --tarball")
     with tempfile.TemporaryDirectory() as work:
-        top = unpack(tarball, work, version)
+        top = unpack(tarball, work)
         lines = []
         for root, dirs, files in os.walk(top):
             dirs.sort()

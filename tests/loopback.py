@@ -11,7 +11,8 @@ def serve(handler) -> Tuple[ThreadingHTTPServer, str]:
     """(server, base URL) of ``handler`` (a BaseHTTPRequestHandler class) serving on a free loopback port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll, so that ``stop`` returns at once rather than after serve_forever's default half second
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 

@@ -7,10 +7,11 @@ import importlib.util
 import io
 import os
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
+
+from loopback import serve, stop
 
 REPO = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("get_comfyui", REPO / ".ci" / "get_comfyui.py")
@@ -85,19 +86,16 @@ def loopback(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
+    class Files(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **k):
             super().__init__(*a, directory=str(root), **k)
 
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    server, base = serve(Files)
+    yield root, base
+    stop(server)
 
 
 def test_download_is_checked_and_failures_are_named(tmp_path, loopback):
