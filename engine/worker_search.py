@@ -14,12 +14,16 @@ member scores, NFEs and its fingerprint, never an image.  The master checks
 the answer, ranks all N, and re-renders its finalists itself."""
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import logging
 import math
 import random
+import re
+import threading
 import time
+import uuid
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -33,11 +37,17 @@ from .vae import scoring_vae
 from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
 from ..search import get_algorithm, run_strategy
+from ..search.dispatch import HostExecutor, TaskQueue, plan_chunks
+from ..search.halving import rows_work
 from ..search.report import Finalist
-from ..search.sharded import PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, run_shard
+from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, check_rows_answer,
+                              rows_answer, rows_spec, run_shard)
 from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
+# the strategies that search with worker machines: random search's chunks, and successive halving's rounds (each
+# row's state stays on the worker that made it)
+WORKER_STRATEGIES = ("random", "halving")
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
@@ -74,15 +84,16 @@ def shard_graph(graph: Dict[str, Any], node_id: str, spec: Dict[str, Any]) -> Di
 # --------------------------------------------------------------------------- the master's side
 def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> None:
     """Refuses what cannot be sharded over workers yet, saying why (never a silently different search)."""
-    if strategy is not None and strategy.name != "random":
-        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' works in rounds that each depend on the "
-                               "last round's scores; searching with worker machines is implemented for random search "
-                               "only: disconnect Search Workers, or use random search")
+    if strategy is not None and strategy.name not in WORKER_STRATEGIES:
+        titles = ", ".join(get_algorithm(n).title for n in WORKER_STRATEGIES)
+        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' cannot search with worker machines yet (its "
+                               f"candidates' state would have to cross machines); these can: {titles}. Disconnect "
+                               "Search Workers, or pick one of those")
     if strategy is not None and strategy.coarse_steps:
         raise SearchInputError("coarse-to-fine picks finalists from a coarse round before re-rendering them; with "
                                "worker machines only plain random search runs: set coarse_steps to 0 or disconnect "
                                "Search Workers")
-    if strategy is not None and strategy.stop is not None and strategy.stop.active:
+    if strategy is not None and strategy.stop is not None and strategy.stop.active and strategy.name == "random":
         raise SearchInputError("early stopping reads candidates in order, which shards on several machines do not "
                                "have: turn early stopping off or disconnect Search Workers")
     if getattr(plan, "video", False) or getattr(plan, "model_2", None) is not None:
@@ -189,6 +200,126 @@ class ShardDispatcher:
         return b.all()
 
 
+class RoundsDispatcher:
+    """Successive halving's rounds over the worker servers (``search.dispatch.Pool``'s interface, which
+    ``search/halving.py`` drives): the first round's rows go out in chunks taken on demand; each row's state
+    then stays on the machine that made it (a worker keeps it between the master's prompts, :class:`HeldRows`),
+    and each later round sends every machine its rows' instruction (continue these to step L, drop those).
+    A worker that fails has its rows re-run from their seeds elsewhere.  This machine is an executor too
+    ('local', its rows' state in ``local.held``).  Every remote answer is recorded (``claims``) for the audit."""
+
+    def __init__(self, workers: WorkerDispatch, host: ComfyHost, base: int, verifier, prompt: str, mine, members: int,
+                 graph, node_id: str, progress: Progress):
+        self.workers, self.host, self.base = workers, host, int(base)
+        self.verifier, self.prompt, self.mine, self.members = verifier, prompt, mine, int(members)
+        self.graph, self.node_id, self.progress = graph, node_id, progress
+        self.search = uuid.uuid4().hex      # the workers keep this search's rows under it
+        self.local = HostExecutor("local", host)
+        self.queues: List[TaskQueue] = []
+        self.dead: Dict[str, str] = {}
+        self.speed: Dict[str, Any] = {}
+        self.claims: List[Any] = []         # (worker, end, rows, member scores) of every answer a worker gave
+
+    def executors(self) -> int:
+        return self.workers.executors()
+
+    def plan(self, n: int, floor: int = 1):
+        return plan_chunks(n, self.executors(), max(int(floor), int(self.workers.config.min_chunk)))
+
+    def recombine(self, matrix: torch.Tensor) -> torch.Tensor:
+        b = ScoreBook(self.verifier, self.prompt)
+        b.add_matrix(matrix)
+        return b.all()
+
+    def _graph(self, job: ShardJob) -> Dict[str, Any]:
+        spec = dict(rows_spec(job.task.spec), protocol=PROTOCOL, kind="rows", search=self.search, seed=self.base,
+                    token=job.token, expect=fingerprint_digest(self.mine, job.token))
+        return shard_graph(self.graph, self.node_id, spec)
+
+    def _check(self, url: str, job: ShardJob, ans: Any) -> Dict[str, Any]:
+        if not isinstance(ans, dict):
+            raise ShardAnswerError(f"the answer of worker {url} is malformed: not a JSON object")
+        diff = differences(self.mine, ans.get("fingerprint"))
+        if diff:
+            raise WorkerRefused(f"worker {url} is refused: its " + "; its ".join(WHAT.get(k, k) for k in diff)
+                                + " differ from this machine's. Its scores were not used")
+        spec = rows_spec(job.task.spec)
+        nfe = len(spec["rows"]) * int(self.host.nfe(spec["begin"], spec["end"]))
+        out = check_rows_answer(ans, spec=spec, members=self.members, nfe=nfe, token=job.token,
+                                source=f"worker {url}")
+        self.claims.append((url, spec["end"], list(spec["rows"]), out["members"]))
+        return out
+
+    def run(self, tasks, orphan=None, extra=()) -> TaskQueue:
+        queue = TaskQueue([], orphan)
+        queue.dead.update(self.dead)
+        for url in list(self.workers.banned) + sorted(self.workers.faulty):
+            queue.dead.setdefault(url, "failed before")
+        queue.speed = self.speed  # measured speeds carry over from round to round
+        for t in tasks:
+            queue.add(t)
+        self.queues.append(queue)
+        try:
+            self.workers.drive(queue, self.local.run, graph_for=self._graph, check=self._check,
+                               on_remote=lambda ans: self.progress.advance(int(ans["nfe"])))
+        finally:
+            self.dead.update(queue.dead)
+        return queue
+
+    def ran_on(self) -> Dict[str, int]:
+        """Rows sampled per machine, over every round."""
+        by: Dict[str, int] = {}
+        for q in self.queues:
+            for key in q.order:
+                who = q.ran.get(key, "local")
+                by[who] = by.get(who, 0) + len(q.done[key]["rows"])
+        return by
+
+    def audit(self, audit: "Audit", finalists: List[Finalist], liars: Dict[str, str]) -> None:
+        """The workers' claims checked here: ``audit_per_shard`` rows of each answer, drawn where the worker
+        cannot foresee them, sampled to the same step and scored on this machine; and every finalist a worker
+        finished, rendered and scored here (this machine needs its image anyway)."""
+        k, steps = int(audit.config.audit_per_shard), int(self.host.steps)
+        final: Dict[int, Any] = {}
+        for url, end, rows, got in self.claims:
+            if end >= steps:
+                for r, i in enumerate(rows):
+                    final[i] = (url, got[r])
+            if k <= 0 or url in liars:
+                continue
+            for r in sorted(audit.rng.sample(range(len(rows)), min(k, len(rows)))):
+                i = rows[r]
+                if end >= steps:
+                    own = audit.own_rows(i).rows[0]
+                else:
+                    ans = rows_work(self.base, {"rows": [i], "begin": 0, "end": end, "fresh": True},
+                                    name_of(self.verifier))(self.host, {})
+                    audit.nfe += int(ans["nfe"])
+                    own = ans["members"][0]
+                self._compare(url, i, end, got[r], own, audit, liars)
+        for f in finalists:
+            i = f.result.index
+            if f.latent is not None or i not in final:
+                continue
+            url, claimed = final[i]
+            if url in liars:
+                continue
+            mine = audit.own_rows(i)
+            self._compare(url, i, steps, claimed, mine.rows[0], audit, liars)
+            kept = mine.kept.get(i)  # none for a relative verifier: the finish step re-renders it
+            if url not in liars and kept is not None:
+                f.latent, f.noise, f.batch = kept.latent, kept.noise, kept.batch
+
+    @staticmethod
+    def _compare(url: str, i: int, end: int, claimed: torch.Tensor, own: torch.Tensor, audit: "Audit",
+                 liars: Dict[str, str]) -> None:
+        if url in liars or agree(claimed, own, audit.config.audit_tolerance):
+            return
+        fmt = lambda t: ", ".join(f"{v:.4g}" for v in t.reshape(-1).tolist())  # noqa: E731
+        liars[url] = (f"its claimed score of candidate {i} at step {end} ({fmt(claimed)}) disagrees with this "
+                      f"machine's own ({fmt(own)}) beyond the tolerance of {audit.config.audit_tolerance:g}")
+
+
 def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
                    budget: int, top_k: int, seed: int, verifier, prompt: str, vae, progress: Progress,
                    rng: Optional[random.Random] = None):
@@ -225,17 +356,24 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
                               on_remote=lambda rows: progress.advance(sum(rows.nfe)))
     audit = Audit(host, base, config, rng)
 
-    dispatcher = ShardDispatcher(dispatch, verifier, prompt)
+    in_rounds = strategy is not None and get_algorithm(strategy.name).dispatch == "rounds"
+    dispatcher: Any = ShardDispatcher(dispatch, verifier, prompt)
     dropped: List[Dict[str, str]] = []
     try:
         for _ in range(len(config.urls) + 1):  # each pass drops at least one worker, or is the last
+            if in_rounds:  # every pass from scratch: the rows a dropped worker held are gone with it
+                dispatcher = RoundsDispatcher(dispatch, host, base, verifier, prompt, mine, members, graph, node_id,
+                                              progress)
             report, finalists = run_strategy(strategy, host, budget_nfe=budget, top_k=top_k, seed=base,
                                              verifier=name_of(verifier), dispatch=dispatcher,
                                              member_names=book.member_names)
             liars: Dict[str, str] = {}
-            audit.sample(dispatch, liars)
-            if not liars:
-                audit.finalists(dispatch, finalists, liars)
+            if in_rounds:
+                dispatcher.audit(audit, finalists, liars)
+            else:
+                audit.sample(dispatch, liars)
+                if not liars:
+                    audit.finalists(dispatch, finalists, liars)
             if not liars:
                 break
             for url, why in liars.items():
@@ -255,25 +393,64 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     by = {}
     for s in ran:
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])
+    if in_rounds:
+        by = {("this machine" if k == "local" else f"worker {k}"): v for k, v in dispatcher.ran_on().items()}
     report.notes.extend(dispatch.notes)
     where = {i: s["ran_on"] for s in ran for i in range(s["start"], s["start"] + s["count"])}
     lost = sum(1 for c in report.candidates if c.score == -math.inf and where.get(c.index, "local") != "local")
     if lost:  # this machine's own count (report.verifier_failures) sees only its own grader calls
         report.notes.append(f"{lost} candidate(s) scored on worker machines got -inf (a remote grader gave no valid "
                             "answer there): they rank last")
-    report.notes.append("candidates sampled and scored: " + ", ".join(f"{v} on {k}" for k, v in by.items())
+    report.notes.append(("rows sampled and scored (over every round): " if in_rounds else
+                         "candidates sampled and scored: ") + ", ".join(f"{v} on {k}" for k, v in by.items())
                         + "; the finalists were re-rendered on this machine, which also checked "
                         f"{len(audit.own)} of the workers' candidates by sampling and scoring them itself")
     return report, finalists
+
+
+class HeldRows:
+    """The rows' states a worker keeps between a master's rounds (successive halving over workers), one dict
+    per search id.  Bounded: the ``most`` searches used last are kept (an older one is dropped whole, as is one
+    unused for ``ttl_s`` seconds); a master whose rows were dropped gets "holds no state" and re-runs them
+    elsewhere from their seeds."""
+
+    def __init__(self, most: int = 2, ttl_s: float = 3600.0):
+        self.most, self.ttl_s = int(most), float(ttl_s)
+        self.lock = threading.Lock()
+        self.searches: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+
+    def get(self, search: str) -> Dict[Any, Any]:
+        now = time.monotonic()
+        with self.lock:
+            for k in [k for k, (t, _) in self.searches.items() if now - t > self.ttl_s]:
+                del self.searches[k]
+            _, held = self.searches.pop(search, (now, {}))
+            self.searches[search] = (now, held)
+            while len(self.searches) > self.most:
+                self.searches.popitem(last=False)
+            return held
+
+    def rows(self) -> int:
+        with self.lock:
+            return sum(len(h) for _, h in self.searches.values())
+
+
+HELD = HeldRows()
+SEARCH_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro_batch: int,
                  shard: str) -> Dict[str, Any]:
     """What a worker's Search Shard node answers: the shard's candidates sampled and scored as Search Loop would
     (ids, seeds, raw member scores, NFEs and this worker's fingerprint), or a refusal when its fingerprint is not
-    the master's."""
+    the master's.  A rows task (``kind`` "rows", successive halving's rounds) continues rows this worker holds
+    (or starts them), keeps their state for the next round and answers their scores (:func:`answer_rows`)."""
     try:
         spec = json.loads(shard)
+        if not isinstance(spec, dict):
+            raise TypeError
+        if spec.get("kind") == "rows":
+            return answer_rows(plan, vae, verifier, prompt, seed, micro_batch, spec)
         start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
                                      str(spec["token"]))
     except (ValueError, KeyError, TypeError):
@@ -303,3 +480,38 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
             lanes.release()
         out = answer(rows, base_seed=base, token=token, fingerprint=mine)
     return out
+
+
+def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro_batch: int,
+                spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A rows task on a worker: start ``rows`` from their seeds (``fresh``) or continue the ones this worker
+    holds for the search, drop ``drop``, sample them to step ``end``, score their x0-predictions (their final
+    latents at the end) and keep their state here for the next round (:data:`HELD`)."""
+    if spec.get("protocol") != PROTOCOL:
+        raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
+                               f"{PROTOCOL}: install the same pack version on both machines")
+    try:
+        task = rows_spec(spec)
+        base, token, search = int(spec["seed"]), str(spec["token"]), str(spec["search"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SearchInputError(f"Search Shard got a rows task it cannot read ({e}); this node runs on worker "
+                               "machines and is not placed by hand") from None
+    if base != int(seed) or not SEARCH_ID.match(search):
+        raise SearchInputError(f"a rows task of seed {base} does not belong to this search (seed {seed})")
+    mine = fingerprint(plan, vae, verifier, prompt)
+    if spec.get("expect") != fingerprint_digest(mine, token):
+        return {"protocol": PROTOCOL, "kind": "rows", "token": token, "fingerprint": mine, "refused": "fingerprint",
+                "rows": [], "members": [], "nfe": 0, "replay": task["replay"]}
+    n = len(task["rows"])
+    progress = Progress(total=max(1, n * (task["end"] - task["begin"])), model=plan.model)
+    vae = scoring_vae(plan, vae)
+    lanes = device_set(plan, "all", vae)
+    try:
+        host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(n, int(micro_batch)),
+                         mask_seed=int(seed), devices=lanes)
+        if task["end"] > int(host.steps):
+            raise SearchInputError(f"a rows task to step {task['end']} of a {int(host.steps)}-step schedule")
+        out = rows_work(base, task, name_of(verifier))(host, HELD.get(search))
+    finally:
+        lanes.release()
+    return rows_answer(out, token=token, fingerprint=mine)

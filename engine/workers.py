@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .endpoints import WorkerPool, auth_headers
-from ..search.dispatch import Task, TaskQueue, plan_chunks
+from ..search.dispatch import Task, TaskQueue, describe, plan_chunks
 from ..search.sharded import ShardAnswerError, ShardRows
 from ..verifiers import net
 from ..verifiers.net import Limits
@@ -153,9 +153,17 @@ def prompt_error(body: Any) -> str:
 # --------------------------------------------------------------------------- one shard on one worker
 @dataclass
 class ShardJob:
+    """One request to a worker: a chunk of random search's candidates (``start``, ``count``), or any other
+    dispatched task (``task``: its plain-data ``spec`` is what the worker is sent), with a fresh ``token``."""
     start: int
     count: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    task: Optional[Task] = None
+
+    def what(self) -> str:
+        if self.task is not None and "rows" in self.task.spec:
+            return describe(self.task)
+        return f"candidates {self.start}..{self.start + self.count - 1}"
 
 
 def run_remote(client: Client, job: ShardJob, graph: Dict[str, Any], node_id: str, timeout_s: float,
@@ -227,8 +235,7 @@ def _finished(client: Client, job: ShardJob, entry: Dict[str, Any], node_id: str
     except net.NetError as e:
         raise WorkerFault(f"answered a shard that cannot be used: {str(e).split(': ', 1)[-1]}") from None
     except (KeyError, IndexError, TypeError):
-        raise WorkerFault(f"answered candidates {job.start}..{job.start + job.count - 1} without the shard JSON "
-                          "in its history entry") from None
+        raise WorkerFault(f"answered {job.what()} without the shard JSON in its history entry") from None
     try:
         return check(client.base, job, ans)
     except ShardAnswerError as e:
@@ -286,13 +293,32 @@ class WorkerDispatch:
         return len(lost)
 
     def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], ShardRows]) -> List[ShardRows]:
+        """Random search's chunks (those not got before), on the workers and, with ``local``, here."""
+        queue = TaskQueue([Task((s, c), spec={"start": s, "count": c}, cost=float(c))
+                           for s, c in plan if (s, c) not in self.done])
+        self.drive(queue, lambda task: run_local(task.spec["start"], task.spec["count"]))
+        self.done.update(queue.done)
+        self.ran.update(queue.ran)
+        return [self.done[(s, c)] for s, c in plan]
+
+    def drive(self, queue: TaskQueue, run_local: Callable[[Task], Any],
+              graph_for: Optional[Callable[[ShardJob], Dict[str, Any]]] = None,
+              check: Optional[Callable[[str, ShardJob, Any], Any]] = None,
+              on_remote: Optional[Callable[[Any], None]] = None) -> TaskQueue:
+        """Runs ``queue`` to its end: each worker (a thread, HTTP only) takes the next task it may run and
+        sends it as ``graph_for(job)``, its answer checked by ``check(url, job, answer)``; this machine runs
+        ``run_local(task)`` in the calling thread (with ``local``, or once every worker is gone).  A worker with
+        nothing to take runs a backup of a chunk a slower one still runs, and any executor with nothing to take
+        re-runs a backlogged executor's last pinned task from scratch when that ends sooner
+        (``TaskQueue.take``).  The defaults: random search's chunks (this dispatcher's own)."""
+        graph_for = graph_for or self.graph_for
+        check = check or self.check
+        on_remote = on_remote or self.on_remote
         try:
             headers = auth_headers(self.config.auth_env)
         except ValueError as e:
             raise WorkerRefused(str(e)) from None
-        queue = TaskQueue([Task((s, c), spec={"start": s, "count": c}, cost=float(c))
-                           for s, c in plan if (s, c) not in self.done])
-        queue.uncancellable.add("local")  # this machine's chunk runs to its end: backing it up gains nothing
+        queue.uncancellable.add("local")  # this machine's task runs to its end: backing it up gains nothing
         cond = queue.cond
         fresh: List[ShardRows] = []
         fatal: List[BaseException] = []
@@ -310,21 +336,22 @@ class WorkerDispatch:
                     task = None
                     while not (stop.is_set() or fatal or queue.complete()):
                         # nothing pending: a backup run of a chunk another participant would finish later
-                        task = queue.take(url, backup=self.config.backups)
+                        task = queue.take(url, backup=self.config.backups, steal=True)
                         if task is not None:
                             break
                         cond.wait(self.poll)
                     if task is None:
                         return
                     cancel = cancels[url] = threading.Event()
-                job = ShardJob(task.spec["start"], task.spec["count"])
+                job = ShardJob(int(task.spec.get("start", 0)), int(task.spec.get("count", len(task.spec.get("rows") or ()))),
+                               task=task)
 
                 def started(pid: str) -> None:
                     with cond:
                         running[url] = (client, pid)
                 try:
-                    rows = run_remote(client, job, self.graph_for(job), self.node_id, self.config.timeout_s,
-                                      self.check, cancel, started, self.poll)
+                    rows = run_remote(client, job, graph_for(job), self.node_id, self.config.timeout_s,
+                                      check, cancel, started, self.poll)
                 except WorkerFault as e:
                     lost_race = str(e) == "stopped" and not stop.is_set()
                     with cond:  # the chunk goes back first (unless its other run goes on); then the prompt stops
@@ -334,8 +361,7 @@ class WorkerDispatch:
                             alive.discard(url)
                         if str(e) != "stopped":
                             self.faulty.add(url)
-                            self.notes.append(f"worker {url} {e}: its shard (candidates {job.start}.."
-                                              f"{job.start + job.count - 1}) was re-assigned")
+                            self.notes.append(f"worker {url} {e}: its shard ({job.what()}) was re-assigned")
                     if busy is not None:
                         client.interrupt(busy[1])
                     if lost_race:  # its backup (or the run it backed up) answered first: it takes the next
@@ -367,21 +393,21 @@ class WorkerDispatch:
                     reported, fresh[:] = list(fresh), []
                     if queue.complete():
                         break
-                    task = queue.take("local") if (self.config.local or not alive) else None
+                    task = queue.take("local", steal=True) if (self.config.local or not alive) else None
                     if task is None:
                         cond.wait(self.poll)
                 for rows in reported:
-                    self.on_remote(rows)
+                    on_remote(rows)
                 if task is None:
                     self.interrupted()
                     continue
-                rows = run_local(task.spec["start"], task.spec["count"])
+                rows = run_local(task)
                 with cond:
                     for other in queue.finish(task, "local", rows):  # a worker's backup run is not needed
                         if other in cancels:
                             cancels[other].set()
             for rows in reported:
-                self.on_remote(rows)
+                on_remote(rows)
         finally:
             stop.set()
             with cond:
@@ -393,6 +419,4 @@ class WorkerDispatch:
                 client.interrupt(pid)
             for t in threads:
                 t.join(timeout=10)
-        self.done.update(queue.done)
-        self.ran.update(queue.ran)
-        return [self.done[(s, c)] for s, c in plan]
+        return queue

@@ -157,7 +157,7 @@ class _HostRounds:
 
 
 def _rows_work(base: int, rows: List[int], end: int, verifier: str, drop: Sequence[int] = (), fresh: bool = False,
-               replay: bool = False):
+               replay: bool = False, expect: Optional[int] = None):
     """What an executor does with one round's instruction for its rows (``held``: candidate -> its one-row
     state, kept on the executor between rounds): drop ``drop``; start ``rows`` from their seeds (``fresh``: the
     first round, or a replay of rows whose executor failed) or continue them; sample them to schedule index
@@ -176,6 +176,10 @@ def _rows_work(base: int, rows: List[int], end: int, verifier: str, drop: Sequen
                 raise ExecutorFault(f"holds no state for candidate(s) {missing[:5]}")
             state = State.cat([held[i][0] for i in rows])
             noise = torch.cat([held[i][1] for i in rows])
+        if expect is not None and int(state.index) != int(expect):
+            raise ExecutorFault(f"holds candidate(s) {rows[:5]} at step {int(state.index)}, not {int(expect)}")
+        if not int(state.index) < int(end) <= int(host.steps):
+            raise ValueError(f"cannot sample from step {int(state.index)} to step {int(end)} of {int(host.steps)}")
         final, begin = end >= int(host.steps), int(state.index)
         state, x0 = host.sample(state, end, seeds)
         first = int(getattr(host, "scored_rows", 0))
@@ -192,6 +196,14 @@ def _rows_work(base: int, rows: List[int], end: int, verifier: str, drop: Sequen
                 held[i] = (state.select([r]), noise[r:r + 1])
         return out
     return work
+
+
+def rows_work(base: int, spec: Dict[str, Any], verifier: str = "verifier"):
+    """The work of a rows task from its plain-data ``spec`` (what a worker server is sent: ``rows``, ``begin``,
+    ``end``, ``drop``, ``fresh``, ``replay``), as :func:`_rows_work` builds it in this process."""
+    return _rows_work(int(base), [int(i) for i in spec["rows"]], int(spec["end"]), verifier,
+                      drop=[int(i) for i in spec.get("drop") or ()], fresh=bool(spec.get("fresh")),
+                      replay=bool(spec.get("replay")), expect=spec.get("begin"))
 
 
 class _DispatchedRounds:
@@ -223,7 +235,7 @@ class _DispatchedRounds:
             rows = list(task.spec["rows"])
             return [Task((task.key, "replay", j), _rows_work(self.base, rows[j:j + size], end, self.verifier,
                                                              fresh=True, replay=True),
-                         {"rows": rows[j:j + size], "end": end, "replay": True},
+                         {"rows": rows[j:j + size], "begin": 0, "end": end, "fresh": True, "replay": True},
                          cost=float(len(rows[j:j + size]) * self.host.nfe(0, end)))
                     for j in range(0, len(rows), size)]
         return orphan
@@ -234,7 +246,8 @@ class _DispatchedRounds:
         if not self.owner:  # the first round: chunks of fresh rows, taken on demand
             plan = self.dispatch.plan(len(alive), max(1, int(getattr(self.host, "micro_batch", 0) or 1)))
             tasks = [Task(("start", s), _rows_work(self.base, alive[s:s + c], end, self.verifier, fresh=True),
-                          {"rows": alive[s:s + c], "end": end}, cost=float(c * nfe(0, end))) for s, c in plan]
+                          {"rows": alive[s:s + c], "begin": 0, "end": end, "fresh": True},
+                          cost=float(c * nfe(0, end))) for s, c in plan]
         else:
             by: Dict[str, List[int]] = {}
             for i in alive:
@@ -247,7 +260,8 @@ class _DispatchedRounds:
                     part = rows[j:j + size]
                     tasks.append(Task(("rows", self.round, who, j),
                                       _rows_work(self.base, part, end, self.verifier, drop=drop if j == 0 else ()),
-                                      {"rows": part, "end": end, "drop": drop if j == 0 else []}, owner=who,
+                                      {"rows": part, "begin": self.index, "end": end,
+                                       "drop": drop if j == 0 else []}, owner=who,
                                       cost=float(len(part) * nfe(self.index, end))))
         queue = self.dispatch.run(tasks, orphan=self._orphan(end))
         self.tasks += len(queue.order)

@@ -31,7 +31,9 @@ from .host import SearchHost
 from .noise import seeds_for, wrap_seed
 from .report import Finalist
 
-PROTOCOL = 2  # the shard's format: 2 sends a digest of the master's fingerprint, never the fingerprint
+# the shard's format: 2 sends a digest of the master's fingerprint, never the fingerprint; 3 adds rows tasks
+# (``kind`` "rows": rows whose state stays on the worker between a search's rounds)
+PROTOCOL = 3
 MAX_SCORE = 1e9  # no verifier scores beyond this: a claimed score past it is refused as out of range
 
 
@@ -110,6 +112,87 @@ def run_shard(host: SearchHost, base_seed: int, start: int, count: int, keep: in
                      kept=kept, local_scores=scored, host_first=int(host_first or 0))
 
 
+def _members(m: Any, members: int, what: str, bad) -> List[float]:
+    """One candidate's member scores from outside: ``members`` numbers, finite or -inf, within range."""
+    if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
+        raise bad(f"{what} has member scores {net_short(m)}, expected {members} number(s)")
+    if any(type(v) is int and abs(v) > MAX_SCORE for v in m):  # before float(): 10**400 overflows it
+        raise bad(f"{what} has a score out of range (no verifier scores beyond {MAX_SCORE:g})")
+    if not all(math.isfinite(v) or v == -math.inf for v in m):  # -inf: a remote grader's failed answer
+        raise bad(f"{what} has a non-finite score {net_short(m)}")
+    if any(math.isfinite(v) and abs(v) > MAX_SCORE for v in m):
+        raise bad(f"{what} has a score out of range {net_short(m)} (no verifier scores beyond {MAX_SCORE:g})")
+    return [float(x) for x in m]
+
+
+def net_short(v: Any, most: int = 120) -> str:
+    t = repr(v)
+    return t if len(t) <= most else t[:most] + "..."
+
+
+MAX_ROWS = 65536  # the most rows one task may name
+
+
+def rows_spec(spec: Any) -> Dict[str, Any]:
+    """A rows task's instruction as plain data, checked (what a worker is sent and acts on): ``rows``
+    (distinct candidate indices), ``begin`` < ``end`` (schedule indices), ``drop`` (indices whose state goes),
+    ``fresh`` and ``replay``.  ValueError when it is not one."""
+    if not isinstance(spec, dict):
+        raise ValueError("a rows task is a JSON object")
+    rows, drop = spec.get("rows"), spec.get("drop") or []
+    for name, v in (("rows", rows), ("drop", drop)):
+        if not isinstance(v, list) or len(v) > MAX_ROWS or not all(type(i) is int and 0 <= i < 2 ** 31 for i in v):
+            raise ValueError(f"a rows task's {name} must be a list of at most {MAX_ROWS} candidate indices")
+    if not rows or len(set(rows)) != len(rows):
+        raise ValueError("a rows task names each of its rows once, and at least one")
+    begin, end = spec.get("begin"), spec.get("end")
+    if type(begin) is not int or type(end) is not int or not 0 <= begin < end <= 100000:
+        raise ValueError(f"a rows task goes from one schedule step to a later one, got {begin!r} to {end!r}")
+    fresh = spec.get("fresh", False)
+    if type(fresh) is not bool or type(spec.get("replay", False)) is not bool or (fresh and begin != 0):
+        raise ValueError("a rows task's fresh and replay are true or false; fresh rows begin at step 0")
+    return {"rows": list(rows), "begin": begin, "end": end, "drop": list(drop), "fresh": fresh,
+            "replay": bool(spec.get("replay", False))}
+
+
+def check_rows_answer(answer: Any, *, spec: Dict[str, Any], members: int, nfe: int, token: str,
+                      source: str) -> Dict[str, Any]:
+    """A rows task's answer from outside this process, validated before any of it is used: the protocol and
+    token, exactly the task's rows in order, ``members`` member scores each (finite or -inf), ``nfe`` NFEs in
+    all, and its replay flag.  What the task's work gives in this process (no finalist latents: the master
+    re-renders its finalists)."""
+    def bad(why: str) -> ShardAnswerError:
+        return ShardAnswerError(f"the answer of {source} for {len(spec['rows'])} row(s) to step {spec['end']} is "
+                                f"malformed: {why}. Its scores were not used")
+
+    if not isinstance(answer, dict):
+        raise bad(f"expected a JSON object, got {type(answer).__name__}")
+    if answer.get("protocol") != PROTOCOL:
+        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
+    if answer.get("token") != token:
+        raise bad("it answers another request (its token differs)")
+    if answer.get("kind") != "rows" or answer.get("rows") != list(spec["rows"]):
+        raise bad("it names other rows than the task's, or not in order")
+    ms = answer.get("members")
+    if not isinstance(ms, list) or len(ms) != len(spec["rows"]):
+        raise bad(f"expected member scores of {len(spec['rows'])} rows")
+    rows = [_members(m, members, f"candidate {i}", bad) for i, m in zip(spec["rows"], ms)]
+    if type(answer.get("nfe")) is not int or answer["nfe"] != int(nfe):
+        raise bad(f"it spent {answer.get('nfe')!r} NFEs, expected {int(nfe)}")
+    if answer.get("replay") is not bool(spec.get("replay", False)):
+        raise bad("its replay flag is not the task's")
+    return {"rows": list(spec["rows"]), "members": torch.tensor(rows, dtype=torch.float32).reshape(len(rows), members),
+            "nfe": int(nfe), "replay": bool(spec.get("replay", False)), "finalists": {}}
+
+
+def rows_answer(out: Dict[str, Any], *, token: str, fingerprint: Dict[str, str]) -> Dict[str, Any]:
+    """A rows task's answer as plain data (the worker side of :func:`check_rows_answer`): rows, raw member
+    scores, NFEs; never a latent."""
+    return {"protocol": PROTOCOL, "kind": "rows", "token": token, "fingerprint": dict(fingerprint), "refused": None,
+            "rows": [int(i) for i in out["rows"]], "members": [[float(v) for v in r] for r in out["members"]],
+            "nfe": int(out["nfe"]), "replay": bool(out["replay"])}
+
+
 def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members: int, nfe: Optional[int],
                  token: str, source: str) -> ShardRows:
     """A shard answer from outside this process (a worker's JSON), validated before any of it is used:
@@ -139,19 +222,11 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
             raise bad(f"entry {j} names another candidate than {start + j} (ids must be the shard's, in order)")
         if type(c.get("seed")) is not int or c.get("seed") != seeds[j]:
             raise bad(f"candidate {idx} has another seed than {seeds[j]}")
-        m = c.get("members")
-        if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
-            raise bad(f"candidate {idx} has member scores {m!r}, expected {members} number(s)")
-        if any(type(v) is int and abs(v) > MAX_SCORE for v in m):  # before float(): 10**400 overflows it
-            raise bad(f"candidate {idx} has a score out of range (no verifier scores beyond {MAX_SCORE:g})")
-        if not all(math.isfinite(v) or v == -math.inf for v in m):  # -inf: a remote grader's failed answer
-            raise bad(f"candidate {idx} has a non-finite score {m!r}")
-        if any(math.isfinite(v) and abs(v) > MAX_SCORE for v in m):
-            raise bad(f"candidate {idx} has a score out of range {m!r} (no verifier scores beyond {MAX_SCORE:g})")
+        m = _members(c.get("members"), members, f"candidate {idx}", bad)
         v = c.get("nfe")
         if type(v) is not int or v < 1 or (nfe is not None and v != nfe):
             raise bad(f"candidate {idx} spent {v!r} NFEs, expected {nfe if nfe is not None else 'a positive count'}")
-        rows.append([float(x) for x in m])
+        rows.append(m)
         nfes.append(v)
     return ShardRows(start, count, torch.tensor(rows, dtype=torch.float32).reshape(count, members), nfes,
                      where=source)

@@ -25,6 +25,7 @@ from PIL import Image
 from comfy_server import execution_error, free_port, launch, need, set_endpoints, shutdown
 from graphs import PREFIX, aesthetic_node, base_graph, custom_sampling, search_graph, verifier_node
 from loopback import serve, stop
+from strategy_graphs import with_strategy
 
 SEED, N = 321, 4
 
@@ -399,3 +400,101 @@ def test_killing_the_worker_mid_search_gives_the_same_result(comfy, worker, prox
     rep = assert_same_search(comfy, entry, ref)
     faults = rep["settings"]["workers"]["faults"]
     assert len(faults) == 1 and faults[0].startswith(f"worker {proxy.url} ") and "re-assigned" in faults[0], faults
+
+
+# --------------------------------------------------------------------------- successive halving over a worker
+def halving_search(prefix):
+    """Successive halving (two prune rounds) with the mean-rank ensemble, two rows at a time: the first round's
+    rows go out in chunks, and each later round continues the rows where their state lives."""
+    g = ensemble_search(prefix)
+    g["6"]["inputs"]["micro_batch"] = 2
+    return with_strategy(g, "halving")
+
+
+def local_halving(comfy):
+    if "halving" not in _LOCAL:
+        _LOCAL["halving"] = comfy.run_ok(halving_search("wk_h_local"))
+    return _LOCAL["halving"]
+
+
+def assert_same_halving(comfy, entry, ref):
+    a = assert_same_search(comfy, entry, ref)
+    b = report_of(ref)
+    for sa, sb in zip(a["settings"]["stages"], b["settings"]["stages"]):
+        assert (sa["candidates"], sa["kept"]) == (sb["candidates"], sb["kept"])
+        assert sa["scores"] == pytest.approx(sb["scores"], abs=1e-5)
+    assert len(a["settings"]["stages"]) == len(b["settings"]["stages"]) == 2
+    return a
+
+
+def test_successive_halving_over_a_worker_equals_the_local_search(comfy, worker, proxy):
+    """The worker keeps its rows' state between rounds: the later rounds' prompts continue rows (not fresh), and
+    every prune, score, the ranking and the winner equal the one-machine search's."""
+    ref = local_halving(comfy)
+    before = set(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(comfy, halving_search("wk_h"), [proxy.url]))
+    rep = assert_same_halving(comfy, entry, ref)
+    assert rep["settings"]["dispatch"]["executors"] == 2 and not rep["settings"]["dispatch"]["failed"]
+    sent = []
+    for pid, h in worker_prompts(worker).items():
+        if pid in before:
+            continue
+        (node,) = [n for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")]
+        sent.append(json.loads(node["inputs"]["shard"]))
+        (out,) = h["outputs"].values()
+        ans = json.loads(out["text"][0])
+        assert ans["kind"] == "rows" and ans["refused"] is None and len(ans["members"][0]) == 2
+    assert sent and all(s["kind"] == "rows" for s in sent)
+    assert any(s["fresh"] for s in sent) and any(not s["fresh"] and s["begin"] > 0 for s in sent), sent
+    note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
+    assert f"worker {proxy.url}" in note and "this machine" in note
+    assert rep["settings"]["workers"]["audit"]["candidates"] >= 1  # the finalist, rendered and checked here
+    assert os.listdir(worker.output_dir) == []
+
+
+def test_a_lying_worker_in_halving_is_caught_and_the_result_is_the_honest_search(comfy, worker, proxy):
+    """A worker that inflates its rows' scores is caught by the audit (its rows re-sampled here), dropped, and
+    the search runs again without it: the one-machine result."""
+    ref = local_halving(comfy)
+
+    def lie(raw: bytes) -> bytes:
+        hist = json.loads(raw)
+        for h in hist.values():
+            for out in (h.get("outputs") or {}).values():
+                ans = json.loads(out["text"][0])
+                if ans.get("kind") == "rows":
+                    ans["members"] = [[v + 50.0 for v in m] for m in ans["members"]]
+                    out["text"][0] = json.dumps(ans)
+        return json.dumps(hist).encode()
+    proxy.tamper = lie
+    entry = comfy.run_ok(with_workers(comfy, halving_search("wk_h_lie"), [proxy.url]))
+    rep = assert_same_halving(comfy, entry, ref)
+    (dropped,) = rep["settings"]["workers"]["audit"]["dropped"]
+    assert dropped["worker"] == proxy.url and "disagrees" in dropped["why"]
+
+
+def test_killing_the_worker_mid_halving_gives_the_same_result(comfy, worker, proxy):
+    """The worker dies while it holds rows: they are re-run from their seeds here, and nothing but time changes."""
+    ref = local_halving(comfy)
+    before = set(worker_prompts(worker))
+    code, body = comfy.queue(with_workers(comfy, halving_search("wk_h_kill"), [proxy.url]))
+    assert code == 200, body
+    t0 = time.time()
+    held = []
+    while time.time() - t0 < 120 and not held:  # the worker answered a first round: it holds rows
+        for pid, h in worker_prompts(worker).items():
+            if pid not in before and h.get("outputs"):
+                (out,) = h["outputs"].values()
+                held += json.loads(out["text"][0])["rows"]
+        time.sleep(0.02)
+    assert held, "the worker never answered a rows task"
+    worker.proc.kill()
+    worker.proc.wait(20)
+    entry = comfy.wait(body["prompt_id"], 300)
+    assert execution_error(entry) is None, execution_error(entry)
+    rep = assert_same_halving(comfy, entry, ref)
+    assert proxy.url in rep["settings"]["dispatch"]["failed"]
+    first = rep["settings"]["stages"][0]
+    if set(held) & set(first["kept"]):  # rows it held went on: re-run from their seeds on this machine
+        assert rep["settings"]["dispatch"]["replayed_rows"] >= 1
+        assert any("re-run from their seeds" in n for n in rep["notes"])
