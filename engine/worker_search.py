@@ -40,14 +40,16 @@ from ..search import get_algorithm, run_strategy
 from ..search.dispatch import HostExecutor, TaskQueue, plan_chunks
 from ..search.halving import rows_work
 from ..search.report import Finalist
-from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, check_rows_answer,
-                              rows_answer, rows_spec, run_shard)
+from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, check_noises_answer,
+                              check_rows_answer, encode_noise, noises_answer, noises_spec, noises_work, rows_answer,
+                              rows_spec, run_shard)
 from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
-# the strategies that search with worker machines: random search's chunks, and successive halving's rounds (each
-# row's state stays on the worker that made it)
-WORKER_STRATEGIES = ("random", "halving")
+# the strategies that search with worker machines: random search's chunks, successive halving's rounds (each
+# row's state stays on the worker that made it), and zero-order's and evolution's rounds of noises (each worker
+# is sent its rows' noises and answers their scores)
+WORKER_STRATEGIES = ("random", "halving", "zero_order", "evolution")
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
@@ -201,12 +203,18 @@ class ShardDispatcher:
 
 
 class RoundsDispatcher:
-    """Successive halving's rounds over the worker servers (``search.dispatch.Pool``'s interface, which
-    ``search/halving.py`` drives): the first round's rows go out in chunks taken on demand; each row's state
-    then stays on the machine that made it (a worker keeps it between the master's prompts, :class:`HeldRows`),
-    and each later round sends every machine its rows' instruction (continue these to step L, drop those).
-    A worker that fails has its rows re-run from their seeds elsewhere.  This machine is an executor too
-    ('local', its rows' state in ``local.held``).  Every remote answer is recorded (``claims``) for the audit."""
+    """A search's rounds over the worker servers (``search.dispatch.Pool``'s interface), for two kinds of task.
+
+    * **rows** (successive halving, ``search/halving.py``): the first round's rows go out in chunks taken on
+      demand; each row's state then stays on the machine that made it (a worker keeps it between the master's
+      prompts, :class:`HeldRows`), and each later round sends every machine its rows' instruction (continue
+      these to step L, drop those).  A worker that fails has its rows re-run from their seeds elsewhere.
+    * **noises** (zero-order, evolution, ``search/evaluate.py``): each round's noises go out in chunks taken on
+      demand, as exact float32 tensors with the seed of each row's in-sampler randomness; a worker renders and
+      scores them and answers the scores.  A failed worker's chunk runs elsewhere.
+
+    This machine is an executor too ('local', its rows' state in ``local.held``).  Every remote answer is
+    recorded (``claims``) for the audit."""
 
     def __init__(self, workers: WorkerDispatch, host: ComfyHost, base: int, verifier, prompt: str, mine, members: int,
                  graph, node_id: str, progress: Progress):
@@ -218,7 +226,8 @@ class RoundsDispatcher:
         self.queues: List[TaskQueue] = []
         self.dead: Dict[str, str] = {}
         self.speed: Dict[str, Any] = {}
-        self.claims: List[Any] = []         # (worker, end, rows, member scores) of every answer a worker gave
+        self.claims: List[Any] = []         # (worker, end, rows, member scores) of every rows answer a worker gave
+        self.noise_claims: List[Any] = []   # (worker, noises, seeds, member scores) of every noises answer
 
     def executors(self) -> int:
         return self.workers.executors()
@@ -232,8 +241,13 @@ class RoundsDispatcher:
         return b.all()
 
     def _graph(self, job: ShardJob) -> Dict[str, Any]:
-        spec = dict(rows_spec(job.task.spec), protocol=PROTOCOL, kind="rows", search=self.search, seed=self.base,
-                    token=job.token, expect=fingerprint_digest(self.mine, job.token))
+        common = dict(protocol=PROTOCOL, search=self.search, seed=self.base, token=job.token,
+                      expect=fingerprint_digest(self.mine, job.token))
+        if job.task.spec.get("kind") == "noises":
+            spec = dict(common, kind="noises", noise=encode_noise(job.task.spec["noises"]),
+                        seeds=list(job.task.spec["seeds"]))
+        else:
+            spec = dict(rows_spec(job.task.spec), kind="rows", **common)
         return shard_graph(self.graph, self.node_id, spec)
 
     def _check(self, url: str, job: ShardJob, ans: Any) -> Dict[str, Any]:
@@ -243,6 +257,13 @@ class RoundsDispatcher:
         if diff:
             raise WorkerRefused(f"worker {url} is refused: its " + "; its ".join(WHAT.get(k, k) for k in diff)
                                 + " differ from this machine's. Its scores were not used")
+        if job.task.spec.get("kind") == "noises":
+            seeds = list(job.task.spec["seeds"])
+            out = check_noises_answer(ans, rows=len(seeds), members=self.members,
+                                      nfe=len(seeds) * int(self.host.nfe(0, int(self.host.steps))), token=job.token,
+                                      source=f"worker {url}")
+            self.noise_claims.append((url, job.task.spec["noises"], seeds, out["members"]))
+            return out
         spec = rows_spec(job.task.spec)
         nfe = len(spec["rows"]) * int(self.host.nfe(spec["begin"], spec["end"]))
         out = check_rows_answer(ans, spec=spec, members=self.members, nfe=nfe, token=job.token,
@@ -272,7 +293,7 @@ class RoundsDispatcher:
         for q in self.queues:
             for key in q.order:
                 who = q.ran.get(key, "local")
-                by[who] = by.get(who, 0) + len(q.done[key]["rows"])
+                by[who] = by.get(who, 0) + int(q.done[key]["members"].shape[0])
         return by
 
     def audit(self, audit: "Audit", finalists: List[Finalist], liars: Dict[str, str]) -> None:
@@ -297,6 +318,7 @@ class RoundsDispatcher:
                     audit.nfe += int(ans["nfe"])
                     own = ans["members"][0]
                 self._compare(url, i, end, got[r], own, audit, liars)
+        self._audit_noises(audit, finalists, liars)
         for f in finalists:
             i = f.result.index
             if f.latent is not None or i not in final:
@@ -310,14 +332,51 @@ class RoundsDispatcher:
             if url not in liars and kept is not None:
                 f.latent, f.noise, f.batch = kept.latent, kept.noise, kept.batch
 
+    def _audit_noises(self, audit: "Audit", finalists: List[Finalist], liars: Dict[str, str]) -> None:
+        """Noise rows: ``audit_per_shard`` rows of each answer rendered and scored here; and every finalist a
+        worker rendered (it carries its noise and seed), rendered here, which gives it its latent."""
+        k = int(audit.config.audit_per_shard)
+        verifier = name_of(self.verifier)
+
+        def own(noise: torch.Tensor, seed: int) -> Dict[str, Any]:
+            got = noises_work(noise, [int(seed)], [f"audit of noise row (seed {seed})"], verifier)(self.host, {})
+            audit.nfe += int(got["nfe"])
+            audit.own[("noise", int(seed))] = got
+            return got
+        claimed: Dict[int, Any] = {}
+        for url, noises, seeds, got in self.noise_claims:
+            for r, sd in enumerate(seeds):
+                claimed[int(sd)] = (url, noises[r:r + 1], got[r])
+            if k <= 0 or url in liars:
+                continue
+            for r in sorted(audit.rng.sample(range(len(seeds)), min(k, len(seeds)))):
+                mine = own(noises[r:r + 1], seeds[r])
+                self._compare(url, r, steps_of(self.host), got[r], mine["members"][0], audit, liars,
+                              what=f"noise row of seed {seeds[r]}")
+        for f in finalists:
+            if f.latent is not None or f.seed is None or int(f.seed) not in claimed:
+                continue
+            url, noise, members = claimed[int(f.seed)]
+            if url in liars:
+                continue
+            mine = own(noise, int(f.seed))
+            self._compare(url, f.result.index, steps_of(self.host), members, mine["members"][0], audit, liars)
+            if url not in liars:
+                f.latent, f.batch = mine["latents"][0:1], (mine["batch"] or [None])[0]
+
     @staticmethod
     def _compare(url: str, i: int, end: int, claimed: torch.Tensor, own: torch.Tensor, audit: "Audit",
-                 liars: Dict[str, str]) -> None:
+                 liars: Dict[str, str], what: str = "") -> None:
         if url in liars or agree(claimed, own, audit.config.audit_tolerance):
             return
         fmt = lambda t: ", ".join(f"{v:.4g}" for v in t.reshape(-1).tolist())  # noqa: E731
-        liars[url] = (f"its claimed score of candidate {i} at step {end} ({fmt(claimed)}) disagrees with this "
-                      f"machine's own ({fmt(own)}) beyond the tolerance of {audit.config.audit_tolerance:g}")
+        liars[url] = (f"its claimed score of {what or f'candidate {i} at step {end}'} ({fmt(claimed)}) disagrees "
+                      f"with this machine's own ({fmt(own)}) beyond the tolerance of "
+                      f"{audit.config.audit_tolerance:g}")
+
+
+def steps_of(host) -> int:
+    return int(host.steps)
 
 
 def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
@@ -356,7 +415,7 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
                               on_remote=lambda rows: progress.advance(sum(rows.nfe)))
     audit = Audit(host, base, config, rng)
 
-    in_rounds = strategy is not None and get_algorithm(strategy.name).dispatch == "rounds"
+    in_rounds = strategy is not None and get_algorithm(strategy.name).dispatch in ("rounds", "noises")
     dispatcher: Any = ShardDispatcher(dispatch, verifier, prompt)
     dropped: List[Dict[str, str]] = []
     try:
@@ -449,7 +508,7 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
         spec = json.loads(shard)
         if not isinstance(spec, dict):
             raise TypeError
-        if spec.get("kind") == "rows":
+        if spec.get("kind") in ("rows", "noises"):
             return answer_rows(plan, vae, verifier, prompt, seed, micro_batch, spec)
         start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
                                      str(spec["token"]))
@@ -484,14 +543,20 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
 
 def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro_batch: int,
                 spec: Dict[str, Any]) -> Dict[str, Any]:
-    """A rows task on a worker: start ``rows`` from their seeds (``fresh``) or continue the ones this worker
+    """A noises task on a worker: render each noise row (its seed keys the in-sampler randomness), score it,
+    answer the scores.  A rows task on a worker: start ``rows`` from their seeds (``fresh``) or continue the ones this worker
     holds for the search, drop ``drop``, sample them to step ``end``, score their x0-predictions (their final
     latents at the end) and keep their state here for the next round (:data:`HELD`)."""
     if spec.get("protocol") != PROTOCOL:
         raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
                                f"{PROTOCOL}: install the same pack version on both machines")
+    noises = spec.get("kind") == "noises"
     try:
-        task = rows_spec(spec)
+        if noises:
+            noise, seeds = noises_spec(spec, like=list(plan.template.shape[1:]))
+            task = {"rows": seeds, "begin": 0, "end": 1, "replay": False}
+        else:
+            task = rows_spec(spec)
         base, token, search = int(spec["seed"]), str(spec["token"]), str(spec["search"])
     except (ValueError, KeyError, TypeError) as e:
         raise SearchInputError(f"Search Shard got a rows task it cannot read ({e}); this node runs on worker "
@@ -500,8 +565,8 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
         raise SearchInputError(f"a rows task of seed {base} does not belong to this search (seed {seed})")
     mine = fingerprint(plan, vae, verifier, prompt)
     if spec.get("expect") != fingerprint_digest(mine, token):
-        return {"protocol": PROTOCOL, "kind": "rows", "token": token, "fingerprint": mine, "refused": "fingerprint",
-                "rows": [], "members": [], "nfe": 0, "replay": task["replay"]}
+        return {"protocol": PROTOCOL, "kind": spec.get("kind"), "token": token, "fingerprint": mine,
+                "refused": "fingerprint", "rows": [], "members": [], "nfe": 0, "replay": task["replay"]}
     n = len(task["rows"])
     progress = Progress(total=max(1, n * (task["end"] - task["begin"])), model=plan.model)
     vae = scoring_vae(plan, vae)
@@ -509,6 +574,10 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
     try:
         host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(n, int(micro_batch)),
                          mask_seed=int(seed), devices=lanes)
+        if noises:
+            labels = [f"noise row (seed {s})" for s in seeds]
+            out = noises_work(noise, seeds, labels, name_of(verifier))(host, {})
+            return noises_answer(out, token=token, fingerprint=mine)
         if task["end"] > int(host.steps):
             raise SearchInputError(f"a rows task to step {task['end']} of a {int(host.steps)}-step schedule")
         out = rows_work(base, task, name_of(verifier))(host, HELD.get(search))

@@ -161,7 +161,7 @@ class ShardJob:
     task: Optional[Task] = None
 
     def what(self) -> str:
-        if self.task is not None and "rows" in self.task.spec:
+        if self.task is not None and ("rows" in self.task.spec or "seeds" in self.task.spec):
             return describe(self.task)
         return f"candidates {self.start}..{self.start + self.count - 1}"
 
@@ -343,8 +343,8 @@ class WorkerDispatch:
                     if task is None:
                         return
                     cancel = cancels[url] = threading.Event()
-                job = ShardJob(int(task.spec.get("start", 0)), int(task.spec.get("count", len(task.spec.get("rows") or ()))),
-                               task=task)
+                job = ShardJob(int(task.spec.get("start", 0)),
+                               int(task.spec.get("count", len(task.spec.get("rows") or ()))), task=task)
 
                 def started(pid: str) -> None:
                     with cond:

@@ -122,6 +122,9 @@ class TaskQueue:
         self.started: Dict[Tuple[Hashable, str], float] = {}
         self.speed: Dict[str, Tuple[float, float]] = {}  # executor -> (cost finished, seconds it took)
         self.uncancellable: set = set()  # executors whose runs cannot be stopped: no backup of theirs
+        self.seen: set = set()           # executors that asked for work (the ones the end-game plans with)
+        self.defer = True                # a free task goes to whoever would finish it first (:meth:`_defer`)
+        self.deferred = 0                # times an executor left a task to a faster one
         self.orphan = orphan
         for t in tasks:
             self.add(t)
@@ -159,8 +162,12 @@ class TaskQueue:
         with self.cond:
             if who in self.dead:
                 return None
+            self.seen.add(who)
             for i, t in enumerate(self.pending):
                 if t.owner is None or t.owner == who:
+                    if t.owner is None and self._defer(who):
+                        self.deferred += 1
+                        break
                     del self.pending[i]
                     self._start(t, who)
                     return t
@@ -171,6 +178,40 @@ class TaskQueue:
             if backup:
                 return self._backup(who)
             return None
+
+    def _defer(self, who: str) -> bool:
+        """Whether ``who`` should leave the free tasks pending to faster executors: the end-game of uneven
+        machines.  The pending free tasks are planned greedily, in order, each on the executor that would
+        finish it first (earliest finish time, from the speeds measured so far; a busy executor is free when its
+        running task should end); ``who`` defers when that plan gives it none of them, since then a faster
+        machine, free soon, ends each of them sooner than ``who`` would.  Never before ``who``'s own speed is
+        measured, nor while an executor of unknown speed could take work."""
+        mine = self.rate(who)
+        if not self.defer or mine is None:
+            return False
+        now = self.clock()
+        rates: Dict[str, float] = {who: mine}
+        free: Dict[str, float] = {who: now}
+        for e in self.seen:
+            if e == who or e in self.dead:
+                continue
+            r = self.rate(e)
+            if r is None:
+                return False
+            rates[e], free[e] = r, now
+        for key, (t, runners) in self.running.items():
+            for e in runners:
+                if e in free and e != who:
+                    ends = self.started.get((key, e), now) + float(t.cost) / rates[e]
+                    free[e] = max(free[e], ends)
+        for t in self.pending:
+            if t.owner is not None:
+                continue
+            best = min(free, key=lambda e: (free[e] + float(t.cost) / rates[e], e != who))
+            if best == who:
+                return False
+            free[best] += float(t.cost) / rates[best]
+        return True
 
     def _backup(self, who: str) -> Optional[Task]:
         """A free task another executor runs, for ``who`` to run too: the one whose run by ``who`` would end
@@ -313,6 +354,8 @@ def describe(task: Task) -> str:
     if "rows" in s:
         rows = list(s["rows"])
         return f"{len(rows)} row(s) to step {s.get('end')}"
+    if "seeds" in s:
+        return f"{len(s['seeds'])} noise row(s)"
     return str(task.key)
 
 

@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Tuple  # noqa: F401
 
 import torch
 
-from .common import (TAG_EVOLUTION, TopK, check_budget, check_top_k, checked_scores, derived_noise, finalist,
-                     generation_nfe, render)
+from .common import TAG_EVOLUTION, TopK, check_budget, check_top_k, derived_noise, generation_nfe
+from .evaluate import Evaluator, noise_finalist
 from .host import SearchHost, derive_seed
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
@@ -43,8 +43,12 @@ from .stopping import StopRule, Stopper
 
 
 def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                     stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                     stop: StopRule = None, dispatch=None, member_names=(), **params
+                     ) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every candidate on this host; else each generation's noises go to the dispatcher's
+    executors in chunks (``search/evaluate.py``): the same scores, populations and finalists."""
     p = ALGORITHM.resolve(params)
+    render_score = Evaluator(host, verifier, dispatch)
     gen = generation_nfe(host)
     K, mutation = p["tournament"], p["mutation"]
     n_total = int(budget_nfe) // gen
@@ -67,14 +71,13 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
 
     def evaluate(noises, run_seeds, labels, plain_seeds):
         nonlocal spent
-        latents, nfe, batch = render(host, noises, run_seeds)
+        scores, latents, nfe, batch = render_score(noises, run_seeds, labels)
         first_nfe, spent = spent, spent + nfe
-        scores = checked_scores(host.score(latents), len(labels), labels, verifier)
         idx = []
         for j, (lab, sc) in enumerate(zip(labels, scores)):
             i = len(results)
             results[i] = CandidateResult(index=i, seed=plain_seeds[j], score=sc, nfe=gen, noise_id=lab)
-            keep.offer(sc, i, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j], batch=batch[j]))
+            keep.offer(sc, i, noise_finalist(latents[j], noises[j:j + 1], run_seeds[j], batch=batch[j]))
             idx.append(i)
             stopper.see(sc, first_nfe + (j + 1) * gen)
         return idx
@@ -117,6 +120,9 @@ def evolution_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int
 
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
+    if dispatch is not None:
+        report.settings["dispatch"] = {"executors": int(dispatch.executors()), "tasks": render_score.tasks,
+                                       "failed": dict(dispatch.dead)}
     stopper.close(report, budget_nfe, spent)
     if spent < int(budget_nfe) and not stopper.fired:
         report.settings["unspent_reason"] = (f"the remaining {int(budget_nfe) - spent} NFEs are less than one "
@@ -151,4 +157,4 @@ ALGORITHM = Algorithm(
                                    "exploited; a budget of no more generations than this is a plain random search.",
               min=2, max=1024, optional=True),
     ),
-    samplers="any", finalists="noise", check=_check)
+    samplers="any", finalists="noise", check=_check, dispatch="noises")

@@ -20,9 +20,10 @@ Nothing here imports ComfyUI or does I/O.
 """
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -240,3 +241,90 @@ def answer(rows: ShardRows, *, base_seed: int, token: str, fingerprint: Dict[str
             "fingerprint": dict(fingerprint), "refused": None,
             "candidates": [{"index": rows.start + j, "seed": seeds[j], "members": [float(v) for v in rows.rows[j]],
                             "nfe": int(rows.nfe[j])} for j in range(rows.count)]}
+
+
+# --------------------------------------------------------------------------- noises: rows given by their noise
+MAX_NOISE_VALUE = 1e4  # no unit noise has a value beyond this: a noise past it is refused
+
+
+def encode_noise(noise: torch.Tensor) -> Dict[str, Any]:
+    """Noise rows as plain data: float32, little-endian, base64, with their shape (exact: what the master made)."""
+    t = noise.detach().to("cpu", torch.float32).contiguous()
+    return {"shape": [int(d) for d in t.shape], "float32": base64.b64encode(t.numpy().astype("<f4").tobytes()).decode()}
+
+
+def decode_noise(data: Any, rows: int, like: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """:func:`encode_noise`'s data back as a tensor, checked: ``rows`` rows, each of shape ``like`` (the
+    latent's, when known), finite values within range.  ValueError otherwise."""
+    import numpy as np
+    if not isinstance(data, dict) or not isinstance(data.get("shape"), list) or not isinstance(data.get("float32"), str):
+        raise ValueError("noise rows are an object with a shape and float32 data")
+    shape = data["shape"]
+    if not (2 <= len(shape) <= 6 and all(type(d) is int and 1 <= d <= 1 << 20 for d in shape)) or shape[0] != rows:
+        raise ValueError(f"noise rows of shape {shape!r}, expected {rows} row(s)")
+    if like is not None and list(shape[1:]) != [int(d) for d in like]:
+        raise ValueError(f"noise rows of shape {shape[1:]!r} each, this latent's is {list(like)!r}")
+    n = math.prod(shape)
+    if n > 1 << 28 or len(data["float32"]) != 4 * ((4 * n + 2) // 3):
+        raise ValueError("the noise rows' data does not match their shape")
+    try:
+        raw = base64.b64decode(data["float32"], validate=True)
+    except (ValueError, TypeError):
+        raise ValueError("the noise rows' data is not base64") from None
+    t = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype("float32")).reshape(shape)
+    if not bool(torch.isfinite(t).all()) or float(t.abs().max()) > MAX_NOISE_VALUE:
+        raise ValueError("the noise rows hold a non-finite or out-of-range value")
+    return t
+
+
+def noises_spec(spec: Any, like: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, List[int]]:
+    """A noises task's instruction, checked: (noise rows, the seed of each row's in-sampler randomness)."""
+    if not isinstance(spec, dict):
+        raise ValueError("a noises task is a JSON object")
+    seeds = spec.get("seeds")
+    if not isinstance(seeds, list) or not 1 <= len(seeds) <= MAX_ROWS or \
+            not all(type(v) is int and 0 <= v < 2 ** 64 for v in seeds):
+        raise ValueError(f"a noises task's seeds are a list of 1 to {MAX_ROWS} seeds")
+    return decode_noise(spec.get("noise"), len(seeds), like), list(seeds)
+
+
+def noises_work(noises: torch.Tensor, seeds: Sequence[int], labels: Sequence[str], verifier: str = "verifier"):
+    """What an executor does with noise rows: render each from its noise (``seeds``: its in-sampler randomness)
+    and score it.  The answer: the raw member scores, the NFEs, and (in this process) the latents, the host's
+    own scores and each row's micro-batch."""
+    def work(host: SearchHost, held: Dict[Any, Any]) -> Dict[str, Any]:
+        latents, nfe, batch = render(host, noises, list(seeds))
+        first = int(getattr(host, "scored_rows", 0))
+        scores = checked_scores(host.score(latents), len(seeds), list(labels), verifier)
+        return {"members": member_rows(host, first, len(seeds), scores), "nfe": int(nfe), "latents": latents,
+                "batch": list(batch), "scores": scores}
+    return work
+
+
+def check_noises_answer(answer: Any, *, rows: int, members: int, nfe: int, token: str, source: str) -> Dict[str, Any]:
+    """A noises task's answer from outside this process, validated: the protocol and token, ``rows`` rows of
+    ``members`` member scores (finite or -inf), ``nfe`` NFEs in all; no latents."""
+    def bad(why: str) -> ShardAnswerError:
+        return ShardAnswerError(f"the answer of {source} for {rows} noise row(s) is malformed: {why}. Its scores "
+                                "were not used")
+
+    if not isinstance(answer, dict):
+        raise bad(f"expected a JSON object, got {type(answer).__name__}")
+    if answer.get("protocol") != PROTOCOL:
+        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
+    if answer.get("token") != token:
+        raise bad("it answers another request (its token differs)")
+    ms = answer.get("members")
+    if answer.get("kind") != "noises" or not isinstance(ms, list) or len(ms) != rows:
+        raise bad(f"expected member scores of {rows} noise rows")
+    got = [_members(m, members, f"noise row {j}", bad) for j, m in enumerate(ms)]
+    if type(answer.get("nfe")) is not int or answer["nfe"] != int(nfe):
+        raise bad(f"it spent {answer.get('nfe')!r} NFEs, expected {int(nfe)}")
+    return {"members": torch.tensor(got, dtype=torch.float32).reshape(rows, members), "nfe": int(nfe),
+            "latents": None, "batch": [None] * rows, "scores": None}
+
+
+def noises_answer(out: Dict[str, Any], *, token: str, fingerprint: Dict[str, str]) -> Dict[str, Any]:
+    """A noises task's answer as plain data (the worker side of :func:`check_noises_answer`)."""
+    return {"protocol": PROTOCOL, "kind": "noises", "token": token, "fingerprint": dict(fingerprint),
+            "refused": None, "members": [[float(v) for v in r] for r in out["members"]], "nfe": int(out["nfe"])}

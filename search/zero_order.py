@@ -33,7 +33,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .common import TAG_ZO, TopK, check_budget, check_top_k, checked_scores, derived_noise, finalist, generation_nfe, render
+from .common import TAG_ZO, TopK, check_budget, check_top_k, derived_noise, generation_nfe
+from .evaluate import Evaluator, noise_finalist
 from .host import SearchHost, derive_seed
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
@@ -67,8 +68,12 @@ def step_cosines(cosine: float, growth: float, rounds: int) -> List[float]:
 
 
 def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                      stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                      stop: StopRule = None, dispatch=None, member_names=(), **params
+                      ) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every candidate on this host; else each round's noises go to the dispatcher's
+    executors in chunks (``search/evaluate.py``): the same scores, pivots and finalists."""
     p = ALGORITHM.resolve(params)
+    evaluate = Evaluator(host, verifier, dispatch)
     neighbours, cosine, growth = p["neighbours"], p["cosine"], p["step_growth"]
     gen = generation_nfe(host)
     check_budget(budget_nfe, gen, "zero-order search (the pivot's own generation)")
@@ -91,13 +96,12 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
 
     seeds = seeds_for(base, 0, n_start)
     starts = host.initial_noise(seeds)
-    latents, nfe, batch = render(host, starts, seeds)
-    spent += nfe
     labels = [f"zo start {i} (seed {s})" for i, s in enumerate(seeds)]
-    scores = checked_scores(host.score(latents), n_start, labels, verifier)
+    scores, latents, nfe, batch = evaluate(starts, seeds, labels)
+    spent += nfe
     for i in range(n_start):
         results[i] = CandidateResult(index=i, seed=seeds[i], score=scores[i], nfe=gen, noise_id=labels[i])
-        keep.offer(scores[i], i, finalist(latents[i:i + 1], starts[i:i + 1], seeds[i], batch=batch[i]))
+        keep.offer(scores[i], i, noise_finalist(latents[i], starts[i:i + 1], seeds[i], batch=batch[i]))
         stopper.see(scores[i], (i + 1) * gen)
     i_best = max(range(n_start), key=lambda i: (scores[i], -i))
     pivot, pivot_score, pivot_label = starts[i_best:i_best + 1], scores[i_best], labels[i_best].split(" (")[0]
@@ -112,15 +116,14 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
         dir_seeds = [derive_seed(base, TAG_ZO, rnd, j, 0) for j in range(n)]
         run_seeds = [derive_seed(base, TAG_ZO, rnd, j, 1) for j in range(n)]
         noises = torch.cat([neighbour(pivot, t, s) for s in dir_seeds])
-        latents, nfe, batch = render(host, noises, run_seeds)
-        spent += nfe
         labels = [f"zo r{rnd} n{j} (pivot {pivot_label}, seed {base})" for j in range(n)]
-        scores = checked_scores(host.score(latents), n, labels, verifier)
+        scores, latents, nfe, batch = evaluate(noises, run_seeds, labels)
+        spent += nfe
         for j in range(n):
             results[next_index] = CandidateResult(index=next_index, seed=None, score=scores[j], nfe=gen,
                                                   noise_id=labels[j])
-            keep.offer(scores[j], next_index, finalist(latents[j:j + 1], noises[j:j + 1], run_seeds[j],
-                                                       batch=batch[j]))
+            keep.offer(scores[j], next_index, noise_finalist(latents[j], noises[j:j + 1], run_seeds[j],
+                                                             batch=batch[j]))
             next_index += 1
             stopper.see(scores[j], spent - (n - 1 - j) * gen)
         j_best = max(range(n), key=lambda j: (scores[j], -j))
@@ -137,6 +140,9 @@ def zero_order_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: in
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
     report.settings["rounds"] = rnd
+    if dispatch is not None:
+        report.settings["dispatch"] = {"executors": int(dispatch.executors()), "tasks": evaluate.tasks,
+                                       "failed": dict(dispatch.dead)}
     stopper.close(report, budget_nfe, spent)
     if spent < int(budget_nfe) and not stopper.fired:
         report.settings["unspent_reason"] = (f"the remaining {int(budget_nfe) - spent} NFEs are less than one "
@@ -166,4 +172,4 @@ ALGORITHM = Algorithm(
                                   "multiplied by this (up to 90 degrees); a win resets it. 1 = the paper's fixed "
                                   "step.", min=1.0, max=4.0, step=0.05, optional=True),
     ),
-    samplers="any", finalists="noise")
+    samplers="any", finalists="noise", dispatch="noises")

@@ -253,13 +253,75 @@ def test_halving_through_run_strategy_with_early_stopping_and_a_relative_verifie
     assert a[0].settings["finished"] == 1 and math.isfinite(a[0].candidates[0].score)
 
 
-def test_strategies_with_state_but_no_rounds_protocol_refuse_a_dispatcher():
+def test_strategies_with_state_but_no_dispatch_protocol_refuse_a_dispatcher():
     with pytest.raises(ValueError, match="cannot hand its candidates to a dispatcher"):
-        run_strategy(Strategy("zero_order"), host(), top_k=1, seed=SEED, candidates=4, dispatch=Pool(executors(2)))
+        run_strategy(Strategy("paths"), host(), top_k=1, seed=SEED, candidates=4, dispatch=Pool(executors(2)))
 
 
-def test_drive_serial_runs_the_executors_in_turn():
-    pool = Pool(executors(2), seed=SEED)
-    q = pool.run([Task(k, (lambda k: lambda h, held: k * 10)(k)) for k in range(5)])
-    assert q.results() == [0, 10, 20, 30, 40] and [q.ran[k] for k in range(5)] == ["e0", "e1"] * 2 + ["e0"]
-    assert drive_serial is pool.drive
+# --------------------------------------------------------------------------- noise strategies
+NOISE = [("zero_order", {"neighbours": 3, "start_noises": 4}), ("zero_order", {"neighbours": 5, "start_noises": 1}),
+         ("evolution", {"population": 6, "elites": 2}), ("evolution", {})]
+
+
+def noise_same(a, b):
+    same(a, b)
+    assert [c.noise_id for c in a[0].candidates] == [c.noise_id for c in b[0].candidates]
+    for fa, fb in zip(a[1], b[1]):  # the finalists' noises and seeds: what the finalist step replays
+        assert torch.equal(fa.noise, fb.noise) and fa.seed == fb.seed
+
+
+@pytest.mark.parametrize("name, params", NOISE)
+@pytest.mark.parametrize("k, fail_at", [(1, None), (3, None), (4, 1)])
+def test_noise_strategies_in_chunks_on_several_executors_equal_one_machine(name, params, k, fail_at):
+    strat = Strategy(name, params, budget_nfe=30 * STEPS)
+    ref = run_strategy(strat, host(micro_batch=3), top_k=2, seed=SEED)
+    pool = Pool(executors(k, fail_at=fail_at))
+    got = run_strategy(strat, host(micro_batch=3), top_k=2, seed=SEED, dispatch=pool)
+    noise_same(got, ref)
+    d = got[0].settings["dispatch"]
+    assert d["executors"] == k and d["tasks"] >= len(got[0].trace) - 1
+    assert d["failed"] == ({} if fail_at is None else {"e1": "went away"})
+    if k > 1:  # the work was shared: more than one executor rendered rows
+        assert len({who for q in pool.queues for who in q.ran.values()}) > 1
+    for f in got[1]:  # rendered in this process: every finalist keeps its latent, bit for bit the one machine's
+        ref_f = next(r for r in ref[1] if r.result.index == f.result.index)
+        assert torch.equal(f.latent, ref_f.latent)
+
+
+@pytest.mark.parametrize("name", ["zero_order", "evolution"])
+def test_noise_strategies_with_a_relative_verifier_and_early_stopping_equal_one_machine(name):
+    from search import StopRule
+
+    def relative(hst):
+        return two_member_relative(hst, rescore=True, recombined=True)
+
+    strat = Strategy(name, {}, budget_nfe=24 * STEPS)
+    ref = run_strategy(strat, relative(host()), top_k=2, seed=SEED)
+    pool = Pool([HostExecutor(f"e{j}", relative(host())) for j in range(3)], recombine=mean_rank)
+    got = run_strategy(strat, relative(host()), top_k=2, seed=SEED, dispatch=pool, member_names=("a", "b"))
+    same(got, ref)
+    stop = Strategy(name, {}, budget_nfe=40 * STEPS, stop=StopRule(patience=3))
+    a = run_strategy(stop, host(micro_batch=2), top_k=1, seed=SEED)
+    b = run_strategy(stop, host(micro_batch=2), top_k=1, seed=SEED, dispatch=Pool(executors(3)))
+    same(b, a)
+
+
+def test_a_slow_executor_leaves_the_last_task_to_a_faster_one_that_ends_it_sooner():
+    now = [0.0]
+    q = TaskQueue([Task(k, spec={"start": k, "count": 1}, cost=10.0) for k in range(4)])
+    q.clock = lambda: now[0]
+    q.speed = {"fast": (10.0, 5.0), "slow": (10.0, 10.0)}  # 2 and 1 cost per second, measured
+    a = q.take("fast")
+    assert a.key == 0
+    # three pending: fast (busy until 5 s) would end them at 10, 15, 20 s; slow ends one at 10 s: it takes one
+    b = q.take("slow")
+    assert b.key == 1
+    now[0] = 5.0
+    q.finish(a, "fast", "r0")
+    assert q.take("fast").key == 2
+    # one task left: fast ends its running task at 10 s and this one at 15 s; slow (busy until 10 s) at 20 s
+    now[0] = 9.0
+    q.finish(b, "slow", "r1")
+    assert q.take("slow") is None and q.deferred == 1
+    q.defer = False  # without the rule, whoever asks first takes what is pending
+    assert q.take("slow").key == 3

@@ -37,6 +37,8 @@ def test_the_simulation_smoke_run_gives_the_one_machine_results_and_a_makespan_t
         assert r["makespan_s"] >= r["ideal_s"] * 0.999, r  # nothing beats every worker busy from time 0
         assert r["ideal_s"] == pytest.approx(r["work"] / r["total_speed"], rel=1e-3)
         assert (len(r["failed"]) == 1) == (r["workers"] > 1), r  # one failure a run, where another can take over
+        if r["strategy"] == "random":  # no dispatcher beats the best possible with micro-batch chunks
+            assert 1.0 <= r["bound_ratio"] <= r["ratio"] + 1e-6, r
     halving = [r for r in rows if r["strategy"] == "halving" and r["workers"] > 1]
     assert any(r["replayed_nfe"] > 0 for r in halving)  # a failed worker's rows were re-run elsewhere
     md = out.with_suffix(".md").read_text()
@@ -66,3 +68,13 @@ def test_the_simulation_is_deterministic():
     a, b = (sim.one("halving", 2, args, 0, ref) for _ in range(2))
     a.pop("wall_s"), b.pop("wall_s")
     assert a == b and a["failed"] and a["same_as_one_machine"]
+
+
+def test_the_granularity_bound_is_the_least_time_for_whole_micro_batches():
+    sim = load()
+    args = sim.parse(["--smoke", "--no-failure"])  # micro-batch 4, 6 steps, scoring 1: a unit is 28 NFE-rows
+    ws = [sim.Worker("a", 2.0), sim.Worker("b", 1.0)]
+    # 12 candidates = 3 units: a does 2 in 28 s, b one in 28 s
+    assert sim.granularity_bound(ws, 12, args) == pytest.approx(28.0, rel=1e-6)
+    ws[1].fail_at = 10.0  # b fails before finishing one: a does all 3 alone
+    assert sim.granularity_bound(ws, 12, args) == pytest.approx(42.0, rel=1e-6)

@@ -452,23 +452,25 @@ def test_successive_halving_over_a_worker_equals_the_local_search(comfy, worker,
     assert os.listdir(worker.output_dir) == []
 
 
-def test_a_lying_worker_in_halving_is_caught_and_the_result_is_the_honest_search(comfy, worker, proxy):
+@pytest.mark.parametrize("name", ["halving", "zero_order"])
+def test_a_lying_worker_in_rounds_is_caught_and_the_result_is_the_honest_search(comfy, worker, proxy, name):
     """A worker that inflates its rows' scores is caught by the audit (its rows re-sampled here), dropped, and
     the search runs again without it: the one-machine result."""
-    ref = local_halving(comfy)
+    ref = local_halving(comfy) if name == "halving" else comfy.run_ok(noise_search(name, f"wk_{name}_ref"))
 
     def lie(raw: bytes) -> bytes:
         hist = json.loads(raw)
         for h in hist.values():
             for out in (h.get("outputs") or {}).values():
                 ans = json.loads(out["text"][0])
-                if ans.get("kind") == "rows":
+                if ans.get("kind") in ("rows", "noises"):
                     ans["members"] = [[v + 50.0 for v in m] for m in ans["members"]]
                     out["text"][0] = json.dumps(ans)
         return json.dumps(hist).encode()
     proxy.tamper = lie
-    entry = comfy.run_ok(with_workers(comfy, halving_search("wk_h_lie"), [proxy.url]))
-    rep = assert_same_halving(comfy, entry, ref)
+    g = halving_search("wk_h_lie") if name == "halving" else noise_search(name, f"wk_{name}_lie")
+    entry = comfy.run_ok(with_workers(comfy, g, [proxy.url]))
+    rep = assert_same_halving(comfy, entry, ref) if name == "halving" else assert_same_search(comfy, entry, ref)
     (dropped,) = rep["settings"]["workers"]["audit"]["dropped"]
     assert dropped["worker"] == proxy.url and "disagrees" in dropped["why"]
 
@@ -498,3 +500,33 @@ def test_killing_the_worker_mid_halving_gives_the_same_result(comfy, worker, pro
     if set(held) & set(first["kept"]):  # rows it held went on: re-run from their seeds on this machine
         assert rep["settings"]["dispatch"]["replayed_rows"] >= 1
         assert any("re-run from their seeds" in n for n in rep["notes"])
+
+
+# --------------------------------------------------------------------------- zero-order and evolution over a worker
+def noise_search(name, prefix):
+    """Zero-order or evolution with the mean-rank ensemble, two rows at a time: each round's noises go out in
+    chunks, as tensors, and come back as scores."""
+    g = ensemble_search(prefix)
+    g["6"]["inputs"]["micro_batch"] = 2
+    inputs = {"budget_nfe": 40} if name == "zero_order" else {"population": 4, "elites": 1, "budget_nfe": 40}
+    return with_strategy(g, name, dict(inputs, start_noises=4) if name == "zero_order" else inputs)
+
+
+@pytest.mark.parametrize("name", ["zero_order", "evolution"])
+def test_noise_strategies_over_a_worker_equal_the_local_search(comfy, worker, proxy, name):
+    ref = comfy.run_ok(noise_search(name, f"wk_{name}_local"))
+    before = set(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(comfy, noise_search(name, f"wk_{name}"), [proxy.url]))
+    rep = assert_same_search(comfy, entry, ref)
+    assert [c["noise_id"] for c in rep["candidates"]] == [c["noise_id"] for c in report_of(ref)["candidates"]]
+    assert rep["settings"]["dispatch"]["executors"] == 2 and rep["settings"]["dispatch"]["tasks"] >= 4
+    kinds = []
+    for pid, h in worker_prompts(worker).items():
+        if pid not in before:
+            (node,) = [n for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")]
+            spec = json.loads(node["inputs"]["shard"])
+            kinds.append(spec["kind"])
+            assert spec["noise"]["shape"][0] == len(spec["seeds"])
+    assert kinds and set(kinds) == {"noises"}
+    note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
+    assert f"worker {proxy.url}" in note

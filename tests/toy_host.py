@@ -257,10 +257,12 @@ def mean_rank(m: torch.Tensor) -> torch.Tensor:
     return r.mean(1)
 
 
-def two_member_relative(hst, rescore: bool = False):
+def two_member_relative(hst, rescore: bool = False, recombined: bool = False):
     """``hst`` scored by a relative verifier of two members (its own score, and minus the latent's mean absolute
     value), recombined by :func:`mean_rank`: the member matrix is kept row by row as the search scores, and with
-    ``rescore`` the host also recombines all of it (what the pipeline's host does at the end)."""
+    ``rescore`` the host also recombines all of it (what the pipeline's host does at the end); with
+    ``recombined`` its scores are the new rows' recombined over every row so far (what the pipeline's score book
+    answers), else their first member's."""
     hst.relative = True
     book = []
     score = hst.score
@@ -268,7 +270,7 @@ def two_member_relative(hst, rescore: bool = False):
     def scored(latents):
         s = score(latents)
         book.append(torch.stack([s, -latents.flatten(1).abs().mean(1)], 1))
-        return s
+        return mean_rank(torch.cat(book))[-s.shape[0]:] if recombined else s
     hst.score = scored
     hst.member_matrix = lambda first, count: torch.cat(book)[first:first + count]
     if rescore:
