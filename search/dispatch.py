@@ -385,6 +385,7 @@ def drive_serial(queue: TaskQueue, executors: Sequence[Executor], interrupted: C
                  ) -> None:
     """Runs the queue in this thread: the executors take tasks in turn (as equal machines would) until it is
     complete.  An executor that raises :class:`ExecutorFault` is dropped and its task runs elsewhere."""
+    queue.defer = False  # one at a time in this thread: nobody is busy, so there is no end-game to plan
     while not queue.complete():
         progressed = False
         for ex in executors:

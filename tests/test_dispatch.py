@@ -325,3 +325,10 @@ def test_a_slow_executor_leaves_the_last_task_to_a_faster_one_that_ends_it_soone
     assert q.take("slow") is None and q.deferred == 1
     q.defer = False  # without the rule, whoever asks first takes what is pending
     assert q.take("slow").key == 3
+
+
+def test_drive_serial_runs_the_executors_in_turn():
+    pool = Pool(executors(2), seed=SEED)
+    q = pool.run([Task(k, (lambda k: lambda h, held: k * 10)(k)) for k in range(5)])
+    assert q.results() == [0, 10, 20, 30, 40] and [q.ran[k] for k in range(5)] == ["e0", "e1"] * 2 + ["e0"]
+    assert drive_serial is pool.drive
