@@ -66,6 +66,8 @@ class VerifierScore:
     FUNCTION = "score"
     RETURN_TYPES = (SCORES,)
     RETURN_NAMES = ("scores",)
+    OUTPUT_TOOLTIPS = ("One score per image, with the verifier's name: connect to Best Pick (or Scores To JSON to "
+                       "read them).",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -14,6 +14,7 @@ class ScoresToJSON:
     FUNCTION = "convert"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("json",)
+    OUTPUT_TOOLTIPS = ("The report as JSON text (also shown on the node).",)
     OUTPUT_NODE = True
 
     @classmethod

@@ -72,14 +72,15 @@ class VerifierEnsemble:
     def INPUT_TYPES(cls):
         opt = {}
         for i in range(2, MAX_MEMBERS + 1):
-            opt[f"verifier_{i}"] = (VERIFIER, {"tooltip": f"Verifier {i} (optional)."})
+            opt[f"verifier_{i}"] = (VERIFIER, {"tooltip": f"Another verifier to combine (optional): connect a "
+                                                           "verifier loader's output."})
             opt[f"weight_{i}"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                                            "tooltip": f"Weight of verifier {i}."})
+                                            "tooltip": f"How much verifier {i} counts in the mean (0 = not at all)."})
         return {"required": {
             "mode": (list(MODES), {"default": "mean_rank",
                                    "tooltip": "mean_rank: the paper's rule (Ma et al. 2025); zscore: standardised "
                                               "scores, keeps how much better a candidate is, not just its order."}),
-            "verifier_1": (VERIFIER, {"tooltip": "Verifier 1."}),
+            "verifier_1": (VERIFIER, {"tooltip": "The first verifier to combine: connect a verifier loader's output."}),
             "weight_1": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                    "tooltip": "Weight of verifier 1 (weights are normalised to sum to 1)."}),
         }, "optional": opt}

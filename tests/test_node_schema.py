@@ -18,21 +18,28 @@ PREFIX = "InfScale_"
 OUTPUT_NODE_HIDDEN = {"PROMPT", "EXTRA_PNGINFO"}
 
 
+def without_help(spec):
+    """An input's spec without its tooltip: help text may improve, what a saved workflow holds may not."""
+    if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
+        return [spec[0], {k: v for k, v in spec[1].items() if k != "tooltip"}] + spec[2:]
+    return spec
+
+
 def comparable(info: dict) -> dict:
     """A node's /object_info without what only the serving code decides: hidden inputs are compared by kind
-    (the V3 schema names them itself; the node still gets them under its own names), absent output tooltips
-    are None, absent deprecated / experimental flags are False."""
+    (the V3 schema names them itself; the node still gets them under its own names), absent deprecated /
+    experimental flags are False.  The help text (description, input and output tooltips) is left out: it may
+    be improved (``test_every_node_reads_as_help``)."""
     inp = info["input"]
-    n = len(info["output"])
     return {
-        "name": info["name"], "display_name": info["display_name"], "description": info["description"],
+        "name": info["name"], "display_name": info["display_name"],
         "category": info["category"], "python_module": info["python_module"],
         "output_node": bool(info["output_node"]),
         "deprecated": bool(info.get("deprecated")), "experimental": bool(info.get("experimental")),
-        "input": {g: inp[g] for g in ("required", "optional") if inp.get(g)},
+        "input": {g: {k: without_help(v) for k, v in inp[g].items()} for g in ("required", "optional")
+                  if inp.get(g)},
         "input_order": {g: info["input_order"][g] for g in ("required", "optional") if inp.get(g)},
         "output": info["output"], "output_is_list": info["output_is_list"], "output_name": info["output_name"],
-        "output_tooltips": info.get("output_tooltips") or [None] * n,
     }
 
 
@@ -55,6 +62,23 @@ def test_every_node_serves_the_object_info_the_classic_node_served(comfy):
         assert not missing, f"{nid}: hidden inputs {missing} no longer filled in"
         extra = hidden_kinds(new) - hidden_kinds(old)
         assert not extra or (new["output_node"] and extra <= OUTPUT_NODE_HIDDEN), f"{nid}: new hidden {extra}"
+
+
+def test_every_node_reads_as_help(comfy):
+    """What the editor shows on hovering any of the pack's nodes: a description that says what the node is for
+    (eight words or more), a tooltip on every input that is more than its name, and one on every output."""
+    for nid, info in comfy.get("/object_info").items():
+        if not nid.startswith(PREFIX):
+            continue
+        assert len(info["description"].split()) >= 8, (nid, info["description"])
+        for group in ("required", "optional"):
+            for name, spec in (info["input"].get(group) or {}).items():
+                tip = spec[1].get("tooltip", "") if isinstance(spec, list) and len(spec) > 1 and \
+                    isinstance(spec[1], dict) else ""
+                words = tip.replace("_", " ").split()
+                assert len(words) >= 3 and tip.strip().lower() != name.replace("_", " ").lower(), (nid, name, tip)
+        tips = info.get("output_tooltips") or []
+        assert len(tips) == len(info["output"]) and all(t and len(t.split()) >= 3 for t in tips), (nid, tips)
 
 
 def test_the_operators_pools_and_graders_show_at_the_next_request(comfy):
