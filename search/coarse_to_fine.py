@@ -15,12 +15,12 @@ The report's candidates are the re-rendered ones with their full-step scores;
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .common import TopK, check_budget, checked_scores, derived_noise, finalist, generation_nfe, render
-from .host import SearchHost, final_latents
+from .host import SearchHost, State, final_latents
 from .registry import get
 from .report import CandidateResult, Finalist, SearchReport
 
@@ -28,8 +28,9 @@ from .report import CandidateResult, Finalist, SearchReport
 Inner = Callable[[SearchHost, int, int], Tuple[SearchReport, List[Finalist]]]
 
 
-def _replay_plan(host: SearchHost, recipe: Dict[str, Any]) -> List[Tuple[str, int, int]]:
-    """The recipe's operations as positions of ``host``'s schedule."""
+def _replay_plan(host: SearchHost, recipe: Dict[str, Any], close: bool = True) -> List[Tuple[str, int, int]]:
+    """The recipe's operations as positions of ``host``'s schedule (``close``: ending with a sample to the
+    end)."""
     plan, index = [], 0
     for op, level, s in recipe["ops"]:
         if op == "renoise":
@@ -39,7 +40,7 @@ def _replay_plan(host: SearchHost, recipe: Dict[str, Any]) -> List[Tuple[str, in
             target = min(max(target, index + 1), int(host.steps))
         plan.append((op, target, int(s)))
         index = target
-    if index < int(host.steps):  # a recipe always ends clean; on a coarser/finer grid make sure
+    if close and index < int(host.steps):  # a recipe always ends clean; on a coarser/finer grid make sure
         plan.append(("sample", int(host.steps), int(recipe["ops"][-1][2]) if recipe["ops"] else int(recipe["seed"])))
     return plan
 
@@ -67,6 +68,23 @@ def replay(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[torch.Tensor, int]
             state, _ = host.sample(state, target, [s])
             nfe += int(host.nfe(start, target))
     return final_latents(state), nfe
+
+
+def lineage(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[State, Optional[torch.Tensor], int]:
+    """The state a recipe's operations leave its row in on ``host``'s own schedule (a path or particle part-way:
+    no closing sample to the end), the x0-prediction of its last sampling segment (None if it has none) and
+    the NFEs spent."""
+    state = host.start(host.initial_noise([int(recipe["seed"])]))
+    x0, nfe = None, 0
+    for op, target, s in _replay_plan(host, recipe, close=False):
+        if op == "renoise":
+            if target < state.index:
+                state = host.renoise(state, target, derived_noise(state.noise[0:1], [s]))
+        elif target > state.index:
+            start = state.index
+            state, x0 = host.sample(state, target, [s])
+            nfe += int(host.nfe(start, target))
+    return state, x0, nfe
 
 
 def coarse_to_fine(host: SearchHost, inner: Inner, *, algorithm: str, coarse_steps: int, budget_nfe: int,

@@ -47,9 +47,14 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
+from .coarse_to_fine import lineage
 from .common import (TAG_PATHS, TopK, check_budget, check_top_k, checked_scores, derived_noise, end_level, finalist,
                      generation_nfe, score_x0, top_k_indices)
-from .host import SearchHost, derive_seed, final_latents
+from .dispatch import ExecutorFault, Task
+from .host import SearchHost, State, derive_seed, final_latents
+from .sharded import member_rows
 from .noise import seeds_for, wrap_seed
 from .random_search import random_fallback
 from .registry import Algorithm, Param
@@ -115,8 +120,259 @@ def paths_for_budget(host: SearchHost, budget_nfe: int, m: int, start_level: flo
     return max(1, int(budget_nfe) // max(per, 1))
 
 
+def lineage_finalist(latent: Optional[torch.Tensor], recipe: Dict[str, Any]) -> Finalist:
+    """A lineage's finalist: with its latent where it was made here, else its recipe only (whoever finishes the
+    search re-makes it: ``search.coarse_to_fine.replay``)."""
+    if latent is not None:
+        return finalist(latent, recipe=recipe)
+    rec = {"seed": int(recipe["seed"]), "ops": [tuple(op) for op in recipe["ops"]]}
+    return Finalist(latent=None, result=None, recipe=rec)  # type: ignore[arg-type]
+
+
+class _HostPaths:
+    """The paths on one host: the N surviving states in one batch (the host micro-batches)."""
+
+    def __init__(self, host: SearchHost, seeds: List[int], s_idx: int, verifier: str):
+        self.host, self.verifier = host, verifier
+        self.state = host.start(host.initial_noise(seeds))
+        if s_idx > 0:
+            self.state, _ = host.sample(self.state, s_idx, seeds)
+        self.new_state: Optional[State] = None
+
+    @property
+    def index(self) -> int:
+        return int(self.state.index)
+
+    def branch(self, rows, noise_seeds, run_seeds, f_idx, b_idx, labels, parent_recipes, child_recipes):
+        """Each row of ``rows`` (a survivor's position) re-noised to ``f_idx`` with its noise seed and sampled to
+        ``b_idx`` with its run seed: (each child's final latent at the end of the schedule, else Nones; scores
+        of the children's x0-predictions, or of their final latents)."""
+        host = self.host
+        expanded = self.state.select(rows)
+        renoised = host.renoise(expanded, f_idx, derived_noise(expanded.noise[0:1], noise_seeds))
+        self.new_state, x0 = host.sample(renoised, b_idx, run_seeds)
+        at_end = b_idx == int(host.steps)
+        cand = final_latents(self.new_state) if at_end else x0
+        scores = checked_scores(host.score(cand) if at_end else score_x0(host, cand), len(rows), labels,
+                                self.verifier)
+        return ([cand[i:i + 1] for i in range(len(rows))] if at_end else [None] * len(rows)), scores
+
+    def keep(self, keep: List[int]) -> None:
+        self.state = self.new_state.select(keep)
+
+    def finish(self, n: int, fin_seeds, labels, recipes):
+        state = self.state if n == len(self.state) else self.state.select(range(n))
+        state, _ = self.host.sample(state, int(self.host.steps), fin_seeds)
+        latents = final_latents(state)
+        scores = checked_scores(self.host.score(latents), n, labels, self.verifier)
+        return [latents[i:i + 1] for i in range(n)], scores
+
+
+def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
+    """What an executor does with one of a dispatched paths search's instructions (``held``: row id -> its
+    one-row state, kept between rounds): drop ``drop``; then
+
+    * ``start``: start ``rows`` from their seeds (noise and sampler seed) and sample them to ``end``;
+    * ``branch``: each child ``[id, parent, noise seed, run seed]`` made from its parent's state re-noised to
+      ``renoise`` and sampled to ``end``; with ``lineage`` (parent -> recipe), the parents are first re-made
+      from their recipes (their executor failed);
+    * ``finish``: ``rows`` sampled to the end with ``seeds``;
+
+    and scores what ``branch`` and ``finish`` made (x0-predictions, or final latents at the end).  The answer:
+    the rows, their raw member scores, NFEs, and (in this process) their final latents."""
+    def work(host: SearchHost, held: Dict[Any, Any]) -> Dict[str, Any]:
+        T = int(host.steps)
+        for i in spec.get("drop") or ():
+            held.pop(i, None)
+        op, end = spec["op"], int(spec["end"])
+        replayed = 0
+        if op == "start":
+            ids, seeds = list(spec["rows"]), list(spec["seeds"])
+            state = host.start(host.initial_noise(seeds))
+            if end > 0:
+                state, _ = host.sample(state, end, seeds)
+            for r, i in enumerate(ids):
+                held[i] = state.select([r])
+            return {"rows": ids, "members": torch.zeros(len(ids), 0), "nfe": len(ids) * int(host.nfe(0, end)),
+                    "latents": None, "replayed": 0}
+
+        def state_of(i: Any) -> State:
+            nonlocal replayed
+            if i not in held:
+                recipe = (spec.get("lineage") or {}).get(i)
+                if recipe is None:
+                    raise ExecutorFault(f"holds no state for path row {i}")
+                held[i], _, cost = lineage(host, recipe)
+                replayed += cost
+            return held[i]
+        if op == "branch":
+            children = [list(c) for c in spec["children"]]
+            ids = [c[0] for c in children]
+            parents = State.cat([state_of(c[1]) for c in children])
+            if int(parents.index) != int(spec["begin"]):
+                raise ExecutorFault(f"holds path rows at step {int(parents.index)}, not {int(spec['begin'])}")
+            renoised = host.renoise(parents, int(spec["renoise"]),
+                                    derived_noise(parents.noise[0:1], [c[2] for c in children]))
+            state, x0 = host.sample(renoised, end, [c[3] for c in children])
+            nfe = len(ids) * int(host.nfe(int(spec["renoise"]), end))
+        elif op == "finish":
+            ids = list(spec["rows"])
+            state = State.cat([state_of(i) for i in ids])
+            begin = int(state.index)
+            state, x0 = host.sample(state, T, list(spec["seeds"]))
+            nfe = len(ids) * int(host.nfe(begin, T))
+        else:
+            raise ValueError(f"unknown paths instruction {op!r}")
+        at_end = end >= T
+        cand = final_latents(state) if at_end else x0
+        first = int(getattr(host, "scored_rows", 0))
+        labels = [f"path row {i}" for i in ids]
+        scores = checked_scores(host.score(cand) if at_end else score_x0(host, cand), len(ids), labels, verifier)
+        if not at_end:
+            for r, i in enumerate(ids):
+                held[i] = state.select([r])
+        return {"rows": ids, "members": member_rows(host, first, len(ids), scores), "nfe": nfe,
+                "latents": cand if at_end else None, "replayed": int(replayed)}
+    return work
+
+
+class _DispatchedPaths:
+    """The paths over a dispatcher's executors (``search.dispatch.Pool``, the worker servers): the N starting
+    rows are cut into chunks the executors take on demand; a path's state then stays on the executor that made
+    it, its children are made there (re-noised and sampled from it), and the survivors stay where they were
+    made; the losers and the parents are dropped with the next instruction.  A task whose executor failed runs
+    elsewhere, its parents first re-made from their recipes (the same rows: a row depends only on its seeds);
+    those NFEs are counted apart.  Scores come back as raw member scores, recombined here over every row scored
+    so far (a relative verifier), in the one-machine search's order."""
+
+    def __init__(self, dispatch: Any, host: SearchHost, seeds: List[int], s_idx: int, verifier: str):
+        self.dispatch, self.host, self.verifier = dispatch, host, verifier
+        self.relative = bool(getattr(host, "relative", False))
+        self.matrix: List[torch.Tensor] = []
+        self.owner: Dict[int, str] = {}
+        self.dropped: Dict[str, List[int]] = {}
+        self.recipes: Dict[int, Dict[str, Any]] = {}
+        self.replayed_rows = self.replayed_nfe = self.tasks = 0
+        self.index_now = int(s_idx)
+        self.next_id = len(seeds)
+        self.size = max(1, int(getattr(host, "micro_batch", 0) or 1))
+        self.ids = list(range(len(seeds)))
+        for i, sd in enumerate(seeds):
+            self.recipes[i] = {"seed": int(sd), "ops": [("sample", end_level(host, s_idx), int(sd))] if s_idx > 0
+                               else []}
+        plan = dispatch.plan(len(seeds), self.size)
+        tasks = [Task(("start", st), _paths_work({"op": "start", "rows": self.ids[st:st + c],
+                                                  "seeds": seeds[st:st + c], "end": s_idx}, verifier, 0),
+                      {"kind": "paths", "op": "start", "rows": self.ids[st:st + c], "seeds": seeds[st:st + c],
+                       "begin": 0, "end": s_idx}, cost=float(c * max(1, host.nfe(0, s_idx))))
+                 for st, c in plan]
+        self._run(tasks, scored=False)
+        self.children: List[int] = []
+
+    @property
+    def index(self) -> int:
+        return self.index_now
+
+    def _orphan(self, task: Task, dead: str) -> Task:
+        spec = dict(task.spec)
+        parents = [c[1] for c in spec["children"]] if spec["op"] == "branch" else list(spec["rows"])
+        spec["lineage"] = {i: self.recipes[i] for i in parents}
+        spec["drop"] = []
+        return Task((task.key, "replay"), _paths_work(spec, self.verifier, 0), spec, cost=task.cost * 2)
+
+    def _run(self, tasks: List[Task], scored: bool = True):
+        queue = self.dispatch.run(tasks, orphan=self._orphan)
+        self.tasks += len(queue.order)
+        rows, members, latents = [], [], {}
+        for key in queue.order:
+            ans, who = queue.done[key], queue.ran[key]
+            for r, i in enumerate(ans["rows"]):
+                if i in self.owner and self.owner[i] != who and self.owner[i] not in self.dispatch.dead:
+                    self.dropped.setdefault(self.owner[i], []).append(i)
+                self.owner[i] = who
+                rows.append(i)
+                if ans["latents"] is not None:
+                    latents[i] = ans["latents"][r:r + 1]
+            if ans.get("replayed"):
+                self.replayed_nfe += int(ans["replayed"])
+                self.replayed_rows += len(ans["rows"])
+            members.append(ans["members"])
+        return rows, (torch.cat(members) if scored and members else None), latents
+
+    def _tasks(self, op: str, items: List[Any], owner_of, spec_of, cost_each: float) -> List[Task]:
+        by: Dict[str, List[Any]] = {}
+        for it in items:
+            by.setdefault(owner_of(it), []).append(it)
+        tasks = []
+        for who, its in by.items():
+            drop = self.dropped.pop(who, [])
+            for j in range(0, len(its), self.size):
+                spec = dict(spec_of(its[j:j + self.size]), kind="paths", op=op, drop=drop if j == 0 else [])
+                tasks.append(Task((op, self.tasks, who, j), _paths_work(spec, self.verifier, 0), spec, owner=who,
+                                  cost=float(len(its[j:j + self.size]) * cost_each)))
+        return tasks
+
+    def _scores(self, order: List[int], rows: List[int], m: torch.Tensor, labels) -> List[float]:
+        pos = {i: r for r, i in enumerate(rows)}
+        m = m[[pos[i] for i in order]].float()
+        if self.relative:
+            self.matrix.append(m)
+            s = self.dispatch.recombine(torch.cat(self.matrix)).reshape(-1).tolist()[-len(order):]
+        else:
+            s = self.dispatch.recombine(m).reshape(-1).tolist()
+        return checked_scores(torch.tensor(s), len(order), labels, self.verifier)
+
+    def branch(self, rows, noise_seeds, run_seeds, f_idx, b_idx, labels, parent_recipes, child_recipes):
+        children = []
+        for k, q in enumerate(rows):
+            cid = self.next_id
+            self.next_id += 1
+            self.recipes[cid] = child_recipes[k]
+            children.append([cid, self.ids[q], int(noise_seeds[k]), int(run_seeds[k])])
+        begin = self.index_now
+        tasks = self._tasks("branch", children, lambda c: self.owner[c[1]],
+                            lambda part: {"children": part, "begin": begin, "renoise": int(f_idx),
+                                          "end": int(b_idx)}, float(self.host.nfe(f_idx, b_idx)))
+        got, m, latents = self._run(tasks)
+        order = [c[0] for c in children]
+        scores = self._scores(order, got, m, labels)
+        for p in set(self.ids):  # the parents are not needed any more
+            self.dropped.setdefault(self.owner[p], []).append(p)
+        self.children = order
+        self.index_now = int(b_idx)
+        return [latents.get(i) for i in order], scores
+
+    def keep(self, keep: List[int]) -> None:
+        kept = [self.children[k] for k in keep]
+        for i in set(self.children) - set(kept):
+            self.dropped.setdefault(self.owner[i], []).append(i)
+        self.ids = kept
+
+    def finish(self, n: int, fin_seeds, labels, recipes):
+        T = int(self.host.steps)
+        items = [(self.ids[k], int(fin_seeds[k])) for k in range(n)]
+        begin = self.index_now
+        tasks = self._tasks("finish", items, lambda it: self.owner[it[0]],
+                            lambda part: {"rows": [it[0] for it in part], "seeds": [it[1] for it in part],
+                                          "begin": begin, "end": T}, float(self.host.nfe(begin, T)))
+        got, m, latents = self._run(tasks)
+        order = [it[0] for it in items]
+        for k, i in enumerate(order):
+            self.recipes[i] = recipes[k]
+        scores = self._scores(order, got, m, labels)
+        return [latents.get(i) for i in order], scores
+
+    def summary(self) -> Dict[str, Any]:
+        return {"executors": int(self.dispatch.executors()), "tasks": self.tasks, "failed": dict(self.dispatch.dead),
+                "replayed_rows": self.replayed_rows, "replayed_nfe": self.replayed_nfe}
+
+
 def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                 stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                 stop: StopRule = None, dispatch=None, member_names=(), **params
+                 ) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every path on this host; else a dispatcher with rounds (``search.dispatch.Pool``,
+    the worker servers): each path's state stays on the executor that made it, its re-noisings are made there,
+    and the same rows, scores, survivors and finalists come out whoever holds which path."""
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     M, T = p["noises_per_path"], int(host.steps)
@@ -127,7 +383,8 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         check_budget(budget, gen, "search over paths (one generation)")
         return random_fallback(host, algorithm="paths", seed=seed, budget_nfe=budget, top_k=top_k, verifier=verifier,
                                stop=stop, why=f"a {budget}-NFE budget is under {p['min_generations']} generations "
-                               f"({int(p['min_generations']) * gen} NFEs), where paths measured below random search")
+                               f"({int(p['min_generations']) * gen} NFEs), where paths measured below random search",
+                               dispatch=dispatch)
     N = p["paths"] or paths_for_budget(host, budget, M, start_level, forward, backward)
     check_budget(budget, N * gen, f"search over paths with {N} paths (one generation per path)")
     check_top_k(top_k, N, "the number of paths")
@@ -144,11 +401,9 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
                             f"{N} path(s) and few re-noisings; at two generations paths fell below random search "
                             "in the benchmarks (bench/README.md): random search is the better choice here")
     seeds = seeds_for(base, 0, N)
-    state = host.start(host.initial_noise(seeds))
-    spent = 0
-    if s_idx > 0:
-        state, _ = host.sample(state, s_idx, seeds)
-        spent += N * host.nfe(0, s_idx)
+    rows_of = _HostPaths(host, seeds, s_idx, verifier) if dispatch is None else \
+        _DispatchedPaths(dispatch, host, seeds, s_idx, verifier)
+    spent = N * host.nfe(0, s_idx) if s_idx > 0 else 0
     labels = [f"paths p{i} (seed {s})" for i, s in enumerate(seeds)]
     lineage_nfe = [host.nfe(0, s_idx)] * N
     # how each row was made, replayable on another schedule (coarse-to-fine)
@@ -160,19 +415,17 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     # top_k paths are finished without further search
     stopper = Stopper(stop, "rounds")
 
-    def finish_without_search(state, labels, lineage_nfe, recipes, rnd):
-        """The rows of ``state`` denoised to the end (fresh sampler seeds), scored: (rows, scores, NFEs)."""
-        n = len(state)
+    def finish_without_search(n, labels, lineage_nfe, recipes, rnd):
+        """The first ``n`` surviving rows denoised to the end (fresh sampler seeds), scored: (rows, scores,
+        NFEs)."""
         fin_seeds = [derive_seed(base, TAG_PATHS, rnd + 1, i, 0, 1) for i in range(n)]
-        cost = host.nfe(state.index, T)
-        state, _ = host.sample(state, T, fin_seeds)
+        cost = host.nfe(rows_of.index, T)
         recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", 0.0, fs)]} for r, fs in zip(recipes, fin_seeds)]
-        latents = final_latents(state)
-        scores = checked_scores(host.score(latents), n, labels, verifier)
+        latents, scores = rows_of.finish(n, fin_seeds, labels, recipes)
         return (latents, labels, [x + cost for x in lineage_nfe], recipes), scores, n * cost
 
-    while state.index < T:
-        c = state.index
+    while rows_of.index < T:
+        c = rows_of.index
         f_idx, b_idx = next_round(host, c, forward, backward, rel)
         left = budget - spent
         m = M
@@ -186,7 +439,7 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
                     break
             if m == 0:
                 # not even that: finish the N survivors without search
-                final_rows, final_scores, cost = finish_without_search(state, labels, lineage_nfe, recipes, rnd)
+                final_rows, final_scores, cost = finish_without_search(N, labels, lineage_nfe, recipes, rnd)
                 spent += cost
                 report.settings["finished_without_search_from_index"] = c
                 need = N * 2 * host.nfe(c - 1, T)
@@ -206,21 +459,17 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         rows = [q for q in range(N) for _ in range(m)]  # parent-major: row q*m + j
         noise_seeds = [derive_seed(base, TAG_PATHS, rnd, q, j, 0) for q in range(N) for j in range(m)]
         run_seeds = [derive_seed(base, TAG_PATHS, rnd, q, j, 1) for q in range(N) for j in range(m)]
-        expanded = state.select(rows)
-        renoised = host.renoise(expanded, f_idx, derived_noise(expanded.noise[0:1], noise_seeds))
-        new_state, x0 = host.sample(renoised, b_idx, run_seeds)
         round_cost = N * m * host.nfe(f_idx, b_idx)
         spent += round_cost
         at_end = b_idx == T
-        cand = final_latents(new_state) if at_end else x0
         row_labels = [f"{labels[q]} r{rnd} m{j}" for q in range(N) for j in range(m)]
-        scores = checked_scores(host.score(cand) if at_end else score_x0(host, cand), N * m, row_labels, verifier)
-        keep = top_k_indices(scores, N)
-        row_nfe = [lineage_nfe[q] + host.nfe(f_idx, b_idx) for q in range(N) for _ in range(m)]
         row_recipes = [{"seed": recipes[q]["seed"],
                         "ops": recipes[q]["ops"] + [("renoise", float(host.level(f_idx)), noise_seeds[j]),
                                                     ("sample", end_level(host, b_idx), run_seeds[j])]}
                        for j, q in enumerate(rows)]
+        cand, scores = rows_of.branch(rows, noise_seeds, run_seeds, f_idx, b_idx, row_labels, recipes, row_recipes)
+        keep = top_k_indices(scores, N)
+        row_nfe = [lineage_nfe[q] + host.nfe(f_idx, b_idx) for q in range(N) for _ in range(m)]
         report.settings["rounds"].append({"round": rnd, "renoise_index": f_idx, "end_index": b_idx,
                                           "noises_per_path": m, "kept_rows": keep, "scores": scores})
         report.trace.append({"round": rnd, "nfe": spent, "best": scores[keep[0]], "level": rel[b_idx],
@@ -228,14 +477,13 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
         if at_end:
             final_rows = (cand, row_labels, row_nfe, row_recipes)
             final_scores = scores
-        state = new_state.select(keep)
+        rows_of.keep(keep)
         labels = [row_labels[i] for i in keep]
         lineage_nfe = [row_nfe[i] for i in keep]
         recipes = [row_recipes[i] for i in keep]
         if not at_end and stopper.see(scores[keep[0]], spent):
             n = min(top_k, N)  # the survivors are best first: finish the top_k without search
-            final_rows, final_scores, cost = finish_without_search(state.select(range(n)), labels[:n],
-                                                                   lineage_nfe[:n], recipes[:n], rnd)
+            final_rows, final_scores, cost = finish_without_search(n, labels[:n], lineage_nfe[:n], recipes[:n], rnd)
             spent += cost
             break
 
@@ -244,11 +492,17 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     keeper = TopK(top_k)
     for i, (lab, sc) in enumerate(zip(row_labels, final_scores)):
         results[i] = CandidateResult(index=i, seed=None, score=sc, nfe=row_nfe[i], noise_id=lab)
-        keeper.offer(sc, i, finalist(latents[i:i + 1], recipe=row_recipes[i]))
+        keeper.offer(sc, i, lineage_finalist(latents[i], row_recipes[i]))
     if not report.trace or report.trace[-1]["nfe"] != spent:
         report.trace.append({"round": rnd + 1, "nfe": spent, "best": max(final_scores), "level": 0.0, "index": T})
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
+    if dispatch is not None:
+        report.settings["dispatch"] = rows_of.summary()
+        if rows_of.replayed_rows:
+            report.notes.append(f"{rows_of.replayed_rows} path row(s) were re-made from their lineage on another "
+                                f"executor (theirs had failed, or was behind) ({rows_of.replayed_nfe} NFEs more, "
+                                "not counted in the search's)")
     stopper.close(report, budget, spent)
     if spent < budget and not stopper.fired:
         if "finished_without_search_from_index" in report.settings:
@@ -305,4 +559,4 @@ ALGORITHM = Algorithm(
                                     "candidates instead (paths measured below random search at two generations); "
                                     "2 = search from two generations on.", min=1, max=64, optional=True),
     ),
-    samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)
+    samplers="segmentable", finalists="recipe", check=_check, dispatch="rounds", coarse=_coarse)

@@ -172,12 +172,15 @@ def random_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 
 
 
 def random_fallback(host: SearchHost, *, algorithm: str, why: str, seed: int, budget_nfe: int, top_k: int,
-                    verifier: str, stop=None):
+                    verifier: str, stop=None, dispatch=None):
     """Random search's own candidates, scores and winner, reported under ``algorithm`` with ``why`` in its notes:
     what an algorithm runs at a budget where it measured below random search.  Finalists carry a recipe too (their
-    seed's whole run), so coarse-to-fine replays them like the algorithm's lineages."""
+    seed's whole run), so coarse-to-fine replays them like the algorithm's lineages.  ``dispatch``: the
+    algorithm's dispatcher, which hands random search's chunks out too."""
+    if dispatch is not None and getattr(dispatch, "seed", 0) is None:
+        dispatch.seed = int(seed)  # an in-process pool samples random search's chunks from the search's seed
     report, finalists = random_search(host, seed=seed, budget_nfe=budget_nfe, top_k=top_k, verifier=verifier,
-                                      stop=stop)
+                                      stop=stop, dispatch=dispatch)
     report.algorithm = algorithm
     report.settings["fallback"] = "random"
     report.notes.insert(0, f"{algorithm}: {why}, so this was a random search (its candidates, scores and winner "

@@ -58,7 +58,7 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, top_k: int, seed: int,
     if dispatch is not None:
         if not alg.dispatch:
             raise ValueError(f"'{alg.title}' cannot hand its candidates to a dispatcher: random search, successive "
-                             "halving, zero-order search and evolution can")
+                             "halving, search over paths, zero-order search and evolution can")
         extra = {"dispatch": dispatch, "member_names": tuple(member_names)}
 
     stop = strategy.stop if strategy.stop is not None and strategy.stop.active else None

@@ -255,7 +255,7 @@ def test_halving_through_run_strategy_with_early_stopping_and_a_relative_verifie
 
 def test_strategies_with_state_but_no_dispatch_protocol_refuse_a_dispatcher():
     with pytest.raises(ValueError, match="cannot hand its candidates to a dispatcher"):
-        run_strategy(Strategy("paths"), host(), top_k=1, seed=SEED, candidates=4, dispatch=Pool(executors(2)))
+        run_strategy(Strategy("tree"), host(), top_k=1, seed=SEED, candidates=4, dispatch=Pool(executors(2)))
 
 
 # --------------------------------------------------------------------------- noise strategies
@@ -332,3 +332,56 @@ def test_drive_serial_runs_the_executors_in_turn():
     q = pool.run([Task(k, (lambda k: lambda h, held: k * 10)(k)) for k in range(5)])
     assert q.results() == [0, 10, 20, 30, 40] and [q.ran[k] for k in range(5)] == ["e0", "e1"] * 2 + ["e0"]
     assert drive_serial is pool.drive
+
+
+# --------------------------------------------------------------------------- search over paths
+PATHS = [({"paths": 3, "noises_per_path": 2, "start_level": 0.6, "forward": 0.2, "backward": 0.4}, 2),
+         ({}, 1), ({"paths": 0, "noises_per_path": 3}, 2)]
+
+
+def paths_same(a, b):
+    same(a, b)
+    assert a[0].settings["rounds"] == b[0].settings["rounds"]
+    for fa, fb in zip(a[1], b[1]):
+        assert fa.recipe == fb.recipe
+
+
+@pytest.mark.parametrize("params, top_k", PATHS)
+@pytest.mark.parametrize("k, fail_at", [(1, None), (3, None), (4, 1), (4, 3)])
+def test_paths_with_each_paths_state_where_it_was_made_equals_one_machine(params, top_k, k, fail_at):
+    from search.paths import paths_search
+    ref = paths_search(host(micro_batch=3), seed=SEED, budget_nfe=40 * STEPS, top_k=top_k, **params)
+    pool = Pool(executors(k, fail_at=fail_at))
+    # a search host of micro-batch 1: the work goes out in small parts (the results do not depend on it)
+    got = paths_search(host(micro_batch=1), seed=SEED, budget_nfe=40 * STEPS, top_k=top_k, dispatch=pool,
+                       **params)
+    paths_same(got, ref)
+    for fa, fb in zip(got[1], ref[1]):  # made in this process: the finalists' latents, bit for bit
+        assert torch.equal(fa.latent, fb.latent)
+    d = got[0].settings["dispatch"]
+    assert d["executors"] == k and d["failed"] == ({} if fail_at is None else {"e1": "went away"})
+    if k > 1:
+        assert len({who for q in pool.queues for who in q.ran.values()}) > 1
+    if fail_at == 3:  # it held paths when it failed: they were re-made from their recipes elsewhere
+        assert d["replayed_rows"] > 0 and d["replayed_nfe"] > 0
+        assert any("re-made from their lineage" in n for n in got[0].notes)
+
+
+def test_paths_with_a_relative_verifier_early_stopping_and_its_random_fallback_equal_one_machine():
+    from search import StopRule
+
+    def relative(hst):
+        return two_member_relative(hst, rescore=True, recombined=True)
+
+    strat = Strategy("paths", {"paths": 3}, budget_nfe=30 * STEPS)
+    ref = run_strategy(strat, relative(host()), top_k=2, seed=SEED)
+    pool = Pool([HostExecutor(f"e{j}", relative(host())) for j in range(3)], recombine=mean_rank)
+    got = run_strategy(strat, relative(host()), top_k=2, seed=SEED, dispatch=pool, member_names=("a", "b"))
+    paths_same(got, ref)
+    stop = Strategy("paths", {"paths": 4}, budget_nfe=40 * STEPS, stop=StopRule(target=-1e9))
+    paths_same(run_strategy(stop, host(), top_k=1, seed=SEED, dispatch=Pool(executors(3))),
+               run_strategy(stop, host(), top_k=1, seed=SEED))
+    small = Strategy("paths", {}, budget_nfe=2 * STEPS)  # under min_generations: random search, through the pool
+    a = run_strategy(small, host(), top_k=1, seed=SEED, dispatch=Pool(executors(2)))
+    same(a, run_strategy(small, host(), top_k=1, seed=SEED))
+    assert a[0].settings["fallback"] == "random" and a[0].settings["shards"]
