@@ -38,7 +38,11 @@ from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
 from ..search import get_algorithm, run_strategy
 from ..search.dispatch import HostExecutor, TaskQueue, plan_chunks
+from ..search.coarse_to_fine import lineage, replay
+from ..search.common import checked_scores, score_x0
 from ..search.halving import rows_work
+from ..search.paths import _paths_work, paths_spec
+from ..search.sharded import member_rows
 from ..search.report import Finalist
 from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, check_noises_answer,
                               check_rows_answer, encode_noise, noises_answer, noises_spec, noises_work, rows_answer,
@@ -47,9 +51,10 @@ from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
 # the strategies that search with worker machines: random search's chunks, successive halving's rounds (each
-# row's state stays on the worker that made it), and zero-order's and evolution's rounds of noises (each worker
-# is sent its rows' noises and answers their scores)
-WORKER_STRATEGIES = ("random", "halving", "zero_order", "evolution")
+# row's state stays on the worker that made it), search over paths (each path's state and re-noisings stay on
+# the worker that made it), and zero-order's and evolution's rounds of noises (each worker is sent its rows'
+# noises and answers their scores)
+WORKER_STRATEGIES = ("random", "halving", "paths", "zero_order", "evolution")
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
@@ -228,6 +233,7 @@ class RoundsDispatcher:
         self.speed: Dict[str, Any] = {}
         self.claims: List[Any] = []         # (worker, end, rows, member scores) of every rows answer a worker gave
         self.noise_claims: List[Any] = []   # (worker, noises, seeds, member scores) of every noises answer
+        self.path_claims: List[Any] = []    # (worker, at the end, rows, their recipes, member scores) of paths answers
 
     def executors(self) -> int:
         return self.workers.executors()
@@ -246,6 +252,10 @@ class RoundsDispatcher:
         if job.task.spec.get("kind") == "noises":
             spec = dict(common, kind="noises", noise=encode_noise(job.task.spec["noises"]),
                         seeds=list(job.task.spec["seeds"]))
+        elif job.task.spec.get("kind") == "paths":
+            spec = dict(common, kind="paths", **{k: v for k, v in job.task.spec.items()
+                                                  if k in ("op", "rows", "seeds", "children", "begin", "renoise",
+                                                           "end", "drop", "lineage")})
         else:
             spec = dict(rows_spec(job.task.spec), kind="rows", **common)
         return shard_graph(self.graph, self.node_id, spec)
@@ -264,12 +274,49 @@ class RoundsDispatcher:
                                       source=f"worker {url}")
             self.noise_claims.append((url, job.task.spec["noises"], seeds, out["members"]))
             return out
+        if job.task.spec.get("kind") == "paths":
+            return self._check_paths(url, job, ans)
         spec = rows_spec(job.task.spec)
         nfe = len(spec["rows"]) * int(self.host.nfe(spec["begin"], spec["end"]))
         out = check_rows_answer(ans, spec=spec, members=self.members, nfe=nfe, token=job.token,
                                 source=f"worker {url}")
         self.claims.append((url, spec["end"], list(spec["rows"]), out["members"]))
         return out
+
+    def _check_paths(self, url: str, job: ShardJob, ans: Any) -> Dict[str, Any]:
+        """A paths answer, validated: the instruction's rows in order, their member scores (none for ``start``),
+        the NFEs the instruction costs, and the NFEs a lineage replay cost (at most the lineage's own)."""
+        spec = job.task.spec
+        op, steps = spec["op"], int(self.host.steps)
+        rows = [c[0] for c in spec["children"]] if op == "branch" else list(spec["rows"])
+        members = 0 if op == "start" else self.members
+        nfe = len(rows) * int(self.host.nfe(spec["renoise"] if op == "branch" else spec["begin"], spec["end"]))
+        src = f"worker {url}"
+
+        def bad(why: str) -> ShardAnswerError:
+            return ShardAnswerError(f"the answer of {src} for {len(rows)} path row(s) is malformed: {why}. Its "
+                                    "scores were not used")
+        if ans.get("protocol") != PROTOCOL or ans.get("token") != job.token or ans.get("kind") != "paths":
+            raise bad("another protocol, request or kind")
+        if ans.get("rows") != rows:
+            raise bad("it names other rows than the instruction's, or not in order")
+        ms = ans.get("members")
+        if not isinstance(ms, list) or len(ms) != len(rows):
+            raise bad(f"expected member scores of {len(rows)} rows")
+        got = check_rows_answer({"protocol": PROTOCOL, "token": job.token, "kind": "rows", "rows": list(range(len(rows))),
+                                 "members": ms, "nfe": nfe, "replay": False},
+                                spec={"rows": list(range(len(rows))), "end": spec["end"]}, members=members, nfe=nfe,
+                                token=job.token, source=src) if members else None
+        if type(ans.get("nfe")) is not int or ans["nfe"] != nfe:
+            raise bad(f"it spent {ans.get('nfe')!r} NFEs, expected {nfe}")
+        most = len(spec.get("lineage") or {}) * steps * max(1, len(self.host.sigmas))
+        if type(ans.get("replayed")) is not int or not 0 <= ans["replayed"] <= most:
+            raise bad("its replayed NFEs are out of range")
+        m = got["members"] if got is not None else torch.zeros(len(rows), 0)
+        if members:
+            recipes = spec.get("recipes") or {}
+            self.path_claims.append((url, int(spec["end"]) >= steps, rows, [recipes.get(i) for i in rows], m))
+        return {"rows": rows, "members": m, "nfe": nfe, "latents": None, "replayed": int(ans["replayed"])}
 
     def run(self, tasks, orphan=None, extra=()) -> TaskQueue:
         queue = TaskQueue([], orphan)
@@ -319,6 +366,7 @@ class RoundsDispatcher:
                     own = ans["members"][0]
                 self._compare(url, i, end, got[r], own, audit, liars)
         self._audit_noises(audit, finalists, liars)
+        self._audit_paths(audit, finalists, liars)
         for f in finalists:
             i = f.result.index
             if f.latent is not None or i not in final:
@@ -363,6 +411,52 @@ class RoundsDispatcher:
             self._compare(url, f.result.index, steps_of(self.host), members, mine["members"][0], audit, liars)
             if url not in liars:
                 f.latent, f.batch = mine["latents"][0:1], (mine["batch"] or [None])[0]
+
+    def _own_path(self, audit: "Audit", recipe: Dict[str, Any], final: bool):
+        """A path row re-made here from its recipe: (its raw member scores, its final latent or None)."""
+        key = ("path", json.dumps(recipe, sort_keys=True))
+        if key not in audit.own:
+            verifier = name_of(self.verifier)
+            if final:
+                lat, nfe = replay(self.host, recipe)
+                first = int(self.host.scored_rows)
+                sc = checked_scores(self.host.score(lat), 1, ["audit of a path"], verifier)
+            else:
+                _, x0, nfe = lineage(self.host, recipe)
+                lat = None
+                first = int(self.host.scored_rows)
+                sc = checked_scores(score_x0(self.host, x0), 1, ["audit of a path"], verifier)
+            audit.nfe += int(nfe)
+            audit.own[key] = (member_rows(self.host, first, 1, sc)[0], lat)
+        return audit.own[key]
+
+    def _audit_paths(self, audit: "Audit", finalists: List[Finalist], liars: Dict[str, str]) -> None:
+        """Paths: ``audit_per_shard`` rows of each answer re-made here from their recipes and scored; and every
+        finalist a worker finished, re-made here (which gives it its latent)."""
+        k = int(audit.config.audit_per_shard)
+        final: Dict[str, Any] = {}
+        for url, at_end, rows, recipes, got in self.path_claims:
+            for r, rec in enumerate(recipes):
+                if at_end and rec is not None:
+                    final[json.dumps(rec, sort_keys=True)] = (url, got[r])
+            if k <= 0 or url in liars:
+                continue
+            for r in sorted(audit.rng.sample(range(len(rows)), min(k, len(rows)))):
+                if recipes[r] is None:
+                    continue
+                own, _ = self._own_path(audit, recipes[r], at_end)
+                self._compare(url, rows[r], 0, got[r], own, audit, liars, what=f"path row {rows[r]}")
+        for f in finalists:
+            if f.latent is not None or f.recipe is None:
+                continue
+            rec = {"seed": int(f.recipe["seed"]), "ops": [list(op) for op in f.recipe["ops"]]}
+            claim = final.get(json.dumps(rec, sort_keys=True))
+            if claim is None:
+                claim = final.get(json.dumps(f.recipe, sort_keys=True))
+            own, lat = self._own_path(audit, f.recipe, True)
+            if claim is not None:
+                self._compare(claim[0], f.result.index, steps_of(self.host), claim[1], own, audit, liars)
+            f.latent = lat
 
     @staticmethod
     def _compare(url: str, i: int, end: int, claimed: torch.Tensor, own: torch.Tensor, audit: "Audit",
@@ -508,7 +602,7 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
         spec = json.loads(shard)
         if not isinstance(spec, dict):
             raise TypeError
-        if spec.get("kind") in ("rows", "noises"):
+        if spec.get("kind") in ("rows", "noises", "paths"):
             return answer_rows(plan, vae, verifier, prompt, seed, micro_batch, spec)
         start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
                                      str(spec["token"]))
@@ -550,11 +644,15 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
     if spec.get("protocol") != PROTOCOL:
         raise SearchInputError(f"the master speaks shard protocol {spec.get('protocol')!r}, this worker "
                                f"{PROTOCOL}: install the same pack version on both machines")
-    noises = spec.get("kind") == "noises"
+    noises, paths = spec.get("kind") == "noises", spec.get("kind") == "paths"
     try:
         if noises:
             noise, seeds = noises_spec(spec, like=list(plan.template.shape[1:]))
             task = {"rows": seeds, "begin": 0, "end": 1, "replay": False}
+        elif paths:
+            task = paths_spec(spec)
+            task["rows"] = [c[0] for c in task["children"]] if task["op"] == "branch" else task["rows"]
+            task["replay"] = False
         else:
             task = rows_spec(spec)
         base, token, search = int(spec["seed"]), str(spec["token"]), str(spec["search"])
@@ -578,6 +676,14 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             labels = [f"noise row (seed {s})" for s in seeds]
             out = noises_work(noise, seeds, labels, name_of(verifier))(host, {})
             return noises_answer(out, token=token, fingerprint=mine)
+        if paths:
+            if task["end"] > int(host.steps):
+                raise SearchInputError(f"a paths instruction to step {task['end']} of a {int(host.steps)}-step "
+                                       "schedule")
+            out = _paths_work(task, name_of(verifier), base)(host, HELD.get(search))
+            return {"protocol": PROTOCOL, "kind": "paths", "token": token, "fingerprint": mine, "refused": None,
+                    "rows": [int(i) for i in out["rows"]], "members": [[float(v) for v in r] for r in out["members"]],
+                    "nfe": int(out["nfe"]), "replayed": int(out["replayed"])}
         if task["end"] > int(host.steps):
             raise SearchInputError(f"a rows task to step {task['end']} of a {int(host.steps)}-step schedule")
         out = rows_work(base, task, name_of(verifier))(host, HELD.get(search))

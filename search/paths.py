@@ -168,6 +168,53 @@ class _HostPaths:
         return [latents[i:i + 1] for i in range(n)], scores
 
 
+MAX_ROWS = 65536
+
+
+def paths_spec(spec: Any) -> Dict[str, Any]:
+    """A paths instruction as plain data, checked (what a worker is sent and acts on).  ValueError otherwise."""
+    def ints(v, n=None, what="") -> List[int]:
+        if not isinstance(v, list) or len(v) > MAX_ROWS or not all(type(i) is int and 0 <= i < 2 ** 64 for i in v) \
+                or (n is not None and len(v) != n):
+            raise ValueError(f"a paths instruction's {what} must be a list of non-negative integers")
+        return list(v)
+    if not isinstance(spec, dict) or spec.get("op") not in ("start", "branch", "finish"):
+        raise ValueError("a paths instruction is an object with op start, branch or finish")
+    out: Dict[str, Any] = {"op": spec["op"], "drop": ints(spec.get("drop") or [], what="drop")}
+    for k in ("begin", "end") + (("renoise",) if spec["op"] == "branch" else ()):
+        if type(spec.get(k)) is not int or not 0 <= spec[k] <= 100000:
+            raise ValueError(f"a paths instruction's {k} must be a schedule step")
+        out[k] = spec[k]
+    if spec["op"] == "branch":
+        ch = spec.get("children")
+        if not isinstance(ch, list) or not 1 <= len(ch) <= MAX_ROWS:
+            raise ValueError("a branch instruction has 1 or more children")
+        out["children"] = [ints(c, 4, "children") for c in ch]
+        if not out["renoise"] < out["begin"] < out["end"] or len({c[0] for c in out["children"]}) != len(ch):
+            raise ValueError("a branch re-noises back, samples on past where it began, and names each child once")
+    else:
+        out["rows"] = ints(spec.get("rows"), what="rows")
+        out["seeds"] = ints(spec.get("seeds"), len(out["rows"]), "seeds")
+        if not out["rows"] or len(set(out["rows"])) != len(out["rows"]):
+            raise ValueError("a paths instruction names each of its rows once, and at least one")
+    lin = spec.get("lineage") or {}
+    if not isinstance(lin, dict) or len(lin) > MAX_ROWS:
+        raise ValueError("a paths instruction's lineage maps rows to recipes")
+    out["lineage"] = {}
+    for k, r in lin.items():
+        ops = r.get("ops") if isinstance(r, dict) else None
+        if not str(k).isdigit() or type(r.get("seed")) is not int or not isinstance(ops, list) or len(ops) > 4096:
+            raise ValueError("a paths instruction's lineage maps rows to recipes (a seed and operations)")
+        clean = []
+        for op in ops:
+            if not (isinstance(op, list) and len(op) == 3 and op[0] in ("sample", "renoise")
+                    and type(op[1]) in (int, float) and 0.0 <= float(op[1]) <= 1.0 and type(op[2]) is int):
+                raise ValueError("a recipe's operations are [sample|renoise, level, seed]")
+            clean.append((op[0], float(op[1]), int(op[2])))
+        out["lineage"][int(k)] = {"seed": int(r["seed"]), "ops": clean}
+    return out
+
+
 def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
     """What an executor does with one of a dispatched paths search's instructions (``held``: row id -> its
     one-row state, kept between rounds): drop ``drop``; then
@@ -332,7 +379,8 @@ class _DispatchedPaths:
         begin = self.index_now
         tasks = self._tasks("branch", children, lambda c: self.owner[c[1]],
                             lambda part: {"children": part, "begin": begin, "renoise": int(f_idx),
-                                          "end": int(b_idx)}, float(self.host.nfe(f_idx, b_idx)))
+                                          "end": int(b_idx), "recipes": {c[0]: self.recipes[c[0]] for c in part}},
+                            float(self.host.nfe(f_idx, b_idx)))
         got, m, latents = self._run(tasks)
         order = [c[0] for c in children]
         scores = self._scores(order, got, m, labels)
@@ -355,6 +403,8 @@ class _DispatchedPaths:
         tasks = self._tasks("finish", items, lambda it: self.owner[it[0]],
                             lambda part: {"rows": [it[0] for it in part], "seeds": [it[1] for it in part],
                                           "begin": begin, "end": T}, float(self.host.nfe(begin, T)))
+        for t in tasks:  # what each finished row's recipe is, for an audit of a worker's claim
+            t.spec["recipes"] = {i: recipes[self.ids.index(i)] for i in t.spec["rows"]}
         got, m, latents = self._run(tasks)
         order = [it[0] for it in items]
         for k, i in enumerate(order):

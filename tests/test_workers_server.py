@@ -530,3 +530,41 @@ def test_noise_strategies_over_a_worker_equal_the_local_search(comfy, worker, pr
     assert kinds and set(kinds) == {"noises"}
     note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
     assert f"worker {proxy.url}" in note
+
+
+# --------------------------------------------------------------------------- search over paths over a worker
+def paths_search_graph(prefix, candidates=6):
+    """Search over paths with the mean-rank ensemble, two rows at a time: the paths start in chunks, and each
+    path's re-noisings are made where its state lives."""
+    g = with_ensemble(search_graph(seed=SEED, candidates=candidates, top_k=1, prefix=prefix))
+    g["6"]["inputs"]["micro_batch"] = 2
+    return with_strategy(g, "paths", {"paths": 3, "noises_per_path": 2, "start_level": 0.5, "forward": 0.25,
+                                      "backward": 0.5})
+
+
+def test_search_over_paths_over_a_worker_equals_the_local_search(comfy, worker, proxy):
+    """The same rounds, survivors, scores, ranking and winner.  A winner a worker finished is re-made here from its
+    recipe, alone: its latent equals the one-machine search's up to float rounding (that one came out of a
+    micro-batch of two rows, and a lineage has no stock node that would replay it exactly either)."""
+    ref = comfy.run_ok(paths_search_graph("wk_paths_local"))
+    before = set(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(comfy, paths_search_graph("wk_paths"), [proxy.url]))
+    rep, theirs = report_of(entry), report_of(ref)
+    assert [(c["index"], c["noise_id"], c["rank"]) for c in rep["candidates"]] == \
+        [(c["index"], c["noise_id"], c["rank"]) for c in theirs["candidates"]]
+    assert [c["score"] for c in rep["candidates"]] == pytest.approx([c["score"] for c in theirs["candidates"]],
+                                                                    abs=1e-5)
+    a, b = latent_of(comfy, entry), latent_of(comfy, ref)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    assert rep["settings"]["rounds"] == report_of(ref)["settings"]["rounds"]
+    assert rep["settings"]["dispatch"]["executors"] == 2
+    ops = []
+    for pid, h in worker_prompts(worker).items():
+        if pid not in before:
+            (node,) = [n for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")]
+            spec = json.loads(node["inputs"]["shard"])
+            assert spec["kind"] == "paths"
+            ops.append(spec["op"])
+    assert "start" in ops and "branch" in ops, ops
+    note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
+    assert f"worker {proxy.url}" in note
