@@ -51,10 +51,10 @@ from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
 # the strategies that search with worker machines: random search's chunks, successive halving's rounds (each
-# row's state stays on the worker that made it), search over paths (each path's state and re-noisings stay on
-# the worker that made it), and zero-order's and evolution's rounds of noises (each worker is sent its rows'
-# noises and answers their scores)
-WORKER_STRATEGIES = ("random", "halving", "paths", "zero_order", "evolution")
+# row's state stays on the worker that made it), search over paths and particles (each path's or particle's
+# state, re-noisings and resampled copies stay on the worker that made it), and zero-order's and evolution's
+# rounds of noises (each worker is sent its rows' noises and answers their scores)
+WORKER_STRATEGIES = ("random", "halving", "paths", "particles", "zero_order", "evolution")
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
@@ -288,9 +288,11 @@ class RoundsDispatcher:
         the NFEs the instruction costs, and the NFEs a lineage replay cost (at most the lineage's own)."""
         spec = job.task.spec
         op, steps = spec["op"], int(self.host.steps)
-        rows = [c[0] for c in spec["children"]] if op == "branch" else list(spec["rows"])
+        rows = [c[0] for c in spec["children"]] if op in ("branch", "advance") else list(spec["rows"])
         members = 0 if op == "start" else self.members
         nfe = len(rows) * int(self.host.nfe(spec["renoise"] if op == "branch" else spec["begin"], spec["end"]))
+        if op == "advance" and int(spec["end"]) < steps:  # each particle's x0 probe
+            nfe += len(rows) * int(getattr(self.host, "nfe_predict", 1))
         src = f"worker {url}"
 
         def bad(why: str) -> ShardAnswerError:
@@ -315,8 +317,22 @@ class RoundsDispatcher:
         m = got["members"] if got is not None else torch.zeros(len(rows), 0)
         if members:
             recipes = spec.get("recipes") or {}
-            self.path_claims.append((url, int(spec["end"]) >= steps, rows, [recipes.get(i) for i in rows], m))
-        return {"rows": rows, "members": m, "nfe": nfe, "latents": None, "replayed": int(ans["replayed"])}
+            probes = [c[3] for c in spec["children"]] if op == "advance" else [None] * len(rows)
+            self.path_claims.append((url, int(spec["end"]) >= steps, rows, [recipes.get(i) for i in rows], m,
+                                     probes))
+        if type(ans.get("remade")) is not int or not 0 <= ans["remade"] <= len(spec.get("lineage") or {}):
+            raise bad("its count of re-made rows is out of range")
+        return {"rows": rows, "members": m, "nfe": nfe, "latents": None, "replayed": int(ans["replayed"]),
+                "remade": int(ans["remade"]), "digests": self._digests(ans, rows, bad) if int(spec["end"]) >= steps
+                else None}
+
+    @staticmethod
+    def _digests(ans: Any, rows: List[int], bad) -> Optional[List[str]]:
+        d = ans.get("digests")
+        if not isinstance(d, list) or len(d) != len(rows) or \
+                not all(isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) for x in d):
+            raise bad("its final samples' digests are not one 64-hex-digit string a row")
+        return list(d)
 
     def run(self, tasks, orphan=None, extra=()) -> TaskQueue:
         queue = TaskQueue([], orphan)
@@ -412,9 +428,11 @@ class RoundsDispatcher:
             if url not in liars:
                 f.latent, f.batch = mine["latents"][0:1], (mine["batch"] or [None])[0]
 
-    def _own_path(self, audit: "Audit", recipe: Dict[str, Any], final: bool):
-        """A path row re-made here from its recipe: (its raw member scores, its final latent or None)."""
-        key = ("path", json.dumps(recipe, sort_keys=True))
+    def _own_path(self, audit: "Audit", recipe: Dict[str, Any], final: bool, probe: Optional[int] = None):
+        """A path or particle row re-made here from its recipe: (its raw member scores, its final latent or
+        None).  Part-way, a path is scored on its last segment's x0-prediction, a particle on its x0 probe
+        (``probe``: the probe's seed)."""
+        key = ("path", json.dumps(recipe, sort_keys=True), final, probe)
         if key not in audit.own:
             verifier = name_of(self.verifier)
             if final:
@@ -422,7 +440,10 @@ class RoundsDispatcher:
                 first = int(self.host.scored_rows)
                 sc = checked_scores(self.host.score(lat), 1, ["audit of a path"], verifier)
             else:
-                _, x0, nfe = lineage(self.host, recipe)
+                state, x0, nfe = lineage(self.host, recipe)
+                if probe is not None:
+                    x0 = self.host.predict_x0(state, [int(probe)])
+                    nfe += int(getattr(self.host, "nfe_predict", 1))
                 lat = None
                 first = int(self.host.scored_rows)
                 sc = checked_scores(score_x0(self.host, x0), 1, ["audit of a path"], verifier)
@@ -435,7 +456,7 @@ class RoundsDispatcher:
         finalist a worker finished, re-made here (which gives it its latent)."""
         k = int(audit.config.audit_per_shard)
         final: Dict[str, Any] = {}
-        for url, at_end, rows, recipes, got in self.path_claims:
+        for url, at_end, rows, recipes, got, probes in self.path_claims:
             for r, rec in enumerate(recipes):
                 if at_end and rec is not None:
                     final[json.dumps(rec, sort_keys=True)] = (url, got[r])
@@ -444,7 +465,7 @@ class RoundsDispatcher:
             for r in sorted(audit.rng.sample(range(len(rows)), min(k, len(rows)))):
                 if recipes[r] is None:
                     continue
-                own, _ = self._own_path(audit, recipes[r], at_end)
+                own, _ = self._own_path(audit, recipes[r], at_end, probes[r])
                 self._compare(url, rows[r], 0, got[r], own, audit, liars, what=f"path row {rows[r]}")
         for f in finalists:
             if f.latent is not None or f.recipe is None:
@@ -602,8 +623,12 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
         spec = json.loads(shard)
         if not isinstance(spec, dict):
             raise TypeError
-        if spec.get("kind") in ("rows", "noises", "paths"):
-            return answer_rows(plan, vae, verifier, prompt, seed, micro_batch, spec)
+    except (ValueError, TypeError):
+        raise SearchInputError("Search Shard needs the shard JSON Search Loop writes; this node runs on worker "
+                               "machines and is not placed by hand") from None
+    if spec.get("kind") in ("rows", "noises", "paths"):
+        return answer_rows(plan, vae, verifier, prompt, seed, micro_batch, spec)
+    try:
         start, count, base, token = (int(spec["start"]), int(spec["count"]), int(spec["seed"]),
                                      str(spec["token"]))
     except (ValueError, KeyError, TypeError):
@@ -651,7 +676,7 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             task = {"rows": seeds, "begin": 0, "end": 1, "replay": False}
         elif paths:
             task = paths_spec(spec)
-            task["rows"] = [c[0] for c in task["children"]] if task["op"] == "branch" else task["rows"]
+            task["rows"] = [c[0] for c in task["children"]] if task["op"] in ("branch", "advance") else task["rows"]
             task["replay"] = False
         else:
             task = rows_spec(spec)
@@ -683,7 +708,8 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             out = _paths_work(task, name_of(verifier), base)(host, HELD.get(search))
             return {"protocol": PROTOCOL, "kind": "paths", "token": token, "fingerprint": mine, "refused": None,
                     "rows": [int(i) for i in out["rows"]], "members": [[float(v) for v in r] for r in out["members"]],
-                    "nfe": int(out["nfe"]), "replayed": int(out["replayed"])}
+                    "nfe": int(out["nfe"]), "replayed": int(out["replayed"]), "remade": int(out["remade"]),
+                    "digests": out.get("digests")}
         if task["end"] > int(host.steps):
             raise SearchInputError(f"a rows task to step {task['end']} of a {int(host.steps)}-step schedule")
         out = rows_work(base, task, name_of(verifier))(host, HELD.get(search))

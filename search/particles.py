@@ -36,13 +36,14 @@ resampling (a random search with the stochastic sampler) and the report says so.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple  # noqa: F401
+from typing import Any, Dict, List, Optional, Tuple  # noqa: F401
 
 import torch
 
-from .common import (TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, finalist,
-                     generation_nfe, score_x0, top_k_indices)
+from .common import (TAG_PARTICLES, TopK, check_budget, check_top_k, checked_scores, end_level, generation_nfe,
+                     score_x0, top_k_indices)
 from .host import SearchHost, derive_seed, final_latents
+from .paths import _DispatchedPaths, digest, lineage_finalist
 from .noise import seeds_for, wrap_seed
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
@@ -103,8 +104,90 @@ def particle_plan(host: SearchHost, budget_nfe: int, particles: int, interval: i
     return k, stops
 
 
+class _HostParticles:
+    """The particles on one host: all k states in one batch (the host micro-batches)."""
+
+    def __init__(self, host: SearchHost, origin: List[int], verifier: str):
+        self.host, self.verifier = host, verifier
+        self.state = host.start(host.initial_noise(origin))
+
+    @property
+    def index(self) -> int:
+        return int(self.state.index)
+
+    def advance(self, end: int, run_seeds, probe_seeds, labels, recipes) -> Optional[List[float]]:
+        """Every particle sampled on to ``end``; before the end, the scores of the x0-predictions at the states
+        returned (``probe_seeds``), else None."""
+        self.state, _ = self.host.sample(self.state, end, run_seeds)
+        if end >= int(self.host.steps):
+            return None
+        x0 = self.host.predict_x0(self.state, probe_seeds)
+        return checked_scores(score_x0(self.host, x0), len(labels), labels, self.verifier)
+
+    def select(self, idx: List[int]) -> None:
+        self.state = self.state.select(idx)
+
+    def final(self, labels):
+        """(the final scores, each particle's final latent, a digest per particle: equal digests, equal samples)."""
+        latents = final_latents(self.state)
+        scores = checked_scores(self.host.score(latents), len(labels), labels, self.verifier)
+        rows = [latents[i:i + 1] for i in range(len(labels))]
+        return scores, rows, [digest(r) for r in rows]
+
+
+class _DispatchedParticles(_DispatchedPaths):
+    """The particles over a dispatcher's executors (``search.dispatch.Pool``, the worker servers): they start in
+    chunks taken on demand; a particle's state then stays on the executor that made it; a resampled copy is made
+    where its parent lives (no state crosses machines), and sampled on there with its own seed.  A failed
+    executor's particles are re-made from their recipes elsewhere.  Final samples come back as scores and a
+    digest each (for the distinct-finalists rule); their latents only from this process."""
+
+    def __init__(self, dispatch: Any, host: SearchHost, origin: List[int], verifier: str):
+        super().__init__(dispatch, host, origin, 0, verifier)
+        self.final_scores: List[float] = []
+        self.final_latents: List[Any] = []
+
+    def advance(self, end: int, run_seeds, probe_seeds, labels, recipes) -> Optional[List[float]]:
+        T = int(self.host.steps)
+        children = []
+        for k, parent in enumerate(self.ids):
+            cid = self.next_id
+            self.next_id += 1
+            self.recipes[cid] = recipes[k]
+            children.append([cid, parent, int(run_seeds[k]), int(probe_seeds[k]) if probe_seeds else 0])
+        begin = self.index_now
+        per = float(self.host.nfe(begin, end)) + (0.0 if end >= T else float(getattr(self.host, "nfe_predict", 1)))
+        tasks = self._tasks("advance", children, lambda c: self.owner[c[1]],
+                            lambda part: {"children": part, "begin": begin, "end": int(end),
+                                          "recipes": {c[0]: self.recipes[c[0]] for c in part}}, per)
+        got, m, latents = self._run(tasks)
+        for p in set(self.ids):  # the parents are not needed any more
+            self.dropped.setdefault(self.owner[p], []).append(p)
+        self.ids = [c[0] for c in children]
+        self.index_now = int(end)
+        scores = self._scores(self.ids, got, m, labels)
+        if end >= T:
+            self.final_scores = scores
+            self.final_latents = [latents.get(i) for i in self.ids]
+            return None
+        return scores
+
+    def select(self, idx: List[int]) -> None:
+        kept = [self.ids[i] for i in idx]
+        for i in set(self.ids) - set(kept):
+            self.dropped.setdefault(self.owner[i], []).append(i)
+        self.ids = kept
+
+    def final(self, labels):
+        return self.final_scores, self.final_latents, [self.digests[i] for i in self.ids]
+
+
 def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                    stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                    stop: StopRule = None, dispatch=None, member_names=(), **params
+                    ) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every particle on this host; else a dispatcher with rounds (``search.dispatch.Pool``,
+    the worker servers): each particle's state stays on the executor that made it and a resampled copy is made
+    where its parent lives; the same weights, resamplings, samples and finalists whoever holds which."""
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     particles, interval, potential, lam = p["particles"], p["interval"], p["potential"], p["lam"]
@@ -127,7 +210,8 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
                             f"x0 probes ({2 * (gen + probe * len(resampling_steps(T, int(interval))))} NFEs), so "
                             f"{k} particle(s) ran without resampling: a random search with the stochastic sampler")
     origin = seeds_for(base, 0, k)
-    state = host.start(host.initial_noise(origin))
+    rows_of = _HostParticles(host, origin, verifier) if dispatch is None else \
+        _DispatchedParticles(dispatch, host, origin, verifier)
     lineage = list(range(k))
     recipes = [{"seed": s, "ops": []} for s in origin]  # replayable on another schedule (coarse-to-fine)
     logw = torch.zeros(k, dtype=torch.float64)
@@ -139,20 +223,22 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     # finished without further resampling (the other particles' remaining steps are saved)
     stopper = Stopper(stop, "scoring rounds")
     for seg, end in enumerate(stops):
-        start = state.index
+        start = rows_of.index
         run_seeds = [derive_seed(base, TAG_PARTICLES, seg, i) for i in range(k)]
-        state, _ = host.sample(state, end, run_seeds)
         recipes = [{"seed": r["seed"], "ops": r["ops"] + [("sample", end_level(host, end), rs)]}
                    for r, rs in zip(recipes, run_seeds)]
+        labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
+        if end == T:
+            labels = [f"fk particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
+        # the reward of the state just returned: its own x0-prediction (after this segment's last noise)
+        got = rows_of.advance(end, run_seeds, [derive_seed(base, TAG_PARTICLES, seg, i, 0x50) for i in range(k)],
+                              labels, recipes)
         spent += k * host.nfe(start, end)
         if end == T:
             break
-        # the reward of the state just returned: its own x0-prediction (after this segment's last noise)
-        x0 = host.predict_x0(state, [derive_seed(base, TAG_PARTICLES, seg, i, 0x50) for i in range(k)])
         spent += k * probe
         report.settings["probe_nfe"] += k * probe
-        labels = [f"fk step {end} particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
-        r = torch.tensor(checked_scores(score_x0(host, x0), k, labels, verifier), dtype=torch.float64)
+        r = torch.tensor(got, dtype=torch.float64)
         report.settings["reward_evaluations"] += k
         dead = r == -math.inf  # a remote grader's failed answer: the particle gets weight 0
         if bool(dead.all()):
@@ -181,7 +267,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
             g = torch.Generator(device="cpu")
             g.manual_seed(derive_seed(base, TAG_PARTICLES, seg, 0xA5))
             idx = resample_indices(torch.softmax(logw, 0), k, g, resampling)
-            state = state.select(idx)
+            rows_of.select(idx)
             lineage = [lineage[i] for i in idx]
             recipes = [recipes[i] for i in idx]
             sel = torch.as_tensor(idx, dtype=torch.long)
@@ -192,21 +278,21 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
         if stopper.see(float(r.max()), spent):
             # keep the top_k rows by their latest reward and finish them without resampling
             best = top_k_indices(reward.tolist(), top_k)
-            state = state.select(best)
+            rows_of.select(best)
             lineage = [lineage[i] for i in best]
             recipes = [recipes[i] for i in best]
             k = len(best)
             fin_seeds = [derive_seed(base, TAG_PARTICLES, seg + 1, i) for i in range(k)]
-            start = state.index
-            state, _ = host.sample(state, T, fin_seeds)
+            start = rows_of.index
             recipes = [{"seed": rr["seed"], "ops": rr["ops"] + [("sample", end_level(host, T), rs)]}
                        for rr, rs in zip(recipes, fin_seeds)]
+            rows_of.advance(T, fin_seeds, None, [f"fk particle {i} (from seed {origin[lineage[i]]})"
+                                                  for i in range(k)], recipes)
             spent += k * host.nfe(start, T)
             break
 
-    latents = final_latents(state)
     labels = [f"fk particle {i} (from seed {origin[lineage[i]]})" for i in range(k)]
-    scores = checked_scores(host.score(latents), k, labels, verifier)
+    scores, latents, digests = rows_of.final(labels)
     results: Dict[int, CandidateResult] = {}
     for i in range(k):
         results[i] = CandidateResult(index=i, seed=None, score=scores[i], nfe=gen, noise_id=labels[i])
@@ -215,17 +301,23 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     order = sorted(range(k), key=lambda i: (-scores[i], i))
     distinct: List[int] = []
     for i in order:
-        if not any(torch.equal(latents[i], latents[j]) for j in distinct):
+        if not any(digests[i] == digests[j] for j in distinct):
             distinct.append(i)
     chosen = (distinct + [i for i in order if i not in distinct])[:top_k]
     report.settings["distinct_final_samples"] = len(distinct)
     report.settings["distinct_lineages"] = len(set(lineage))
     keep = TopK(top_k)
     for rank, i in enumerate(chosen):
-        keep.offer(-rank, i, finalist(latents[i:i + 1], recipe=recipes[i]))
+        keep.offer(-rank, i, lineage_finalist(latents[i], recipes[i]))
     report.trace.append({"round": len(stops), "nfe": spent, "best": max(scores), "index": T})
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent
+    if dispatch is not None:
+        report.settings["dispatch"] = rows_of.summary()
+        if rows_of.replayed_rows:
+            report.notes.append(f"{rows_of.replayed_rows} particle(s) were re-made from their lineage on another "
+                                f"executor (theirs had failed, or was behind) ({rows_of.replayed_nfe} NFEs more, "
+                                "not counted in the search's)")
     stopper.close(report, budget_nfe, spent)
     if spent < int(budget_nfe) and not stopper.fired:
         per = gen + probe * len(resample_at)
@@ -268,4 +360,4 @@ ALGORITHM = Algorithm(
                                               "lambda multiplies the verifier's own units (FK steering).",
               choices=REWARD_SCALES, optional=True),
     ),
-    samplers="stochastic", finalists="recipe", coarse=_coarse)
+    samplers="stochastic", finalists="recipe", dispatch="rounds", coarse=_coarse)

@@ -171,6 +171,13 @@ class _HostPaths:
 MAX_ROWS = 65536
 
 
+def digest(latent: torch.Tensor) -> str:
+    """A final latent's fingerprint: two rows with the same digest are the same sample (particles' copies)."""
+    import hashlib
+    t = latent.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
 def paths_spec(spec: Any) -> Dict[str, Any]:
     """A paths instruction as plain data, checked (what a worker is sent and acts on).  ValueError otherwise."""
     def ints(v, n=None, what="") -> List[int]:
@@ -178,20 +185,22 @@ def paths_spec(spec: Any) -> Dict[str, Any]:
                 or (n is not None and len(v) != n):
             raise ValueError(f"a paths instruction's {what} must be a list of non-negative integers")
         return list(v)
-    if not isinstance(spec, dict) or spec.get("op") not in ("start", "branch", "finish"):
-        raise ValueError("a paths instruction is an object with op start, branch or finish")
+    if not isinstance(spec, dict) or spec.get("op") not in ("start", "branch", "finish", "advance"):
+        raise ValueError("a paths instruction is an object with op start, branch, finish or advance")
     out: Dict[str, Any] = {"op": spec["op"], "drop": ints(spec.get("drop") or [], what="drop")}
     for k in ("begin", "end") + (("renoise",) if spec["op"] == "branch" else ()):
         if type(spec.get(k)) is not int or not 0 <= spec[k] <= 100000:
             raise ValueError(f"a paths instruction's {k} must be a schedule step")
         out[k] = spec[k]
-    if spec["op"] == "branch":
+    if spec["op"] in ("branch", "advance"):
         ch = spec.get("children")
         if not isinstance(ch, list) or not 1 <= len(ch) <= MAX_ROWS:
-            raise ValueError("a branch instruction has 1 or more children")
+            raise ValueError("a branch or advance instruction has 1 or more children")
         out["children"] = [ints(c, 4, "children") for c in ch]
-        if not out["renoise"] < out["begin"] < out["end"] or len({c[0] for c in out["children"]}) != len(ch):
-            raise ValueError("a branch re-noises back, samples on past where it began, and names each child once")
+        back = out["renoise"] < out["begin"] if spec["op"] == "branch" else True
+        if not back or not out["begin"] < out["end"] or len({c[0] for c in out["children"]}) != len(ch):
+            raise ValueError("a branch re-noises back; it and an advance sample on past where they began and name "
+                             "each child once")
     else:
         out["rows"] = ints(spec.get("rows"), what="rows")
         out["seeds"] = ints(spec.get("seeds"), len(out["rows"]), "seeds")
@@ -232,7 +241,7 @@ def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
         for i in spec.get("drop") or ():
             held.pop(i, None)
         op, end = spec["op"], int(spec["end"])
-        replayed = 0
+        replayed, remade = 0, 0
         if op == "start":
             ids, seeds = list(spec["rows"]), list(spec["seeds"])
             state = host.start(host.initial_noise(seeds))
@@ -241,16 +250,17 @@ def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
             for r, i in enumerate(ids):
                 held[i] = state.select([r])
             return {"rows": ids, "members": torch.zeros(len(ids), 0), "nfe": len(ids) * int(host.nfe(0, end)),
-                    "latents": None, "replayed": 0}
+                    "latents": None, "replayed": 0, "remade": 0}
 
         def state_of(i: Any) -> State:
-            nonlocal replayed
+            nonlocal replayed, remade
             if i not in held:
                 recipe = (spec.get("lineage") or {}).get(i)
                 if recipe is None:
                     raise ExecutorFault(f"holds no state for path row {i}")
                 held[i], _, cost = lineage(host, recipe)
                 replayed += cost
+                remade += 1
             return held[i]
         if op == "branch":
             children = [list(c) for c in spec["children"]]
@@ -262,6 +272,17 @@ def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
                                     derived_noise(parents.noise[0:1], [c[2] for c in children]))
             state, x0 = host.sample(renoised, end, [c[3] for c in children])
             nfe = len(ids) * int(host.nfe(int(spec["renoise"]), end))
+        elif op == "advance":  # particles: each child a copy of its parent, sampled on with its own seed
+            children = [list(c) for c in spec["children"]]
+            ids = [c[0] for c in children]
+            parents = State.cat([state_of(c[1]) for c in children])
+            if int(parents.index) != int(spec["begin"]):
+                raise ExecutorFault(f"holds particles at step {int(parents.index)}, not {int(spec['begin'])}")
+            state, _ = host.sample(parents, end, [c[2] for c in children])
+            nfe = len(ids) * int(host.nfe(int(spec["begin"]), end))
+            if end < T:  # the reward of the state just returned: its own x0-prediction
+                x0 = host.predict_x0(state, [c[3] for c in children])
+                nfe += len(ids) * int(getattr(host, "nfe_predict", 1))
         elif op == "finish":
             ids = list(spec["rows"])
             state = State.cat([state_of(i) for i in ids])
@@ -279,7 +300,8 @@ def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
             for r, i in enumerate(ids):
                 held[i] = state.select([r])
         return {"rows": ids, "members": member_rows(host, first, len(ids), scores), "nfe": nfe,
-                "latents": cand if at_end else None, "replayed": int(replayed)}
+                "latents": cand if at_end else None, "replayed": int(replayed), "remade": int(remade),
+                "digests": [digest(cand[r]) for r in range(len(ids))] if at_end else None}
     return work
 
 
@@ -299,6 +321,7 @@ class _DispatchedPaths:
         self.owner: Dict[int, str] = {}
         self.dropped: Dict[str, List[int]] = {}
         self.recipes: Dict[int, Dict[str, Any]] = {}
+        self.digests: Dict[int, str] = {}
         self.replayed_rows = self.replayed_nfe = self.tasks = 0
         self.index_now = int(s_idx)
         self.next_id = len(seeds)
@@ -322,7 +345,7 @@ class _DispatchedPaths:
 
     def _orphan(self, task: Task, dead: str) -> Task:
         spec = dict(task.spec)
-        parents = [c[1] for c in spec["children"]] if spec["op"] == "branch" else list(spec["rows"])
+        parents = [c[1] for c in spec["children"]] if spec["op"] in ("branch", "advance") else list(spec["rows"])
         spec["lineage"] = {i: self.recipes[i] for i in parents}
         spec["drop"] = []
         return Task((task.key, "replay"), _paths_work(spec, self.verifier, 0), spec, cost=task.cost * 2)
@@ -340,9 +363,10 @@ class _DispatchedPaths:
                 rows.append(i)
                 if ans["latents"] is not None:
                     latents[i] = ans["latents"][r:r + 1]
-            if ans.get("replayed"):
-                self.replayed_nfe += int(ans["replayed"])
-                self.replayed_rows += len(ans["rows"])
+                if ans.get("digests"):
+                    self.digests[i] = ans["digests"][r]
+            self.replayed_nfe += int(ans.get("replayed") or 0)
+            self.replayed_rows += int(ans.get("remade") or 0)
             members.append(ans["members"])
         return rows, (torch.cat(members) if scored and members else None), latents
 

@@ -385,3 +385,37 @@ def test_paths_with_a_relative_verifier_early_stopping_and_its_random_fallback_e
     a = run_strategy(small, host(), top_k=1, seed=SEED, dispatch=Pool(executors(2)))
     same(a, run_strategy(small, host(), top_k=1, seed=SEED))
     assert a[0].settings["fallback"] == "random" and a[0].settings["shards"]
+
+
+# --------------------------------------------------------------------------- particles
+def stochastic_host(micro_batch=0):
+    from toy_host import gaussian_host as g
+    h = g(steps=STEPS, micro_batch=micro_batch)
+    h.sampler_name = "euler_ancestral"
+    return h
+
+
+PARTICLES = [({"particles": 5, "interval": 2, "ess_threshold": 0.0}, 2), ({"particles": 6, "interval": 3}, 1),
+             ({}, 2)]
+
+
+@pytest.mark.parametrize("params, top_k", PARTICLES)
+@pytest.mark.parametrize("k, fail_at", [(1, None), (3, None), (4, 1), (4, 3)])
+def test_particles_with_each_particles_state_where_it_was_made_equal_one_machine(params, top_k, k, fail_at):
+    from search.particles import particle_search
+    ref = particle_search(stochastic_host(micro_batch=3), seed=SEED, budget_nfe=30 * STEPS, top_k=top_k, **params)
+    pool = Pool(executors(k, fail_at=fail_at))
+    for ex in pool.members:  # the executors sample with the same (stochastic) sampler as the search
+        ex.host.sampler_name = "euler_ancestral"
+    got = particle_search(stochastic_host(micro_batch=1), seed=SEED, budget_nfe=30 * STEPS, top_k=top_k,
+                          dispatch=pool, **params)
+    same(got, ref)
+    for key in ("resampled_at", "ess", "lineages_alive", "distinct_final_samples", "distinct_lineages"):
+        assert got[0].settings[key] == ref[0].settings[key], key
+    for fa, fb in zip(got[1], ref[1]):
+        assert fa.recipe == fb.recipe and torch.equal(fa.latent, fb.latent)
+    d = got[0].settings["dispatch"]
+    assert d["executors"] == k
+    assert d["failed"] == ({} if fail_at is None else {"e1": "went away"}) or (fail_at == 3 and not d["failed"])
+    if d["failed"] and fail_at == 3:  # it held particles when it failed: re-made from their recipes elsewhere
+        assert d["replayed_rows"] > 0 and any("re-made from their lineage" in n for n in got[0].notes)

@@ -577,3 +577,61 @@ def test_cancel_interrupts_the_workers_prompts(fakes):
     with pytest.raises(KeyboardInterrupt):
         d([(0, 4), (4, 4)], lambda s, c: None)
     assert set(hang.interrupted) == {"p0"}  # the running prompt is stopped (and dropped from the queue)
+
+
+# --------------------------------------------------------------------------- what a worker is sent and answers
+paths_mod = importlib.import_module("infscale_core.search.paths")
+
+
+def test_a_rows_task_from_outside_is_checked_before_anything_runs():
+    good = {"rows": [3, 5], "begin": 0, "end": 2, "fresh": True}
+    assert sharded.rows_spec(good)["rows"] == [3, 5]
+    for bad in ({"rows": [3, 3], "begin": 0, "end": 2}, {"rows": [], "begin": 0, "end": 2},
+                {"rows": [1], "begin": 2, "end": 2}, {"rows": [1], "begin": 1, "end": 2, "fresh": True},
+                {"rows": ["1"], "begin": 0, "end": 2}, {"rows": [1], "begin": 0, "end": 10 ** 9},
+                {"rows": [1], "begin": 0, "end": 2, "drop": [-1]}, [1, 2]):
+        with pytest.raises(ValueError):
+            sharded.rows_spec(bad)
+
+
+def test_noise_rows_travel_exactly_and_anything_else_is_refused():
+    noise = torch.randn(3, 4, 8, 8)
+    data = sharded.encode_noise(noise)
+    assert torch.equal(sharded.decode_noise(json.loads(json.dumps(data)), 3, [4, 8, 8]), noise)
+    for bad, rows, like in ((data, 2, None), (data, 3, [4, 8, 9]), (dict(data, float32=data["float32"][:-8]), 3, None),
+                            (sharded.encode_noise(noise * 1e5), 3, None),
+                            (sharded.encode_noise(torch.full((3, 4, 8, 8), float("nan"))), 3, None),
+                            (dict(data, shape=[3, 4, 8, 8, 1, 1, 1]), 3, None), ("x", 3, None)):
+        with pytest.raises(ValueError):
+            sharded.decode_noise(bad, rows, like)
+
+
+def test_a_paths_instruction_from_outside_is_checked():
+    ok = {"op": "branch", "children": [[7, 1, 5, 6]], "begin": 2, "renoise": 1, "end": 4,
+          "lineage": {"1": {"seed": 3, "ops": [["sample", 0.5, 9]]}}}
+    got = paths_mod.paths_spec(ok)
+    assert got["lineage"] == {1: {"seed": 3, "ops": [("sample", 0.5, 9)]}}
+    for bad in (dict(ok, op="rm"), dict(ok, renoise=3), dict(ok, children=[[7, 1, 5]]),
+                dict(ok, children=[[7, 1, 5, 6], [7, 2, 5, 6]]), dict(ok, lineage={"x": {"seed": 3, "ops": []}}),
+                dict(ok, lineage={"1": {"seed": 3, "ops": [["exec", 0.5, 9]]}}),
+                dict(ok, lineage={"1": {"seed": 3, "ops": [["sample", 7.0, 9]]}}),
+                {"op": "finish", "rows": [1, 2], "seeds": [1], "begin": 1, "end": 4}):
+        with pytest.raises(ValueError):
+            paths_mod.paths_spec(bad)
+
+
+def test_a_rows_answer_must_be_the_tasks_rows_scores_and_nfes():
+    spec = {"rows": [3, 5], "begin": 0, "end": 2}
+    ans = {"protocol": sharded.PROTOCOL, "token": "t", "kind": "rows", "rows": [3, 5], "members": [[1.0], [2.0]],
+           "nfe": 4, "replay": False}
+    got = sharded.check_rows_answer(ans, spec=spec, members=1, nfe=4, token="t", source="w")
+    assert got["members"].tolist() == [[1.0], [2.0]]
+    for change in ({"rows": [5, 3]}, {"nfe": 5}, {"token": "u"}, {"members": [[1.0]]},
+                   {"members": [[1.0], [float("nan")]]}, {"members": [[1.0], [1e12]]}, {"replay": True}):
+        with pytest.raises(sharded.ShardAnswerError):
+            sharded.check_rows_answer(dict(ans, **change), spec=spec, members=1, nfe=4, token="t", source="w")
+    noises = {"protocol": sharded.PROTOCOL, "token": "t", "kind": "noises", "members": [[1.0], [-float("inf")]],
+              "nfe": 12}
+    assert sharded.check_noises_answer(noises, rows=2, members=1, nfe=12, token="t", source="w")["nfe"] == 12
+    with pytest.raises(sharded.ShardAnswerError):
+        sharded.check_noises_answer(dict(noises, nfe=6), rows=2, members=1, nfe=12, token="t", source="w")

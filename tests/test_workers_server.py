@@ -557,6 +557,7 @@ def test_search_over_paths_over_a_worker_equals_the_local_search(comfy, worker, 
     a, b = latent_of(comfy, entry), latent_of(comfy, ref)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     assert rep["settings"]["rounds"] == report_of(ref)["settings"]["rounds"]
+    assert not rep["settings"]["workers"]["faults"], rep["settings"]["workers"]["faults"]
     assert rep["settings"]["dispatch"]["executors"] == 2
     ops = []
     for pid, h in worker_prompts(worker).items():
@@ -566,5 +567,27 @@ def test_search_over_paths_over_a_worker_equals_the_local_search(comfy, worker, 
             assert spec["kind"] == "paths"
             ops.append(spec["op"])
     assert "start" in ops and "branch" in ops, ops
+    note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
+    assert f"worker {proxy.url}" in note
+
+
+def test_particles_over_a_worker_equal_the_local_search(comfy, worker, proxy):
+    """Particle resampling (FK) with a stochastic sampler: the resampled copies are made where their parents
+    live, and the weights, resamplings, ranking and winner are the one-machine search's."""
+    def graph(prefix):
+        g = with_ensemble(search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix, sampler="euler_ancestral"))
+        g["6"]["inputs"]["micro_batch"] = 2
+        return with_strategy(g, "particles", {"particles": 4, "interval": 1, "ess_threshold": 0.0})
+    ref = comfy.run_ok(graph("wk_fk_local"))
+    entry = comfy.run_ok(with_workers(comfy, graph("wk_fk"), [proxy.url]))
+    rep, theirs = report_of(entry), report_of(ref)
+    assert [(c["index"], c["noise_id"], c["rank"]) for c in rep["candidates"]] == \
+        [(c["index"], c["noise_id"], c["rank"]) for c in theirs["candidates"]]
+    assert [c["score"] for c in rep["candidates"]] == pytest.approx([c["score"] for c in theirs["candidates"]],
+                                                                    abs=1e-5)
+    for key in ("resampled_at", "lineages_alive", "distinct_final_samples"):
+        assert rep["settings"][key] == theirs["settings"][key], key
+    a, b = latent_of(comfy, entry), latent_of(comfy, ref)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
     assert f"worker {proxy.url}" in note
