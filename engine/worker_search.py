@@ -246,6 +246,10 @@ class RoundsDispatcher:
         b.add_matrix(matrix)
         return b.all()
 
+    def __call__(self, plan, run_local):
+        """Random search's chunks (a strategy's random-search fallback): the workers' chunk protocol."""
+        return self.workers(plan, run_local)
+
     def _graph(self, job: ShardJob) -> Dict[str, Any]:
         common = dict(protocol=PROTOCOL, search=self.search, seed=self.base, token=job.token,
                       expect=fingerprint_digest(self.mine, job.token))
@@ -363,6 +367,9 @@ class RoundsDispatcher:
         """The workers' claims checked here: ``audit_per_shard`` rows of each answer, drawn where the worker
         cannot foresee them, sampled to the same step and scored on this machine; and every finalist a worker
         finished, rendered and scored here (this machine needs its image anyway)."""
+        if self.workers.ran:  # a random-search fallback's chunks
+            audit.sample(self.workers, liars)
+            audit.finalists(self.workers, finalists, liars)
         k, steps = int(audit.config.audit_per_shard), int(self.host.steps)
         final: Dict[int, Any] = {}
         for url, end, rows, got in self.claims:
@@ -567,6 +574,7 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     by = {}
     for s in ran:
         by[s["ran_on"]] = by.get(s["ran_on"], 0) + int(s["count"])
+    in_rounds = in_rounds and not ran  # a strategy's random-search fallback ran chunks
     if in_rounds:
         by = {("this machine" if k == "local" else f"worker {k}"): v for k, v in dispatcher.ran_on().items()}
     report.notes.extend(dispatch.notes)

@@ -591,3 +591,17 @@ def test_particles_over_a_worker_equal_the_local_search(comfy, worker, proxy):
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     note = next(n for n in rep["notes"] if n.startswith("rows sampled and scored"))
     assert f"worker {proxy.url}" in note
+
+
+def test_paths_under_its_fallback_budget_runs_random_searchs_chunks_on_the_worker(comfy, worker, proxy):
+    """Paths at a budget under min_generations is random search's candidates: over a worker, in chunks, as
+    random search would run them."""
+    def graph(prefix):
+        g = with_ensemble(search_graph(seed=SEED, candidates=N, top_k=1, prefix=prefix))
+        g["6"]["inputs"]["micro_batch"] = 1
+        return with_strategy(g, "paths", {"paths": 0, "budget_nfe": 8})
+    ref = comfy.run_ok(graph("wk_pf_local"))
+    entry = comfy.run_ok(with_workers(comfy, graph("wk_pf"), [proxy.url]))
+    rep = assert_same_search(comfy, entry, ref)
+    assert rep["settings"]["fallback"] == "random"
+    assert {s["ran_on"] for s in rep["settings"]["shards"]} >= {f"worker {proxy.url}"}
