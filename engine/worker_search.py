@@ -96,10 +96,6 @@ def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> N
         raise SearchInputError(f"'{get_algorithm(strategy.name).title}' cannot search with worker machines yet (its "
                                f"candidates' state would have to cross machines); these can: {titles}. Disconnect "
                                "Search Workers, or pick one of those")
-    if strategy is not None and strategy.coarse_steps:
-        raise SearchInputError("coarse-to-fine picks finalists from a coarse round before re-rendering them; with "
-                               "worker machines only plain random search runs: set coarse_steps to 0 or disconnect "
-                               "Search Workers")
     if strategy is not None and strategy.stop is not None and strategy.stop.active and strategy.name == "random":
         raise SearchInputError("early stopping reads candidates in order, which shards on several machines do not "
                                "have: turn early stopping off or disconnect Search Workers")
@@ -198,8 +194,8 @@ class ShardDispatcher:
     def plan(self, n: int, floor: int = 1):
         return self.workers.plan(n, floor)
 
-    def __call__(self, plan, run_local):
-        return self.workers(plan, run_local)
+    def __call__(self, plan, run_local, steps=None):
+        return self.workers(plan, run_local, steps)
 
     def recombine(self, matrix: torch.Tensor) -> torch.Tensor:
         b = ScoreBook(self.verifier, self.prompt)
@@ -246,13 +242,15 @@ class RoundsDispatcher:
         b.add_matrix(matrix)
         return b.all()
 
-    def __call__(self, plan, run_local):
+    def __call__(self, plan, run_local, steps=None):
         """Random search's chunks (a strategy's random-search fallback): the workers' chunk protocol."""
-        return self.workers(plan, run_local)
+        return self.workers(plan, run_local, steps)
 
     def _graph(self, job: ShardJob) -> Dict[str, Any]:
         common = dict(protocol=PROTOCOL, search=self.search, seed=self.base, token=job.token,
                       expect=fingerprint_digest(self.mine, job.token))
+        if job.task.spec.get("steps"):  # a coarse-to-fine search's coarse steps
+            common["steps"] = int(job.task.spec["steps"])
         if job.task.spec.get("kind") == "noises":
             spec = dict(common, kind="noises", noise=encode_noise(job.task.spec["noises"]),
                         seeds=list(job.task.spec["seeds"]))
@@ -510,7 +508,10 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
         raise SearchInputError("Search Loop did not get its own prompt from ComfyUI (hidden PROMPT / UNIQUE_ID), "
                                "so it cannot send it to the workers")
     node_id = str(node_id)
-    gen = plan.nfe_per_generation()
+    # a coarse-to-fine search's workers sample on its coarse steps (the finalists' full steps are this machine's)
+    work_host = host.with_steps(int(strategy.coarse_steps)) if strategy is not None and strategy.coarse_steps \
+        else host
+    gen = int(work_host.nfe(0, int(work_host.steps)))
     t0 = time.perf_counter()
     mine = fingerprint(plan, vae, verifier, prompt)
     fingerprint_s = time.perf_counter() - t0
@@ -521,6 +522,8 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     def graph_for(job: ShardJob) -> Dict[str, Any]:
         spec = {"protocol": PROTOCOL, "start": job.start, "count": job.count, "seed": base, "token": job.token,
                 "expect": fingerprint_digest(mine, job.token)}
+        if job.task is not None and job.task.spec.get("steps"):
+            spec["steps"] = int(job.task.spec["steps"])
         return shard_graph(graph, node_id, spec)
 
     def check(url: str, job: ShardJob, ans: Any):
@@ -535,7 +538,7 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
 
     dispatch = WorkerDispatch(config, graph_for, node_id, check, throw_if_interrupted,
                               on_remote=lambda rows: progress.advance(sum(rows.nfe)))
-    audit = Audit(host, base, config, rng)
+    audit = Audit(work_host, base, config, rng)
 
     in_rounds = strategy is not None and get_algorithm(strategy.name).dispatch in ("rounds", "noises")
     dispatcher: Any = ShardDispatcher(dispatch, verifier, prompt)
@@ -543,8 +546,8 @@ def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, str
     try:
         for _ in range(len(config.urls) + 1):  # each pass drops at least one worker, or is the last
             if in_rounds:  # every pass from scratch: the rows a dropped worker held are gone with it
-                dispatcher = RoundsDispatcher(dispatch, host, base, verifier, prompt, mine, members, graph, node_id,
-                                              progress)
+                dispatcher = RoundsDispatcher(dispatch, work_host, base, verifier, prompt, mine, members, graph,
+                                              node_id, progress)
             report, finalists = run_strategy(strategy, host, budget_nfe=budget, top_k=top_k, seed=base,
                                              verifier=name_of(verifier), dispatch=dispatcher,
                                              member_names=book.member_names)
@@ -659,13 +662,23 @@ def answer_shard(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micr
         vae = scoring_vae(plan, vae)
         lanes = device_set(plan, "all", vae)  # every GPU of the worker; their copies go when the shard ends
         try:
-            host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
-                             mask_seed=int(seed), devices=lanes)
+            host = at_steps(ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(count, int(micro_batch)),
+                                      mask_seed=int(seed), devices=lanes), spec)
             rows = run_shard(host, base, start, count, verifier=name_of(verifier))
         finally:
             lanes.release()
         out = answer(rows, base_seed=base, token=token, fingerprint=mine)
     return out
+
+
+def at_steps(host: ComfyHost, spec: Dict[str, Any]) -> ComfyHost:
+    """The worker's host on a coarse-to-fine search's coarse steps (``steps`` in the task), else as it is."""
+    steps = spec.get("steps")
+    if steps is None:
+        return host
+    if type(steps) is not int or not 1 <= steps < int(host.steps):
+        raise SearchInputError(f"a task for {steps!r} coarse steps of a {int(host.steps)}-step schedule")
+    return host.with_steps(steps)
 
 
 def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro_batch: int,
@@ -703,8 +716,8 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
     vae = scoring_vae(plan, vae)
     lanes = device_set(plan, "all", vae)
     try:
-        host = ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(n, int(micro_batch)),
-                         mask_seed=int(seed), devices=lanes)
+        host = at_steps(ComfyHost(plan, vae, verifier, prompt, progress, plan.micro_batch(n, int(micro_batch)),
+                                  mask_seed=int(seed), devices=lanes), spec)
         if noises:
             labels = [f"noise row (seed {s})" for s in seeds]
             out = noises_work(noise, seeds, labels, name_of(verifier))(host, {})

@@ -292,9 +292,12 @@ class WorkerDispatch:
         self.notes.append(f"worker {url} was dropped: {why}. Its {len(lost)} shard(s) were run again elsewhere")
         return len(lost)
 
-    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], ShardRows]) -> List[ShardRows]:
-        """Random search's chunks (those not got before), on the workers and, with ``local``, here."""
-        queue = TaskQueue([Task((s, c), spec={"start": s, "count": c}, cost=float(c))
+    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], ShardRows],
+                 steps: Optional[int] = None) -> List[ShardRows]:
+        """Random search's chunks (those not got before), on the workers and, with ``local``, here (``steps``: a
+        coarse search's steps, which the workers are told)."""
+        extra = {} if steps is None else {"steps": int(steps)}
+        queue = TaskQueue([Task((s, c), spec={"start": s, "count": c, **extra}, cost=float(c))
                            for s, c in plan if (s, c) not in self.done])
         self.drive(queue, lambda task: run_local(task.spec["start"], task.spec["count"]))
         self.done.update(queue.done)

@@ -462,15 +462,20 @@ class Pool:
             self.dead.update(queue.dead)
         return queue
 
-    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], Any]) -> List[Any]:
+    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], Any],
+                 steps: Optional[int] = None) -> List[Any]:
         """Random search's chunks: each member samples and scores its chunks on its own host (``run_shard``
-        of the pool's ``seed``); with ``local``, the search's own host takes chunks too (``run_local``)."""
+        of the pool's ``seed``; on ``steps`` steps when given: a coarse search); with ``local``, the search's own
+        host takes chunks too (``run_local``)."""
         if self.seed is None:
             raise ValueError("this pool does not know the search's seed, which its members need for random search")
         seed, verifier = int(self.seed), self.verifier
 
+        def on(host: Any) -> Any:
+            return host if steps is None or int(host.steps) == int(steps) else host.with_steps(int(steps))
+
         def work(start: int, count: int):
-            return lambda host, held: run_shard(host, seed, start, count, verifier=verifier)
+            return lambda host, held: run_shard(on(host), seed, start, count, verifier=verifier)
         tasks = [Task((s, c), work(s, c), {"start": s, "count": c}, cost=float(c)) for s, c in plan]
         extra = [_Local(run_local)] if self.local else []
         queue = self.run(tasks, extra=extra)
@@ -479,6 +484,36 @@ class Pool:
             if queue.ran.get(k, "local") != "local":
                 rows.where = queue.ran[k]
         return out
+
+
+class AtSteps:
+    """A dispatcher whose executors sample on ``steps`` steps: coarse-to-fine's coarse search.  Every task's work
+    runs on its executor's host re-scheduled to ``steps`` (``host.with_steps``, unless it is already there), and
+    its spec says ``steps`` (what a worker server is sent).  Everything else is the wrapped dispatcher's."""
+
+    def __init__(self, inner: Any, steps: int):
+        self.inner, self.steps = inner, int(steps)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _on(self, host: Any) -> Any:
+        return host if int(host.steps) == self.steps else host.with_steps(self.steps)
+
+    def wrap(self, task: Task) -> Task:
+        work = task.work
+        return Task(task.key, None if work is None else (lambda host, held: work(self._on(host), held)),
+                    dict(task.spec, steps=self.steps), task.owner, task.cost)
+
+    def run(self, tasks: Iterable[Task], orphan: Optional[Callable[[Task, str], Any]] = None,
+            extra: Sequence[Executor] = ()) -> TaskQueue:
+        def wrapped(task: Task, dead: str):
+            new = orphan(task, dead)
+            return [self.wrap(t) for t in new] if isinstance(new, (list, tuple)) else self.wrap(new)
+        return self.inner.run([self.wrap(t) for t in tasks], orphan=None if orphan is None else wrapped, extra=extra)
+
+    def __call__(self, plan: List[Tuple[int, int]], run_local: Callable[[int, int], Any]) -> List[Any]:
+        return self.inner(plan, run_local, steps=self.steps)
 
 
 class _Local:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .coarse_to_fine import coarse_to_fine
+from .dispatch import AtSteps
 from .common import generation_nfe
 from .host import SearchHost
 from .registry import get
@@ -66,6 +67,13 @@ def run_strategy(strategy: Strategy, host: SearchHost, *, top_k: int, seed: int,
         raise ValueError("early stopping compares each score with a target or with earlier scores, but this "
                          "verifier's scores are relative (a rank or z-score ensemble re-ranks every candidate as "
                          "more arrive): use an ensemble that adds its members' raw scores, or turn early stopping off")
+
+    if strategy.coarse_steps and dispatch is not None:
+        if bool(getattr(host, "relative", False)):
+            raise ValueError("coarse-to-fine ranks its coarse and full-step candidates together for a relative "
+                             "verifier (a rank or z-score ensemble), which a search spread over several machines does "
+                             "not do: use an ensemble that adds its members' raw scores, or run it on one machine")
+        extra["dispatch"] = AtSteps(dispatch, int(strategy.coarse_steps))
 
     def run(h: SearchHost, b: int, k: int):
         return alg.run(h, seed=seed, budget_nfe=b, top_k=k, verifier=verifier, stop=stop, **extra, **params)

@@ -419,3 +419,27 @@ def test_particles_with_each_particles_state_where_it_was_made_equal_one_machine
     assert d["failed"] == ({} if fail_at is None else {"e1": "went away"}) or (fail_at == 3 and not d["failed"])
     if d["failed"] and fail_at == 3:  # it held particles when it failed: re-made from their recipes elsewhere
         assert d["replayed_rows"] > 0 and any("re-made from their lineage" in n for n in got[0].notes)
+
+
+# --------------------------------------------------------------------------- coarse-to-fine
+@pytest.mark.parametrize("name, params", [("random", {}), ("halving", {"rounds": 1}), ("zero_order", {}),
+                                          ("evolution", {}), ("paths", {"paths": 3})])
+def test_coarse_to_fine_over_several_executors_equals_one_machine(name, params):
+    """The coarse search's work runs on each executor's host re-scheduled to the coarse steps; the finalists
+    are re-rendered at full steps on the search's own host."""
+    strat = Strategy(name, params, budget_nfe=30 * STEPS, coarse_steps=4)
+    ref = run_strategy(strat, host(micro_batch=2), top_k=2, seed=SEED)
+    pool = Pool(executors(3), seed=SEED)
+    got = run_strategy(strat, host(micro_batch=1), top_k=2, seed=SEED, dispatch=pool)
+    same(got, ref)
+    assert got[0].settings["coarse_report"]["candidates"] == ref[0].settings["coarse_report"]["candidates"]
+    for fa, fb in zip(got[1], ref[1]):
+        assert torch.equal(fa.latent, fb.latent)
+    assert len({who for q in pool.queues for who in q.ran.values()}) > 1
+    assert got[0].settings["coarse_report"]["nfe_per_generation"] == 4  # the executors sampled 4 steps
+
+
+def test_coarse_to_fine_with_a_relative_verifier_is_refused_over_several_executors():
+    strat = Strategy("random", {}, budget_nfe=30 * STEPS, coarse_steps=4)
+    with pytest.raises(ValueError, match="coarse-to-fine ranks its coarse and full-step candidates together"):
+        run_strategy(strat, two_member_relative(host()), top_k=1, seed=SEED, dispatch=Pool(executors(2), seed=SEED))

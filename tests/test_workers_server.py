@@ -605,3 +605,24 @@ def test_paths_under_its_fallback_budget_runs_random_searchs_chunks_on_the_worke
     rep = assert_same_search(comfy, entry, ref)
     assert rep["settings"]["fallback"] == "random"
     assert {s["ran_on"] for s in rep["settings"]["shards"]} >= {f"worker {proxy.url}"}
+
+
+@pytest.mark.parametrize("name", ["random", "halving"])
+def test_coarse_to_fine_over_a_worker_equals_the_local_search(comfy, worker, proxy, name):
+    """The coarse search's candidates are sampled on the worker at the coarse steps; the finalists are
+    re-rendered here at full steps: the same coarse ranking, finalists and winner as on one machine."""
+    def graph(prefix):
+        g = search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix, steps=6)
+        g["6"]["inputs"]["micro_batch"] = 2
+        inputs = {"budget_nfe": 0} if name == "random" else {"rounds": 1, "first_level": 0.5}
+        return with_strategy(g, name, inputs, coarse=(3, 2))
+    ref = comfy.run_ok(graph(f"wk_c2f_{name}_local"))
+    before = set(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(comfy, graph(f"wk_c2f_{name}"), [proxy.url]))
+    rep = assert_same_search(comfy, entry, ref)
+    a, b = rep["settings"]["coarse_report"]["candidates"], report_of(ref)["settings"]["coarse_report"]["candidates"]
+    assert [(c["index"], c["seed"], c["rank"]) for c in a] == [(c["index"], c["seed"], c["rank"]) for c in b]
+    assert [c["score"] for c in a] == pytest.approx([c["score"] for c in b], abs=1e-5)
+    sent = [json.loads(n["inputs"]["shard"]) for pid, h in worker_prompts(worker).items() if pid not in before
+            for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")]
+    assert sent and all(s["steps"] == 3 for s in sent)
