@@ -36,7 +36,7 @@ from .sampling import SamplingPlan, SearchInputError
 from .vae import scoring_vae
 from .types import PREFIX
 from .workers import ShardJob, WorkerConfig, WorkerDispatch, WorkerRefused
-from ..search import get_algorithm, run_strategy
+from ..search import algorithms, get_algorithm, run_strategy
 from ..search.dispatch import HostExecutor, TaskQueue, plan_chunks
 from ..search.coarse_to_fine import lineage, replay
 from ..search.common import checked_scores, score_x0
@@ -50,11 +50,10 @@ from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, che
 from ..verifiers.protocol import ScoreBook, capabilities, name_of
 
 SHARD_NODE = "SearchShard"
-# the strategies that search with worker machines: random search's chunks, successive halving's rounds (each
-# row's state stays on the worker that made it), search over paths and particles (each path's or particle's
-# state, re-noisings and resampled copies stay on the worker that made it), and zero-order's and evolution's
-# rounds of noises (each worker is sent its rows' noises and answers their scores)
-WORKER_STRATEGIES = ("random", "halving", "paths", "particles", "zero_order", "evolution")
+# Every strategy whose registry entry has a ``dispatch`` protocol searches with worker machines: random search's
+# chunks, successive halving's, paths', particles' and the tree search's rows (each row's state stays on the
+# worker that made it), and zero-order's and evolution's rounds of noises (each worker is sent its rows' noises
+# and answers their scores)
 # Search Loop's inputs that a worker's Search Shard node does not take (everything else is sent): what only the
 # master does (strategy, workers, the held-out guard, the finalists' re-render, devices) and what workers refuse
 # (video, two experts)
@@ -91,11 +90,11 @@ def shard_graph(graph: Dict[str, Any], node_id: str, spec: Dict[str, Any]) -> Di
 # --------------------------------------------------------------------------- the master's side
 def check_workers_allowed(strategy, plan: SamplingPlan, verifier, held_out) -> None:
     """Refuses what cannot be sharded over workers yet, saying why (never a silently different search)."""
-    if strategy is not None and strategy.name not in WORKER_STRATEGIES:
-        titles = ", ".join(get_algorithm(n).title for n in WORKER_STRATEGIES)
-        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' cannot search with worker machines yet (its "
-                               f"candidates' state would have to cross machines); these can: {titles}. Disconnect "
-                               "Search Workers, or pick one of those")
+    if strategy is not None and not get_algorithm(strategy.name).dispatch:
+        titles = ", ".join(a.title for a in algorithms().values() if a.dispatch)
+        raise SearchInputError(f"'{get_algorithm(strategy.name).title}' does not search with worker machines yet "
+                               f"(it runs on this machine's GPUs only); these do: {titles}. Disconnect Search "
+                               "Workers, or pick one of those")
     if strategy is not None and strategy.stop is not None and strategy.stop.active and strategy.name == "random":
         raise SearchInputError("early stopping reads candidates in order, which shards on several machines do not "
                                "have: turn early stopping off or disconnect Search Workers")
@@ -257,7 +256,7 @@ class RoundsDispatcher:
         elif job.task.spec.get("kind") == "paths":
             spec = dict(common, kind="paths", **{k: v for k, v in job.task.spec.items()
                                                   if k in ("op", "rows", "seeds", "children", "begin", "renoise",
-                                                           "end", "drop", "lineage")})
+                                                           "end", "drop", "lineage") and v is not None})
         else:
             spec = dict(rows_spec(job.task.spec), kind="rows", **common)
         return shard_graph(self.graph, self.node_id, spec)
@@ -290,9 +289,16 @@ class RoundsDispatcher:
         the NFEs the instruction costs, and the NFEs a lineage replay cost (at most the lineage's own)."""
         spec = job.task.spec
         op, steps = spec["op"], int(self.host.steps)
-        rows = [c[0] for c in spec["children"]] if op in ("branch", "advance") else list(spec["rows"])
-        members = 0 if op == "start" else self.members
-        nfe = len(rows) * int(self.host.nfe(spec["renoise"] if op == "branch" else spec["begin"], spec["end"]))
+        rows = [c[0] for c in spec["children"]] if "children" in spec else list(spec["rows"])
+        members = 0 if op in ("start", "roll") else self.members
+        renoise = spec.get("renoise")
+        nfe = len(rows) * int(self.host.nfe(renoise if renoise is not None else spec["begin"], spec["end"]))
+        screened = None
+        if op == "make":  # the tree's new children: only the screened ones are scored
+            screened = [c[0] for c in spec["children"] if c[4]] if int(spec["end"]) < steps else []
+            if ans.get("screened") != screened:
+                raise ShardAnswerError(f"the answer of worker {url} for the tree's new children is malformed: it "
+                                       "screened other children than asked. Its scores were not used")
         if op == "advance" and int(spec["end"]) < steps:  # each particle's x0 probe
             nfe += len(rows) * int(getattr(self.host, "nfe_predict", 1))
         src = f"worker {url}"
@@ -304,29 +310,30 @@ class RoundsDispatcher:
             raise bad("another protocol, request or kind")
         if ans.get("rows") != rows:
             raise bad("it names other rows than the instruction's, or not in order")
+        scored = rows if screened is None else screened
         ms = ans.get("members")
-        if not isinstance(ms, list) or len(ms) != len(rows):
-            raise bad(f"expected member scores of {len(rows)} rows")
-        got = check_rows_answer({"protocol": PROTOCOL, "token": job.token, "kind": "rows", "rows": list(range(len(rows))),
-                                 "members": ms, "nfe": nfe, "replay": False},
-                                spec={"rows": list(range(len(rows))), "end": spec["end"]}, members=members, nfe=nfe,
-                                token=job.token, source=src) if members else None
+        if not isinstance(ms, list) or len(ms) != (len(scored) if members else len(rows)):
+            raise bad(f"expected member scores of {len(scored)} rows")
+        got = check_rows_answer({"protocol": PROTOCOL, "token": job.token, "kind": "rows",
+                                 "rows": list(range(len(scored))), "members": ms, "nfe": nfe, "replay": False},
+                                spec={"rows": list(range(len(scored))), "end": spec["end"]}, members=members, nfe=nfe,
+                                token=job.token, source=src) if members and scored else None
         if type(ans.get("nfe")) is not int or ans["nfe"] != nfe:
             raise bad(f"it spent {ans.get('nfe')!r} NFEs, expected {nfe}")
         most = len(spec.get("lineage") or {}) * steps * max(1, len(self.host.sigmas))
         if type(ans.get("replayed")) is not int or not 0 <= ans["replayed"] <= most:
             raise bad("its replayed NFEs are out of range")
-        m = got["members"] if got is not None else torch.zeros(len(rows), 0)
-        if members:
+        m = got["members"] if got is not None else torch.zeros(len(scored) if members else len(rows), 0)
+        if members and scored:
             recipes = spec.get("recipes") or {}
-            probes = [c[3] for c in spec["children"]] if op == "advance" else [None] * len(rows)
-            self.path_claims.append((url, int(spec["end"]) >= steps, rows, [recipes.get(i) for i in rows], m,
+            probes = [c[3] for c in spec["children"]] if op == "advance" else [None] * len(scored)
+            self.path_claims.append((url, int(spec["end"]) >= steps, scored, [recipes.get(i) for i in scored], m,
                                      probes))
         if type(ans.get("remade")) is not int or not 0 <= ans["remade"] <= len(spec.get("lineage") or {}):
             raise bad("its count of re-made rows is out of range")
         return {"rows": rows, "members": m, "nfe": nfe, "latents": None, "replayed": int(ans["replayed"]),
-                "remade": int(ans["remade"]), "digests": self._digests(ans, rows, bad) if int(spec["end"]) >= steps
-                else None}
+                "remade": int(ans["remade"]), "screened": screened,
+                "digests": self._digests(ans, rows, bad) if int(spec["end"]) >= steps and op != "make" else None}
 
     @staticmethod
     def _digests(ans: Any, rows: List[int], bad) -> Optional[List[str]]:
@@ -697,7 +704,7 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             task = {"rows": seeds, "begin": 0, "end": 1, "replay": False}
         elif paths:
             task = paths_spec(spec)
-            task["rows"] = [c[0] for c in task["children"]] if task["op"] in ("branch", "advance") else task["rows"]
+            task["rows"] = [c[0] for c in task["children"]] if "children" in task else task["rows"]
             task["replay"] = False
         else:
             task = rows_spec(spec)
@@ -730,7 +737,7 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             return {"protocol": PROTOCOL, "kind": "paths", "token": token, "fingerprint": mine, "refused": None,
                     "rows": [int(i) for i in out["rows"]], "members": [[float(v) for v in r] for r in out["members"]],
                     "nfe": int(out["nfe"]), "replayed": int(out["replayed"]), "remade": int(out["remade"]),
-                    "digests": out.get("digests")}
+                    "digests": out.get("digests"), "screened": out.get("screened")}
         if task["end"] > int(host.steps):
             raise SearchInputError(f"a rows task to step {task['end']} of a {int(host.steps)}-step schedule")
         out = rows_work(base, task, name_of(verifier))(host, HELD.get(search))

@@ -16,7 +16,7 @@ class SearchWorkers:
     DESCRIPTION = ("Other ComfyUI servers that help Search Loop: each runs a shard of the candidates (this pack and "
                    "the same model, VAE and verifier files under the same names must be installed there) and sends "
                    "back scores only; this machine checks a sample of their scores itself, picks the winners and "
-                   "re-renders them. Every strategy but the tree search. The workers are a pool the server's operator lists in "
+                   "re-renders them. Every strategy. The workers are a pool the server's operator lists in "
                    f"{endpoints.ENDPOINTS_FILE} (ComfyUI's user folder), or ComfyUI-Distributed's workers: a "
                    "workflow picks a pool by name and can never add an address. A worker that fails, answers "
                    "nonsense or disappears has its shard re-run elsewhere; one whose scores fail the check is "

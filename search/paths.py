@@ -185,14 +185,37 @@ def paths_spec(spec: Any) -> Dict[str, Any]:
                 or (n is not None and len(v) != n):
             raise ValueError(f"a paths instruction's {what} must be a list of non-negative integers")
         return list(v)
-    if not isinstance(spec, dict) or spec.get("op") not in ("start", "branch", "finish", "advance"):
-        raise ValueError("a paths instruction is an object with op start, branch, finish or advance")
+    if not isinstance(spec, dict) or spec.get("op") not in ("start", "branch", "finish", "advance", "make", "roll",
+                                                            "score"):
+        raise ValueError("a paths instruction is an object with op start, branch, finish, advance, make, roll or "
+                         "score")
     out: Dict[str, Any] = {"op": spec["op"], "drop": ints(spec.get("drop") or [], what="drop")}
-    for k in ("begin", "end") + (("renoise",) if spec["op"] == "branch" else ()):
+    renoise = spec["op"] == "branch" or (spec["op"] == "make" and spec.get("renoise") is not None)
+    for k in ("begin", "end") + (("renoise",) if renoise else ()):
         if type(spec.get(k)) is not int or not 0 <= spec[k] <= 100000:
             raise ValueError(f"a paths instruction's {k} must be a schedule step")
         out[k] = spec[k]
-    if spec["op"] in ("branch", "advance"):
+    if spec["op"] == "make":  # the tree search's new children: [id, parent (-1: a fresh seed), noise seed,
+        ch = spec.get("children")  # run seed, screened 0/1]
+        if not isinstance(ch, list) or not 1 <= len(ch) <= MAX_ROWS:
+            raise ValueError("a make instruction has 1 or more children")
+        rows = []
+        for c in ch:
+            if not (isinstance(c, list) and len(c) == 5 and all(type(v) is int for v in c) and c[0] >= 0
+                    and c[1] >= -1 and c[2] >= 0 and c[3] >= 0 and c[4] in (0, 1)):
+                raise ValueError("a make instruction's children are [id, parent or -1, noise seed, run seed, 0|1]")
+            rows.append(list(c))
+        out["children"] = rows
+        out["renoise"] = spec.get("renoise") if renoise else None
+        if not out["begin"] < out["end"] or len({c[0] for c in rows}) != len(rows) or \
+                (renoise and not out["renoise"] < out["begin"]):
+            raise ValueError("a make instruction samples on past where it began and names each child once")
+    elif spec["op"] == "roll":  # the tree search's rollout: [id, parent, run seed]
+        out["children"] = [ints(c, 3, "children") for c in (spec.get("children") or [])]
+        if not out["children"] or not out["begin"] < out["end"] or \
+                len({c[0] for c in out["children"]}) != len(out["children"]):
+            raise ValueError("a roll instruction has children, samples on, and names each child once")
+    elif spec["op"] in ("branch", "advance"):
         ch = spec.get("children")
         if not isinstance(ch, list) or not 1 <= len(ch) <= MAX_ROWS:
             raise ValueError("a branch or advance instruction has 1 or more children")
@@ -289,6 +312,53 @@ def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
             begin = int(state.index)
             state, x0 = host.sample(state, T, list(spec["seeds"]))
             nfe = len(ids) * int(host.nfe(begin, T))
+        elif op == "make":  # the tree search's new children: from fresh seeds, or from parents (re-noised)
+            children = [list(c) for c in spec["children"]]
+            ids = [c[0] for c in children]
+            if children[0][1] < 0:
+                state = host.start(host.initial_noise([c[3] for c in children]))
+            else:
+                state = State.cat([state_of(c[1]) for c in children])
+                if int(state.index) != int(spec["begin"]):
+                    raise ExecutorFault(f"holds tree nodes at step {int(state.index)}, not {int(spec['begin'])}")
+                if spec.get("renoise") is not None:
+                    state = host.renoise(state, int(spec["renoise"]),
+                                         derived_noise(state.noise[0:1], [c[2] for c in children]))
+            begin = int(state.index)
+            state, x0 = host.sample(state, end, [c[3] for c in children])
+            nfe = len(ids) * int(host.nfe(begin, end))
+            for r, i in enumerate(ids):
+                held[i] = state.select([r])
+            screened = [r for r, c in enumerate(children) if c[4]]
+            first = int(getattr(host, "scored_rows", 0))
+            if screened and end < T:
+                labels = [f"tree node {ids[r]}" for r in screened]
+                sc = checked_scores(score_x0(host, x0[screened]), len(screened), labels, verifier)
+                members = member_rows(host, first, len(screened), sc)
+            else:
+                members = torch.zeros(0, 1)
+            return {"rows": ids, "screened": [ids[r] for r in screened], "members": members, "nfe": nfe,
+                    "latents": None, "replayed": int(replayed), "remade": int(remade), "digests": None}
+        elif op == "roll":  # the tree search's rollouts: each child the next stretch of its parent's run
+            children = [list(c) for c in spec["children"]]
+            ids = [c[0] for c in children]
+            state = State.cat([state_of(c[1]) for c in children])
+            if int(state.index) != int(spec["begin"]):
+                raise ExecutorFault(f"holds tree nodes at step {int(state.index)}, not {int(spec['begin'])}")
+            state, _ = host.sample(state, end, [c[2] for c in children])
+            for r, i in enumerate(ids):
+                held[i] = state.select([r])
+            return {"rows": ids, "members": torch.zeros(len(ids), 0),
+                    "nfe": len(ids) * int(host.nfe(int(spec["begin"]), end)), "latents": None,
+                    "replayed": int(replayed), "remade": int(remade), "digests": None}
+        elif op == "score":  # the tree search's finished samples, scored
+            ids = list(spec["rows"])
+            state = State.cat([state_of(i) for i in ids])
+            if int(state.index) != T:
+                raise ExecutorFault(f"holds tree nodes at step {int(state.index)}, not the end")
+            nfe, x0 = 0, None
+            for i in ids:
+                held.pop(i, None)
         else:
             raise ValueError(f"unknown paths instruction {op!r}")
         at_end = end >= T
@@ -345,7 +415,7 @@ class _DispatchedPaths:
 
     def _orphan(self, task: Task, dead: str) -> Task:
         spec = dict(task.spec)
-        parents = [c[1] for c in spec["children"]] if spec["op"] in ("branch", "advance") else list(spec["rows"])
+        parents = [c[1] for c in spec["children"] if c[1] >= 0] if "children" in spec else list(spec["rows"])
         spec["lineage"] = {i: self.recipes[i] for i in parents}
         spec["drop"] = []
         return Task((task.key, "replay"), _paths_work(spec, self.verifier, 0), spec, cost=task.cost * 2)
@@ -353,6 +423,7 @@ class _DispatchedPaths:
     def _run(self, tasks: List[Task], scored: bool = True):
         queue = self.dispatch.run(tasks, orphan=self._orphan)
         self.tasks += len(queue.order)
+        self.last_queue = queue
         rows, members, latents = [], [], {}
         for key in queue.order:
             ans, who = queue.done[key], queue.ran[key]

@@ -65,7 +65,8 @@ from .common import (TAG_TREE, TopK, check_budget, check_top_k, checked_scores, 
                      generation_nfe, score_x0)
 from .host import SearchHost, State, derive_seed
 from .noise import wrap_seed
-from .paths import relative_levels
+from .paths import _DispatchedPaths, _paths_work, lineage_finalist, relative_levels
+from .dispatch import Task
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
 from .samplers import facts
@@ -118,8 +119,77 @@ class _Node:
         return [c for c in self.children if c.rolled]
 
 
+class _DispatchedTree(_DispatchedPaths):
+    """The tree over a dispatcher's executors (``search.dispatch.Pool``, the worker servers): a node's state stays
+    on the executor that made it; the root's new children go out in chunks taken on demand, a node's children and
+    rollouts are made where it lives, finished samples are scored there.  A failed executor's nodes are re-made
+    from their recipes elsewhere.  Scores come back as raw member scores, recombined here over every row scored
+    so far (a relative verifier), in the one-machine search's order; finished samples' latents only from this
+    process (the others are re-made from their recipes, or replayed from their seed)."""
+
+    def __init__(self, dispatch, host: SearchHost, verifier: str):
+        super().__init__(dispatch, host, [], 0, verifier)
+        self.rows = 0  # rows scored so far (the matrix's length)
+
+    def register(self, node_id: int, seed: int, ops) -> None:
+        self.recipes[node_id] = {"seed": int(seed), "ops": [tuple(o) for o in ops]}
+
+    def make(self, kids, parents, noise_seeds, run_seeds, begin: int, renoise, end: int, screened: List[int],
+             labels) -> List[float]:
+        """Children of one depth: from fresh seeds (``parents`` None) or from their parents' states (re-noised to
+        ``renoise`` when given), sampled to ``end``; the x0 scores of the ``screened`` rows."""
+        children = [[k.id, -1 if parents is None else parents[r].id, 0 if noise_seeds is None else int(noise_seeds[r]),
+                     int(run_seeds[r]), int(r in screened)] for r, k in enumerate(kids)]
+        spec_of = (lambda part: {"children": part, "begin": begin, "end": int(end), "renoise": renoise,
+                                 "recipes": {c[0]: self.recipes[c[0]] for c in part}})
+        cost = float(self.host.nfe(begin if renoise is None else renoise, end))
+        if parents is None:  # the root's children: any executor makes them
+            plan = self.dispatch.plan(len(children), self.size)
+            tasks = []
+            for st, c in plan:
+                spec = dict(spec_of(children[st:st + c]), kind="paths", op="make", drop=[])
+                tasks.append(Task(("make", self.tasks, st), _paths_work(spec, self.verifier, 0), spec,
+                                  cost=float(c) * cost))
+        else:
+            tasks = self._tasks("make", children, lambda ch: self.owner[ch[1]], spec_of, cost)
+        self._run(tasks, scored=False)
+        got: Dict[int, torch.Tensor] = {}
+        for key in self.last_queue.order:
+            ans = self.last_queue.done[key]
+            for r, i in enumerate(ans.get("screened") or []):
+                got[i] = ans["members"][r:r + 1]
+        if not screened:
+            return []
+        order = [kids[r].id for r in screened]
+        m = torch.cat([got[i] for i in order])
+        return self._scores(order, order, m, labels)
+
+    def roll(self, here, children, seeds, begin: int, end: int) -> None:
+        items = [[c.id, n.id, int(sd)] for n, c, sd in zip(here, children, seeds)]
+        tasks = self._tasks("roll", items, lambda it: self.owner[it[1]],
+                            lambda part: {"children": part, "begin": begin, "end": int(end),
+                                          "recipes": {it[0]: self.recipes[it[0]] for it in part}},
+                            float(self.host.nfe(begin, end)))
+        self._run(tasks, scored=False)
+
+    def score(self, finished, labels):
+        """The finished samples' scores (recombined over every row so far), the matrix row of the first, and each
+        one's final latent (made in this process) or None."""
+        T = int(self.host.steps)
+        ids = [n.id for n in finished]
+        tasks = self._tasks("score", ids, lambda i: self.owner[i],
+                            lambda part: {"rows": part, "seeds": [0] * len(part), "begin": T, "end": T,
+                                          "recipes": {i: self.recipes[i] for i in part}}, 1.0)
+        got, m, latents = self._run(tasks)
+        first = sum(int(x.shape[0]) for x in self.matrix)
+        sc = self._scores(ids, got, m, labels)
+        return sc, first, [latents.get(i) for i in ids]
+
+
 def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
-                stop: StopRule = None, **params) -> Tuple[SearchReport, List[Finalist]]:
+                stop: StopRule = None, dispatch=None, member_names=(), **params) -> Tuple[SearchReport, List[Finalist]]:
+    """``dispatch``: None = every node on this host; else a dispatcher with rounds (``search.dispatch.Pool``, the
+    worker servers): each node's state stays on the executor that made it; the same tree, scores and finalists."""
     p = ALGORITHM.resolve(params)
     ALGORITHM.check_sampler(host.sampler_name)
     T = int(host.steps)
@@ -137,6 +207,7 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
     wave = int(p["parallel"]) or max(1, min(8, n_gen // 8))
     base = wrap_seed(seed)
     relative = bool(getattr(host, "relative", False))
+    remote = None if dispatch is None else _DispatchedTree(dispatch, host, verifier)
 
     def index_of(depth: int) -> int:
         return 0 if depth == 0 else (points[depth - 1] if depth <= L else T)
@@ -299,43 +370,55 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
             groups = made[depth]
             kids = [c for _, ks in groups for c in ks]
             end = index_of(depth + 1)
+            rows, r0 = [], 0
+            for _, ks in groups:  # only siblings made together are compared
+                if len(ks) > 1 and end != T:
+                    rows.extend(range(r0, r0 + len(ks)))
+                r0 += len(ks)
+            noise_seeds, parents, renoise_at = None, None, None
             if depth == 0:
                 run_seeds = [c.seed for c in kids]
-                state = host.start(host.initial_noise(run_seeds))
+                if remote is None:
+                    state = host.start(host.initial_noise(run_seeds))
                 start = 0
                 for c in kids:
                     c.recipe_ops = [("sample", end_level(host, end), c.seed)]
             else:
                 parents = [u for u, ks in groups for _ in ks]
-                state = State.cat([u.state for u in parents])
+                if remote is None:
+                    state = State.cat([u.state for u in parents])
                 run_seeds = [derive_seed(base, TAG_TREE, c.id, 1) for c in kids]
                 ops = [list(u.recipe_ops) for u in parents]
                 start = index_of(depth)
                 if not stochastic:
-                    start = back_of(depth)
+                    start = renoise_at = back_of(depth)
                     noise_seeds = [derive_seed(base, TAG_TREE, c.id, 0) for c in kids]
-                    state = host.renoise(state, start, derived_noise(state.noise[0:1], noise_seeds))
+                    if remote is None:
+                        state = host.renoise(state, start, derived_noise(state.noise[0:1], noise_seeds))
                     ops = [o + [("renoise", float(host.level(start)), ns)] for o, ns in zip(ops, noise_seeds)]
                 for c, o, rs in zip(kids, ops, run_seeds):
                     c.recipe_ops = o + [("sample", end_level(host, end), rs)]
-            new_state, x0 = host.sample(state, end, run_seeds)
+            x0_labels = [f"tree x0 at step {end}: node {kids[r].id}" for r in rows]
+            if remote is None:
+                new_state, x0 = host.sample(state, end, run_seeds)
+            else:
+                for c in kids:
+                    remote.register(c.id, c.seed, c.recipe_ops)
+                remote_sc = remote.make(kids, parents, noise_seeds, run_seeds, index_of(depth), renoise_at, end,
+                                        rows, x0_labels)
             cost = int(host.nfe(start, end))
             spent += cost * len(kids)
             for r, c in enumerate(kids):
-                c.state = new_state.select([r])
+                if remote is None:
+                    c.state = new_state.select([r])
                 c.nfe = c.parent.nfe + cost
             if end == T:  # children of the last branch point: finished samples already
                 for c in kids:
                     c.rolled = True
                     finished.append(c)
                 continue
-            rows, r0 = [], 0
-            for _, ks in groups:  # only siblings made together are compared
-                if len(ks) > 1:
-                    rows.extend(range(r0, r0 + len(ks)))
-                r0 += len(ks)
             if rows:  # screening: the x0-predictions of sibling children, scored (no NFEs)
-                sc, _ = scores_of(x0[rows], [f"tree x0 at step {end}: node {kids[r].id}" for r in rows], final=False)
+                sc = scores_of(x0[rows], x0_labels, final=False)[0] if remote is None else remote_sc
                 for r, v in zip(rows, sc):
                     kids[r].x0_score = v
                     screened_x0.setdefault(depth + 1, []).append(v)
@@ -353,19 +436,31 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
             front = [n for n in front if n.depth != depth]
             end = index_of(depth + 1)
             seeds = [n.seed if n.fresh else derive_seed(base, TAG_TREE, n.id, 2) for n in here]
-            new_state, _ = host.sample(State.cat([n.state for n in here]), end, seeds)
+            if remote is None:
+                new_state, _ = host.sample(State.cat([n.state for n in here]), end, seeds)
             cost = int(host.nfe(index_of(depth), end))
             spent += cost * len(here)
+            made_now = []
             for r, n in enumerate(here):
                 child = new_node(depth + 1, n, seed=n.seed, fresh=n.fresh, rolled=True)
-                child.state = new_state.select([r])
+                if remote is None:
+                    child.state = new_state.select([r])
                 child.nfe = n.nfe + cost
                 child.recipe_ops = n.recipe_ops + [("sample", end_level(host, end), seeds[r])]
+                made_now.append(child)
                 (finished if child.depth == L + 1 else front).append(child)
+            if remote is not None:
+                for c in made_now:
+                    remote.register(c.id, c.seed, c.recipe_ops)
+                remote.roll(here, made_now, seeds, index_of(depth), end)
         if finished:
-            lat = torch.cat([n.state.latent for n in finished])
             labels = [_label(n) for n in finished]
-            sc, first = scores_of(lat, labels, final=True)
+            if remote is None:
+                lat = torch.cat([n.state.latent for n in finished])
+                sc, first = scores_of(lat, labels, final=True)
+                lats = [lat[r:r + 1] for r in range(len(finished))]
+            else:
+                sc, first, lats = remote.score(finished, labels)
             for r, (n, v) in enumerate(zip(finished, sc)):
                 n.x0_score = v
                 i = len(leaves)
@@ -375,9 +470,14 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
                 ksampler = n.fresh and not stochastic
                 results[i] = CandidateResult(index=i, seed=n.seed if ksampler else None, score=v, nfe=n.nfe,
                                              noise_id=labels[r])
-                finals[i] = finalist(n.state.latent, noise=host.initial_noise([n.seed]) if ksampler else None,
-                                     seed=n.seed if ksampler else None,
-                                     recipe={"seed": n.seed, "ops": n.recipe_ops})
+                recipe = {"seed": n.seed, "ops": n.recipe_ops}
+                if lats[r] is not None:
+                    finals[i] = finalist(lats[r], noise=host.initial_noise([n.seed]) if ksampler else None,
+                                         seed=n.seed if ksampler else None, recipe=recipe)
+                else:  # made on a worker: a stock KSampler replays an unbranched one, the rest are re-made
+                    finals[i] = lineage_finalist(None, recipe)
+                    if ksampler:
+                        finals[i].noise, finals[i].seed = host.initial_noise([n.seed]), int(n.seed)
                 keep.offer(v, i, finals[i])
                 x = n
                 while x is not None:  # backup
@@ -426,13 +526,20 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
             break
 
     if relative:  # recombined over every scored row: ranks never depend on the order the tree scored them
-        combined = host.rescore().reshape(-1).tolist()
+        combined = (host.rescore() if remote is None else
+                    dispatch.recombine(torch.cat(remote.matrix))).reshape(-1).tolist()
         keep = TopK(top_k)
         for i, row in enumerate(leaf_rows):
             results[i].score = float(combined[row])
             keep.offer(results[i].score, i, finals[i])
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
+    if remote is not None:
+        report.settings["dispatch"] = remote.summary()
+        if remote.replayed_rows:
+            report.notes.append(f"{remote.replayed_rows} tree node(s) were re-made from their lineage on another "
+                                f"executor (theirs had failed, or was behind) ({remote.replayed_nfe} NFEs more, not "
+                                "counted in the search's)")
     fresh_leaves = sum(1 for n in leaves if n.fresh)
     unrolled = [n for n in nodes if n.depth == 1 and n.parent is root and not n.rolled]
     report.settings.update({
@@ -505,4 +612,4 @@ ALGORITHM = Algorithm(
         Param("parallel", 0, "Rollouts planned per wave (run together, so the GPU batches them); 0 = from the "
                              "budget (one per 8 generations, 1 to 8).", min=0, max=256),
     ),
-    samplers="segmentable", finalists="recipe", check=_check, coarse=_coarse)
+    samplers="segmentable", finalists="recipe", dispatch="rounds", check=_check, coarse=_coarse)

@@ -253,9 +253,10 @@ def test_halving_through_run_strategy_with_early_stopping_and_a_relative_verifie
     assert a[0].settings["finished"] == 1 and math.isfinite(a[0].candidates[0].score)
 
 
-def test_strategies_with_state_but_no_dispatch_protocol_refuse_a_dispatcher():
-    with pytest.raises(ValueError, match="cannot hand its candidates to a dispatcher"):
-        run_strategy(Strategy("tree"), host(), top_k=1, seed=SEED, candidates=4, dispatch=Pool(executors(2)))
+def test_every_strategy_takes_a_dispatcher():
+    from search.registry import names
+    from search import get_algorithm
+    assert all(get_algorithm(n).dispatch for n in names()), [n for n in names() if not get_algorithm(n).dispatch]
 
 
 # --------------------------------------------------------------------------- noise strategies
@@ -443,3 +444,49 @@ def test_coarse_to_fine_with_a_relative_verifier_is_refused_over_several_executo
     strat = Strategy("random", {}, budget_nfe=30 * STEPS, coarse_steps=4)
     with pytest.raises(ValueError, match="coarse-to-fine ranks its coarse and full-step candidates together"):
         run_strategy(strat, two_member_relative(host()), top_k=1, seed=SEED, dispatch=Pool(executors(2), seed=SEED))
+
+
+# --------------------------------------------------------------------------- tree search
+TREE = [({}, 2), ({"levels": 2, "first_level": 0.7, "last_level": 0.4, "screen": 3, "parallel": 3}, 1)]
+
+
+@pytest.mark.parametrize("params, top_k", TREE)
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("k, fail_at", [(1, None), (3, None), (4, 1), (4, 4)])
+def test_tree_search_with_each_nodes_state_where_it_was_made_equals_one_machine(params, top_k, stochastic, k,
+                                                                               fail_at):
+    from search.tree import tree_search
+
+    def make(mb):
+        h = host(micro_batch=mb)
+        if stochastic:
+            h.sampler_name = "euler_ancestral"
+        return h
+    ref = tree_search(make(3), seed=SEED, budget_nfe=30 * STEPS, top_k=top_k, **params)
+    pool = Pool(executors(k, fail_at=fail_at))
+    for ex in pool.members:
+        ex.host.sampler_name = make(1).sampler_name
+    got = tree_search(make(1), seed=SEED, budget_nfe=30 * STEPS, top_k=top_k, dispatch=pool, **params)
+    same(got, ref)
+    for key in ("expansions_by_depth", "waves", "nodes", "finished", "replay"):
+        assert got[0].settings[key] == ref[0].settings[key], key
+    for fa, fb in zip(got[1], ref[1]):
+        assert fa.recipe == fb.recipe and torch.equal(fa.latent, fb.latent) and fa.seed == fb.seed
+    d = got[0].settings["dispatch"]
+    assert d["executors"] == k
+    assert d["failed"] == ({} if fail_at is None else {"e1": "went away"})
+    if fail_at == 4 and not stochastic:  # it held nodes needed later: re-made from their recipes elsewhere
+        assert d["replayed_rows"] > 0 and any("re-made from their lineage" in n for n in got[0].notes)
+    if k > 1:
+        assert len({who for q in pool.queues for who in q.ran.values()}) > 1
+
+
+def test_tree_search_with_a_relative_verifier_over_several_executors_equals_one_machine():
+    def relative(hst):
+        return two_member_relative(hst, rescore=True, recombined=True)
+
+    strat = Strategy("tree", {"parallel": 2}, budget_nfe=30 * STEPS)
+    ref = run_strategy(strat, relative(host()), top_k=2, seed=SEED)
+    pool = Pool([HostExecutor(f"e{j}", relative(host())) for j in range(3)], recombine=mean_rank)
+    got = run_strategy(strat, relative(host()), top_k=2, seed=SEED, dispatch=pool, member_names=("a", "b"))
+    same(got, ref)

@@ -632,3 +632,28 @@ def test_coarse_to_fine_over_a_worker_equals_the_local_search(comfy, worker, pro
     sent = [json.loads(n["inputs"]["shard"]) for pid, h in worker_prompts(worker).items() if pid not in before
             for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")]
     assert sent and all(s["steps"] == 3 for s in sent)
+
+
+def test_the_tree_search_over_a_worker_equals_the_local_search(comfy, worker, proxy):
+    """Every node's state stays where it was made: the root's children go out in chunks, a node's children and
+    rollouts are made on its worker, finished samples are scored there; the same tree and winner here."""
+    def graph(prefix):
+        g = with_ensemble(search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix))
+        g["6"]["inputs"]["micro_batch"] = 2
+        return with_strategy(g, "tree")
+    ref = comfy.run_ok(graph("wk_tree_local"))
+    before = set(worker_prompts(worker))
+    entry = comfy.run_ok(with_workers(comfy, graph("wk_tree"), [proxy.url]))
+    rep, theirs = report_of(entry), report_of(ref)
+    assert [(c["index"], c["noise_id"], c["rank"]) for c in rep["candidates"]] == \
+        [(c["index"], c["noise_id"], c["rank"]) for c in theirs["candidates"]]
+    assert [c["score"] for c in rep["candidates"]] == pytest.approx([c["score"] for c in theirs["candidates"]],
+                                                                    abs=1e-5)
+    for key in ("expansions_by_depth", "waves", "nodes", "finished"):
+        assert rep["settings"][key] == theirs["settings"][key], key
+    a, b = latent_of(comfy, entry), latent_of(comfy, ref)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    ops = {json.loads(n["inputs"]["shard"])["op"] for pid, h in worker_prompts(worker).items() if pid not in before
+           for n in h["prompt"][2].values() if n["class_type"].endswith("SearchShard")}
+    assert "make" in ops and len(ops) >= 2, ops  # the root's children, and work on nodes it held
+    assert not rep["settings"]["workers"]["faults"], rep["settings"]["workers"]["faults"]
