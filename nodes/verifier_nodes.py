@@ -72,7 +72,7 @@ class VerifierEnsemble:
     def INPUT_TYPES(cls):
         opt = {}
         for i in range(2, MAX_MEMBERS + 1):
-            opt[f"verifier_{i}"] = (VERIFIER, {"tooltip": f"Another verifier to combine (optional): connect a "
+            opt[f"verifier_{i}"] = (VERIFIER, {"tooltip": "Another verifier to combine (optional): connect a "
                                                            "verifier loader's output."})
             opt[f"weight_{i}"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                             "tooltip": f"How much verifier {i} counts in the mean (0 = not at all)."})
