@@ -333,7 +333,8 @@ class RoundsDispatcher:
             raise bad("its count of re-made rows is out of range")
         return {"rows": rows, "members": m, "nfe": nfe, "latents": None, "replayed": int(ans["replayed"]),
                 "remade": int(ans["remade"]), "screened": screened,
-                "digests": self._digests(ans, rows, bad) if int(spec["end"]) >= steps and op != "make" else None}
+                "digests": self._digests(ans, rows, bad) if int(spec["end"]) >= steps and members and op != "make"
+                else None}
 
     @staticmethod
     def _digests(ans: Any, rows: List[int], bad) -> Optional[List[str]]:

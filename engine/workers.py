@@ -161,7 +161,7 @@ class ShardJob:
     task: Optional[Task] = None
 
     def what(self) -> str:
-        if self.task is not None and ("rows" in self.task.spec or "seeds" in self.task.spec):
+        if self.task is not None and "start" not in self.task.spec:
             return describe(self.task)
         return f"candidates {self.start}..{self.start + self.count - 1}"
 

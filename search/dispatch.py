@@ -351,8 +351,8 @@ def describe(task: Task) -> str:
     s = task.spec
     if "start" in s and "count" in s:
         return f"candidates {s['start']}..{s['start'] + s['count'] - 1}"
-    if "rows" in s:
-        rows = list(s["rows"])
+    if "rows" in s or "children" in s:
+        rows = list(s.get("rows") or s["children"])
         return f"{len(rows)} row(s) to step {s.get('end')}"
     if "seeds" in s:
         return f"{len(s['seeds'])} noise row(s)"
