@@ -57,26 +57,18 @@ def replay_cost(host: SearchHost, recipe: Dict[str, Any]) -> int:
 def replay(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[torch.Tensor, int]:
     """Re-makes a path/particle sample on ``host``'s schedule: the same starting
     noise, re-noisings and sampler seeds, at the positions of the same noise levels."""
-    state = host.start(host.initial_noise([int(recipe["seed"])]))
-    nfe = 0
-    for op, target, s in _replay_plan(host, recipe):
-        if op == "renoise":
-            if target < state.index:
-                state = host.renoise(state, target, derived_noise(state.noise[0:1], [s]))
-        elif target > state.index:
-            start = state.index
-            state, _ = host.sample(state, target, [s])
-            nfe += int(host.nfe(start, target))
+    state, _, nfe = lineage(host, recipe, close=True)
     return final_latents(state), nfe
 
 
-def lineage(host: SearchHost, recipe: Dict[str, Any]) -> Tuple[State, Optional[torch.Tensor], int]:
-    """The state a recipe's operations leave its row in on ``host``'s own schedule (a path or particle part-way:
-    no closing sample to the end), the x0-prediction of its last sampling segment (None if it has none) and
-    the NFEs spent."""
+def lineage(host: SearchHost, recipe: Dict[str, Any], close: bool = False
+            ) -> Tuple[State, Optional[torch.Tensor], int]:
+    """The state a recipe's operations leave its row in on ``host``'s own schedule (a path or particle part-way;
+    ``close``: sampled on to the end, as :func:`replay` does), the x0-prediction of its last sampling segment
+    (None if it has none) and the NFEs spent."""
     state = host.start(host.initial_noise([int(recipe["seed"])]))
     x0, nfe = None, 0
-    for op, target, s in _replay_plan(host, recipe, close=False):
+    for op, target, s in _replay_plan(host, recipe, close=close):
         if op == "renoise":
             if target < state.index:
                 state = host.renoise(state, target, derived_noise(state.noise[0:1], [s]))

@@ -313,11 +313,7 @@ def particle_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int 
     report.candidates = [results[i] for i in range(k)]
     report.nfe_total = spent
     if dispatch is not None:
-        report.settings["dispatch"] = rows_of.summary()
-        if rows_of.replayed_rows:
-            report.notes.append(f"{rows_of.replayed_rows} particle(s) were re-made from their lineage on another "
-                                f"executor (theirs had failed, or was behind) ({rows_of.replayed_nfe} NFEs more, "
-                                "not counted in the search's)")
+        rows_of.report_to(report, "particle(s)")
     stopper.close(report, budget_nfe, spent)
     if spent < int(budget_nfe) and not stopper.fired:
         per = gen + probe * len(resample_at)

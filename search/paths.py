@@ -511,6 +511,14 @@ class _DispatchedPaths:
         return {"executors": int(self.dispatch.executors()), "tasks": self.tasks, "failed": dict(self.dispatch.dead),
                 "replayed_rows": self.replayed_rows, "replayed_nfe": self.replayed_nfe}
 
+    def report_to(self, report: SearchReport, what: str) -> None:
+        """The report's ``settings["dispatch"]``, and a note when rows (``what``) were re-made elsewhere."""
+        report.settings["dispatch"] = self.summary()
+        if self.replayed_rows:
+            report.notes.append(f"{self.replayed_rows} {what} were re-made from their lineage on another executor "
+                                f"(theirs had failed, or was behind) ({self.replayed_nfe} NFEs more, not counted in "
+                                "the search's)")
+
 
 def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1, verifier: str = "verifier",
                  stop: StopRule = None, dispatch=None, member_names=(), **params
@@ -643,11 +651,7 @@ def paths_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
     if dispatch is not None:
-        report.settings["dispatch"] = rows_of.summary()
-        if rows_of.replayed_rows:
-            report.notes.append(f"{rows_of.replayed_rows} path row(s) were re-made from their lineage on another "
-                                f"executor (theirs had failed, or was behind) ({rows_of.replayed_nfe} NFEs more, "
-                                "not counted in the search's)")
+        rows_of.report_to(report, "path row(s)")
     stopper.close(report, budget, spent)
     if spent < budget and not stopper.fired:
         if "finished_without_search_from_index" in report.settings:

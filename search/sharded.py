@@ -113,6 +113,16 @@ def run_shard(host: SearchHost, base_seed: int, start: int, count: int, keep: in
                      kept=kept, local_scores=scored, host_first=int(host_first or 0))
 
 
+def envelope(answer: Any, token: str, bad) -> None:
+    """What every answer from outside must be first: a JSON object of this protocol, answering this request."""
+    if not isinstance(answer, dict):
+        raise bad(f"expected a JSON object, got {type(answer).__name__}")
+    if answer.get("protocol") != PROTOCOL:
+        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
+    if answer.get("token") != token:
+        raise bad("it answers another request (its token differs)")
+
+
 def _members(m: Any, members: int, what: str, bad) -> List[float]:
     """One candidate's member scores from outside: ``members`` numbers, finite or -inf, within range."""
     if not isinstance(m, list) or len(m) != members or not all(type(v) in (int, float) for v in m):
@@ -166,12 +176,7 @@ def check_rows_answer(answer: Any, *, spec: Dict[str, Any], members: int, nfe: i
         return ShardAnswerError(f"the answer of {source} for {len(spec['rows'])} row(s) to step {spec['end']} is "
                                 f"malformed: {why}. Its scores were not used")
 
-    if not isinstance(answer, dict):
-        raise bad(f"expected a JSON object, got {type(answer).__name__}")
-    if answer.get("protocol") != PROTOCOL:
-        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
-    if answer.get("token") != token:
-        raise bad("it answers another request (its token differs)")
+    envelope(answer, token, bad)
     if answer.get("kind") != "rows" or answer.get("rows") != list(spec["rows"]):
         raise bad("it names other rows than the task's, or not in order")
     ms = answer.get("members")
@@ -204,12 +209,7 @@ def check_answer(answer: Any, *, start: int, count: int, base_seed: int, members
         return ShardAnswerError(f"the answer of {source} for candidates {start}..{start + count - 1} is malformed: "
                                 f"{why}. Its scores were not used")
 
-    if not isinstance(answer, dict):
-        raise bad(f"expected a JSON object, got {type(answer).__name__}")
-    if answer.get("protocol") != PROTOCOL:
-        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
-    if answer.get("token") != token:
-        raise bad("it answers another request (its token differs)")
+    envelope(answer, token, bad)
     cands = answer.get("candidates")
     if not isinstance(cands, list) or len(cands) != count:
         raise bad(f"expected {count} candidates, got {len(cands) if isinstance(cands, list) else cands!r}")
@@ -308,12 +308,7 @@ def check_noises_answer(answer: Any, *, rows: int, members: int, nfe: int, token
         return ShardAnswerError(f"the answer of {source} for {rows} noise row(s) is malformed: {why}. Its scores "
                                 "were not used")
 
-    if not isinstance(answer, dict):
-        raise bad(f"expected a JSON object, got {type(answer).__name__}")
-    if answer.get("protocol") != PROTOCOL:
-        raise bad(f"protocol {answer.get('protocol')!r}, expected {PROTOCOL} (update the pack on both machines)")
-    if answer.get("token") != token:
-        raise bad("it answers another request (its token differs)")
+    envelope(answer, token, bad)
     ms = answer.get("members")
     if answer.get("kind") != "noises" or not isinstance(ms, list) or len(ms) != rows:
         raise bad(f"expected member scores of {rows} noise rows")

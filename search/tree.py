@@ -535,11 +535,7 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
     report.candidates = [results[i] for i in sorted(results)]
     report.nfe_total = spent
     if remote is not None:
-        report.settings["dispatch"] = remote.summary()
-        if remote.replayed_rows:
-            report.notes.append(f"{remote.replayed_rows} tree node(s) were re-made from their lineage on another "
-                                f"executor (theirs had failed, or was behind) ({remote.replayed_nfe} NFEs more, not "
-                                "counted in the search's)")
+        remote.report_to(report, "tree node(s)")
     fresh_leaves = sum(1 for n in leaves if n.fresh)
     unrolled = [n for n in nodes if n.depth == 1 and n.parent is root and not n.rolled]
     report.settings.update({
