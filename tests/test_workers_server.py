@@ -500,12 +500,11 @@ def test_killing_the_worker_mid_halving_gives_the_same_result(comfy, worker, pro
     assert execution_error(entry) is None, execution_error(entry)
     rep = assert_same_halving(comfy, entry, ref)
     assert proxy.url in rep["settings"]["dispatch"]["failed"]
-    kept_at = {st["index"]: set(st["kept"]) for st in rep["settings"]["stages"]}
-    # rows the worker held when it died that the search kept going: their next round ran elsewhere, from seeds
-    went_on = [r for r, end in last.items() if r in kept_at.get(end, set())]
-    if went_on:
-        assert rep["settings"]["dispatch"]["replayed_rows"] >= 1, (last, kept_at)
-        assert any("re-run from their seeds" in n for n in rep["notes"])
+    # rows it still held and the search kept going were re-run from their seeds elsewhere; how many depends on how
+    # far the worker got before the kill (it may have answered more rounds than this test saw), so the count is
+    # only checked against the report's own note (the replay itself: tests/test_dispatch.py, deterministically)
+    replayed = rep["settings"]["dispatch"]["replayed_rows"]
+    assert (replayed > 0) == any("re-run from their seeds" in n for n in rep["notes"])
 
 
 # --------------------------------------------------------------------------- zero-order and evolution over a worker
