@@ -41,7 +41,7 @@ from ..search.dispatch import HostExecutor, TaskQueue, plan_chunks
 from ..search.coarse_to_fine import lineage, replay
 from ..search.common import checked_scores, score_x0
 from ..search.halving import rows_work
-from ..search.paths import _paths_work, paths_spec
+from ..search.paths import paths_spec, paths_work
 from ..search.sharded import member_rows
 from ..search.report import Finalist
 from ..search.sharded import (PROTOCOL, ShardAnswerError, ShardRows, answer, check_answer, check_noises_answer,
@@ -428,7 +428,7 @@ class RoundsDispatcher:
                 continue
             for r in sorted(audit.rng.sample(range(len(seeds)), min(k, len(seeds)))):
                 mine = own(noises[r:r + 1], seeds[r])
-                self._compare(url, r, steps_of(self.host), got[r], mine["members"][0], audit, liars,
+                self._compare(url, r, int(self.host.steps), got[r], mine["members"][0], audit, liars,
                               what=f"noise row of seed {seeds[r]}")
         for f in finalists:
             if f.latent is not None or f.seed is None or int(f.seed) not in claimed:
@@ -437,7 +437,7 @@ class RoundsDispatcher:
             if url in liars:
                 continue
             mine = own(noise, int(f.seed))
-            self._compare(url, f.result.index, steps_of(self.host), members, mine["members"][0], audit, liars)
+            self._compare(url, f.result.index, int(self.host.steps), members, mine["members"][0], audit, liars)
             if url not in liars:
                 f.latent, f.batch = mine["latents"][0:1], (mine["batch"] or [None])[0]
 
@@ -489,7 +489,7 @@ class RoundsDispatcher:
                 claim = final.get(json.dumps(f.recipe, sort_keys=True))
             own, lat = self._own_path(audit, f.recipe, True)
             if claim is not None:
-                self._compare(claim[0], f.result.index, steps_of(self.host), claim[1], own, audit, liars)
+                self._compare(claim[0], f.result.index, int(self.host.steps), claim[1], own, audit, liars)
             f.latent = lat
 
     @staticmethod
@@ -502,9 +502,6 @@ class RoundsDispatcher:
                       f"with this machine's own ({fmt(own)}) beyond the tolerance of "
                       f"{audit.config.audit_tolerance:g}")
 
-
-def steps_of(host) -> int:
-    return int(host.steps)
 
 
 def sharded_search(config: WorkerConfig, graph, node_id, plan: SamplingPlan, strategy, host: ComfyHost,
@@ -623,10 +620,6 @@ class HeldRows:
                 self.searches.popitem(last=False)
             return held
 
-    def rows(self) -> int:
-        with self.lock:
-            return sum(len(h) for _, h in self.searches.values())
-
 
 HELD = HeldRows()
 SEARCH_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -734,7 +727,7 @@ def answer_rows(plan: SamplingPlan, vae, verifier, prompt: str, seed: int, micro
             if task["end"] > int(host.steps):
                 raise SearchInputError(f"a paths instruction to step {task['end']} of a {int(host.steps)}-step "
                                        "schedule")
-            out = _paths_work(task, name_of(verifier), base)(host, HELD.get(search))
+            out = paths_work(task, name_of(verifier))(host, HELD.get(search))
             return {"protocol": PROTOCOL, "kind": "paths", "token": token, "fingerprint": mine, "refused": None,
                     "rows": [int(i) for i in out["rows"]], "members": [[float(v) for v in r] for r in out["members"]],
                     "nfe": int(out["nfe"]), "replayed": int(out["replayed"]), "remade": int(out["remade"]),

@@ -247,7 +247,7 @@ def paths_spec(spec: Any) -> Dict[str, Any]:
     return out
 
 
-def _paths_work(spec: Dict[str, Any], verifier: str, base: int):
+def paths_work(spec: Dict[str, Any], verifier: str):
     """What an executor does with one of a dispatched paths search's instructions (``held``: row id -> its
     one-row state, kept between rounds): drop ``drop``; then
 
@@ -401,8 +401,8 @@ class _DispatchedPaths:
             self.recipes[i] = {"seed": int(sd), "ops": [("sample", end_level(host, s_idx), int(sd))] if s_idx > 0
                                else []}
         plan = dispatch.plan(len(seeds), self.size)
-        tasks = [Task(("start", st), _paths_work({"op": "start", "rows": self.ids[st:st + c],
-                                                  "seeds": seeds[st:st + c], "end": s_idx}, verifier, 0),
+        tasks = [Task(("start", st), paths_work({"op": "start", "rows": self.ids[st:st + c],
+                                                  "seeds": seeds[st:st + c], "end": s_idx}, verifier),
                       {"kind": "paths", "op": "start", "rows": self.ids[st:st + c], "seeds": seeds[st:st + c],
                        "begin": 0, "end": s_idx}, cost=float(c * max(1, host.nfe(0, s_idx))))
                  for st, c in plan]
@@ -418,7 +418,7 @@ class _DispatchedPaths:
         parents = [c[1] for c in spec["children"] if c[1] >= 0] if "children" in spec else list(spec["rows"])
         spec["lineage"] = {i: self.recipes[i] for i in parents}
         spec["drop"] = []
-        return Task((task.key, "replay"), _paths_work(spec, self.verifier, 0), spec, cost=task.cost * 2)
+        return Task((task.key, "replay"), paths_work(spec, self.verifier), spec, cost=task.cost * 2)
 
     def _run(self, tasks: List[Task], scored: bool = True):
         queue = self.dispatch.run(tasks, orphan=self._orphan)
@@ -450,7 +450,7 @@ class _DispatchedPaths:
             drop = self.dropped.pop(who, [])
             for j in range(0, len(its), self.size):
                 spec = dict(spec_of(its[j:j + self.size]), kind="paths", op=op, drop=drop if j == 0 else [])
-                tasks.append(Task((op, self.tasks, who, j), _paths_work(spec, self.verifier, 0), spec, owner=who,
+                tasks.append(Task((op, self.tasks, who, j), paths_work(spec, self.verifier), spec, owner=who,
                                   cost=float(len(its[j:j + self.size]) * cost_each)))
         return tasks
 

@@ -65,7 +65,8 @@ from .common import (TAG_TREE, TopK, check_budget, check_top_k, checked_scores, 
                      generation_nfe, score_x0)
 from .host import SearchHost, State, derive_seed
 from .noise import wrap_seed
-from .paths import _DispatchedPaths, _paths_work, lineage_finalist, relative_levels
+from .halving import prune_points
+from .paths import _DispatchedPaths, lineage_finalist, paths_work, relative_levels
 from .dispatch import Task
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
@@ -73,22 +74,9 @@ from .samplers import facts
 from .stopping import StopRule, Stopper
 
 
-def branch_points(host: SearchHost, levels: int, first_level: float, last_level: float) -> List[int]:
-    """Schedule indices of the branch points: strictly increasing, between 1 and T-1 (fewer than ``levels`` on
-    a short schedule)."""
-    T = int(host.steps)
-    rel = relative_levels(host)
-    if levels == 1:
-        want = [float(first_level)]
-    else:
-        want = [first_level + (last_level - first_level) * r / (levels - 1) for r in range(levels)]
-    out: List[int] = []
-    for lv in want:
-        i = min(range(T + 1), key=lambda j: (abs(rel[j] - lv), j))
-        i = max(i, (out[-1] + 1) if out else 1)
-        if i <= T - 1:
-            out.append(i)
-    return out
+# the branch points are placed as successive halving places its prune points: evenly spaced relative levels, each
+# at the nearest schedule step, strictly increasing, between 1 and T-1
+branch_points = prune_points
 
 
 @dataclass
@@ -148,7 +136,7 @@ class _DispatchedTree(_DispatchedPaths):
             tasks = []
             for st, c in plan:
                 spec = dict(spec_of(children[st:st + c]), kind="paths", op="make", drop=[])
-                tasks.append(Task(("make", self.tasks, st), _paths_work(spec, self.verifier, 0), spec,
+                tasks.append(Task(("make", self.tasks, st), paths_work(spec, self.verifier), spec,
                                   cost=float(c) * cost))
         else:
             tasks = self._tasks("make", children, lambda ch: self.owner[ch[1]], spec_of, cost)
