@@ -541,7 +541,7 @@ def test_noise_strategies_over_a_worker_equal_the_local_search(comfy, worker, pr
 def paths_search_graph(prefix, candidates=6):
     """Search over paths with the mean-rank ensemble, two rows at a time: the paths start in chunks, and each
     path's re-noisings are made where its state lives."""
-    g = with_ensemble(search_graph(seed=SEED, candidates=candidates, top_k=1, prefix=prefix))
+    g = search_graph(seed=SEED, candidates=candidates, top_k=1, prefix=prefix)  # an absolute verifier: see below
     g["6"]["inputs"]["micro_batch"] = 2
     return with_strategy(g, "paths", {"paths": 3, "noises_per_path": 2, "start_level": 0.5, "forward": 0.25,
                                       "backward": 0.5})
@@ -550,7 +550,10 @@ def paths_search_graph(prefix, candidates=6):
 def test_search_over_paths_over_a_worker_equals_the_local_search(comfy, worker, proxy):
     """The same rounds, survivors, scores, ranking and winner.  A winner a worker finished is re-made here from its
     recipe, alone: its latent equals the one-machine search's up to float rounding (that one came out of a
-    micro-batch of two rows, and a lineage has no stock node that would replay it exactly either)."""
+    micro-batch of two rows, and a lineage has no stock node that would replay it exactly either).  The verifier
+    is an absolute one (CLIPScore): a lineage's rows run in other micro-batches here than on one machine, and a
+    rank ensemble turns that float rounding into a swapped near-tie now and then (half a rank); the rank
+    ensemble's recombination over dispatched rows is checked exactly in tests/test_dispatch.py."""
     ref = comfy.run_ok(paths_search_graph("wk_paths_local"))
     before = set(worker_prompts(worker))
     entry = comfy.run_ok(with_workers(comfy, paths_search_graph("wk_paths"), [proxy.url]))
@@ -561,7 +564,8 @@ def test_search_over_paths_over_a_worker_equals_the_local_search(comfy, worker, 
                                                                     abs=1e-5)
     a, b = latent_of(comfy, entry), latent_of(comfy, ref)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
-    assert rep["settings"]["rounds"] == report_of(ref)["settings"]["rounds"]
+    for ra, rb in zip(rep["settings"]["rounds"], theirs["settings"]["rounds"], strict=True):
+        assert ra["kept_rows"] == rb["kept_rows"] and ra["scores"] == pytest.approx(rb["scores"], abs=1e-5)
     assert not rep["settings"]["workers"]["faults"], rep["settings"]["workers"]["faults"]
     assert rep["settings"]["dispatch"]["executors"] == 2
     ops = []
@@ -580,7 +584,7 @@ def test_particles_over_a_worker_equal_the_local_search(comfy, worker, proxy):
     """Particle resampling (FK) with a stochastic sampler: the resampled copies are made where their parents
     live, and the weights, resamplings, ranking and winner are the one-machine search's."""
     def graph(prefix):
-        g = with_ensemble(search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix, sampler="euler_ancestral"))
+        g = search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix, sampler="euler_ancestral")
         g["6"]["inputs"]["micro_batch"] = 2
         return with_strategy(g, "particles", {"particles": 4, "interval": 1, "ess_threshold": 0.0})
     ref = comfy.run_ok(graph("wk_fk_local"))
@@ -637,7 +641,7 @@ def test_the_tree_search_over_a_worker_equals_the_local_search(comfy, worker, pr
     """Every node's state stays where it was made: the root's children go out in chunks, a node's children and
     rollouts are made on its worker, finished samples are scored there; the same tree and winner here."""
     def graph(prefix):
-        g = with_ensemble(search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix))
+        g = search_graph(seed=SEED, candidates=6, top_k=1, prefix=prefix)
         g["6"]["inputs"]["micro_batch"] = 2
         return with_strategy(g, "tree")
     ref = comfy.run_ok(graph("wk_tree_local"))
