@@ -14,10 +14,10 @@ Cases (--cases, comma separated; a model name selects all its sub-cases):
     strategies                                      SD1.5-512, N=16 through SearchLoop's strategy input: zero-order,
                                                     paths, coarse-to-fine random (equal NFEs; equal candidates)
                                                     and plain random as the baseline
-    sd15.devices                                    SD1.5-512, N=16: random and zero-order search with SearchLoop's
-                                                    devices 'all' against the model's one GPU (the same search, the
-                                                    speed-up of every GPU of the machine; --smoke: 'cpu,cpu' against
-                                                    'cpu'); not in the default set
+    sd15.devices                                    SD1.5-512, N=16: every strategy with SearchLoop's devices 'all'
+                                                    against the model's one GPU (the same search, the speed-up of
+                                                    every GPU of the machine; --smoke: 'cpu,cpu' against 'cpu');
+                                                    not in the default set
     flux.limit flux.ours flux.peer                  FLUX-size DiT (11.9B) bf16, 512x512, 20 Euler steps, CFG 1
     wan21.limit wan21.ours                          Wan-2.1-1.3B-size DiT fp16 + the Wan 2.1 VAE, 832x480, 33 frames,
                                                     20 Euler steps, CFG 5; N = 4 and 8; first/middle/last frames scored
@@ -674,7 +674,7 @@ class Runner:
     # -------------------------------------------------------------- ours
     def searchloop(self, b: Bundle, n: int, micro_batch: int = 0, top_k: int = 1, seed: int = 1000,
                    exact_winner: bool = True, strategy=None, video_scoring=None,
-                   devices: Optional[str] = None) -> Dict[str, Any]:
+                   devices: Optional[str] = None, sampler: str = "euler") -> Dict[str, Any]:
         """``SearchLoop().search(...)`` in-process (the node's own call, nothing of the pack wrapped), timed
         with torch.cuda.synchronize around it; the split, NFEs and micro-batch come from its report."""
         SearchLoop = self.pack.NODE_CLASS_MAPPINGS["InfScale_SearchLoop"]
@@ -688,7 +688,7 @@ class Runner:
             extra["devices"] = devices
         t0 = self.clock.now()
         out = SearchLoop().search(b.patcher, b.positive, b.negative, {"samples": b.latent(1)}, b.vae, b.verifier,
-                                  PROMPT, seed, n, top_k, "euler", self.plan.scheduler[kind], self.plan.steps,
+                                  PROMPT, seed, n, top_k, sampler, self.plan.scheduler[kind], self.plan.steps,
                                   self.plan.cfg[kind], 1.0, micro_batch=micro_batch, exact_winner=exact_winner,
                                   **extra)
         t1 = self.clock.now()
@@ -716,7 +716,8 @@ class Runner:
                "final_score": report.ranked()[0].final_score if scores else None,
                "replay": report.ranked()[0].replay if scores else None,
                "all_scores_finite": bool(scores) and all(math.isfinite(s) for s in scores),
-               "devices": st.get("devices"), "ranking": [c.index for c in report.ranked()]}
+               "devices": st.get("devices"), "ranking": [c.index for c in report.ranked()],
+               "scores": {c.index: c.score for c in report.candidates}}
         if video_scoring is not None:
             res["video"] = st.get("video")
         if strategy is not None:
@@ -1320,15 +1321,20 @@ def run_model_cases(runner: Runner, b: Bundle, kind: str, sub: List[str], have_f
                 runner.run_case(case, runner.peer_run, b, n)
 
 
-def halving_strategies(pack, budgets: Sequence[int]) -> Dict[int, Any]:
-    """Successive halving at its registry defaults, made by its strategy node (as a graph would), per budget."""
+def default_strategies(pack, name: str, budgets: Sequence[int]) -> Dict[int, Any]:
+    """Strategy ``name`` at its registry defaults, made by its strategy node (as a graph would), per budget."""
     m = pack.NODE_CLASS_MAPPINGS
     algs = sys.modules[pack.__name__ + ".search.registry"].algorithms()
-    node = m["InfScale_" + algs["halving"].node]
+    node = m["InfScale_" + algs[name].node]
     inputs = node.INPUT_TYPES()
     widgets = dict(inputs.get("required", {}), **inputs.get("optional", {}))
     defaults = {k: v[1]["default"] for k, v in widgets.items() if k != "budget_nfe" and len(v) > 1}
     return {int(bud): node().make(budget_nfe=int(bud), **defaults)[0] for bud in budgets}
+
+
+def halving_strategies(pack, budgets: Sequence[int]) -> Dict[int, Any]:
+    """Successive halving at its registry defaults, per budget."""
+    return default_strategies(pack, "halving", budgets)
 
 
 def run_halving_cases(runner: Runner, b: Bundle, kind: str) -> None:
@@ -1401,9 +1407,18 @@ def run_strategy_cases(runner: Runner, b: Bundle) -> None:
             runner.run_case(case, runner.strategy_run, b, strat, n)
 
 
+def max_score_diff(a: Optional[Dict[int, float]], b: Optional[Dict[int, float]]) -> Optional[float]:
+    """The largest |difference| of two runs' scores of the same candidates (None: not the same candidates)."""
+    if not a or not b or set(a) != set(b):
+        return None
+    return max(abs(a[k] - b[k]) for k in a)
+
+
 def run_device_cases(runner: Runner, b: Bundle) -> None:
-    """SD1.5, N = plan.strat_n: random search and zero-order with SearchLoop's ``devices`` = 'all' (every GPU;
-    --smoke: 'cpu,cpu', two model copies on the CPU) against the model's own device alone.  Each pair is the same
+    """SD1.5, N = plan.strat_n: every strategy with SearchLoop's ``devices`` = 'all' (every GPU; --smoke:
+    'cpu,cpu', two model copies on the CPU) against the model's own device alone: random search, zero-order
+    (neighbours 2, the strategies case's), and successive halving, evolution, paths, particles (FK; Euler
+    ancestral) and the tree search at their node defaults with a budget of N generations.  Each pair is the same
     search: the ranking must be equal, and the speed-up is the one-device time over the all-devices time."""
     import torch
     plan = runner.plan
@@ -1416,7 +1431,11 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
         devices_mod.parse_devices = lambda text, avail, main: ([main, main] if text == "same-gpu-twice"
                                                                else parse(text, avail, main))
     try:
-        zero_order = make_strategies(runner.pack, plan)["zero_order"]
+        budget = n * plan.steps  # Euler and Euler ancestral: one NFE a step
+        todo = [("random", None, "euler"), ("zero_order", make_strategies(runner.pack, plan)["zero_order"], "euler")]
+        for name in ("halving", "evolution", "paths", "particles", "tree"):
+            todo.append((name, default_strategies(runner.pack, name, [budget])[budget],
+                         "euler_ancestral" if name == "particles" else "euler"))
     except Exception as e:  # noqa: BLE001
         runner.results.add({"case": "sd15.devices", "status": "error", "error": f"{type(e).__name__}: {e}",
                             "traceback": traceback.format_exc()[-3000:]})
@@ -1432,20 +1451,22 @@ def run_device_cases(runner: Runner, b: Bundle) -> None:
         except Exception as e:  # noqa: BLE001 - the cases below record their own errors
             bc.log(f"  devices warm-up failed: {type(e).__name__}: {e}")
             runner._recover()
-    for name, strat in (("random", None), ("zero_order", zero_order)):
+    for name, strat, sampler in todo:
         timed = {}
         for label, devices in (("one", one), ("all", every)):
             case = {"case": f"sd15.devices.{name}.{label}.n{n}", "model": "sd15", "mode": "devices",
-                    "group": "devices", "devices_requested": devices}
+                    "group": "devices", "devices_requested": devices, "sampler": sampler}
             if not runner.fits(case, est):
                 continue
-            res = runner.run_case(case, lambda s=strat, d=devices: runner.searchloop(b, n, strategy=s, devices=d))
+            res = runner.run_case(case, lambda s=strat, d=devices, sa=sampler: runner.searchloop(
+                b, n, strategy=s, devices=d, sampler=sa))
             timed[label] = res
         if "one" in timed and "all" in timed and timed["one"].get("total_s") and timed["all"].get("total_s"):
             runner.results.add({
                 "case": f"sd15.devices.{name}.speedup", "status": "ok", "mode": "devices", "group": "devices",
                 "speedup": round(timed["one"]["total_s"] / timed["all"]["total_s"], 3),
                 "same_ranking": timed["one"].get("ranking") == timed["all"].get("ranking"),
+                "max_score_diff": max_score_diff(timed["one"].get("scores"), timed["all"].get("scores")),
                 "devices": (timed["all"].get("devices") or {}).get("rows")})
 
 

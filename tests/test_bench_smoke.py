@@ -40,8 +40,9 @@ def test_gpu_search_smoke(tmp_path):
                  "sdxl.limit", "sdxl.ours.n2", "sdxl.ours_noexact.n2"):
         assert by[name]["status"] == "ok", by[name]
     # the devices case: 'cpu,cpu' (two model copies, two threads) against 'cpu', the same ranking
-    for name in ("random", "zero_order"):
+    for name in ("random", "zero_order", "halving", "evolution", "paths", "particles", "tree"):
         assert by[f"sd15.devices.{name}.speedup"]["same_ranking"], by[f"sd15.devices.{name}.speedup"]
+        assert by[f"sd15.devices.{name}.speedup"]["max_score_diff"] < 1e-4, by[f"sd15.devices.{name}.speedup"]
         rows = by[f"sd15.devices.{name}.all.n4"]["devices"]["rows"]
         assert set(rows) == {"0:cpu", "1:cpu"} and all(v > 0 for v in rows.values()), rows
     # SearchLoop's numbers come from its report: phases, NFEs, the micro-batch it used
