@@ -17,7 +17,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 CASES=${1:-sd15,sdxl,caps,n256,strategies,flux}
 VERIFIERS=${2:-all}
 export PACK_COMMIT=${PACK_COMMIT:-unknown}
+# DEVICES: the sd15.devices case's many-device side (default 'all'; 'same-gpu-twice' on a one-GPU machine)
 python3 bench/gpu_search.py --cases "$CASES" --budget-s "${SEARCH_BUDGET:-400}" --out "$OUT/gpu_search.json" \
+  ${DEVICES:+--devices "$DEVICES"} \
   >"$OUT/gpu_search.log" 2>&1
 echo "gpu_search exit $?"; grep -A50 '^case  ' "$OUT/gpu_search.log" || tail -40 "$OUT/gpu_search.log"
 if [ "$VERIFIERS" != none ]; then
