@@ -40,6 +40,14 @@ its own node, so the result never does either.  When the chosen expansion no
 longer fits the budget, a cheaper one along the best sample's path is taken;
 when none fits, the search stops.
 
+**Small budgets.**  Under ``min_generations`` generations the search is
+random search's candidates exactly (``settings["fallback"]``, and a note).
+Its default, 0, means 8 with a stochastic sampler and none with a
+deterministic one: the stochastic sampler's remaining steps add fresh noise,
+so the screen at the first branch point predicts the finished sample less
+well, and on the shapes benchmark the tree measured below random search at 2
+and 4 generations (`bench/README.md`).
+
 **Anytime.**  Every wave finishes samples; stopping at any NFE (the budget, or
 early stopping: one observation per finished sample) gives the best finished
 sample so far (``report.trace``).
@@ -67,11 +75,15 @@ from .host import SearchHost, State, derive_seed
 from .noise import wrap_seed
 from .halving import prune_points
 from .paths import _DispatchedPaths, lineage_finalist, paths_work, relative_levels
+from .random_search import random_fallback
 from .dispatch import Task
 from .registry import Algorithm, Param
 from .report import CandidateResult, Finalist, SearchReport
 from .samplers import facts
 from .stopping import StopRule, Stopper
+
+# with a stochastic sampler (min_generations = 0) a budget under this many generations is random search's
+STOCHASTIC_MIN_GENERATIONS = 8
 
 
 # the branch points are placed as successive halving places its prune points: evenly spaced relative levels, each
@@ -186,6 +198,13 @@ def tree_search(host: SearchHost, *, seed: int, budget_nfe: int, top_k: int = 1,
     check_budget(budget, gen * int(top_k), f"tree search with top_k {top_k} (one generation each)")
     check_top_k(top_k, budget // gen, f"the {budget // gen} generations the budget allows")
     stochastic = bool(getattr(facts(host.sampler_name), "stochastic", False))
+    min_gen = int(p["min_generations"]) or (STOCHASTIC_MIN_GENERATIONS if stochastic else 1)
+    if budget < min_gen * gen:
+        return random_fallback(host, algorithm="tree", seed=seed, budget_nfe=budget, top_k=top_k, verifier=verifier,
+                               stop=stop, dispatch=dispatch,
+                               why=f"a {budget}-NFE budget is under {min_gen} generations ({min_gen * gen} NFEs)"
+                               + (", where the tree with a stochastic sampler measured below random search"
+                                  if not int(p["min_generations"]) else ""))
     points = branch_points(host, int(p["levels"]), float(p["first_level"]), float(p["last_level"]))
     L = len(points)
     rel = relative_levels(host)
@@ -595,5 +614,10 @@ ALGORITHM = Algorithm(
               min=0.0, max=1.0, step=0.05),
         Param("parallel", 0, "Rollouts planned per wave (run together, so the GPU batches them); 0 = from the "
                              "budget (one per 8 generations, 1 to 8).", min=0, max=256),
+        Param("min_generations", 0, "A budget under this many generations runs random search's candidates "
+                                    "instead. 0 = automatic: 8 with a stochastic sampler (whose remaining steps add "
+                                    "noise, so an early screen predicts the end less well; the tree measured below "
+                                    "random search at 2 and 4 generations), none with a deterministic one.",
+              min=0, max=64, optional=True),
     ),
     samplers="segmentable", finalists="recipe", dispatch="rounds", check=_check, coarse=_coarse)

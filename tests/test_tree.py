@@ -11,6 +11,8 @@ pytestmark = pytest.mark.core
 
 
 def _tree(sampler="euler", steps=10, budget=120, micro_batch=0, seed=5, top_k=2, prediction="eps", **params):
+    """The tree itself at every budget (min_generations 1: no random-search fallback; tested on its own below)."""
+    params.setdefault("min_generations", 1)
     host = gaussian_host(sampler=sampler, steps=steps, micro_batch=micro_batch, prediction=prediction)
     rep, fin = tree_search(host, seed=seed, budget_nfe=budget, top_k=top_k, **params)
     return host, rep, fin
@@ -172,3 +174,30 @@ def test_tree_refusals():
         tree_search(gaussian_host(steps=10), seed=1, budget_nfe=100, first_level=0.2, last_level=0.5)
     with pytest.raises(ValueError, match="too small"):
         tree_search(gaussian_host(steps=10), seed=1, budget_nfe=9)
+
+
+@pytest.mark.parametrize("budget", [10, 25, 40, 79])
+def test_a_stochastic_tree_under_eight_generations_is_random_search_exactly(budget):
+    """At its defaults (min_generations 0) the tree with a stochastic sampler runs random search's candidates under
+    8 generations (it measured below random search at 2 and 4), says so, and its finalists carry recipes."""
+    from search.coarse_to_fine import replay
+    host = gaussian_host(sampler="euler_ancestral", steps=10)
+    rand, rfin = run_strategy(Strategy("random", {}, budget_nfe=budget), host, candidates=1, top_k=1, seed=4)
+    rep, fin = run_strategy(Strategy("tree", {}, budget_nfe=budget), gaussian_host(sampler="euler_ancestral",
+                                                                                    steps=10),
+                            candidates=1, top_k=1, seed=4)
+    assert rep.algorithm == "tree" and rep.settings["fallback"] == "random"
+    assert [(c.seed, c.score) for c in rep.candidates] == [(c.seed, c.score) for c in rand.candidates]
+    assert torch.equal(fin[0].latent, rfin[0].latent)
+    assert "random search" in rep.notes[0] and "under 8 generations" in rep.notes[0] and "stochastic" in rep.notes[0]
+    lat, _ = replay(gaussian_host(sampler="euler_ancestral", steps=10), fin[0].recipe)
+    assert torch.equal(lat, fin[0].latent)
+
+
+def test_the_small_budget_fallback_follows_the_sampler_and_min_generations():
+    def tree(sampler, budget, **params):
+        return tree_search(gaussian_host(sampler=sampler, steps=10), seed=4, budget_nfe=budget, top_k=1, **params)[0]
+    assert "fallback" not in tree("euler_ancestral", 80).settings            # 8 generations: the tree
+    assert "fallback" not in tree("euler", 20).settings                      # deterministic: no floor
+    assert tree("euler", 20, min_generations=4).settings["fallback"] == "random"
+    assert "fallback" not in tree("euler_ancestral", 20, min_generations=2).settings
