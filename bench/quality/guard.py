@@ -19,7 +19,7 @@ stays the ground truth.
 Settings, as harness.py runs them (registry defaults, sizes shrunk where a
 budget cannot hold them): random search with the family's deterministic
 sampler, zero-order and evolution, at NFE budgets 40-640 (10 NFE per
-generation), over 300 prompts (class p mod 10, seed 1000+p), all prompts in
+generation), over 300 prompts (class p mod 10, seed 1000 + 1000 p), all prompts in
 lock step (harness.Lockstep).  Every row the search verifier scores is a
 finished candidate for these three algorithms; the host's ``score`` is
 wrapped to keep each one (final latent, search score, NFEs spent when it was
@@ -55,7 +55,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-from harness import (GEN_STEPS, Evaluator, Lockstep, git_state, machine, methods_for,  # noqa: E402
+from harness import (GEN_STEPS, SEED_RULE, Evaluator, Lockstep, git_state, machine, methods_for,  # noqa: E402
                      strategy_of)
 from families import FAMILIES  # noqa: E402
 from model import REPO, VerifierMLP, load_digits_data, train_classifier, accuracy  # noqa: E402
@@ -257,7 +257,7 @@ def markdown(d) -> str:
     meta, results = d["meta"], d["results"]
     g = meta["guard_verifier"]
     L = [f"# The over-optimisation guard on the quality benchmark: `{meta['model']}`", "",
-         f"{meta['description']}. {meta['prompts']} prompts (class = p mod 10, seed 1000+p); one generation = "
+         f"{meta['description']}. {meta['prompts']} prompts (class = p mod 10, {SEED_RULE}); one generation = "
          f"{meta['generation_steps']} NFEs; random search with {meta['samplers'][0]}, zero-order and evolution at "
          "their registry defaults (as harness.py runs them). Per prompt the guard (search/guard.py) runs as "
          f"engine/pipeline.py runs it: the held-out verifier scores every stride-th finished candidate (stride = "

@@ -11,9 +11,14 @@ sigmas) and ``shapes`` (procedural 16x16 RGB shapes, rectified-flow conv
 U-Net, shifted flow schedule).  Each trains, from scratch and seeded, its
 denoiser, the search's verifier and a held-out judge.
 
-Prompt p has class p mod 10 and seed 1000 + p.  Each method runs through
+Prompt p has class p mod 10 and seed 1000 + 1000 p (``prompt_seed``): a
+search's candidates use seeds from its seed up, so prompts 1000 seeds apart
+never share a candidate (with seed 1000 + p, prompts p and p + 10 had the same
+class and 54 of 64 candidates in common, so random search's 30 prompts of a
+class were far fewer independent trials than they looked, and every standard
+error against it too small).  Each method runs through
 ``search.run_strategy(Strategy(name, params, budget), host, candidates=1,
-top_k=1, seed=1000 + p)`` on the family's SearchHost with a 10-step schedule
+top_k=1, seed=prompt_seed(p))`` on the family's SearchHost with a 10-step schedule
 (10 NFEs per generation).  ``params`` is empty, so the algorithm functions'
 own defaults apply, except where the defaults cannot run at a budget: a size
 the budget cannot hold (evolution's population, and the elites that must stay
@@ -337,10 +342,19 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+SEED_STRIDE = 1000  # more than any search here starts candidates (halving at 640 NFE: 80), so no prompt shares one
+SEED_RULE = f"seed 1000 + {SEED_STRIDE}·p"
+
+
+def prompt_seed(p: int) -> int:
+    """Prompt p's search seed: its candidates (seeds from it up) are never another prompt's."""
+    return 1000 + SEED_STRIDE * int(p)
+
+
 class Evaluator:
     """Runs methods over the prompts of one trained family in lock step and measures their winners.
 
-    Prompt p has class p mod 10 and seed 1000 + p.  ``run_method`` takes the denoiser D(x, σ, classes) to search
+    Prompt p has class p mod 10 and seed ``prompt_seed(p)``.  ``run_method`` takes the denoiser D(x, σ, classes) to search
     with (default: the family's own), so one verifier, judge and reference set can measure several denoisers
     (bench/quality/sizes.py).  Rows are appended to ``rows``; ``run_method`` and ``measure`` return the row and
     the winners' latents."""
@@ -351,7 +365,7 @@ class Evaluator:
         self.verifier, self.judge = built.verifier, built.judge
         self.ref_feats = self.judge.features(built.ref_x).numpy()
         self.classes = [p % 10 for p in range(self.prompts)]
-        self.seeds = [1000 + p for p in range(self.prompts)]
+        self.seeds = [prompt_seed(p) for p in range(self.prompts)]
         self.cls_t = torch.tensor(self.classes)
         self.rows: List[Dict[str, Any]] = []
 
@@ -583,7 +597,7 @@ def markdown(meta, rows, comparison) -> str:
          f"{meta['description']}. Denoiser trained {meta['diffusion_train_steps']} steps"
          + (f", conditioning strength {meta['cond_scale']:g} (class embeddings pulled toward their mean: a harder "
             "task)" if meta.get("cond_scale", 1.0) != 1.0 else "") + f". {meta['prompts']} prompts "
-         f"(class = p mod 10, seed 1000+p); one generation = {meta['generation_steps']} steps = "
+         f"(class = p mod 10, {SEED_RULE}); one generation = {meta['generation_steps']} steps = "
          f"{meta['generation_steps']} NFEs; samplers {meta['samplers'][0]} (deterministic) and {meta['samplers'][1]} "
          "(stochastic). Mean ± standard error over prompts. Verifier = log p(class | x0) of the search's classifier; "
          "judge = separately trained classifier (other split, seed and architecture) that the search never sees; "
