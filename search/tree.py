@@ -46,7 +46,7 @@ Its default, 0, means 8 with a stochastic sampler and none with a
 deterministic one: the stochastic sampler's remaining steps add fresh noise,
 so the screen at the first branch point predicts the finished sample less
 well, and on the shapes benchmark the tree measured below random search at 2
-and 4 generations (`bench/README.md`).
+and 4 generations (above it on digits; `bench/README.md`).
 
 **Anytime.**  Every wave finishes samples; stopping at any NFE (the budget, or
 early stopping: one observation per finished sample) gives the best finished
