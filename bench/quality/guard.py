@@ -55,7 +55,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-from harness import (GEN_STEPS, SEED_RULE, Evaluator, Lockstep, git_state, machine, methods_for,  # noqa: E402
+from harness import (GEN_STEPS, seed_rule, Evaluator, Lockstep, git_state, machine, methods_for,  # noqa: E402
                      strategy_of)
 from families import FAMILIES  # noqa: E402
 from model import REPO, VerifierMLP, load_digits_data, train_classifier, accuracy  # noqa: E402
@@ -257,7 +257,7 @@ def markdown(d) -> str:
     meta, results = d["meta"], d["results"]
     g = meta["guard_verifier"]
     L = [f"# The over-optimisation guard on the quality benchmark: `{meta['model']}`", "",
-         f"{meta['description']}. {meta['prompts']} prompts (class = p mod 10, {SEED_RULE}); one generation = "
+         f"{meta['description']}. {meta['prompts']} prompts (class = p mod 10, {seed_rule()}); one generation = "
          f"{meta['generation_steps']} NFEs; random search with {meta['samplers'][0]}, zero-order and evolution at "
          "their registry defaults (as harness.py runs them). Per prompt the guard (search/guard.py) runs as "
          f"engine/pipeline.py runs it: the held-out verifier scores every stride-th finished candidate (stride = "

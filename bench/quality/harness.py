@@ -11,7 +11,8 @@ sigmas) and ``shapes`` (procedural 16x16 RGB shapes, rectified-flow conv
 U-Net, shifted flow schedule).  Each trains, from scratch and seeded, its
 denoiser, the search's verifier and a held-out judge.
 
-Prompt p has class p mod 10 and seed 1000 + 1000 p (``prompt_seed``): a
+Prompt p has class p mod 10 and seed 1000 + 1000 p (``prompt_seed``;
+``--seed-base S``: S + 1000 p, another draw of the same prompts): a
 search's candidates use seeds from its seed up, so prompts 1000 seeds apart
 never share a candidate (with seed 1000 + p, prompts p and p + 10 had the same
 class and 54 of 64 candidates in common, so random search's 30 prompts of a
@@ -343,12 +344,16 @@ def machine() -> str:
 
 
 SEED_STRIDE = 1000  # more than any search here starts candidates (halving at 640 NFE: 80), so no prompt shares one
-SEED_RULE = f"seed 1000 + {SEED_STRIDE}·p"
+SEED_BASE = 1000    # --seed-base: another draw of every prompt's candidates (below the stride: still disjoint)
+
+
+def seed_rule() -> str:
+    return f"seed {SEED_BASE} + {SEED_STRIDE}·p"
 
 
 def prompt_seed(p: int) -> int:
     """Prompt p's search seed: its candidates (seeds from it up) are never another prompt's."""
-    return 1000 + SEED_STRIDE * int(p)
+    return SEED_BASE + SEED_STRIDE * int(p)
 
 
 class Evaluator:
@@ -597,7 +602,7 @@ def markdown(meta, rows, comparison) -> str:
          f"{meta['description']}. Denoiser trained {meta['diffusion_train_steps']} steps"
          + (f", conditioning strength {meta['cond_scale']:g} (class embeddings pulled toward their mean: a harder "
             "task)" if meta.get("cond_scale", 1.0) != 1.0 else "") + f". {meta['prompts']} prompts "
-         f"(class = p mod 10, {SEED_RULE}); one generation = {meta['generation_steps']} steps = "
+         f"(class = p mod 10, {seed_rule()}); one generation = {meta['generation_steps']} steps = "
          f"{meta['generation_steps']} NFEs; samplers {meta['samplers'][0]} (deterministic) and {meta['samplers'][1]} "
          "(stochastic). Mean ± standard error over prompts. Verifier = log p(class | x0) of the search's classifier; "
          "judge = separately trained classifier (other split, seed and architecture) that the search never sees; "
@@ -706,7 +711,7 @@ def merge(paths: Sequence[str], out_stem: str, cmd: str) -> None:
     for path in paths:
         with open(path) as fh:
             parts.append(json.load(fh))
-    keys = ("model", "prompts", "diffusion_train_steps", "cond_scale", "commit", "smoke")
+    keys = ("model", "prompts", "diffusion_train_steps", "cond_scale", "commit", "smoke", "seed_base")
     first = parts[0]["meta"]
     for d in parts[1:]:
         bad = [k for k in keys if d["meta"].get(k) != first.get(k)]
@@ -767,6 +772,8 @@ def main(argv=None):
                          "one call); one row per size (default 1)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the one-sample rows")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed-base", type=int, default=1000, metavar="S",
+                    help="prompt p's seed is S + 1000 p: another S draws other candidates for the same prompts")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="join runs of one model over different budgets "
                     "(same settings and commit) into quality_<model>[_<tag>].json/.md in --out-dir")
     ap.add_argument("--rerender", nargs="+", metavar="JSON", help="only recompute the comparison and rewrite the "
@@ -800,6 +807,8 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     commit = git_state()  # the code that runs: read before the run (a commit made during it would be wrong)
+    global SEED_BASE
+    SEED_BASE = int(args.seed_base)
     for name in models:
         meta, rows, comparison = run_family(FAMILIES[name], prompts=prompts, budgets=budgets, strategies=strategies,
                                             overrides=overrides, smoke=args.smoke, extras=args.extras or args.smoke,
@@ -808,7 +817,7 @@ def main(argv=None):
                                             target=args.early_stop_target, cond_scale=args.cond_scale,
                                             stop_micro_batches=[int(v) for v in args.stop_micro_batch.split(",")],
                                             baselines=not args.no_baselines)
-        meta.update({"commit": commit, "machine": machine(), "command": cmd})
+        meta.update({"commit": commit, "machine": machine(), "command": cmd, "seed_base": SEED_BASE})
         stem = os.path.join(args.out_dir, f"quality_{name}" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
             json.dump({"meta": meta, "rows": rows, "comparison": comparison,

@@ -56,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 import harness  # noqa: E402  (puts the repository and tests/ on sys.path)
-from harness import (GEN_STEPS, SEED_RULE, STRATEGIES, Evaluator, Method, git_state, machine, mean_se,  # noqa: E402
+from harness import (GEN_STEPS, seed_rule, STRATEGIES, Evaluator, Method, git_state, machine, mean_se,  # noqa: E402
                      methods_for)
 from families import FAMILIES  # noqa: E402
 from model import REPO, frechet_distance  # noqa: E402
@@ -280,7 +280,7 @@ def markdown(d) -> str:
          f"accuracy: {ref['method']}, {_sci(ref['compute_flops'])}FLOPs. A small-model budget m x = "
          f"floor(m x {_sci(ref['compute_flops'])}/ {_sci(fl['small'])}) NFEs; each row's compute adds the "
          f"verifier calls the search made (a single sample makes none). {meta['prompts']} prompts (class = p mod 10, "
-         f"{SEED_RULE}); mean ± standard error over prompts (FD: bootstrap over prompts, {meta['fd_bootstrap']} "
+         f"{seed_rule()}); mean ± standard error over prompts (FD: bootstrap over prompts, {meta['fd_bootstrap']} "
          f"resamples; diversity: over the 10 classes). FD = Fréchet distance of judge features to real images "
          f"(lower is better).", "",
          "| model | method | budget | compute (x large) | NFE spent | verifier calls | judge accuracy | FD | "
