@@ -1332,11 +1332,6 @@ def default_strategies(pack, name: str, budgets: Sequence[int]) -> Dict[int, Any
     return {int(bud): node().make(budget_nfe=int(bud), **defaults)[0] for bud in budgets}
 
 
-def halving_strategies(pack, budgets: Sequence[int]) -> Dict[int, Any]:
-    """Successive halving at its registry defaults, per budget."""
-    return default_strategies(pack, "halving", budgets)
-
-
 def run_halving_cases(runner: Runner, b: Bundle, kind: str) -> None:
     """Wall time of successive halving against random search: halving at N's budget and at half of it,
     random search at N and N/2 (SearchLoop's own random search, batch-1 re-render of the winner included)."""
@@ -1344,7 +1339,7 @@ def run_halving_cases(runner: Runner, b: Bundle, kind: str) -> None:
     n, steps = plan.strat_n, plan.steps
     full, half = n * steps, max(steps, n * steps // 2)
     try:
-        strategies = halving_strategies(runner.pack, [full, half])
+        strategies = default_strategies(runner.pack, "halving", [full, half])
     except Exception as e:  # noqa: BLE001
         runner.results.add({"case": f"{kind}.halving", "status": "error", "error": f"{type(e).__name__}: {e}",
                             "traceback": traceback.format_exc()[-3000:]})

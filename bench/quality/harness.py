@@ -344,7 +344,7 @@ def machine() -> str:
 
 
 SEED_STRIDE = 1000  # more than any search here starts candidates (halving at 640 NFE: 80), so no prompt shares one
-SEED_BASE = 1000    # --seed-base: another draw of every prompt's candidates (below the stride: still disjoint)
+SEED_BASE = 1000    # main() sets it from --seed-base: another draw of every prompt's candidates, still disjoint
 
 
 def seed_rule() -> str:

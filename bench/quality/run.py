@@ -5,8 +5,8 @@
 
 Trains (from scratch, seeded) a class-conditional EPS diffusion model, a
 verifier classifier and a separate judge (bench/quality/model.py), then for
-each prompt (class = p mod 10, seed = 1000 + 1000 p, so no two prompts share a
-candidate seed) runs each method through
+each prompt (class = p mod 10, seed ``harness.prompt_seed(p)``, so no two
+prompts share a candidate seed) runs each method through
 ``search.run_strategy`` over a SearchHost of the model, and measures the
 winner: verifier score (what the search maximises), judge accuracy and
 judge log p (held-out classifier), Fréchet distance of judge features against
@@ -36,6 +36,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from search import Strategy, run_strategy  # noqa: E402
 from toy_host import GaussianToy, ToyHost  # noqa: E402
+from harness import prompt_seed, seed_rule  # noqa: E402
 
 BASE_STEPS = 10          # Euler steps of one generation: 10 NFEs
 COARSE_STEPS = 4
@@ -143,7 +144,7 @@ def main(argv=None):
         return float(np.mean(per))
 
     classes = torch.tensor([p % 10 for p in range(prompts)])
-    seeds = [1000 + 1000 * p for p in range(prompts)]  # candidates use seeds from it up: none shared
+    seeds = [prompt_seed(p) for p in range(prompts)]
     rows = []
 
     def summarise(label, budget, note, winners, vscores, nfes, extra=None):
@@ -255,7 +256,7 @@ def markdown(meta, rows) -> str:
         return f"{r[k]:.{nd}f} ± {se:.{nd}f}" if se is not None else f"{r[k]:.{nd}f}"
     lines = [
         f"Quality benchmark, diffusion model trained {meta['diffusion_train_steps']} steps, "
-        f"{meta['prompts']} prompts (class = p mod 10, seed 1000 + 1000·p), one generation = "
+        f"{meta['prompts']} prompts (class = p mod 10, {seed_rule()}), one generation = "
         f"{meta['base_steps']} Euler steps = {meta['base_steps']} NFEs. Mean ± standard error over prompts. "
         "Verifier = log p(class | x0) of the search's classifier; judge = separately trained CNN "
         "(other split, seed, architecture); FD = Fréchet distance of judge features to all real digits "
